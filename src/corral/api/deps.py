@@ -1,0 +1,25 @@
+"""Shared state of one running daemon, reachable from every route."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from corral.settings import Settings
+from corral.store.db import Store
+from corral.supervisor.supervisor import Supervisor
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    store: Store
+    supervisor: Supervisor
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = 0.0
+
+
+def get_daemon(request: Request) -> Daemon:
+    return request.app.state.daemon

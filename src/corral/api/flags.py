@@ -1,0 +1,18 @@
+"""/api/v1/flags: the flag catalog of a llama-server build."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from corral.api.deps import Daemon, get_daemon
+
+router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
+
+
+@router.get("")
+async def flags(q: str | None = None, binary: str | None = None, build: int | None = None,
+                d: Daemon = Depends(get_daemon)) -> dict:
+    catalog = await d.supervisor.catalog(binary, build)
+    found = catalog.search(q) if q else catalog.flags
+    return {"version": catalog.version, "sections": catalog.sections, "count": len(found),
+            "flags": [f.to_dict() for f in found]}

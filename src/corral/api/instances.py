@@ -1,0 +1,97 @@
+"""/api/v1/instances: launch, list, inspect, stop, start, restart, remove, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from corral.api.deps import Daemon, get_daemon
+from corral.supervisor import logs
+from corral.supervisor.supervisor import LaunchSpec, instance_view
+
+router = APIRouter(prefix="/api/v1/instances", tags=["instances"])
+
+
+class LaunchRequest(BaseModel):
+    """Launch a llama-server. ``flags`` are llama-server's own arguments, as tokens."""
+
+    model: str = Field(min_length=1, max_length=4096, description="path to a GGUF file")
+    name: str | None = Field(default=None, max_length=64)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    flags: list[str] = Field(default_factory=list, max_length=512,
+                             examples=[["-c", "4096", "-ngl", "99"]])
+    restart: Literal["always", "on-failure", "never"] = "on-failure"
+    binary: str | None = Field(default=None, max_length=4096)
+    build: int | None = None
+    wait: bool = Field(default=False, description="answer only once the instance is ready")
+    timeout: float | None = Field(default=None, gt=0, le=86400)
+
+
+@router.get("")
+async def list_instances(d: Daemon = Depends(get_daemon)) -> list[dict]:
+    return [instance_view(r) for r in d.supervisor.list()]
+
+
+@router.post("", status_code=201)
+async def launch(req: LaunchRequest, d: Daemon = Depends(get_daemon)) -> dict:
+    spec = LaunchSpec(model=req.model, flags=req.flags, name=req.name, port=req.port,
+                      restart=req.restart, binary=req.binary, build_id=req.build)
+    rec = await d.supervisor.launch(spec)
+    if req.wait:
+        rec = await d.supervisor.wait_ready(rec.name, req.timeout)
+    return instance_view(rec)
+
+
+@router.get("/{name}")
+async def get_instance(name: str, d: Daemon = Depends(get_daemon)) -> dict:
+    return instance_view(d.supervisor.get(name))
+
+
+@router.delete("/{name}")
+async def remove(name: str, d: Daemon = Depends(get_daemon)) -> dict:
+    rec = d.supervisor.get(name)
+    await d.supervisor.remove(rec.name)
+    return {"removed": rec.name}
+
+
+@router.post("/{name}/stop")
+async def stop(name: str, d: Daemon = Depends(get_daemon)) -> dict:
+    return instance_view(await d.supervisor.stop(name))
+
+
+@router.post("/{name}/start")
+async def start(name: str, wait: bool = False, d: Daemon = Depends(get_daemon)) -> dict:
+    rec = await d.supervisor.start_instance(name)
+    if wait:
+        rec = await d.supervisor.wait_ready(rec.name)
+    return instance_view(rec)
+
+
+@router.post("/{name}/restart")
+async def restart(name: str, wait: bool = False, d: Daemon = Depends(get_daemon)) -> dict:
+    rec = await d.supervisor.restart(name)
+    if wait:
+        rec = await d.supervisor.wait_ready(rec.name)
+    return instance_view(rec)
+
+
+@router.get("/{name}/logs", response_model=None)
+async def instance_logs(name: str, tail: int = Query(100, ge=0, le=100_000),
+                        follow: bool = False, d: Daemon = Depends(get_daemon)):
+    """The last ``tail`` lines; with ``follow=true`` an SSE stream of new lines."""
+    rec = d.supervisor.get(name)
+    path = d.supervisor.log_path(rec.name)
+    if not follow:
+        return {"name": rec.name, "lines": await asyncio.to_thread(logs.tail, path, tail)}
+
+    async def stream():
+        async for line in logs.follow(path, start_lines=tail):
+            yield f"data: {json.dumps(line)}\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

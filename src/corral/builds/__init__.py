@@ -1,0 +1,1 @@
+"""llama-server builds: registry, release download and unpack, source build, flag catalog."""

@@ -1,0 +1,86 @@
+"""Which llama-server binary an instance runs.
+
+Order (first hit wins): ``--binary PATH`` on the command, ``--build ID``,
+``CORRAL_LLAMA_SERVER``, the default build registered in the store
+(``corral builds add PATH``), then ``llama-server`` on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import BinaryError, NotFound
+from corral.settings import Settings
+from corral.store import builds as builds_table
+from corral.store.db import Store
+
+HOW_TO_GET_ONE = (
+    "no llama-server found: pass --binary PATH, set CORRAL_LLAMA_SERVER, "
+    "or register one with `corral builds add PATH` (make llama-server builds it from source)"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedBinary:
+    path: Path
+    build_id: int | None
+    source: str  # "argument", "build", "env", "default-build", "path"
+
+
+def _checked(path: str | os.PathLike, source: str, build_id: int | None = None) -> ResolvedBinary:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise BinaryError(f"llama-server not found at {p} (from {source})")
+    if not os.access(p, os.X_OK):
+        raise BinaryError(f"{p} is not executable (from {source})")
+    return ResolvedBinary(p.resolve(), build_id, source)
+
+
+def resolve_binary(settings: Settings, store: Store | None, binary: str | None = None,
+                   build_id: int | None = None) -> ResolvedBinary:
+    """Find the binary to run, raising BinaryError with how to get one."""
+    if binary:
+        return _checked(binary, "argument")
+    if build_id is not None:
+        if store is None:
+            raise NotFound(f"no build with id {build_id}")
+        rec = builds_table.get(store, build_id)
+        return _checked(rec.path, "build", rec.id)
+    if settings.llama_server:
+        return _checked(settings.llama_server, "env")
+    if store is not None:
+        rec = builds_table.default(store)
+        if rec is not None:
+            return _checked(rec.path, "default-build", rec.id)
+    found = shutil.which("llama-server")
+    if found:
+        return _checked(found, "path")
+    raise BinaryError(HOW_TO_GET_ONE)
+
+
+def binary_env(binary: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment to run ``binary`` in: its directory first on LD_LIBRARY_PATH."""
+    env = dict(os.environ if base is None else base)
+    libdir = str(binary.parent)
+    current = env.get("LD_LIBRARY_PATH", "")
+    env["LD_LIBRARY_PATH"] = libdir + (os.pathsep + current if current else "")
+    return env
+
+
+def binary_version(binary: Path, timeout: float = 30) -> str:
+    """The first lines of ``binary --version`` (llama-server prints them on stderr)."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=timeout,
+            env=binary_env(binary), stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BinaryError(f"{binary} --version failed: {exc}")
+    text = (out.stdout + out.stderr).strip()
+    if out.returncode != 0 or not text:
+        raise BinaryError(f"{binary} --version exited {out.returncode}: {text[-200:]}")
+    return text

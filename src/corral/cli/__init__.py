@@ -1,0 +1,69 @@
+"""The ``corral`` command. Thin: parse, call the library or the daemon, print.
+
+Data goes to stdout, progress and errors to stderr. Errors are one line
+(``error: ...``) with an exit code per error class (see :mod:`corral.errors`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from corral import __version__
+from corral.errors import CorralError
+
+
+class CorralGroup(click.Group):
+    """Maps CorralError to one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CorralError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.detail:
+                click.echo(exc.detail, err=True)
+            ctx.exit(exc.exit_code)
+        except ConnectionRefusedError:
+            click.echo("error: the corral daemon is not reachable", err=True)
+            ctx.exit(7)
+
+
+@click.group(cls=CorralGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="corral")
+def cli() -> None:
+    """corral: run, supervise and route llama.cpp llama-server instances.
+
+    \b
+    Quick tour:
+      corral serve                       start the daemon and web API (127.0.0.1:9380)
+      corral run model.gguf -c 4096      launch llama-server with any of its flags
+      corral ps                          what runs, on which port, in which state
+      corral logs NAME -f                follow an instance's log
+      corral stop NAME | --all           stop instances (they survive daemon restarts)
+      corral flags ctx                   search the flags of the installed llama-server
+      corral down                        stop every instance and the daemon
+
+    State lives in CORRAL_HOME (default ~/.corral). The daemon is found at
+    CORRAL_URL (default http://127.0.0.1:9380) and started on demand.
+    """
+
+
+def _register() -> None:
+    from corral.cli import builds, daemon, flags, instances
+
+    for module in (daemon, instances, flags, builds):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="corral")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

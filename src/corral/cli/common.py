@@ -1,0 +1,37 @@
+"""Helpers shared by the CLI command modules."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from corral.settings import Settings, load_settings
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def print_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def ago(ts: float | None) -> str:
+    """'3m', '2h', ... since ``ts`` (for tables)."""
+    if not ts:
+        return "-"
+    secs = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)

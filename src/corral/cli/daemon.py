@@ -1,0 +1,53 @@
+"""corral serve | down"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from corral.cli.common import settings
+from corral.client import Client
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1; others need CORRAL_API_KEY).")
+@click.option("--port", type=int, default=None, help="Port of the daemon (default 9380).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the daemon (REST API, supervisor) in the foreground.
+
+    Instances it starts keep running when it exits; the next daemon re-adopts them.
+    """
+    from corral.api.server import serve as run
+    from corral.settings import load_settings
+
+    overrides = {"host": host, "port": port}
+    s = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    if host is not None or port is not None:
+        s.url = ""  # the daemon's own address follows --host/--port
+    run(s)
+
+
+@click.command()
+def down() -> None:
+    """Stop every instance, then the daemon."""
+    s = settings()
+    client = Client(s)
+    if client.alive():
+        result = client.request("POST", "/api/v1/shutdown", {"stop_instances": True},
+                                timeout=max(60.0, s.stop_timeout * 3))
+        for name in result.get("stopped_instances", []):
+            click.echo(f"stopped {name}")
+        deadline = time.monotonic() + 10
+        while client.alive(0.2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        click.echo("daemon stopped")
+        return
+    from corral.supervisor.offline import stop_all_offline
+
+    for name in stop_all_offline(s):
+        click.echo(f"stopped {name}")
+    click.echo("daemon was not running")
+
+
+COMMANDS = [serve, down]

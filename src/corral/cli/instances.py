@@ -1,0 +1,214 @@
+"""corral run | ps | stop | start | restart | rm | logs"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from corral.cli.common import ago, print_json, settings, table
+from corral.client import Client, ensure_daemon
+from corral.errors import NotFound, UsageError
+
+# corral's own options of `run`, also recognised after MODEL (llama flags come there too).
+RUN_VALUED = {"--name", "--port", "--restart", "--binary", "--build", "--timeout"}
+RUN_SWITCHES = {"--detach", "--json"}
+
+
+def _split_run_args(args: tuple[str, ...]) -> tuple[dict[str, str | bool], list[str]]:
+    """Pull corral's own options out of the tokens after MODEL; the rest are llama flags."""
+    own: dict[str, str | bool] = {}
+    llama: list[str] = []
+    it = iter(args)
+    for token in it:
+        key, eq, value = token.partition("=")
+        if key in RUN_VALUED:
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise UsageError(f"{key} needs a value")
+            own[key] = value
+        elif token in RUN_SWITCHES:
+            own[token] = True
+        else:
+            llama.append(token)
+    return own, llama
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                                 "help_option_names": ["--help"]})
+@click.option("--name", help="Instance name (default: from the model file name).")
+@click.option("--port", type=int, help="Port for llama-server (default: first free in 8081-8999).")
+@click.option("--restart", "restart", type=click.Choice(["always", "on-failure", "never"]),
+              default=None, help="Restart policy (default on-failure).")
+@click.option("--binary", help="llama-server binary to run.")
+@click.option("--build", type=int, help="Registered build id to run.")
+@click.option("--detach", is_flag=True, help="Return once spawned, without waiting for ready.")
+@click.option("--timeout", type=float, help="Seconds to wait for ready (default: load_timeout).")
+@click.option("--json", "as_json", is_flag=True, help="Print the instance as JSON.")
+@click.argument("model")
+@click.argument("llama_flags", nargs=-1, type=click.UNPROCESSED)
+def run(name, port, restart, binary, build, detach, timeout, as_json, model, llama_flags) -> None:
+    """Launch llama-server on MODEL (a GGUF path) with any llama-server flags.
+
+    Every flag of the selected llama-server build passes through, validated against
+    its own --help first (see `corral flags`). corral sets --model and --port, and
+    --host 127.0.0.1 unless you pass --host.
+
+    \b
+    Examples:
+      corral run ./gemma-3-270m-Q4_K_M.gguf
+      corral run model.gguf --name chat -c 8192 -ngl 99 -fa on
+      corral run model.gguf --port 8090 --restart always --ctx-size=4096
+    """
+    own, flags = _split_run_args(llama_flags)
+    name = own.get("--name", name)
+    port = int(own["--port"]) if "--port" in own else port
+    restart = own.get("--restart", restart) or "on-failure"
+    binary = own.get("--binary", binary)
+    build = int(own["--build"]) if "--build" in own else build
+    timeout = float(own["--timeout"]) if "--timeout" in own else timeout
+    detach = bool(own.get("--detach", detach))
+    as_json = bool(own.get("--json", as_json))
+    from pathlib import Path
+
+    model_path = str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else model
+    client = ensure_daemon(settings())
+    body = {"model": model_path, "flags": flags, "name": name, "port": port, "restart": restart,
+            "binary": str(Path(binary).expanduser().resolve()) if binary else None,
+            "build": build, "wait": not detach, "timeout": timeout}
+    if not detach:
+        click.echo("corral: loading ...", err=True)
+    inst = client.request("POST", "/api/v1/instances", body, timeout=None)
+    if as_json:
+        print_json(inst)
+        return
+    state = inst["state"]
+    click.echo(f"{inst['name']}  {state}  port {inst['port']}  {inst['url']}")
+
+
+def _instances() -> list[dict]:
+    s = settings()
+    client = Client(s)
+    try:
+        return client.request("GET", "/api/v1/instances", timeout=5)
+    except (ConnectionRefusedError, OSError):
+        from corral.supervisor.offline import offline_records
+        from corral.supervisor.supervisor import instance_view
+
+        return [instance_view(r) for r in offline_records(s)]
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ps(as_json: bool) -> None:
+    """List instances: name, state, pid, port, model, restarts, uptime."""
+    items = _instances()
+    if as_json:
+        keys = ("name", "state", "pid", "port", "url", "model", "build", "flags", "restarts",
+                "started_at", "ready_at", "restart_policy", "last_error")
+        print_json([{k: i.get(k) for k in keys} for i in items])
+        return
+    if not items:
+        click.echo("no instances (start one with: corral run MODEL.gguf)", err=True)
+        return
+    rows = [[i["name"], i["state"], i["pid"] or "-", i["port"], i["model"].rsplit("/", 1)[-1],
+             i["restarts"], ago(i["ready_at"] if i["state"] == "ready" else None)] for i in items]
+    click.echo(table(rows, ["NAME", "STATE", "PID", "PORT", "MODEL", "RESTARTS", "UP"]))
+
+
+def _target_names(client: Client, targets: tuple[str, ...], all_: bool) -> list[str]:
+    if all_:
+        return [i["name"] for i in client.request("GET", "/api/v1/instances")]
+    if not targets:
+        raise UsageError("name an instance (or a port), or pass --all")
+    return list(targets)
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Stop every instance.")
+def stop(targets: tuple[str, ...], all_: bool) -> None:
+    """Stop instances by NAME or PORT (SIGTERM, then SIGKILL after stop_timeout)."""
+    client = ensure_daemon(settings())
+    for target in _target_names(client, targets, all_):
+        inst = client.request("POST", f"/api/v1/instances/{target}/stop", timeout=None)
+        click.echo(f"{inst['name']}  {inst['state']}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--detach", is_flag=True, help="Do not wait for ready.")
+def start(name: str, detach: bool) -> None:
+    """Start a stopped, exited or failed instance again with the same flags."""
+    client = ensure_daemon(settings())
+    inst = client.request("POST", f"/api/v1/instances/{name}/start",
+                          params={"wait": "false" if detach else "true"}, timeout=None)
+    click.echo(f"{inst['name']}  {inst['state']}  port {inst['port']}  {inst['url']}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--detach", is_flag=True, help="Do not wait for ready.")
+def restart(name: str, detach: bool) -> None:
+    """Stop and start an instance."""
+    client = ensure_daemon(settings())
+    inst = client.request("POST", f"/api/v1/instances/{name}/restart",
+                          params={"wait": "false" if detach else "true"}, timeout=None)
+    click.echo(f"{inst['name']}  {inst['state']}  port {inst['port']}  {inst['url']}")
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+def rm(names: tuple[str, ...]) -> None:
+    """Stop instances and forget them (their logs stay in CORRAL_HOME/logs)."""
+    client = ensure_daemon(settings())
+    for name in names:
+        client.request("DELETE", f"/api/v1/instances/{name}", timeout=None)
+        click.echo(f"removed {name}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", default=50, show_default=True, help="How many last lines.")
+def logs(name: str, follow: bool, lines: int) -> None:
+    """Print an instance's log (stdout and stderr of llama-server)."""
+    from corral.store import instances as inst_table
+    from corral.store.db import Store
+    from corral.supervisor import logs as logmod
+
+    s = settings()
+    if not s.db_path.exists():
+        raise NotFound(f"no instance named {name!r}")
+    store = Store(s.db_path)
+    try:
+        rec = inst_table.get(store, name)
+    finally:
+        store.close()
+    path = s.logs_dir / f"{rec.name}.log"
+    for line in logmod.tail(path, lines):
+        click.echo(line)
+    if not follow:
+        return
+    pos = path.stat().st_size if path.exists() else 0
+    try:
+        while True:
+            size = path.stat().st_size if path.exists() else 0
+            if size < pos:
+                pos = 0
+            if size > pos:
+                with open(path, "rb") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read(size - pos)
+                pos += len(chunk)
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+COMMANDS = [run, ps, stop, start, restart, rm, logs]

@@ -1,0 +1,143 @@
+"""A small stdlib HTTP client the CLI uses to talk to the daemon.
+
+Kept free of third-party imports so ``corral ps`` stays fast. When no daemon answers,
+:func:`ensure_daemon` starts one in the background (``corral serve``, logging to
+``CORRAL_HOME/logs/daemon.log``) and waits for ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Iterator
+from urllib.parse import urlencode, urlsplit
+
+from corral import errors
+from corral.settings import Settings
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        errors.UsageError, errors.UnknownFlag, errors.FlagValueError, errors.OwnedFlag,
+        errors.InvalidModelFile, errors.NotFound, errors.Conflict, errors.PortInUse,
+        errors.BinaryError, errors.LaunchFailed, errors.DaemonUnavailable,
+    )
+}
+
+
+class Client:
+    """JSON over HTTP to the daemon at ``settings.daemon_url``."""
+
+    def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
+        self.settings = settings
+        parts = urlsplit(settings.daemon_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.timeout = timeout
+
+    def _conn(self, timeout: float | None) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+
+    def _headers(self, body: bool) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if body:
+            headers["Content-Type"] = "application/json"
+        if self.settings.api_key:
+            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        return headers
+
+    def request(self, method: str, path: str, body: Any = None, params: dict | None = None,
+                timeout: float | None = None) -> Any:
+        """Send one request; raise the matching CorralError for an error answer.
+
+        ConnectionRefusedError (no daemon) propagates so callers can start one.
+        """
+        if params:
+            path += "?" + urlencode({k: v for k, v in params.items() if v is not None})
+        conn = self._conn(timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers=self._headers(data is not None))
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = {"error": {"code": "internal", "message": raw[:200].decode(errors="replace")}}
+        if resp.status >= 400:
+            raise _to_error(resp.status, payload)
+        return payload
+
+    def stream_lines(self, path: str, params: dict | None = None) -> Iterator[str]:
+        """Yield the ``data:`` payloads of an SSE stream, decoded from JSON."""
+        if params:
+            path += "?" + urlencode(params)
+        conn = self._conn(None)
+        conn.timeout = None
+        conn.request("GET", path, headers=self._headers(False))
+        resp = conn.getresponse()
+        if resp.status >= 400:
+            raise _to_error(resp.status, json.loads(resp.read() or b"null"))
+        try:
+            for raw in resp:
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+        finally:
+            conn.close()
+
+    def alive(self, timeout: float = 0.5) -> bool:
+        try:
+            self.request("GET", "/healthz", timeout=timeout)
+            return True
+        except (OSError, errors.CorralError):
+            return False
+
+
+def _to_error(status: int, payload: Any) -> errors.CorralError:
+    err = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
+    cls = _BY_CODE.get(err.get("code", ""))
+    if cls is None:
+        cls = {404: errors.NotFound, 409: errors.Conflict, 400: errors.UsageError,
+               401: errors.UsageError, 422: errors.UsageError}.get(status, errors.CorralError)
+    exc = cls(err.get("message") or f"daemon answered HTTP {status}", detail=err.get("detail"))
+    return exc
+
+
+def start_daemon(settings: Settings, wait: float = 20.0) -> None:
+    """Start ``corral serve`` detached, logging to CORRAL_HOME/logs/daemon.log."""
+    settings.ensure_dirs()
+    log_path = settings.logs_dir / "daemon.log"
+    env = dict(os.environ, CORRAL_HOME=str(settings.home))
+    parts = urlsplit(settings.daemon_url)
+    argv = [sys.executable, "-m", "corral", "serve", "--host", parts.hostname or "127.0.0.1",
+            "--port", str(parts.port or 9380)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                start_new_session=True, close_fds=True)
+    client = Client(settings)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if client.alive(0.5):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+    raise errors.DaemonUnavailable(
+        f"could not start the daemon ({tail[0] if tail else 'no output'}); see {log_path}")
+
+
+def ensure_daemon(settings: Settings) -> Client:
+    """A client for a daemon that answers, starting one when none does."""
+    client = Client(settings)
+    if not client.alive():
+        print(f"corral: starting the daemon ({settings.daemon_url})", file=sys.stderr)
+        start_daemon(settings)
+    return client

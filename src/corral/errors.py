@@ -1,0 +1,118 @@
+"""One rooted exception tree for corral.
+
+    CorralError                      500, exit 1
+    ├── UsageError                   400, exit 2   bad input from the user
+    │   ├── UnknownFlag              400           flag not in the build's catalog
+    │   ├── FlagValueError           400           switch given a value / value missing
+    │   ├── OwnedFlag                400           --model/--port are corral's to set
+    │   └── InvalidModelFile         400           not a readable GGUF
+    ├── NotFound                     404, exit 3   instance, build, model unknown
+    ├── Conflict                     409, exit 4   name or port taken, already running
+    │   └── PortInUse                409
+    ├── BinaryError                  424, exit 5   no llama-server, or it does not run
+    ├── LaunchFailed                 502, exit 6   the process exited or timed out while loading
+    └── DaemonUnavailable            503, exit 7   the CLI could not reach or start the daemon
+
+Each error knows its HTTP status, a stable machine ``code`` and its CLI exit code; the
+API renders ``{"error": {"code", "message"}}``, the CLI prints one line ``error: message``.
+"""
+
+from __future__ import annotations
+
+
+class CorralError(Exception):
+    """Base of every error corral raises on purpose."""
+
+    status = 500
+    code = "internal"
+    exit_code = 1
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Optional multi-line context (e.g. the last log lines of a failed launch).
+        self.detail = detail
+
+    def to_dict(self) -> dict:
+        err: dict = {"code": self.code, "message": self.message}
+        if self.detail:
+            err["detail"] = self.detail
+        return {"error": err}
+
+
+class UsageError(CorralError):
+    """The request or command line is malformed."""
+
+    status = 400
+    code = "bad_request"
+    exit_code = 2
+
+
+class UnknownFlag(UsageError):
+    """A flag the selected llama-server build does not know."""
+
+    code = "unknown_flag"
+
+
+class FlagValueError(UsageError):
+    """A switch was given a value, or a valued flag was given none."""
+
+    code = "flag_value"
+
+
+class OwnedFlag(UsageError):
+    """A flag corral sets itself (``--model``, ``--port``) was passed in the flags."""
+
+    code = "owned_flag"
+
+
+class InvalidModelFile(UsageError):
+    """The file is not a readable GGUF model (missing, truncated, corrupt, wrong version)."""
+
+    code = "invalid_model"
+
+
+class NotFound(CorralError):
+    """The named instance, build or model does not exist."""
+
+    status = 404
+    code = "not_found"
+    exit_code = 3
+
+
+class Conflict(CorralError):
+    """The request clashes with existing state (name taken, already running)."""
+
+    status = 409
+    code = "conflict"
+    exit_code = 4
+
+
+class PortInUse(Conflict):
+    """The requested port is already bound by another process."""
+
+    code = "port_in_use"
+
+
+class BinaryError(CorralError):
+    """No usable llama-server binary was found, or it failed to run."""
+
+    status = 424
+    code = "no_binary"
+    exit_code = 5
+
+
+class LaunchFailed(CorralError):
+    """The llama-server process exited or timed out before it became ready."""
+
+    status = 502
+    code = "launch_failed"
+    exit_code = 6
+
+
+class DaemonUnavailable(CorralError):
+    """The CLI could not reach the daemon, nor start one."""
+
+    status = 503
+    code = "daemon_unavailable"
+    exit_code = 7

@@ -1,0 +1,137 @@
+"""Settings: environment ``CORRAL_*`` > ``CORRAL_HOME/config.toml`` > defaults.
+
+Every piece of state lives under ``CORRAL_HOME`` (default ``~/.corral``)::
+
+    corral.db      SQLite store (WAL, numbered migrations)
+    logs/          daemon.log and one <instance>.log per instance (rotated)
+    bin/           llama-server builds corral installed
+    models/        GGUF files corral downloaded
+    cache/         flag catalogs per build
+
+The config file uses the same names as the environment variables, lower-cased and
+without the prefix: ``port_range = "8081-8999"``, ``probe_interval = 10``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from corral.errors import UsageError
+
+DEFAULT_DAEMON_PORT = 9380
+
+
+def _home_from_env() -> Path:
+    raw = os.environ.get("CORRAL_HOME")
+    return Path(raw).expanduser() if raw else Path.home() / ".corral"
+
+
+@dataclass
+class Settings:
+    """All knobs of corral, resolved once per process."""
+
+    home: Path = field(default_factory=_home_from_env)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_DAEMON_PORT
+    url: str = ""  # where the CLI finds the daemon; derived from host/port when empty
+    llama_server: str = ""  # binary path (CORRAL_LLAMA_SERVER)
+    port_range: str = "8081-8999"
+    api_key: str = ""  # required on every API call when set; needed for non-loopback binds
+    # supervision
+    probe_interval: float = 10.0
+    probe_timeout: float = 5.0
+    probe_failures: int = 3
+    load_timeout: float = 600.0
+    stop_timeout: float = 10.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    crash_limit: int = 5
+    crash_window: float = 300.0
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+
+    # -- derived paths ---------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.home / "corral.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.home / "bin"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def daemon_url(self) -> str:
+        if self.url:
+            return self.url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The instance port range as (low, high), inclusive."""
+        try:
+            low, high = (int(p) for p in self.port_range.split("-", 1))
+        except ValueError:
+            raise UsageError(f"port_range must look like 8081-8999, got {self.port_range!r}")
+        if not (1 <= low <= high <= 65535):
+            raise UsageError(f"port_range {self.port_range!r} is not within 1-65535")
+        return low, high
+
+    def ensure_dirs(self) -> None:
+        for d in (self.home, self.logs_dir, self.bin_dir, self.models_dir, self.cache_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def _coerce(name: str, value: object, typ: type) -> object:
+    try:
+        if typ is Path:
+            return Path(str(value)).expanduser()
+        if typ is int:
+            return int(value)  # type: ignore[arg-type]
+        if typ is float:
+            return float(value)  # type: ignore[arg-type]
+        return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"setting {name} has an invalid value {value!r}")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Resolve settings: explicit overrides > env ``CORRAL_*`` > config file > defaults."""
+    home = Path(str(overrides["home"])) if "home" in overrides else _home_from_env()
+    values: dict[str, object] = {}
+    config = home / "config.toml"
+    if config.is_file():
+        try:
+            values.update(tomllib.loads(config.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{config}: {exc}")
+    types = {f.name: f.type for f in fields(Settings)}
+    typemap = {"Path": Path, "str": str, "int": int, "float": float}
+    for name in types:
+        env = os.environ.get(f"CORRAL_{name.upper()}")
+        if env is not None and env != "":
+            values[name] = env
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["home"] = home
+    unknown = set(values) - set(types)
+    if unknown:
+        raise UsageError(f"unknown setting(s) in {config}: {', '.join(sorted(unknown))}")
+    kwargs = {k: _coerce(k, v, typemap[str(types[k])]) for k, v in values.items()}
+    return Settings(**kwargs)  # type: ignore[arg-type]

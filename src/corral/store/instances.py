@@ -1,0 +1,113 @@
+"""The ``instances`` table: every llama-server corral launched, live or not."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from corral.errors import Conflict, NotFound
+from corral.store.db import Store
+
+FlagPairs = list[list]  # [[flag, value | None], ...] (JSON friendly)
+
+
+@dataclass
+class InstanceRecord:
+    """One persisted instance. ``argv`` is exactly what was spawned (used to re-adopt)."""
+
+    name: str
+    model: str
+    binary: str
+    port: int
+    flags: FlagPairs = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    build_id: int | None = None
+    restart_policy: str = "on-failure"
+    desired: str = "running"
+    state: str = "stopped"
+    pid: int | None = None
+    create_time: float | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    last_error: str | None = None
+    started_at: float | None = None
+    ready_at: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_JSON_COLUMNS = ("flags", "argv")
+_COLUMNS = tuple(InstanceRecord.__dataclass_fields__)
+
+
+def _from_row(row) -> InstanceRecord:
+    data = dict(row)
+    for col in _JSON_COLUMNS:
+        data[col] = json.loads(data[col])
+    return InstanceRecord(**data)
+
+
+def insert(store: Store, rec: InstanceRecord) -> InstanceRecord:
+    """Insert a new instance; a taken name or port is a Conflict."""
+    now = time.time()
+    rec.created_at = rec.created_at or now
+    rec.updated_at = now
+    values = {c: getattr(rec, c) for c in _COLUMNS}
+    for col in _JSON_COLUMNS:
+        values[col] = json.dumps(values[col])
+    with store.tx() as conn:
+        if conn.execute("SELECT 1 FROM instances WHERE name = ?", (rec.name,)).fetchone():
+            raise Conflict(f"an instance named {rec.name!r} already exists")
+        other = conn.execute("SELECT name FROM instances WHERE port = ?", (rec.port,)).fetchone()
+        if other:
+            raise Conflict(f"port {rec.port} is already assigned to instance {other[0]!r}")
+        cols = ", ".join(_COLUMNS)
+        marks = ", ".join(f":{c}" for c in _COLUMNS)
+        conn.execute(f"INSERT INTO instances ({cols}) VALUES ({marks})", values)
+    return rec
+
+
+def update(store: Store, name: str, **changes) -> None:
+    """Update some columns of one instance (unknown names are a programming error)."""
+    if not changes:
+        return
+    bad = set(changes) - set(_COLUMNS)
+    if bad:
+        raise ValueError(f"unknown instance columns: {bad}")
+    changes["updated_at"] = time.time()
+    for col in _JSON_COLUMNS:
+        if col in changes:
+            changes[col] = json.dumps(changes[col])
+    sets = ", ".join(f"{c} = :{c}" for c in changes)
+    with store.tx() as conn:
+        conn.execute(f"UPDATE instances SET {sets} WHERE name = :_name", {**changes, "_name": name})
+
+
+def get(store: Store, name: str) -> InstanceRecord:
+    rows = store.query("SELECT * FROM instances WHERE name = ?", (name,))
+    if not rows:
+        raise NotFound(f"no instance named {name!r}")
+    return _from_row(rows[0])
+
+
+def find(store: Store, name: str) -> InstanceRecord | None:
+    rows = store.query("SELECT * FROM instances WHERE name = ?", (name,))
+    return _from_row(rows[0]) if rows else None
+
+
+def list_all(store: Store) -> list[InstanceRecord]:
+    return [_from_row(r) for r in store.query("SELECT * FROM instances ORDER BY created_at, name")]
+
+
+def delete(store: Store, name: str) -> None:
+    with store.tx() as conn:
+        conn.execute("DELETE FROM instances WHERE name = ?", (name,))
+
+
+def used_ports(store: Store) -> set[int]:
+    return {r[0] for r in store.query("SELECT port FROM instances")}

@@ -1,0 +1,1 @@
+"""Instance supervision: pure state rules, the OS seam, and the asyncio supervisor."""

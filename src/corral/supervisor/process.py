@@ -1,0 +1,176 @@
+"""The OS seam: spawn, signal, adopt and inspect llama-server processes.
+
+Everything the supervisor does to a process goes through :class:`ProcessOps`, so tests
+can swap it. Instances run in their own session (``start_new_session``) so they outlive
+the daemon and can be stopped as a group; their output goes to a log file opened with
+``O_APPEND``, never to a pipe that would break when the daemon exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+#: Exit "code" of a process that ended while not our child (adopted): unknowable.
+UNKNOWN_EXIT = -1000
+
+#: Process start times are compared with this slack (psutil rounds to clock ticks).
+CREATE_TIME_SLACK = 0.05
+
+
+@dataclass
+class ProcessHandle:
+    """A llama-server process: one we spawned (``popen`` set) or one we adopted."""
+
+    pid: int
+    create_time: float
+    popen: subprocess.Popen | None = None
+    _exit_code: int | None = None
+    _gone: bool = False
+
+    def poll(self) -> int | None:
+        """Exit code once the process has ended, else None.
+
+        For an adopted process (not our child) the code cannot be read: UNKNOWN_EXIT.
+        """
+        if self._gone:
+            return self._exit_code
+        if self.popen is not None:
+            code = self.popen.poll()
+            if code is None:
+                return None
+            self._gone, self._exit_code = True, code
+            return code
+        if not same_process(self.pid, self.create_time):
+            self._gone, self._exit_code = True, UNKNOWN_EXIT
+            return UNKNOWN_EXIT
+        return None
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the process group (the instance and anything it forked)."""
+        if self.poll() is not None and self.popen is not None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            # Not a group leader we own (should not happen): fall back to the pid.
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def group_alive(self) -> bool:
+        """Whether any process of the group is still around (not counting zombies)."""
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        for proc in psutil.process_iter(["pid", "status"]):
+            try:
+                if os.getpgid(proc.pid) == self.pid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                    return True
+            except (ProcessLookupError, psutil.Error, OSError):
+                continue
+        return False
+
+
+def same_process(pid: int, create_time: float | None) -> bool:
+    """True when ``pid`` is alive and started at ``create_time`` (guards pid reuse)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return create_time is None or abs(started - create_time) <= CREATE_TIME_SLACK
+
+
+def cmdline_matches(cmdline: list[str], argv: list[str]) -> bool:
+    """Whether a live process's cmdline is the command we spawned.
+
+    The binary may be a script run through its interpreter (cmdline gains a prefix), so
+    the arguments after argv[0] must match the tail and the binary's name must appear.
+    """
+    if not argv or len(cmdline) < len(argv):
+        return False
+    tail = argv[1:]
+    if tail and cmdline[-len(tail):] != tail:
+        return False
+    head = cmdline[: len(cmdline) - len(tail)]
+    name = os.path.basename(argv[0])
+    return any(os.path.basename(part) == name for part in head)
+
+
+class ProcessOps:
+    """Real implementation of the OS operations the supervisor needs."""
+
+    def spawn(self, argv: list[str], env: dict[str, str], log_path: Path) -> ProcessHandle:
+        """Start ``argv`` (no shell) in a new session with output appended to ``log_path``."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab", buffering=0) as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"--- corral {stamp}: {' '.join(argv)}\n".encode())
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        try:
+            created = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            created = time.time()
+        return ProcessHandle(pid=popen.pid, create_time=created, popen=popen)
+
+    def adopt(self, pid: int | None, create_time: float | None, argv: list[str]) -> ProcessHandle | None:
+        """A handle on a live process we started earlier, or None if it is gone/replaced."""
+        if not pid or not same_process(pid, create_time):
+            return None
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return None
+        if not cmdline_matches(cmdline, argv):
+            return None
+        return ProcessHandle(pid=pid, create_time=create_time or 0.0)
+
+    def port_free(self, host: str, port: int) -> bool:
+        """Whether ``host:port`` can be bound now (a listening socket makes it taken)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # Like llama-server itself: TIME_WAIT leftovers do not block a new listener.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    return False
+                raise
+        return True
+
+
+def kill_group_now(pid: int, create_time: float | None) -> bool:
+    """SIGKILL a group whose leader is ``pid`` if it is still the same process."""
+    if not same_process(pid, create_time):
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True

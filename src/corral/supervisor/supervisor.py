@@ -1,0 +1,616 @@
+"""The asyncio supervisor: launches instances, watches them, restarts them, re-adopts them.
+
+One task per live instance runs :meth:`Supervisor._supervise`, a loop over the states of
+:mod:`corral.supervisor.states`. Every change is written to the store first, so a daemon
+killed at any moment finds each instance's pid, start time, port and command line when
+it comes back, and :meth:`Supervisor.adopt_running` picks them up instead of launching
+duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from corral.builds.catalog import FlagCatalog, load_catalog
+from corral.builds.resolve import binary_env, resolve_binary
+from corral.errors import (
+    BinaryError,
+    Conflict,
+    InvalidModelFile,
+    LaunchFailed,
+    NotFound,
+    OwnedFlag,
+    PortInUse,
+    UsageError,
+)
+from corral.settings import Settings
+from corral.store import instances as table
+from corral.store.db import Store
+from corral.store.instances import InstanceRecord
+from corral.supervisor import logs
+from corral.supervisor.probe import http_health
+from corral.supervisor.process import UNKNOWN_EXIT, ProcessHandle, ProcessOps
+from corral.supervisor.states import (
+    ACTIVE,
+    ALIVE,
+    RESTART_POLICIES,
+    RESTING,
+    Event,
+    State,
+    backoff_delay,
+    recent,
+    should_restart,
+    transition,
+)
+
+log = logging.getLogger("corral.supervisor")
+
+Probe = Callable[[str, int, float], Awaitable[int | None]]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LOG_TAIL_LINES = 20
+#: How often a ready instance's process is checked for exit (cheap: waitpid/psutil).
+EXIT_CHECK_INTERVAL = 0.2
+
+
+@dataclass
+class LaunchSpec:
+    """What a user asks for: a model, flags, and optionally a name, port, policy, binary."""
+
+    model: str
+    flags: list[str] = field(default_factory=list)
+    name: str | None = None
+    port: int | None = None
+    restart: str = "on-failure"
+    binary: str | None = None
+    build_id: int | None = None
+
+
+@dataclass
+class Runtime:
+    """In-memory companion of one instance record."""
+
+    rec: InstanceRecord
+    handle: ProcessHandle | None = None
+    task: asyncio.Task | None = None
+    crash_times: list[float] = field(default_factory=list)
+    ever_ready: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def state(self) -> State:
+        return State(self.rec.state)
+
+
+def check_model_file(model: str) -> Path:
+    """A GGUF path that exists and starts with the GGUF magic, else InvalidModelFile."""
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise InvalidModelFile(f"model file not found: {path}")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise InvalidModelFile(f"cannot read {path}: {exc.strerror}")
+    if magic != b"GGUF":
+        raise InvalidModelFile(f"{path} is not a GGUF file (bad magic {magic!r})")
+    return path.resolve()
+
+
+def describe_exit(code: int | None) -> str:
+    """'exited with code 1', 'killed by SIGILL', 'ended (status unknown)'."""
+    if code is None or code == UNKNOWN_EXIT:
+        return "ended (exit status unknown: the process was adopted)"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"ended (status {code})"
+    return f"exited with code {code}"
+
+
+def derive_name(model: Path, taken: set[str]) -> str:
+    """A short instance name from the model file name, unique among ``taken``."""
+    stem = model.name.removesuffix(".gguf")
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._").lower()[:48] or "instance"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+class Supervisor:
+    """Owns every llama-server process of one CORRAL_HOME."""
+
+    def __init__(self, settings: Settings, store: Store, ops: ProcessOps | None = None,
+                 probe: Probe = http_health, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.ops = ops or ProcessOps()
+        self.probe = probe
+        self.clock = clock
+        self._rts: dict[str, Runtime] = {}
+        self._launch_lock = asyncio.Lock()
+        self._catalogs: dict[str, FlagCatalog] = {}
+        self._subscribers: set[asyncio.Queue] = set()
+        self._closed = False
+
+    # -- queries ---------------------------------------------------------------
+    def list(self) -> list[InstanceRecord]:
+        return [rt.rec for rt in sorted(self._rts.values(), key=lambda r: (r.rec.created_at, r.rec.name))]
+
+    def get(self, name: str) -> InstanceRecord:
+        return self._rt(name).rec
+
+    def _rt(self, name_or_port: str) -> Runtime:
+        rt = self._rts.get(name_or_port)
+        if rt is None and str(name_or_port).isdigit():
+            rt = next((r for r in self._rts.values() if r.rec.port == int(name_or_port)), None)
+        if rt is None:
+            raise NotFound(f"no instance named {name_or_port!r}")
+        return rt
+
+    def log_path(self, name: str) -> Path:
+        return self.settings.logs_dir / f"{name}.log"
+
+    async def catalog(self, binary: str | None = None, build_id: int | None = None) -> FlagCatalog:
+        """The flag catalog of the binary that would be used (cached per build file)."""
+        resolved = resolve_binary(self.settings, self.store, binary, build_id)
+        key = str(resolved.path)
+        if key not in self._catalogs:
+            self._catalogs[key] = await asyncio.to_thread(
+                load_catalog, resolved.path, self.settings.cache_dir)
+        return self._catalogs[key]
+
+    def subscribe(self) -> asyncio.Queue:
+        """A queue receiving every state change as a dict (for SSE)."""
+        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subscribers.discard(q)
+
+    # -- lifecycle of the supervisor --------------------------------------------
+    async def start(self) -> None:
+        """Load every persisted instance and re-adopt the ones still running."""
+        await self.adopt_running()
+
+    async def close(self) -> None:
+        """Stop supervising. Instances keep running; a later daemon re-adopts them."""
+        self._closed = True
+        tasks = [rt.task for rt in self._rts.values() if rt.task and not rt.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def adopt_running(self) -> None:
+        """Re-attach to instances a previous daemon started; restart vanished ones."""
+        for rec in table.list_all(self.store):
+            rt = Runtime(rec)
+            self._rts[rec.name] = rt
+            rt.ever_ready = rec.ready_at is not None
+            state = State(rec.state)
+            handle = self.ops.adopt(rec.pid, rec.create_time, rec.argv) if rec.pid else None
+            if rec.desired != "running":
+                if handle is not None:  # the old daemon died mid-stop: finish the stop
+                    rt.handle = handle
+                    await self._terminate(rt)
+                if state not in RESTING:
+                    self._set(rt, State.STOPPED, pid=None)
+                continue
+            if handle is not None:
+                rt.handle = handle
+                # Adopted: keep watching from where it was (a loading one keeps loading).
+                if state not in (State.STARTING, State.READY, State.UNHEALTHY):
+                    self._set(rt, State.STARTING)
+                log.info("adopted %s (pid %s, port %s)", rec.name, rec.pid, rec.port)
+                self._emit(rt, "adopted")
+                rt.task = asyncio.create_task(self._supervise(rt), name=f"supervise-{rec.name}")
+            elif state in ACTIVE:
+                # Vanished while no daemon watched it, and it should run: start it again.
+                self._set(rt, State.BACKOFF, pid=None, exit_code=None,
+                          last_error="process vanished while the daemon was down")
+                rt.task = asyncio.create_task(self._resume_vanished(rt),
+                                              name=f"supervise-{rec.name}")
+
+    # -- commands ----------------------------------------------------------------
+    async def launch(self, spec: LaunchSpec) -> InstanceRecord:
+        """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input."""
+        if spec.restart not in RESTART_POLICIES:
+            raise UsageError(f"restart policy must be one of {', '.join(RESTART_POLICIES)}")
+        model = check_model_file(spec.model)
+        resolved = resolve_binary(self.settings, self.store, spec.binary, spec.build_id)
+        catalog = await self.catalog(str(resolved.path))
+        pairs = catalog.normalize(list(spec.flags))
+        host, pairs = self._split_owned(catalog, pairs)
+        async with self._launch_lock:
+            name = self._choose_name(spec.name, model)
+            port = self._choose_port(spec.port, host)
+            argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
+            argv += catalog.to_argv(pairs)
+            rec = InstanceRecord(
+                name=name, model=str(model), binary=str(resolved.path), port=port, host=host,
+                flags=[list(p) for p in pairs], argv=argv, build_id=resolved.build_id,
+                restart_policy=spec.restart, desired="running", state=State.STOPPED,
+            )
+            table.insert(self.store, rec)
+            rt = Runtime(rec)
+            self._rts[name] = rt
+            try:
+                self._spawn(rt)
+            except BinaryError:
+                del self._rts[name]
+                table.delete(self.store, name)
+                raise
+        rt.task = asyncio.create_task(self._supervise(rt), name=f"supervise-{name}")
+        return rec
+
+    async def wait_ready(self, name: str, timeout: float | None = None) -> InstanceRecord:
+        """Block until the instance is ready; LaunchFailed (with log tail) if it gives up."""
+        rt = self._rt(name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = rt.state
+            if state is State.READY:
+                return rt.rec
+            if state in RESTING:
+                raise LaunchFailed(
+                    f"instance {name!r} {state.value}: {rt.rec.last_error or 'no reason recorded'}",
+                    detail="\n".join(logs.tail(self.log_path(name), LOG_TAIL_LINES)),
+                )
+            event = rt.changed
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise LaunchFailed(f"instance {name!r} is still {state.value} after {timeout:g} s")
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    async def stop(self, name: str) -> InstanceRecord:
+        """SIGTERM the instance's group, SIGKILL after stop_timeout; it stays stopped."""
+        rt = self._rt(name)
+        async with rt.lock:
+            table.update(self.store, rt.rec.name, desired="stopped")
+            rt.rec.desired = "stopped"
+            await self._cancel_task(rt)
+            if rt.handle is not None and rt.handle.poll() is None:
+                self._set(rt, transition(rt.state, Event.STOP))
+                await self._terminate(rt)
+            if rt.state is not State.STOPPED:
+                self._set(rt, State.STOPPED)
+            self._set(rt, State.STOPPED, pid=None, create_time=None)
+        return rt.rec
+
+    async def start_instance(self, name: str) -> InstanceRecord:
+        """Start a stopped, exited or failed instance again with the same command line."""
+        rt = self._rt(name)
+        async with rt.lock:
+            if rt.state not in RESTING:
+                raise Conflict(f"instance {name!r} is already {rt.state.value}")
+            rt.rec.desired = "running"
+            table.update(self.store, name, desired="running")
+            rt.crash_times.clear()
+            rt.ever_ready = False
+            self._spawn(rt)
+            rt.task = asyncio.create_task(self._supervise(rt), name=f"supervise-{name}")
+        return rt.rec
+
+    async def restart(self, name: str) -> InstanceRecord:
+        await self.stop(name)
+        rec = await self.start_instance(name)
+        table.update(self.store, name, restarts=rec.restarts + 1)
+        rec.restarts += 1
+        return rec
+
+    async def remove(self, name: str) -> None:
+        """Stop the instance and forget it (its log file is kept)."""
+        rt = self._rt(name)
+        await self.stop(name)
+        table.delete(self.store, rt.rec.name)
+        self._rts.pop(rt.rec.name, None)
+        self._emit(rt, "removed")
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(name) for name in list(self._rts)))
+
+    # -- internals: launching ----------------------------------------------------
+    def _split_owned(self, catalog: FlagCatalog, pairs: list) -> tuple[str, list]:
+        owned = {}
+        for name in ("--model", "--port", "--host"):
+            flag = catalog.lookup(name)
+            if flag is not None:
+                owned[flag.long] = name
+        host = "127.0.0.1"
+        kept = []
+        for flag, value in pairs:
+            role = owned.get(flag)
+            if role == "--host":
+                host = value or host
+            elif role == "--model":
+                raise OwnedFlag("corral sets --model itself: give the model as MODEL")
+            elif role == "--port":
+                raise OwnedFlag("corral sets --port itself: use corral's --port option")
+            else:
+                kept.append((flag, value))
+        return host, kept
+
+    def _choose_name(self, wanted: str | None, model: Path) -> str:
+        taken = set(self._rts) | {r.name for r in table.list_all(self.store)}
+        if wanted is None:
+            return derive_name(model, taken)
+        if not NAME_RE.match(wanted):
+            raise UsageError(
+                f"invalid instance name {wanted!r}: use letters, digits, '.', '_' or '-' (max 64)")
+        if wanted in taken:
+            raise Conflict(f"an instance named {wanted!r} already exists "
+                           f"(corral start {wanted}, or corral rm {wanted})")
+        return wanted
+
+    def _choose_port(self, wanted: int | None, host: str) -> int:
+        used = table.used_ports(self.store)
+        if wanted is not None:
+            if not 1 <= wanted <= 65535:
+                raise UsageError(f"port {wanted} is not within 1-65535")
+            if wanted in used:
+                raise Conflict(f"port {wanted} is already assigned to another instance")
+            if not self.ops.port_free(host, wanted):
+                raise PortInUse(f"port {wanted} on {host} is already in use by another process")
+            return wanted
+        low, high = self.settings.ports
+        for port in range(low, high + 1):
+            if port not in used and self.ops.port_free(host, port):
+                return port
+        raise PortInUse(f"no free port left in the range {low}-{high}")
+
+    def _spawn(self, rt: Runtime) -> None:
+        """Start the process for ``rt`` and record it as STARTING."""
+        rec = rt.rec
+        if not self.ops.port_free(rec.host, rec.port):
+            self._set(rt, State.FAILED, last_error=f"port {rec.port} is taken by another process")
+            raise PortInUse(f"port {rec.port} on {rec.host} is already in use by another process")
+        binary = Path(rec.argv[0])
+        try:
+            rt.handle = self.ops.spawn(rec.argv, binary_env(binary), self.log_path(rec.name))
+        except OSError as exc:
+            self._set(rt, State.FAILED, last_error=f"cannot run {binary}: {exc.strerror}")
+            raise BinaryError(f"cannot run {binary}: {exc.strerror or exc}")
+        self._set(rt, State.STARTING, pid=rt.handle.pid, create_time=rt.handle.create_time,
+                  started_at=self.clock(), ready_at=None, exit_code=None)
+
+    # -- internals: the supervision loop -------------------------------------------
+    async def _supervise(self, rt: Runtime) -> None:
+        """Drive one instance until it rests (stopped, exited, failed) or we are closed."""
+        try:
+            while True:
+                if rt.state is State.STARTING:
+                    outcome = await self._await_ready(rt)
+                    if outcome == "ready":
+                        rt.ever_ready = True
+                        self._set(rt, transition(State.STARTING, Event.HEALTH_OK),
+                                  ready_at=self.clock(), last_error=None)
+                        continue
+                    if outcome == "timeout":
+                        await self._terminate(rt)
+                        self._set(rt, transition(State.STARTING, Event.LOAD_TIMEOUT), pid=None,
+                                  last_error=f"not ready after {self.settings.load_timeout:g} s")
+                        return
+                elif rt.state in (State.READY, State.UNHEALTHY):
+                    outcome = await self._monitor(rt)
+                    if outcome == "hung":
+                        if not await self._restart_hung(rt):
+                            return
+                        continue
+                else:
+                    return
+                # outcome == "exit"
+                if not await self._after_exit(rt):
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a supervisor bug must not leave the instance unwatched silently
+            log.exception("supervising %s failed", rt.rec.name)
+            self._set(rt, State.FAILED, last_error=f"supervisor error: {exc}")
+
+    async def _await_ready(self, rt: Runtime) -> str:
+        """Poll /health fast until 200 ('ready'), the process exits ('exit') or time runs out."""
+        started = time.monotonic()
+        while True:
+            if rt.handle is None or rt.handle.poll() is not None:
+                return "exit"
+            elapsed = time.monotonic() - started
+            if elapsed > self.settings.load_timeout:
+                return "timeout"
+            status = await self.probe(rt.rec.host, rt.rec.port, min(2.0, self.settings.probe_timeout))
+            if status == 200:
+                return "ready"
+            # 20 ms while a small model would be coming up, then 100 ms.
+            await asyncio.sleep(0.02 if elapsed < 2.0 else 0.1)
+
+    async def _monitor(self, rt: Runtime) -> str:
+        """Watch a ready instance: 'exit' when the process ends, 'hung' after failed probes."""
+        failures = 0
+        next_probe = time.monotonic() if rt.state is State.UNHEALTHY else \
+            time.monotonic() + self.settings.probe_interval
+        next_rotate = time.monotonic() + 5.0
+        while True:
+            if rt.handle is None or rt.handle.poll() is not None:
+                return "exit"
+            now = time.monotonic()
+            if now >= next_rotate:
+                next_rotate = now + 5.0
+                logs.rotate_if_needed(self.log_path(rt.rec.name), self.settings.log_max_bytes,
+                                      self.settings.log_backups)
+            if now < next_probe:
+                await asyncio.sleep(min(EXIT_CHECK_INTERVAL, next_probe - now))
+                continue
+            status = await self._probe_watching_exit(rt)
+            if status == "exit":
+                return "exit"
+            next_probe = time.monotonic() + self.settings.probe_interval
+            if status == 200:
+                failures = 0
+                if rt.state is State.UNHEALTHY:
+                    self._set(rt, transition(rt.state, Event.HEALTH_OK), last_error=None)
+                continue
+            failures += 1
+            reason = "no answer" if status is None else f"HTTP {status}"
+            self._set(rt, transition(rt.state, Event.PROBE_FAILED),
+                      last_error=f"health probe failed {failures}x ({reason})")
+            if failures >= self.settings.probe_failures:
+                return "hung"
+
+    async def _probe_watching_exit(self, rt: Runtime) -> int | None | str:
+        """Run one probe, but notice a process exit while it is pending."""
+        task = asyncio.create_task(
+            self.probe(rt.rec.host, rt.rec.port, self.settings.probe_timeout))
+        try:
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=EXIT_CHECK_INTERVAL)
+                if not done and rt.handle is not None and rt.handle.poll() is not None:
+                    return "exit"
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _restart_hung(self, rt: Runtime) -> bool:
+        """Kill a hung instance and start it again; False when the crash limit is hit."""
+        now = self.clock()
+        rt.crash_times = recent(rt.crash_times + [now], now, self.settings.crash_window)
+        give_up = len(rt.crash_times) >= self.settings.crash_limit
+        await self._terminate(rt)
+        msg = f"hung: {self.settings.probe_failures} health probes failed; restarted"
+        nxt = transition(State.UNHEALTHY, Event.HUNG, give_up=give_up)
+        if nxt is State.FAILED:
+            self._set(rt, nxt, pid=None, last_error=msg.replace("restarted", "crash limit reached"))
+            return False
+        self._set(rt, State.BACKOFF, pid=None, last_error=msg)
+        return await self._respawn_after(rt, 0.0)
+
+    async def _after_exit(self, rt: Runtime) -> bool:
+        """Decide what an exit means: restart after backoff, or rest. True to keep going."""
+        code = rt.handle.poll() if rt.handle else UNKNOWN_EXIT
+        tail = logs.tail(self.log_path(rt.rec.name), LOG_TAIL_LINES)
+        last_line = next((line for line in reversed(tail) if line.strip()), "")
+        reason = describe_exit(code) + (f": {last_line.strip()[:300]}" if last_line else "")
+        if not rt.ever_ready:
+            # Never became ready since the user launched it: fail fast, do not loop.
+            self._set(rt, transition(rt.state, Event.EXIT, give_up=True),
+                      pid=None, exit_code=code, last_error=reason)
+            return False
+        restart = should_restart(rt.rec.restart_policy, code)
+        give_up = False
+        if restart:
+            now = self.clock()
+            rt.crash_times = recent(rt.crash_times + [now], now, self.settings.crash_window)
+            give_up = len(rt.crash_times) >= self.settings.crash_limit
+        nxt = transition(rt.state, Event.EXIT, restart=restart, give_up=give_up)
+        if give_up:
+            reason = f"crashed {len(rt.crash_times)} times in {self.settings.crash_window:g} s; last {reason}"
+        self._set(rt, nxt, pid=None, exit_code=code, last_error=reason)
+        if nxt is not State.BACKOFF:
+            return False
+        delay = backoff_delay(len(rt.crash_times), self.settings.backoff_initial,
+                              self.settings.backoff_max)
+        return await self._respawn_after(rt, delay)
+
+    async def _respawn_after(self, rt: Runtime, delay: float) -> bool:
+        """BACKOFF -> STARTING after ``delay``; True when spawned (the loop goes on)."""
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._set(rt, transition(State.BACKOFF, Event.BACKOFF_DONE), restarts=rt.rec.restarts + 1)
+        try:
+            self._spawn(rt)
+        except (PortInUse, BinaryError) as exc:
+            log.warning("restart of %s failed: %s", rt.rec.name, exc)
+            return False
+        return True
+
+    async def _resume_vanished(self, rt: Runtime) -> None:
+        """Task entry for an instance that died while no daemon watched it."""
+        if await self._respawn_after(rt, 0.0):
+            await self._supervise(rt)
+
+    async def _terminate(self, rt: Runtime) -> None:
+        """SIGTERM the group, wait stop_timeout, SIGKILL whatever is left, wait for it."""
+        handle = rt.handle
+        if handle is None:
+            return
+        handle.signal_group(signal.SIGTERM)
+        if not await self._wait_gone(handle, self.settings.stop_timeout):
+            log.warning("%s ignored SIGTERM for %g s: SIGKILL", rt.rec.name, self.settings.stop_timeout)
+            handle.signal_group(signal.SIGKILL)
+            await self._wait_gone(handle, 5.0)
+        self._emit(rt, "terminated")
+
+    @staticmethod
+    async def _wait_gone(handle: ProcessHandle, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if handle.poll() is not None and not handle.group_alive():
+                return True
+            await asyncio.sleep(0.05)
+        return handle.poll() is not None and not handle.group_alive()
+
+    async def _cancel_task(self, rt: Runtime) -> None:
+        task, rt.task = rt.task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- internals: state and events ------------------------------------------------
+    def _set(self, rt: Runtime, state: State, **changes: Any) -> None:
+        """Persist a state change (and other columns) and wake whoever waits on it."""
+        changes["state"] = State(state).value
+        for key, value in changes.items():
+            setattr(rt.rec, key, value)
+        if rt.rec.name in self._rts or table.find(self.store, rt.rec.name) is not None:
+            table.update(self.store, rt.rec.name, **changes)
+        event, rt.changed = rt.changed, asyncio.Event()
+        event.set()
+        self._emit(rt, "state")
+
+    def _emit(self, rt: Runtime, kind: str) -> None:
+        payload = {"type": kind, "instance": rt.rec.name, "state": rt.rec.state,
+                   "pid": rt.rec.pid, "port": rt.rec.port, "restarts": rt.rec.restarts,
+                   "time": self.clock()}
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(payload)
+            except asyncio.QueueFull:
+                pass
+
+
+def instance_view(rec: InstanceRecord) -> dict:
+    """The public shape of an instance (API and ``ps --json``)."""
+    return {
+        "name": rec.name,
+        "state": rec.state,
+        "desired": rec.desired,
+        "pid": rec.pid,
+        "host": rec.host,
+        "port": rec.port,
+        "url": f"http://{'127.0.0.1' if rec.host in ('0.0.0.0', '::') else rec.host}:{rec.port}",
+        "model": rec.model,
+        "build": rec.build_id,
+        "binary": rec.binary,
+        "flags": [f if v is None else f"{f} {v}" for f, v in rec.flags],
+        "argv": rec.argv,
+        "restart_policy": rec.restart_policy,
+        "restarts": rec.restarts,
+        "exit_code": rec.exit_code,
+        "last_error": rec.last_error,
+        "started_at": rec.started_at,
+        "ready_at": rec.ready_at,
+        "created_at": rec.created_at,
+    }

@@ -1,0 +1,175 @@
+"""Test isolation and shared fixtures.
+
+Every test runs with CORRAL_HOME in its own temp dir (autouse), never the user's home,
+and with no CORRAL_* variable leaking in from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.client import Client
+from corral.settings import load_settings
+from tests.fakes import make_fake_binary
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Fast supervision knobs for tests (production defaults are seconds to minutes).
+FAST = {
+    "CORRAL_PROBE_INTERVAL": "0.2",
+    "CORRAL_PROBE_TIMEOUT": "0.3",
+    "CORRAL_PROBE_FAILURES": "3",
+    "CORRAL_BACKOFF_INITIAL": "0.1",
+    "CORRAL_BACKOFF_MAX": "0.4",
+    "CORRAL_STOP_TIMEOUT": "1.0",
+    "CORRAL_LOAD_TIMEOUT": "20",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_range(size: int = 20) -> str:
+    """A range of ``size`` ports that are free right now (best effort)."""
+    for _ in range(50):
+        base = free_port()
+        if base + size > 65000:
+            continue
+        ok = True
+        for p in range(base, base + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return f"{base}-{base + size - 1}"
+    raise RuntimeError("no free port range")
+
+
+@pytest.fixture(autouse=True)
+def corral_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in list(os.environ):
+        if key.startswith(("CORRAL_", "FAKE_LLAMA_")) and not key.startswith("CORRAL_TEST_"):
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("CORRAL_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def fake_binary(tmp_path: Path) -> Path:
+    return make_fake_binary(tmp_path / "fakebin")
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    """A file with the GGUF magic (enough for the fake server)."""
+    path = tmp_path / "models" / "tiny-model-Q4_K_M.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(16))
+    return path
+
+
+class DaemonProcess:
+    """A real ``corral serve`` subprocess on a free port, with a client for it."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.settings = load_settings()
+        self.settings.home = Path(env["CORRAL_HOME"])
+        self.settings.port = int(env["CORRAL_PORT"])
+        self.settings.url = f"http://127.0.0.1:{env['CORRAL_PORT']}"
+        self.client = Client(self.settings)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "DaemonProcess":
+        log = open(self.settings.home / "daemon-test.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral", "serve"], env=self.env, stdout=log, stderr=log,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.client.alive(0.3):
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("daemon did not start: " + self.log_text()[-2000:])
+
+    def log_text(self) -> str:
+        path = self.settings.home / "daemon-test.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run the real ``corral`` CLI against this daemon."""
+        return subprocess.run([sys.executable, "-m", "corral", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def daemon_env(corral_home: Path, fake_binary: Path) -> dict[str, str]:
+    corral_home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "FAKE_LLAMA_"))}
+    env.update(FAST)
+    env.update({
+        "CORRAL_HOME": str(corral_home),
+        "CORRAL_PORT": str(port),
+        "CORRAL_URL": f"http://127.0.0.1:{port}",
+        "CORRAL_PORT_RANGE": free_port_range(),
+        "CORRAL_LLAMA_SERVER": str(fake_binary),
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    })
+    return env
+
+
+@pytest.fixture
+def daemon(daemon_env: dict[str, str]):
+    """A running daemon (subprocess) using the fake llama-server; everything killed after."""
+    d = DaemonProcess(daemon_env).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        from corral.supervisor.offline import stop_all_offline
+
+        stop_all_offline(d.settings, timeout=1.0)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = ""):
+    """Poll ``predicate`` until it returns a truthy value; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {message or predicate}; last={last!r}")
