@@ -95,11 +95,11 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> "DaemonProcess":
-        log = open(self.settings.home / "daemon-test.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral", "serve"], env=self.env, stdout=log, stderr=log,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        with open(self.settings.home / "daemon-test.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "corral", "serve"], env=self.env, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.client.alive(0.3):

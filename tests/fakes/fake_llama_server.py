@@ -708,9 +708,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"ok": True, "exiting": code})
             _exit_soon(code, f"fake-llama: crashing with exit code {code}")
         elif path == "/_fake/hang" and method == "POST":
-            self._send_json(200, {"ok": True, "hung": True})
+            st.hang()  # before answering: the next request must already hang
             log("fake-llama: hanging: no request will be answered from now on", "W")
-            st.hang()
+            self._send_json(200, {"ok": True, "hung": True})
         elif path == "/_fake/ignore-sigterm" and method == "POST":
             with st.lock:
                 st.ignore_sigterm = True
@@ -1019,9 +1019,13 @@ def _loader(st: State) -> None:
     time.sleep(load)
     cmn("init", "llama threadpool init, n_threads = 2")
     srv("load_model", "initializing, n_slots = 4, n_ctx_slot = 4096, kv_unified = 'true'")
+    hang = _truthy(cfg.get("hang"))
+    hang_after = max(0.0, _num(cfg.get("hang_after"), 0.0))
     with st.lock:
         st.loading = False
         st.ready_at = time.time()
+        if hang and not hang_after:  # no request may slip through between ready and hung
+            st.hung = True
     srv("llama_server", "model loaded")
     host = st.args.host
     shown = f"[{host}]" if ":" in host else host
@@ -1034,12 +1038,11 @@ def _loader(st: State) -> None:
         code = int(_num(cfg.get("crash_code"), 1))
         _exit_soon(code, f"fake-llama: crash_after reached, exiting with {code}",
                    delay=max(0.0, _num(crash_after, 0.0)))
-    if _truthy(cfg.get("hang")):
-        after = max(0.0, _num(cfg.get("hang_after"), 0.0))
-        if after:
-            time.sleep(after)
+    if hang:
+        if hang_after:
+            time.sleep(hang_after)
+            st.hang()
         log("fake-llama: hanging: no request will be answered from now on", "W")
-        st.hang()
 
 
 def main(argv: list[str] | None = None) -> int:
