@@ -51,6 +51,12 @@ def serve(settings: Settings) -> None:
         raise UsageError(
             f"refusing to listen on {settings.host} without an API key: set CORRAL_API_KEY")
     lock = acquire_lock(settings)
+    from corral.supervisor.process import ProcessOps
+
+    if not ProcessOps().port_free(settings.host, settings.port):
+        lock.close()
+        raise Conflict(f"cannot listen on {settings.host}:{settings.port}: the port is in use "
+                       "(set CORRAL_PORT or --port)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store = Store(settings.db_path)

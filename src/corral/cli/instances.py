@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 
@@ -137,15 +136,19 @@ def stop(targets: tuple[str, ...], all_: bool) -> None:
         click.echo(f"{inst['name']}  {inst['state']}")
 
 
+def _control(action: str, name: str, detach: bool) -> None:
+    client = ensure_daemon(settings())
+    inst = client.request("POST", f"/api/v1/instances/{name}/{action}",
+                          params={"wait": "false" if detach else "true"}, timeout=None)
+    click.echo(f"{inst['name']}  {inst['state']}  port {inst['port']}  {inst['url']}")
+
+
 @click.command()
 @click.argument("name")
 @click.option("--detach", is_flag=True, help="Do not wait for ready.")
 def start(name: str, detach: bool) -> None:
     """Start a stopped, exited or failed instance again with the same flags."""
-    client = ensure_daemon(settings())
-    inst = client.request("POST", f"/api/v1/instances/{name}/start",
-                          params={"wait": "false" if detach else "true"}, timeout=None)
-    click.echo(f"{inst['name']}  {inst['state']}  port {inst['port']}  {inst['url']}")
+    _control("start", name, detach)
 
 
 @click.command()
@@ -153,10 +156,7 @@ def start(name: str, detach: bool) -> None:
 @click.option("--detach", is_flag=True, help="Do not wait for ready.")
 def restart(name: str, detach: bool) -> None:
     """Stop and start an instance."""
-    client = ensure_daemon(settings())
-    inst = client.request("POST", f"/api/v1/instances/{name}/restart",
-                          params={"wait": "false" if detach else "true"}, timeout=None)
-    click.echo(f"{inst['name']}  {inst['state']}  port {inst['port']}  {inst['url']}")
+    _control("restart", name, detach)
 
 
 @click.command()
@@ -192,21 +192,10 @@ def logs(name: str, follow: bool, lines: int) -> None:
         click.echo(line)
     if not follow:
         return
-    pos = path.stat().st_size if path.exists() else 0
     try:
-        while True:
-            size = path.stat().st_size if path.exists() else 0
-            if size < pos:
-                pos = 0
-            if size > pos:
-                with open(path, "rb") as fh:
-                    fh.seek(pos)
-                    chunk = fh.read(size - pos)
-                pos += len(chunk)
-                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-                sys.stdout.flush()
-            else:
-                time.sleep(0.2)
+        for chunk in logmod.follow_sync(path):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
     except KeyboardInterrupt:
         pass
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 
 def rotate_if_needed(path: Path, max_bytes: int, backups: int) -> bool:
@@ -66,20 +67,41 @@ async def follow(path: Path, start_lines: int = 20, poll: float = 0.2) -> AsyncI
         yield line
     pending = b""
     while True:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size < pos:  # rotated or truncated
-            pos = 0
-        if size > pos:
-            with open(path, "rb") as fh:
-                fh.seek(pos)
-                data = fh.read(size - pos)
-            pos += len(data)
+        pos, data = _read_new(path, pos)
+        if data:
             pending += data
             *complete, pending = pending.split(b"\n")
             for raw in complete:
                 yield raw.decode("utf-8", errors="replace")
         else:
             await asyncio.sleep(poll)
+
+
+def _read_new(path: Path, pos: int) -> tuple[int, bytes]:
+    """Bytes appended since ``pos`` (from 0 again if the file shrank: rotation)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0, b""
+    if size < pos:
+        pos = 0
+    if size == pos:
+        return pos, b""
+    with open(path, "rb") as fh:
+        fh.seek(pos)
+        data = fh.read(size - pos)
+    return pos + len(data), data
+
+
+def follow_sync(path: Path, poll: float = 0.2) -> Iterator[str]:
+    """Blocking follow for the CLI: yield text appended after now, forever."""
+    try:
+        pos = path.stat().st_size
+    except FileNotFoundError:
+        pos = 0
+    while True:
+        pos, data = _read_new(path, pos)
+        if data:
+            yield data.decode("utf-8", errors="replace")
+        else:
+            time.sleep(poll)

@@ -164,7 +164,8 @@ class Supervisor:
     async def catalog(self, binary: str | None = None, build_id: int | None = None) -> FlagCatalog:
         """The flag catalog of the binary that would be used (cached per build file)."""
         resolved = resolve_binary(self.settings, self.store, binary, build_id)
-        key = str(resolved.path)
+        st = resolved.path.stat()
+        key = f"{resolved.path}:{st.st_size}:{st.st_mtime_ns}"  # a replaced binary re-parses
         if key not in self._catalogs:
             self._catalogs[key] = await asyncio.to_thread(
                 load_catalog, resolved.path, self.settings.cache_dir)
