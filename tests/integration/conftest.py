@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,6 @@ import psutil
 import pytest
 
 from tests.conftest import DaemonProcess, wait_for
-
-
-
-@pytest.fixture(autouse=True)
-def _quiet_daemon_log_handle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Work around tests/conftest.py: ``DaemonProcess.start`` opens daemon-test.log and never
-    closes its own handle (the child has a copy). With ``filterwarnings = error`` the
-    ResourceWarning raised when it is collected fails the test, so silence that one."""
-    original = DaemonProcess.start
-
-    def start(self: DaemonProcess, timeout: float = 20.0) -> DaemonProcess:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=ResourceWarning,
-                                    message=r"unclosed file .*daemon-test\.log")
-            return original(self, timeout)
-
-    monkeypatch.setattr(DaemonProcess, "start", start)
-
 
 # --------------------------------------------------------------------------- HTTP
 

@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 
+import psutil
 import pytest
 
 from corral.store import instances as inst_table
@@ -102,14 +103,10 @@ def test_launch_list_get(daemon, model_file):
     status, listed = api(daemon, "GET", "/api/v1/instances")
     assert status == 200 and [i["name"] for i in listed] == ["one"]
     assert get(daemon, "one")["pid"] == inst["pid"]
-    # The fake really got the flags.
-    conn = http.client.HTTPConnection("127.0.0.1", inst["port"], timeout=5)
-    try:
-        conn.request("GET", "/_fake/state")
-        state = json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-    assert "--ctx-size" in state["argv"] and "2048" in state["argv"]
+    # The process really got the flags.
+    cmdline = psutil.Process(inst["pid"]).cmdline()
+    assert cmdline[-len(argv) + 1:] == argv[1:]
+    assert "--ctx-size" in cmdline and "2048" in cmdline and "--metrics" in cmdline
 
 
 def test_launch_without_name_derives_one_from_the_model(daemon, model_file):

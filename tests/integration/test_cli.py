@@ -433,3 +433,44 @@ def test_stop_without_a_daemon_starts_one_that_adopts_and_stops(daemon, model_fi
         assert fake_processes(fake_binary) == []
     finally:
         _cleanup_daemon(client, settings)
+
+
+def test_down_kills_an_instance_that_ignores_sigterm(daemon, make_model, fake_binary):
+    inst = launch(daemon, make_model("stubborn", ignore_sigterm=True), name="stubborn")
+    proc = ok(daemon.cli("down"))
+    assert "stopped stubborn" in proc.stdout
+    daemon.proc.wait(15)
+    assert group_gone(inst["pid"])
+    assert fake_processes(fake_binary) == []
+
+
+def test_serve_on_a_taken_port_exits_with_one_line(daemon_env):
+    with listening_socket() as sock:
+        port = sock.getsockname()[1]
+        env = {**daemon_env, "CORRAL_PORT": str(port), "CORRAL_URL": f"http://127.0.0.1:{port}"}
+        proc = cli(env, "serve")
+    assert proc.returncode != 0
+    assert str(port) in error_line(proc)
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
+
+
+def test_cli_reports_a_daemon_that_cannot_start_exit_7(daemon_env, model_file, fake_binary):
+    with listening_socket() as sock:  # something else (that never answers) holds the port
+        port = sock.getsockname()[1]
+        env = {**daemon_env, "CORRAL_PORT": str(port), "CORRAL_URL": f"http://127.0.0.1:{port}"}
+        proc = cli(env, "run", str(model_file))
+    assert proc.returncode == 7, proc.stderr
+    assert "daemon" in error_line(proc)
+    assert fake_processes(fake_binary) == []
+
+
+def test_cli_sends_the_api_key(spawn_daemon, model_file):
+    d = spawn_daemon(CORRAL_API_KEY="k-123")
+    ok(d.cli("run", str(model_file), "--name", "keyed"))
+    items = json.loads(ok(d.cli("ps", "--json")).stdout)
+    assert [i["name"] for i in items] == ["keyed"]
+    no_key = {k: v for k, v in d.env.items() if k != "CORRAL_API_KEY"}
+    proc = cli(no_key, "stop", "keyed")
+    assert proc.returncode != 0
+    assert "API key" in error_line(proc)
+    ok(d.cli("stop", "keyed"))

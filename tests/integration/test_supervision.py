@@ -53,6 +53,7 @@ def test_crash_is_restarted_with_new_pid_and_becomes_ready(daemon, model_file, f
     assert w.states()[-1] == "ready"
 
 
+@pytest.mark.slow
 def test_crash_loop_backs_off_longer_each_time_then_fails(spawn_daemon, make_model, fake_binary):
     # Longer backoff than the shared FAST knobs so the gaps are far apart: 0.4, 0.8, 1.6, 1.6 s.
     d = spawn_daemon(CORRAL_BACKOFF_INITIAL="0.4", CORRAL_BACKOFF_MAX="1.6")

@@ -28,11 +28,11 @@ async def list_builds(d: Daemon = Depends(get_daemon)) -> list[dict]:
 async def add_build(req: AddBuild, d: Daemon = Depends(get_daemon)) -> dict:
     resolved = resolve_binary(d.settings, None, req.path)
     version = await asyncio.to_thread(binary_version, resolved.path)
+    await d.supervisor.catalog(str(resolved.path))  # refuse a binary whose flags cannot be read
     rec = table.add(d.store, str(resolved.path), version)
     if req.default:
         table.set_default(d.store, rec.id)
         rec = table.get(d.store, rec.id)
-    await d.supervisor.catalog(str(resolved.path))  # parse and cache its flags now
     return rec.to_dict()
 
 

@@ -35,6 +35,15 @@ def _split_run_args(args: tuple[str, ...]) -> tuple[dict[str, str | bool], list[
     return own, llama
 
 
+def _number(own: dict, key: str, kind: type, default):
+    if key not in own:
+        return default
+    try:
+        return kind(own[key])
+    except ValueError:
+        raise UsageError(f"{key} needs a number, got {own[key]!r}")
+
+
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
                                  "help_option_names": ["--help"]})
 @click.option("--name", help="Instance name (default: from the model file name).")
@@ -63,11 +72,13 @@ def run(name, port, restart, binary, build, detach, timeout, as_json, model, lla
     """
     own, flags = _split_run_args(llama_flags)
     name = own.get("--name", name)
-    port = int(own["--port"]) if "--port" in own else port
+    port = _number(own, "--port", int, port)
     restart = own.get("--restart", restart) or "on-failure"
+    if restart not in ("always", "on-failure", "never"):
+        raise UsageError(f"--restart must be always, on-failure or never, got {restart!r}")
     binary = own.get("--binary", binary)
-    build = int(own["--build"]) if "--build" in own else build
-    timeout = float(own["--timeout"]) if "--timeout" in own else timeout
+    build = _number(own, "--build", int, build)
+    timeout = _number(own, "--timeout", float, timeout)
     detach = bool(own.get("--detach", detach))
     as_json = bool(own.get("--json", as_json))
     from pathlib import Path
@@ -77,8 +88,6 @@ def run(name, port, restart, binary, build, detach, timeout, as_json, model, lla
     body = {"model": model_path, "flags": flags, "name": name, "port": port, "restart": restart,
             "binary": str(Path(binary).expanduser().resolve()) if binary else None,
             "build": build, "wait": not detach, "timeout": timeout}
-    if not detach:
-        click.echo("corral: loading ...", err=True)
     inst = client.request("POST", "/api/v1/instances", body, timeout=None)
     if as_json:
         print_json(inst)

@@ -295,6 +295,7 @@ class Supervisor:
     async def start_instance(self, name: str) -> InstanceRecord:
         """Start a stopped, exited or failed instance again with the same command line."""
         rt = self._rt(name)
+        name = rt.rec.name  # callers may address it by port
         async with rt.lock:
             if rt.state not in RESTING:
                 raise Conflict(f"instance {name!r} is already {rt.state.value}")
@@ -307,10 +308,12 @@ class Supervisor:
         return rt.rec
 
     async def restart(self, name: str) -> InstanceRecord:
+        """Stop, then start with the same command line (counts as a restart)."""
+        name = self._rt(name).rec.name
         await self.stop(name)
         rec = await self.start_instance(name)
-        table.update(self.store, name, restarts=rec.restarts + 1)
         rec.restarts += 1
+        table.update(self.store, name, restarts=rec.restarts)
         return rec
 
     async def remove(self, name: str) -> None:
