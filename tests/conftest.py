@@ -7,6 +7,7 @@ and with no CORRAL_* variable leaking in from the environment.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -33,29 +34,34 @@ FAST = {
 }
 
 
-def free_port() -> int:
+# Ports handed out by bind(0) come from the kernel's ephemeral range, which is also where
+# every outgoing connection (the daemon's health probes, ~100/s) takes its source port:
+# a port found free there can be gone a moment later. Tests pick below that range.
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port_range(size: int = 20) -> str:
-    """A range of ``size`` ports that are free right now (best effort)."""
-    for _ in range(50):
-        base = free_port()
-        if base + size > 65000:
-            continue
-        ok = True
-        for p in range(base, base + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+    """A range of ``size`` ports, free right now, below the ephemeral range."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        base = rng.randrange(_PORT_LOW, _PORT_HIGH - size)
+        if all(_bindable(p) for p in range(base, base + size)):
             return f"{base}-{base + size - 1}"
     raise RuntimeError("no free port range")
+
+
+def free_port() -> int:
+    low, _ = free_port_range(1).split("-")
+    return int(low)
 
 
 @pytest.fixture(autouse=True)

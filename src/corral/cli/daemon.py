@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
 
 from corral.cli.common import settings
-from corral.client import Client
 
 
 @click.command()
@@ -31,16 +31,20 @@ def serve(host: str | None, port: int | None) -> None:
 @click.command()
 def down() -> None:
     """Stop every instance, then the daemon."""
+    from corral.client import Client
+
     s = settings()
     client = Client(s)
-    if client.alive():
+    health = _health(client)
+    if health is not None:
         result = client.request("POST", "/api/v1/shutdown", {"stop_instances": True},
                                 timeout=max(60.0, s.stop_timeout * 3))
         for name in result.get("stopped_instances", []):
             click.echo(f"stopped {name}")
-        deadline = time.monotonic() + 10
-        while client.alive(0.2) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        pid = health.get("pid")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (_pid_alive(pid) or client.alive(0.2)):
+            time.sleep(0.02)
         click.echo("daemon stopped")
         return
     from corral.supervisor.offline import stop_all_offline
@@ -48,6 +52,26 @@ def down() -> None:
     for name in stop_all_offline(s):
         click.echo(f"stopped {name}")
     click.echo("daemon was not running")
+
+
+def _health(client) -> dict | None:
+    try:
+        return client.request("GET", "/healthz", timeout=0.5)
+    except Exception:  # noqa: BLE001 - any failure means "no daemon to talk to"
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    """Whether the daemon process still exists (it may outlive its API by a few ms)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 COMMANDS = [serve, down]

@@ -7,12 +7,23 @@ import sys
 import click
 
 from corral.cli.common import ago, print_json, settings, table
-from corral.client import Client, ensure_daemon
 from corral.errors import NotFound, UsageError
 
 # corral's own options of `run`, also recognised after MODEL (llama flags come there too).
 RUN_VALUED = {"--name", "--port", "--restart", "--binary", "--build", "--timeout"}
 RUN_SWITCHES = {"--detach", "--json"}
+
+
+def Client(s):  # noqa: N802 - lazy: `corral --help` must not pay for the client
+    from corral.client import Client as _Client
+
+    return _Client(s)
+
+
+def ensure_daemon(s):
+    from corral.client import ensure_daemon as _ensure
+
+    return _ensure(s)
 
 
 def _split_run_args(args: tuple[str, ...]) -> tuple[dict[str, str | bool], list[str]]:
@@ -103,9 +114,9 @@ def _instances() -> list[dict]:
         return client.request("GET", "/api/v1/instances", timeout=5)
     except (ConnectionRefusedError, OSError):
         from corral.supervisor.offline import offline_records
-        from corral.supervisor.supervisor import instance_view
+        from corral.store.instances import view
 
-        return [instance_view(r) for r in offline_records(s)]
+        return [view(r) for r in offline_records(s)]
 
 
 @click.command()
@@ -126,7 +137,7 @@ def ps(as_json: bool) -> None:
     click.echo(table(rows, ["NAME", "STATE", "PID", "PORT", "MODEL", "RESTARTS", "UP"]))
 
 
-def _target_names(client: Client, targets: tuple[str, ...], all_: bool) -> list[str]:
+def _target_names(client, targets: tuple[str, ...], all_: bool) -> list[str]:
     if all_:
         return [i["name"] for i in client.request("GET", "/api/v1/instances")]
     if not targets:

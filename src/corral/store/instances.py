@@ -111,3 +111,28 @@ def delete(store: Store, name: str) -> None:
 
 def used_ports(store: Store) -> set[int]:
     return {r[0] for r in store.query("SELECT port FROM instances")}
+
+
+def view(rec: InstanceRecord) -> dict:
+    """The public shape of an instance (API and ``ps --json``)."""
+    return {
+        "name": rec.name,
+        "state": rec.state,
+        "desired": rec.desired,
+        "pid": rec.pid,
+        "host": rec.host,
+        "port": rec.port,
+        "url": f"http://{'127.0.0.1' if rec.host in ('0.0.0.0', '::') else rec.host}:{rec.port}",
+        "model": rec.model,
+        "build": rec.build_id,
+        "binary": rec.binary,
+        "flags": [f if v is None else f"{f} {v}" for f, v in rec.flags],
+        "argv": rec.argv,
+        "restart_policy": rec.restart_policy,
+        "restarts": rec.restarts,
+        "exit_code": rec.exit_code,
+        "last_error": rec.last_error,
+        "started_at": rec.started_at,
+        "ready_at": rec.ready_at,
+        "created_at": rec.created_at,
+    }
