@@ -16,7 +16,7 @@ sides see the same machine load. Reported: median and p90 of each, corral's adde
 (median of the per-pair differences) and the ratio of the medians. Each corral run is
 also split, from the daemon's own timestamps (``started_at``, ``ready_at``), into
 CLI->spawn (CLI start, daemon check, POST, validation, spawn), spawn->ready (the load as
-corral's 20 ms health poll sees it) and ready->CLI exit (response + CLI exit).
+corral's 10 ms health poll sees it) and ready->CLI exit (response + CLI exit).
 
     python bench/startup.py [--runs 10] [--binary PATH] [--model GGUF] [--flags "-c 2048 -t 2"]
 """
@@ -200,8 +200,8 @@ def table(res: dict) -> str:
         f"load-independent estimate is corral's fixed cost, {C.ms(res['fixed']['median'])} "
         f"(**{'met' if res['fixed']['median'] <= goal else 'NOT met'}**), plus "
         f"{C.ms(res['load_vs_direct']['median'])} in the load phase itself (spawn -> ready under "
-        f"corral minus the paired direct run; systematically only corral's 20 ms health poll vs "
-        f"the reference's 10 ms, about +5 ms, the rest is load noise).",
+        f"corral minus the paired direct run; corral polls /health every 10 ms like the "
+        f"reference, so this part is load noise, not a cost of corral).",
         "",
         "Where a `corral run` goes (daemon timestamps, medians):",
         "",
@@ -210,7 +210,7 @@ def table(res: dict) -> str:
     ]
     names = {"cli_to_spawn": "CLI start -> llama-server spawned (CLI import, /healthz, POST, "
                              "validation, spawn)",
-             "spawn_to_ready": "spawned -> daemon sees /health 200 (model load + 20 ms poll)",
+             "spawn_to_ready": "spawned -> daemon sees /health 200 (model load + 10 ms poll)",
              "ready_to_exit": "ready -> CLI exits (HTTP answer, CLI exit)",
              "rm": "`corral rm` (not part of startup; SIGTERM + wait)"}
     for key, label in names.items():
