@@ -26,8 +26,8 @@ from tests.integration.conftest import (
     wait_state,
 )
 
-PS_JSON_KEYS = {"name", "state", "pid", "port", "model", "build", "flags", "restarts",
-                "started_at"}
+PS_JSON_KEYS = {"name", "state", "pid", "port", "model", "build", "version", "flags",
+                "restarts", "started_at"}
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -164,6 +164,8 @@ def test_ps_table_and_json(daemon, model_file):
     assert alpha["model"] == str(model_file.resolve())
     assert alpha["flags"] == ["--ctx-size 256"]
     assert alpha["restarts"] == 0 and alpha["started_at"] > 0
+    # the binary's own --version, recorded at launch (the fake prints the real build's)
+    assert alpha["version"] and alpha["version"].startswith("0.6.0")
     assert items[1]["state"] == "stopped" and items[1]["pid"] is None
 
 

@@ -88,3 +88,24 @@ def test_builds_default(tmp_path):
     assert builds.default(store).path == "/b"
     with pytest.raises(NotFound):
         builds.set_default(store, 99)
+
+
+def test_upgrade_from_schema_1_keeps_instances(tmp_path):
+    """A database written by the first release gains the version column, rows intact."""
+    from corral.store import db as dbmod
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for stmt in dbmod._statements(dbmod.M001_INITIAL):
+        conn.execute(stmt)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+    conn.execute("INSERT INTO instances (name, model, binary, port, created_at, updated_at) "
+                 "VALUES ('old', '/m.gguf', '/b', 8081, 1, 1)")
+    conn.close()
+    store = Store(path)
+    rec = instances.get(store, "old")
+    assert rec.model == "/m.gguf" and rec.version is None
+    instances.update(store, "old", version="version: 1 (abc)")
+    assert instances.get(store, "old").version == "version: 1 (abc)"
+    assert schema_version(store.conn) == len(MIGRATIONS) == 2

@@ -125,7 +125,8 @@ def ps(as_json: bool) -> None:
     """List instances: name, state, pid, port, model, restarts, uptime."""
     items = _instances()
     if as_json:
-        keys = ("name", "state", "pid", "port", "url", "model", "build", "flags", "restarts",
+        keys = ("name", "state", "pid", "port", "url", "model", "build", "version", "flags",
+                "restarts",
                 "started_at", "ready_at", "restart_policy", "last_error")
         print_json([{k: i.get(k) for k in keys} for i in items])
         return

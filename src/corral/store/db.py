@@ -50,7 +50,11 @@ CREATE TABLE builds (
 );
 """
 
-MIGRATIONS: list[str] = [M001_INITIAL]
+M002_INSTANCE_VERSION = """
+ALTER TABLE instances ADD COLUMN version TEXT;   -- the binary's --version at launch
+"""
+
+MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION]
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -24,6 +24,7 @@ class InstanceRecord:
     argv: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     build_id: int | None = None
+    version: str | None = None
     restart_policy: str = "on-failure"
     desired: str = "running"
     state: str = "stopped"
@@ -125,6 +126,7 @@ def view(rec: InstanceRecord) -> dict:
         "url": f"http://{'127.0.0.1' if rec.host in ('0.0.0.0', '::') else rec.host}:{rec.port}",
         "model": rec.model,
         "build": rec.build_id,
+        "version": rec.version,
         "binary": rec.binary,
         "flags": [f if v is None else f"{f} {v}" for f, v in rec.flags],
         "argv": rec.argv,

@@ -241,6 +241,7 @@ class Supervisor:
             rec = InstanceRecord(
                 name=name, model=str(model), binary=str(resolved.path), port=port, host=host,
                 flags=[list(p) for p in pairs], argv=argv, build_id=resolved.build_id,
+                version=catalog.version,
                 restart_policy=spec.restart, desired="running", state=State.STOPPED,
             )
             table.insert(self.store, rec)
