@@ -19,7 +19,7 @@ import pytest
 
 from corral.store import instances as inst_table
 from corral.store.db import Store
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tests.integration.conftest import (
     api,
     assert_error,
@@ -555,7 +555,13 @@ def test_missing_or_bogus_binary_is_424_not_500(daemon, model_file, tmp_path, fa
     status, body = api(daemon, "POST", "/api/v1/instances",
                        {"model": str(model_file), "binary": str(bogus)})
     assert_error(status, body, 424, "no_binary")
-    assert_error(*api(daemon, "GET", f"/api/v1/flags?binary={bogus}"), 424, "no_binary")
+    # GET /flags never executes a path the caller names: the parameter is not accepted.
+    marker = tmp_path / "ran"
+    spy = tmp_path / "spy"
+    spy.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    spy.chmod(0o755)
+    status, body = api(daemon, "GET", f"/api/v1/flags?binary={spy}")
+    assert status == 200 and body["count"] > 200 and not marker.exists()
     assert_error(*api(daemon, "GET", "/api/v1/flags?build=99"), 404, "not_found")
     _nothing_spawned(daemon, fake_binary)
 
@@ -578,3 +584,74 @@ def test_builds_api_rejects_a_binary_without_flags_and_registers_nothing(daemon,
     status, body = api(daemon, "POST", "/api/v1/builds", {"path": str(script)})
     assert_error(status, body, 424, "no_binary")
     assert api(daemon, "GET", "/api/v1/builds") == (200, [])
+
+
+def _raw(daemon, method: str, path: str, headers: dict[str, str]) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.settings.port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_dns_rebinding_and_cross_origin_requests_are_refused(daemon, model_file):
+    port = daemon.settings.port
+    created = launch(daemon, model_file, name="victim")
+    assert created["name"] == "victim"
+    # A page on evil.example resolving to 127.0.0.1 sends its own Host: refused.
+    assert _raw(daemon, "GET", "/api/v1/instances", {"Host": f"evil.example:{port}"}) == 403
+    assert _raw(daemon, "POST", "/api/v1/instances/victim/stop",
+                {"Host": f"evil.example:{port}"}) == 403
+    # A cross-site form or fetch carries its Origin: refused, and nothing stops.
+    assert _raw(daemon, "POST", "/api/v1/instances/victim/stop",
+                {"Host": f"127.0.0.1:{port}", "Origin": "https://evil.example"}) == 403
+    assert get(daemon, "victim")["state"] in ("starting", "ready")
+    # The daemon's own names and same-origin pages pass.
+    assert _raw(daemon, "GET", "/api/v1/instances", {"Host": f"localhost:{port}"}) == 200
+    assert _raw(daemon, "GET", "/api/v1/instances",
+                {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"}) == 200
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"model": "~nosuchuser-corral/m.gguf"}, "invalid_model"),
+    ({"binary": "~nosuchuser-corral/llama-server"}, "no_binary"),
+    ({"flags": ["--host", "bogus.invalid"]}, "bad_request"),
+])
+def test_odd_paths_and_hosts_are_4xx_not_500(daemon, model_file, fake_binary, body, code):
+    req = {"model": str(model_file), **body}
+    status, payload = api(daemon, "POST", "/api/v1/instances", req)
+    assert 400 <= status < 500, payload
+    assert payload["error"]["code"] == code
+    _nothing_spawned(daemon, fake_binary)
+
+
+def test_remove_racing_start_leaves_no_untracked_process(daemon, model_file, fake_binary):
+    """DELETE while a start waits for the instance's lock: the start must not revive it."""
+    import threading
+
+    ignoring = model_file.with_name("slow-stop.gguf")
+    ignoring.write_bytes(model_file.read_bytes())
+    ignoring.with_name(ignoring.name + ".fake.json").write_text('{"ignore_sigterm": true}')
+    inst = launch(daemon, ignoring, name="racer", wait=True)
+    results = {}
+
+    def delete():
+        results["delete"] = api(daemon, "DELETE", "/api/v1/instances/racer")
+
+    t = threading.Thread(target=delete)
+    t.start()
+    wait_for(lambda: get(daemon, "racer").get("state") == "stopping", timeout=10)
+    results["start"] = api(daemon, "POST", "/api/v1/instances/racer/start")
+    t.join(30)
+    assert results["delete"][0] == 200
+    assert results["start"][0] in (404, 409), results["start"]
+    assert api(daemon, "GET", "/api/v1/instances")[1] == []
+    wait_for(lambda: not fake_processes(fake_binary, port=inst["port"]), timeout=10)

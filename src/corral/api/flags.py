@@ -10,9 +10,11 @@ router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
 
 
 @router.get("")
-async def flags(q: str | None = None, binary: str | None = None, build: int | None = None,
+async def flags(q: str | None = None, build: int | None = None,
                 d: Daemon = Depends(get_daemon)) -> dict:
-    catalog = await d.supervisor.catalog(binary, build)
+    """Flags of the default binary or of a registered build (never an arbitrary path:
+    a GET must not make the daemon execute a file the caller names)."""
+    catalog = await d.supervisor.catalog(None, build)
     found = catalog.search(q) if q else catalog.flags
     return {"version": catalog.version, "sections": catalog.sections, "count": len(found),
             "flags": [f.to_dict() for f in found]}

@@ -32,7 +32,10 @@ class ResolvedBinary:
 
 
 def _checked(path: str | os.PathLike, source: str, build_id: int | None = None) -> ResolvedBinary:
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError as exc:  # "~nosuchuser/..."
+        raise BinaryError(f"llama-server path {str(path)!r}: {exc}")
     if not p.is_file():
         raise BinaryError(f"llama-server not found at {p} (from {source})")
     if not os.access(p, os.X_OK):

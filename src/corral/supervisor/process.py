@@ -158,6 +158,10 @@ class ProcessOps:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
+            except socket.gaierror as exc:
+                from corral.errors import UsageError
+
+                raise UsageError(f"cannot use host {host!r}: {exc.strerror}")
             except OSError as exc:
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     return False

@@ -92,7 +92,10 @@ class Runtime:
 
 def check_model_file(model: str) -> Path:
     """A GGUF path that exists and starts with the GGUF magic, else InvalidModelFile."""
-    path = Path(model).expanduser()
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError as exc:  # "~nosuchuser/..."
+        raise InvalidModelFile(f"model path {model!r}: {exc}")
     if not path.is_file():
         raise InvalidModelFile(f"model file not found: {path}")
     try:
@@ -249,7 +252,7 @@ class Supervisor:
             self._rts[name] = rt
             try:
                 self._spawn(rt)
-            except BinaryError:
+            except (BinaryError, PortInUse):
                 del self._rts[name]
                 table.delete(self.store, name)
                 raise
@@ -272,7 +275,9 @@ class Supervisor:
             event = rt.changed
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise LaunchFailed(f"instance {name!r} is still {state.value} after {timeout:g} s")
+                raise LaunchFailed(
+                    f"instance {name!r} is still {state.value} after {timeout:g} s; it keeps "
+                    f"loading in the background (corral stop {name} to cancel)")
             try:
                 await asyncio.wait_for(event.wait(), remaining)
             except TimeoutError:
@@ -282,22 +287,31 @@ class Supervisor:
         """SIGTERM the instance's group, SIGKILL after stop_timeout; it stays stopped."""
         rt = self._rt(name)
         async with rt.lock:
-            table.update(self.store, rt.rec.name, desired="stopped")
-            rt.rec.desired = "stopped"
-            await self._cancel_task(rt)
-            if rt.handle is not None and rt.handle.poll() is None:
-                self._set(rt, transition(rt.state, Event.STOP))
-                await self._terminate(rt)
-            if rt.state is not State.STOPPED:
-                self._set(rt, State.STOPPED)
-            self._set(rt, State.STOPPED, pid=None, create_time=None)
+            self._check_current(rt)
+            await self._stop_locked(rt)
         return rt.rec
+
+    def _check_current(self, rt: Runtime) -> None:
+        """After waiting for ``rt.lock``: the instance may have been removed meanwhile."""
+        if self._rts.get(rt.rec.name) is not rt:
+            raise NotFound(f"no instance named {rt.rec.name!r}")
+
+    async def _stop_locked(self, rt: Runtime) -> None:
+        """Stop with ``rt.lock`` held: desired state first, so a daemon crash finishes it."""
+        table.update(self.store, rt.rec.name, desired="stopped")
+        rt.rec.desired = "stopped"
+        await self._cancel_task(rt)
+        if rt.handle is not None and rt.handle.poll() is None:
+            self._set(rt, transition(rt.state, Event.STOP))
+            await self._terminate(rt)
+        self._set(rt, State.STOPPED, pid=None, create_time=None)
 
     async def start_instance(self, name: str) -> InstanceRecord:
         """Start a stopped, exited or failed instance again with the same command line."""
         rt = self._rt(name)
         name = rt.rec.name  # callers may address it by port
         async with rt.lock:
+            self._check_current(rt)
             if rt.state not in RESTING:
                 raise Conflict(f"instance {name!r} is already {rt.state.value}")
             rt.rec.desired = "running"
@@ -320,9 +334,11 @@ class Supervisor:
     async def remove(self, name: str) -> None:
         """Stop the instance and forget it (its log file is kept)."""
         rt = self._rt(name)
-        await self.stop(name)
-        table.delete(self.store, rt.rec.name)
-        self._rts.pop(rt.rec.name, None)
+        async with rt.lock:  # stop and forget in one step: no start can slip in between
+            self._check_current(rt)
+            await self._stop_locked(rt)
+            table.delete(self.store, rt.rec.name)
+            self._rts.pop(rt.rec.name, None)
         self._emit(rt, "removed")
 
     async def stop_all(self) -> None:
@@ -390,7 +406,8 @@ class Supervisor:
             self._set(rt, State.FAILED, last_error=f"cannot run {binary}: {exc.strerror}")
             raise BinaryError(f"cannot run {binary}: {exc.strerror or exc}")
         self._set(rt, State.STARTING, pid=rt.handle.pid, create_time=rt.handle.create_time,
-                  started_at=self.clock(), ready_at=None, exit_code=None)
+                  started_at=self.clock(), exit_code=None,
+                  ready_at=rt.rec.ready_at if rt.ever_ready else None)
 
     # -- internals: the supervision loop -------------------------------------------
     async def _supervise(self, rt: Runtime) -> None:
@@ -422,9 +439,12 @@ class Supervisor:
                     return
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a supervisor bug must not leave the instance unwatched silently
+        except Exception as exc:  # a supervisor bug must not leave an unwatched process behind
             log.exception("supervising %s failed", rt.rec.name)
-            self._set(rt, State.FAILED, last_error=f"supervisor error: {exc}")
+            try:
+                await self._terminate(rt)
+            finally:
+                self._set(rt, State.FAILED, pid=None, last_error=f"supervisor error: {exc}")
 
     async def _await_ready(self, rt: Runtime) -> str:
         """Poll /health fast until 200 ('ready'), the process exits ('exit') or time runs out."""
@@ -454,8 +474,11 @@ class Supervisor:
             now = time.monotonic()
             if now >= next_rotate:
                 next_rotate = now + 5.0
-                logs.rotate_if_needed(self.log_path(rt.rec.name), self.settings.log_max_bytes,
-                                      self.settings.log_backups)
+                try:
+                    logs.rotate_if_needed(self.log_path(rt.rec.name),
+                                          self.settings.log_max_bytes, self.settings.log_backups)
+                except OSError as exc:  # a full disk must not stop supervision
+                    log.warning("rotating the log of %s failed: %s", rt.rec.name, exc)
             if now < next_probe:
                 await asyncio.sleep(min(EXIT_CHECK_INTERVAL, next_probe - now))
                 continue
