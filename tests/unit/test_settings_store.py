@@ -108,4 +108,4 @@ def test_upgrade_from_schema_1_keeps_instances(tmp_path):
     assert rec.model == "/m.gguf" and rec.version is None
     instances.update(store, "old", version="version: 1 (abc)")
     assert instances.get(store, "old").version == "version: 1 (abc)"
-    assert schema_version(store.conn) == len(MIGRATIONS) == 2
+    assert schema_version(store.conn) == len(MIGRATIONS)

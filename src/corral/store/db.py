@@ -54,7 +54,37 @@ M002_INSTANCE_VERSION = """
 ALTER TABLE instances ADD COLUMN version TEXT;   -- the binary's --version at launch
 """
 
-MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION]
+M003_MODELS = """
+CREATE TABLE models (
+    id          TEXT PRIMARY KEY,            -- 'org/repo:Q4_K_M' for hub models, 'local/<name>' else
+    name        TEXT NOT NULL UNIQUE,        -- short name users type: 'gemma-3-270m'
+    aliases     TEXT NOT NULL DEFAULT '[]',  -- JSON list of more names
+    files       TEXT NOT NULL,               -- JSON [{"path", "size", "sha256"}], split parts in order
+    mmproj      TEXT,                        -- path of the paired vision projector, if any
+    size        INTEGER NOT NULL,            -- bytes, all parts
+    source      TEXT NOT NULL,               -- 'hub' or 'local'
+    repo        TEXT,
+    revision    TEXT,
+    filename    TEXT,
+    owned       INTEGER NOT NULL DEFAULT 0,  -- 1: corral downloaded the files (rm deletes them)
+    metadata    TEXT NOT NULL DEFAULT '{}',  -- JSON: GGUF header facts
+    added_at    REAL NOT NULL
+);
+
+CREATE TABLE pulls (
+    id          TEXT PRIMARY KEY,
+    ref         TEXT NOT NULL,
+    state       TEXT NOT NULL,               -- queued, running, done, failed, cancelled
+    total       INTEGER NOT NULL DEFAULT 0,
+    done        INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    model_id    TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION, M003_MODELS]
 
 
 def connect(path: Path) -> sqlite3.Connection:
