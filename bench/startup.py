@@ -54,7 +54,7 @@ def corral_once(corral: C.Corral, model: Path, flags: list[str]) -> dict:
         raise RuntimeError("corral run returned but /health is not 200")
     started, ready = inst["started_at"], inst["ready_at"]
     t_rm = time.perf_counter()
-    corral.cli("rm", NAME)
+    corral.cli("delete", NAME)
     rm_time = time.perf_counter() - t_rm
     C.wait_port_free(inst["port"])
     return {"total": elapsed, "cli_to_spawn": started - wall0, "spawn_to_ready": ready - started,
@@ -212,7 +212,7 @@ def table(res: dict) -> str:
                              "validation, spawn)",
              "spawn_to_ready": "spawned -> daemon sees /health 200 (model load + 10 ms poll)",
              "ready_to_exit": "ready -> CLI exits (HTTP answer, CLI exit)",
-             "rm": "`corral rm` (not part of startup; SIGTERM + wait)"}
+             "rm": "`corral delete` (not part of startup; SIGTERM + wait)"}
     for key, label in names.items():
         s = res["breakdown"][key]
         lines.append(f"| {label} | {C.ms(s['median'])} | {C.ms(s['p90'])} |")

@@ -23,7 +23,8 @@ _BY_CODE = {
     for cls in (
         errors.UsageError, errors.UnknownFlag, errors.FlagValueError, errors.OwnedFlag,
         errors.InvalidModelFile, errors.NotFound, errors.Conflict, errors.PortInUse,
-        errors.BinaryError, errors.LaunchFailed, errors.DaemonUnavailable,
+        errors.BinaryError, errors.LaunchFailed, errors.DaemonUnavailable, errors.HubError,
+        errors.HubAuthError, errors.DownloadCorrupt, errors.Cancelled,
     )
 }
 

@@ -11,7 +11,10 @@
     │   └── PortInUse                409
     ├── BinaryError                  424, exit 5   no llama-server, or it does not run
     ├── LaunchFailed                 502, exit 6   the process exited or timed out while loading
-    └── DaemonUnavailable            503, exit 7   the CLI could not reach or start the daemon
+    ├── DaemonUnavailable            503, exit 7   the CLI could not reach or start the daemon
+    └── HubError                     502, exit 8   HuggingFace unreachable or refused
+        ├── HubAuthError             403           gated or private repo without a usable token
+        └── DownloadCorrupt          502           size or sha256 differs from what the Hub states
 
 Each error knows its HTTP status, a stable machine ``code`` and its CLI exit code; the
 API renders ``{"error": {"code", "message"}}``, the CLI prints one line ``error: message``.
@@ -116,3 +119,32 @@ class DaemonUnavailable(CorralError):
     status = 503
     code = "daemon_unavailable"
     exit_code = 7
+
+
+class HubError(CorralError):
+    """The Hub could not be reached, or answered with an error we cannot fix by retrying."""
+
+    status = 502
+    code = "hub_error"
+    exit_code = 8
+
+
+class HubAuthError(HubError):
+    """A gated or private repo, and no token (or one without access)."""
+
+    status = 403
+    code = "hub_auth"
+
+
+class DownloadCorrupt(HubError):
+    """A downloaded file's size or sha256 does not match what the Hub states."""
+
+    code = "download_corrupt"
+
+
+class Cancelled(CorralError):
+    """An operation (a pull) was cancelled on request."""
+
+    status = 409
+    code = "cancelled"
+    exit_code = 9

@@ -40,6 +40,8 @@ class Settings:
     llama_server: str = ""  # binary path (CORRAL_LLAMA_SERVER)
     port_range: str = "8081-8999"
     api_key: str = ""  # required on every API call when set; needed for non-loopback binds
+    hf_endpoint: str = "https://huggingface.co"  # the Hub, a mirror, or a test fake
+    hf_token: str = ""  # else huggingface_hub's own (HF_TOKEN, `hf auth login`)
     # supervision
     probe_interval: float = 10.0
     probe_timeout: float = 5.0

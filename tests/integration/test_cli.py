@@ -247,7 +247,7 @@ def test_start_restart_rm(daemon, model_file, fake_binary):
     restarted = get(daemon, "cyc")
     assert restarted["state"] == "ready" and restarted["pid"] != started["pid"]
     assert restarted["restarts"] == 1
-    proc = ok(daemon.cli("rm", "cyc"))
+    proc = ok(daemon.cli("delete", "cyc"))
     assert proc.stdout.strip() == "removed cyc"
     assert fake_processes(fake_binary) == []
     assert api(daemon, "GET", "/api/v1/instances") == (200, [])

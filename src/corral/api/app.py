@@ -13,7 +13,10 @@ from pydantic import BaseModel
 
 from corral import __version__
 from corral.api import builds, errors, flags, instances
+from corral.api import models as models_api
+from corral.api import pulls as pulls_api
 from corral.api.deps import Daemon, get_daemon
+from corral.pulls import PullManager
 from corral.settings import Settings
 from corral.store.db import Store
 from corral.supervisor.supervisor import Supervisor
@@ -44,13 +47,15 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
         settings.ensure_dirs()
         store = Store(settings.db_path)
         supervisor = supervisor_factory(settings, store)
-        daemon = Daemon(settings=settings, store=store, supervisor=supervisor,
+        pulls = PullManager(settings, store)
+        daemon = Daemon(settings=settings, store=store, supervisor=supervisor, pulls=pulls,
                         started_at=time.time())
         app.state.daemon = daemon
         await supervisor.start()
         try:
             yield
         finally:
+            await pulls.close()
             await supervisor.close()
             store.close()
 
@@ -111,4 +116,6 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
     app.include_router(instances.router)
     app.include_router(flags.router)
     app.include_router(builds.router)
+    app.include_router(pulls_api.router)
+    app.include_router(models_api.router)
     return app

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from corral.pulls import PullManager
 from corral.settings import Settings
 from corral.store.db import Store
 from corral.supervisor.supervisor import Supervisor
@@ -17,6 +18,7 @@ class Daemon:
     settings: Settings
     store: Store
     supervisor: Supervisor
+    pulls: PullManager
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = 0.0
 

@@ -39,7 +39,10 @@ def cli() -> None:
     \b
     Quick tour:
       corral serve                       start the daemon and web API (127.0.0.1:9380)
-      corral run model.gguf -c 4096      launch llama-server with any of its flags
+      corral pull org/repo:Q4_K_M        download a GGUF from HuggingFace (resumable)
+      corral import ~/models             register GGUFs you already have, in place
+      corral ls                          the local models, with their GGUF metadata
+      corral run MODEL -c 4096           launch llama-server with any of its flags
       corral ps                          what runs, on which port, in which state
       corral logs NAME -f                follow an instance's log
       corral stop NAME | --all           stop instances (they survive daemon restarts)
@@ -52,9 +55,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from corral.cli import builds, daemon, flags, instances
+    from corral.cli import builds, daemon, flags, hub, instances, models
 
-    for module in (daemon, instances, flags, builds):
+    for module in (daemon, instances, models, hub, flags, builds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -69,7 +69,10 @@ def _number(own: dict, key: str, kind: type, default):
 @click.argument("model")
 @click.argument("llama_flags", nargs=-1, type=click.UNPROCESSED)
 def run(name, port, restart, binary, build, detach, timeout, as_json, model, llama_flags) -> None:
-    """Launch llama-server on MODEL (a GGUF path) with any llama-server flags.
+    """Launch llama-server on MODEL with any llama-server flags.
+
+    MODEL is a GGUF path, or a model of the index (`corral ls`): its id, short name,
+    an alias, or a unique prefix. A model pulled with a vision projector gets --mmproj.
 
     Every flag of the selected llama-server build passes through, validated against
     its own --help first (see `corral flags`). corral sets --model and --port, and
@@ -78,6 +81,7 @@ def run(name, port, restart, binary, build, detach, timeout, as_json, model, lla
     \b
     Examples:
       corral run ./gemma-3-270m-Q4_K_M.gguf
+      corral run gemma-3-270m          (after corral pull / corral import)
       corral run model.gguf --name chat -c 8192 -ngl 99 -fa on
       corral run model.gguf --port 8090 --restart always --ctx-size=4096
     """
@@ -94,7 +98,11 @@ def run(name, port, restart, binary, build, detach, timeout, as_json, model, lla
     as_json = bool(own.get("--json", as_json))
     from pathlib import Path
 
-    model_path = str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else model
+    try:
+        local = Path(model).expanduser()
+        model_path = str(local.resolve()) if local.exists() else model
+    except RuntimeError:
+        model_path = model
     client = ensure_daemon(settings())
     body = {"model": model_path, "flags": flags, "name": name, "port": port, "restart": restart,
             "binary": str(Path(binary).expanduser().resolve()) if binary else None,
@@ -180,10 +188,12 @@ def restart(name: str, detach: bool) -> None:
     _control("restart", name, detach)
 
 
-@click.command()
+@click.command("delete")
 @click.argument("names", nargs=-1, required=True)
-def rm(names: tuple[str, ...]) -> None:
-    """Stop instances and forget them (their logs stay in CORRAL_HOME/logs)."""
+def delete(names: tuple[str, ...]) -> None:
+    """Stop instances and forget them (their logs stay in CORRAL_HOME/logs).
+
+    (`corral rm` removes models; `corral delete` removes instances.)"""
     client = ensure_daemon(settings())
     for name in names:
         client.request("DELETE", f"/api/v1/instances/{name}", timeout=None)
@@ -221,4 +231,4 @@ def logs(name: str, follow: bool, lines: int) -> None:
         pass
 
 
-COMMANDS = [run, ps, stop, start, restart, rm, logs]
+COMMANDS = [run, ps, stop, start, restart, delete, logs]

@@ -231,11 +231,16 @@ class Supervisor:
         """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input."""
         if spec.restart not in RESTART_POLICIES:
             raise UsageError(f"restart policy must be one of {', '.join(RESTART_POLICIES)}")
-        model = check_model_file(spec.model)
+        model, mmproj = self._resolve_model(spec.model)
         resolved = resolve_binary(self.settings, self.store, spec.binary, spec.build_id)
         catalog = await self.catalog(str(resolved.path))
         pairs = catalog.normalize(list(spec.flags))
         host, pairs = self._split_owned(catalog, pairs)
+        mm_flag = catalog.lookup("--mmproj")
+        chosen = {f for f, _ in pairs}  # the user's own --mmproj / --no-mmproj wins
+        if mmproj and mm_flag is not None and mm_flag.long not in chosen \
+                and not any(f.startswith("--no-mmproj") for f in chosen):
+            pairs.append((mm_flag.long, mmproj))  # the vision projector pulled with the model
         async with self._launch_lock:
             name = self._choose_name(spec.name, model)
             port = self._choose_port(spec.port, host)
@@ -345,6 +350,24 @@ class Supervisor:
         await asyncio.gather(*(self.stop(name) for name in list(self._rts)))
 
     # -- internals: launching ----------------------------------------------------
+    def _resolve_model(self, text: str) -> tuple[Path, str | None]:
+        """A GGUF path as given, else a model of the index (id, name, alias, prefix)."""
+        try:
+            exists = Path(text).expanduser().exists()
+        except RuntimeError:
+            exists = False
+        if exists or text.lower().endswith(".gguf") and ("/" in text or "\\" in text):
+            return check_model_file(text), None
+        from corral import models
+
+        try:
+            rec = models.resolve(self.store, text)
+        except NotFound:
+            if text.lower().endswith(".gguf"):
+                return check_model_file(text), None
+            raise NotFound(f"no model {text!r}: not a file, and not in the index (corral ls)")
+        return check_model_file(rec.path), rec.mmproj
+
     def _split_owned(self, catalog: FlagCatalog, pairs: list) -> tuple[str, list]:
         owned = {}
         for name in ("--model", "--port", "--host"):
@@ -374,7 +397,7 @@ class Supervisor:
                 f"invalid instance name {wanted!r}: use letters, digits, '.', '_' or '-' (max 64)")
         if wanted in taken:
             raise Conflict(f"an instance named {wanted!r} already exists "
-                           f"(corral start {wanted}, or corral rm {wanted})")
+                           f"(corral start {wanted}, or corral delete {wanted})")
         return wanted
 
     def _choose_port(self, wanted: int | None, host: str) -> int:

@@ -1,0 +1,169 @@
+"""corral ls | show | rm | import — the local model index.
+
+These read and write the store directly (no daemon needed; the store is WAL-mode
+SQLite, so the CLI and a running daemon may both write).
+"""
+
+from __future__ import annotations
+
+import click
+
+from corral.cli.common import print_json, settings, table
+
+
+def _store():
+    from corral.store.db import Store
+
+    s = settings()
+    s.ensure_dirs()
+    return s, Store(s.db_path)
+
+
+def human_size(n: int | None) -> str:
+    """``253.0 MB``-style sizes (decimal units, like HuggingFace shows them)."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _params(view: dict) -> str:
+    if view.get("size_label"):
+        return view["size_label"]
+    count = view.get("parameter_count")
+    if not count:
+        return "-"
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= div:
+            return f"{count / div:.3g}{unit}"
+    return str(count)
+
+
+@click.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls(as_json: bool) -> None:
+    """List the models corral knows (downloaded and imported)."""
+    from corral.models import model_view
+    from corral.store import models as table_
+
+    _, store = _store()
+    try:
+        views = [model_view(r) for r in table_.list_all(store)]
+    finally:
+        store.close()
+    if as_json:
+        print_json(views)
+        return
+    if not views:
+        click.echo("no models (corral import PATH, or corral pull REPO)", err=True)
+        return
+    rows = [[v["name"], v["quantization"] or "-", _params(v), v["architecture"] or "-",
+             human_size(v["size"]), v["source"]] for v in views]
+    click.echo(table(rows, ["NAME", "QUANT", "PARAMS", "ARCH", "SIZE", "SOURCE"]))
+
+
+@click.command("show")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(model: str, as_json: bool) -> None:
+    """Show a model's files and GGUF metadata."""
+    from corral.models import model_view, resolve
+
+    _, store = _store()
+    try:
+        view = model_view(resolve(store, model))
+    finally:
+        store.close()
+    if as_json:
+        print_json(view)
+        return
+    lines = [("name", view["name"]), ("id", view["id"])]
+    if view["aliases"]:
+        lines.append(("aliases", ", ".join(view["aliases"])))
+    lines += [("source", view["source"] + (" (files owned by corral)" if view["owned"] else "")),
+              ("size", f"{human_size(view['size'])} ({view['size']} bytes)")]
+    for key in ("repo", "revision", "filename"):
+        if view[key]:
+            lines.append((key, view[key]))
+    for i, f in enumerate(view["files"]):
+        label = "path" if len(view["files"]) == 1 else f"part {i + 1}"
+        lines.append((label, f["path"]))
+    if view["mmproj"]:
+        lines.append(("mmproj", view["mmproj"]))
+    lines.append(("quantization", view["quantization"] or "-"))
+    for key, value in view["metadata"].items():
+        if key != "quantization":  # shown above, with the file-name fallback
+            label = "general.name" if key == "name" else key
+            lines.append((label, "-" if value is None else value))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@click.command("rm")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--keep-files", is_flag=True, help="Forget the model but keep downloaded files.")
+def rm(models: tuple[str, ...], keep_files: bool) -> None:
+    """Remove models from the index.
+
+    Files corral downloaded are deleted too (unless --keep-files); files you imported
+    are never deleted.
+    """
+    from corral.models import remove
+
+    s, store = _store()
+    try:
+        for model in models:
+            result = remove(store, model, delete_files=not keep_files, models_dir=s.models_dir)
+            name = result["model"]["name"]
+            if result["deleted"]:
+                click.echo(f"removed {name}; deleted {len(result['deleted'])} file(s):")
+                for p in result["deleted"]:
+                    click.echo(f"  {p}")
+                for p in result["kept"]:
+                    click.echo(f"  kept {p} (used by another model)")
+            else:
+                why = "imported files are never deleted" if not result["model"]["owned"] \
+                    else "--keep-files" if keep_files else "still used by another model"
+                click.echo(f"removed {name}; files kept ({why})")
+    finally:
+        store.close()
+
+
+@click.command("import")
+@click.argument("path", type=click.Path())
+@click.option("--name", help="Short name for the model (a single file only).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def import_(path: str, name: str | None, as_json: bool) -> None:
+    """Index GGUF models in place: a file, a directory (recursive) or a HuggingFace cache.
+
+    Nothing is copied; `corral rm` never deletes imported files.
+    """
+    from corral.models import import_path, model_view
+
+    _, store = _store()
+    problems: list[str] = []
+    try:
+        recs = import_path(store, path, name=name, problems=problems)
+    finally:
+        store.close()
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
+    if as_json:
+        print_json([model_view(r) for r in recs])
+        return
+    if not recs:
+        click.echo(f"no GGUF models found in {path}", err=True)
+        return
+    for r in recs:
+        v = model_view(r)
+        extra = f", {len(r.files)} parts" if len(r.files) > 1 else ""
+        extra += ", +mmproj" if r.mmproj else ""
+        click.echo(f"{r.name}  ({v['quantization'] or '?'}, {human_size(r.size)}{extra})  {r.path}")
+
+
+COMMANDS = [ls, show, rm, import_]

@@ -1,0 +1,485 @@
+"""HuggingFace: references users type, search, quant listing, and verified downloads.
+
+Metadata (search, file lists with LFS sha256, URLs, auth headers) goes through
+``huggingface_hub`` with the endpoint passed explicitly (``CORRAL_HF_ENDPOINT``; the
+library reads ``HF_ENDPOINT`` only at import). The bytes are streamed by corral into
+``CORRAL_HOME/models/<org>/<repo>/.partial/<file>.part`` and resumed with HTTP Range from
+whatever is on disk, so a pull killed at any point (Ctrl-C, kill -9, a dropped connection,
+a 5xx) continues where it stopped: huggingface_hub 2.x deletes its own partial file on
+failure. A file is moved into place, and enters the index, only after its size and
+sha256 match what the Hub states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+from corral.errors import (
+    Cancelled,
+    DownloadCorrupt,
+    HubAuthError,
+    HubError,
+    NotFound,
+    UsageError,
+)
+from corral.gguf import quant_from_filename
+
+DEFAULT_QUANT = "Q4_K_M"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+HOSTS = ("hf.co", "huggingface.co", "www.huggingface.co")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a user typed, parsed: a repo plus a quant, or one file in a repo."""
+
+    repo: str
+    revision: str = "main"
+    quant: str | None = None
+    filename: str | None = None
+
+    def __str__(self) -> str:
+        out = self.repo + (f"@{self.revision}" if self.revision != "main" else "")
+        if self.filename:
+            return f"{out}/{self.filename}"
+        return out + (f":{self.quant}" if self.quant else "")
+
+
+def parse_ref(text: str) -> ModelRef:
+    """Parse ``org/repo[:QUANT]``, ``hf.co/org/repo:Q``, ``org/repo@rev:Q``,
+    ``org/repo/path/file.gguf`` and ``https://huggingface.co/org/repo/resolve/REV/FILE``."""
+    raw = text.strip()
+    if raw.startswith(("http://", "https://")):
+        parts = urlsplit(raw)
+        segs = [s for s in parts.path.split("/") if s]
+        if len(segs) >= 5 and segs[2] in ("resolve", "blob"):
+            return _checked(ModelRef(repo="/".join(segs[:2]), revision=segs[3],
+                                     filename="/".join(segs[4:])), text)
+        if len(segs) == 2:
+            return _checked(ModelRef(repo="/".join(segs), quant=DEFAULT_QUANT), text)
+        raise UsageError(f"cannot read a model reference from URL {text!r}")
+    for host in HOSTS:
+        if raw.lower().startswith(host + "/"):
+            raw = raw[len(host) + 1:]
+            break
+    quant = None
+    head = raw
+    if ":" in raw:
+        head, quant = raw.rsplit(":", 1)
+        if not quant:
+            raise UsageError(f"empty quant in {text!r}")
+    revision = "main"
+    segs = head.split("/")
+    if len(segs) < 2:
+        raise UsageError(f"{text!r} is not a HuggingFace reference (expected org/repo[:QUANT])")
+    repo_name = segs[1]
+    if "@" in repo_name:
+        repo_name, revision = repo_name.split("@", 1)
+    repo = f"{segs[0]}/{repo_name}"
+    filename = "/".join(segs[2:]) or None
+    if filename and quant:
+        raise UsageError(f"{text!r} names a file and a quant: give one of them")
+    if filename and not filename.lower().endswith(".gguf"):
+        raise UsageError(f"{filename!r} is not a .gguf file")
+    return _checked(ModelRef(repo=repo, revision=revision or "main",
+                             quant=None if filename else (quant or DEFAULT_QUANT),
+                             filename=filename), text)
+
+
+def _checked(ref: ModelRef, text: str) -> ModelRef:
+    if not REPO_RE.match(ref.repo):
+        raise UsageError(f"{text!r}: {ref.repo!r} is not a valid repo id")
+    if ref.filename and (".." in ref.filename.split("/") or ref.filename.startswith("/")):
+        raise UsageError(f"{text!r}: file paths may not leave the repo")
+    return ref
+
+
+@dataclass(frozen=True)
+class HubFile:
+    path: str
+    size: int | None
+    sha256: str | None  # LFS sha256 (GGUFs are always LFS on the Hub)
+
+
+@dataclass
+class QuantGroup:
+    """One quant of a repo: a single GGUF, or every part of a split GGUF in order."""
+
+    quant: str
+    files: list[HubFile]
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size or 0 for f in self.files)
+
+    def to_dict(self) -> dict:
+        return {"quant": self.quant, "size": self.total_size, "parts": len(self.files),
+                "files": [f.path for f in self.files]}
+
+
+@dataclass
+class PullPlan:
+    repo: str
+    revision: str  # the commit sha the files are pinned to
+    quant: str | None
+    files: list[HubFile]
+    mmproj: HubFile | None = None
+
+    @property
+    def all_files(self) -> list[HubFile]:
+        return self.files + ([self.mmproj] if self.mmproj else [])
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size or 0 for f in self.all_files)
+
+
+def is_mmproj(path: str) -> bool:
+    return os.path.basename(path).lower().startswith("mmproj") and path.lower().endswith(".gguf")
+
+
+def group_quants(files: list[HubFile]) -> list[QuantGroup]:
+    """The quants a repo offers, split parts grouped, sorted by size."""
+    groups: dict[str, QuantGroup] = {}
+    for f in files:
+        if not f.path.lower().endswith(".gguf") or is_mmproj(f.path):
+            continue
+        base = SPLIT_RE.sub("", f.path)
+        quant = quant_from_filename(os.path.basename(f.path)) or os.path.basename(base).removesuffix(".gguf")
+        key = quant.upper()
+        group = groups.setdefault(key, QuantGroup(quant=quant, files=[]))
+        if group.files and SPLIT_RE.sub("", group.files[0].path) != base:
+            # Same quant under another name (e.g. a second directory): keep the first.
+            continue
+        group.files.append(f)
+    for group in groups.values():
+        group.files.sort(key=lambda f: f.path)
+    return sorted(groups.values(), key=lambda g: (g.total_size, g.quant))
+
+
+def pick_mmproj(files: list[HubFile]) -> HubFile | None:
+    """The vision projector to pair with a model: F16 first, then BF16, F32, any."""
+    candidates = [f for f in files if is_mmproj(f.path)]
+    for pref in ("F16", "BF16", "F32"):
+        for f in candidates:
+            if (quant_from_filename(os.path.basename(f.path)) or "").upper() == pref:
+                return f
+    return candidates[0] if candidates else None
+
+
+ProgressFn = Callable[[str, int, int | None], None]  # (file, bytes done, file total)
+
+
+class Hub:
+    """A HuggingFace endpoint (the real Hub, a mirror, or the tests' fake)."""
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, token: str | None = None) -> None:
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+        from huggingface_hub import HfApi
+
+        self.endpoint = endpoint.rstrip("/")
+        self.token = token or None
+        self.api = HfApi(endpoint=self.endpoint, token=self.token)
+
+    # -- metadata -----------------------------------------------------------------
+    def search(self, text: str, limit: int = 20) -> list[dict]:
+        """GGUF repos matching ``text``, most downloaded first."""
+        with _hub_errors(text):
+            found = self.api.list_models(search=text, filter="gguf", sort="downloads",
+                                         limit=limit)
+            return [{"id": m.id, "downloads": getattr(m, "downloads", None),
+                     "likes": getattr(m, "likes", None),
+                     "updated": _iso(getattr(m, "last_modified", None))} for m in found]
+
+    def repo_files(self, repo: str, revision: str = "main") -> tuple[str, list[HubFile]]:
+        """(commit sha, files with LFS sizes and sha256) of a repo at ``revision``."""
+        with _hub_errors(repo, revision):
+            info = self.api.model_info(repo, revision=revision, files_metadata=True)
+        files = []
+        for s in info.siblings or []:
+            lfs = getattr(s, "lfs", None)
+            sha = getattr(lfs, "sha256", None) if lfs is not None else None
+            size = getattr(lfs, "size", None) if lfs is not None else None
+            files.append(HubFile(path=s.rfilename, size=size if size is not None else s.size,
+                                 sha256=sha))
+        return info.sha or revision, files
+
+    def quants(self, repo: str, revision: str = "main") -> list[QuantGroup]:
+        return group_quants(self.repo_files(repo, revision)[1])
+
+    def plan(self, ref: ModelRef) -> PullPlan:
+        """Which files a reference means: a quant (all split parts) or one file, plus mmproj."""
+        commit, files = self.repo_files(ref.repo, ref.revision)
+        by_path = {f.path: f for f in files}
+        mmproj = pick_mmproj(files)
+        if ref.filename:
+            if ref.filename not in by_path:
+                raise NotFound(f"{ref.repo} has no file {ref.filename!r}")
+            chosen = by_path[ref.filename]
+            parts = [chosen]
+            m = SPLIT_RE.search(chosen.path)
+            if m:  # naming one part of a split model means the whole model
+                base = SPLIT_RE.sub("", chosen.path)
+                parts = sorted((f for f in files if SPLIT_RE.sub("", f.path) == base
+                                and SPLIT_RE.search(f.path)), key=lambda f: f.path)
+            quant = quant_from_filename(os.path.basename(chosen.path))
+            return PullPlan(ref.repo, commit, quant, parts, None if is_mmproj(chosen.path) else mmproj)
+        groups = group_quants(files)
+        if not groups:
+            raise NotFound(f"{ref.repo} has no GGUF files")
+        wanted = (ref.quant or DEFAULT_QUANT).upper()
+        match = [g for g in groups if g.quant.upper() == wanted]
+        if not match:
+            have = ", ".join(g.quant for g in groups)
+            raise NotFound(f"{ref.repo} has no {ref.quant or DEFAULT_QUANT} quant; it has: {have}")
+        return PullPlan(ref.repo, commit, match[0].quant, match[0].files, mmproj)
+
+    # -- download -------------------------------------------------------------------
+    def download(self, plan: PullPlan, dest: Path, progress: ProgressFn | None = None,
+                 cancel: threading.Event | None = None, retries: int = 5) -> list[Path]:
+        """Download every file of ``plan`` into ``dest`` (resuming partials), verified."""
+        check_disk_space(dest, plan, self._present_bytes(dest, plan))
+        out = []
+        for f in plan.all_files:
+            out.append(self._download_one(plan, f, dest, progress, cancel, retries))
+        return out
+
+    def _present_bytes(self, dest: Path, plan: PullPlan) -> int:
+        done = 0
+        for f in plan.all_files:
+            final = dest / f.path
+            if final.exists():
+                done += final.stat().st_size
+            elif part_path(dest, f.path).exists():
+                done += part_path(dest, f.path).stat().st_size
+        return done
+
+    def _download_one(self, plan: PullPlan, f: HubFile, dest: Path, progress: ProgressFn | None,
+                      cancel: threading.Event | None, retries: int) -> Path:
+        """One file, resumed from its ``.part`` file, retried on transient faults, verified.
+
+        huggingface_hub 2.x deletes its partial file when a download fails, so a pull
+        killed or cut off would start again from byte 0: corral streams the bytes itself
+        (metadata, URLs and auth headers still come from huggingface_hub).
+        """
+        final = dest / f.path
+        if not _inside(final, dest):
+            raise HubError(f"refusing the Hub's file path {f.path!r}: it leaves {dest}")
+        if final.exists() and verify(final, f, quick=True):
+            if progress:
+                progress(f.path, final.stat().st_size, f.size)
+            return final
+        part = part_path(dest, f.path)
+        attempt = 0
+        while True:
+            before = part.stat().st_size if part.exists() else 0
+            try:
+                self._fetch(plan, f, part, progress, cancel)
+                break
+            except _Transient as exc:
+                now = part.stat().st_size if part.exists() else 0
+                attempt = 1 if now > before else attempt + 1  # progress earns the retries back
+                if attempt > retries:
+                    raise HubError(f"{f.path}: {exc.reason} (gave up after {retries} retries)")
+                delay = exc.retry_after if exc.retry_after is not None else min(30, 2 ** (attempt - 1))
+                if _sleep_or_cancel(delay, cancel):
+                    raise Cancelled(f"pull of {f.path} cancelled")
+        if not verify(part, f):
+            bad = part.with_name(part.name.removesuffix(".part") + ".corrupt")
+            os.replace(part, bad)  # keep the evidence out of the model's way
+            raise DownloadCorrupt(
+                f"{f.path}: downloaded bytes do not match the Hub's size/sha256 "
+                f"(kept as {bad.name}); pull again to retry")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, final)
+        return final
+
+    def _fetch(self, plan: PullPlan, f: HubFile, part: Path, progress: ProgressFn | None,
+               cancel: threading.Event | None) -> None:
+        """Stream the file into ``part``, from its current size (HTTP Range)."""
+        import httpx
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers
+
+        part.parent.mkdir(parents=True, exist_ok=True)
+        start = part.stat().st_size if part.exists() else 0
+        if f.size is not None and start > f.size:
+            start = 0  # not ours to trust: start over
+        url = hf_hub_url(plan.repo, f.path, revision=plan.revision, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.token, library_name="corral")
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        if start and f.size is not None and start == f.size:
+            return  # complete already; verify() decides
+        timeout = httpx.Timeout(30.0, read=120.0)
+        try:
+            # httpx drops Authorization when a redirect leaves the origin (the CDN).
+            with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+                with client.stream("GET", url, headers=headers) as resp:
+                    self._check_status(resp, plan, f)
+                    if resp.status_code == 200 and start:
+                        start = 0  # the server ignored Range: take the whole body
+                    done = start
+                    if progress:
+                        progress(f.path, done, f.size)
+                    last = time.monotonic()
+                    with open(part, "ab" if start else "wb") as out:
+                        for chunk in resp.iter_bytes():  # as it arrives: a drop loses nothing written
+                            if cancel is not None and cancel.is_set():
+                                raise Cancelled(f"pull of {f.path} cancelled")
+                            out.write(chunk)
+                            done += len(chunk)
+                            now = time.monotonic()
+                            if progress and now - last >= 0.1:
+                                last = now
+                                progress(f.path, done, f.size)
+                    if progress:
+                        progress(f.path, done, f.size)
+        except httpx.TransportError as exc:
+            raise _Transient(f"network error: {type(exc).__name__}") from None
+        if f.size is not None and part.stat().st_size < f.size:
+            raise _Transient("connection closed before the end of the file")
+
+    @staticmethod
+    def _check_status(resp, plan: PullPlan, f: HubFile) -> None:
+        code = resp.status_code
+        if code in (200, 206):
+            return
+        resp.read()
+        if code == 429 or code >= 500:
+            after = resp.headers.get("retry-after", "")
+            raise _Transient(f"HTTP {code} from the Hub", float(after) if after.isdigit() else None)
+        err = resp.headers.get("x-error-code", "")
+        if err == "GatedRepo" or code in (401, 403):
+            raise HubAuthError(f"{plan.repo}: access denied (HTTP {code}); accept its terms and set HF_TOKEN")
+        if code == 404:
+            raise NotFound(f"{plan.repo} has no file {f.path!r} at {plan.revision[:12]}")
+        raise HubError(f"{f.path}: HTTP {code} from the Hub")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return ".." not in Path(path).parts
+
+
+def part_path(dest: Path, path: str) -> Path:
+    """Where the bytes of ``path`` accumulate until verified."""
+    return dest / ".partial" / (path + ".part")
+
+
+def check_disk_space(dest: Path, plan: PullPlan, present: int = 0) -> None:
+    """Refuse to start when the remaining bytes do not fit (with 1 % + 64 MiB slack)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    need = max(0, plan.total_size - present)
+    free = shutil.disk_usage(dest).free
+    if need + need // 100 + (64 << 20) > free:
+        raise HubError(f"not enough disk space in {dest}: need {_gb(need)}, {_gb(free)} free")
+
+
+def verify(path: Path, f: HubFile, quick: bool = False) -> bool:
+    """Size, then (unless ``quick``) sha256, against the Hub's LFS record."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if f.size is not None and size != f.size:
+        return False
+    if quick or not f.sha256:
+        return True
+    return sha256_file(path) == f.sha256.lower()
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _sleep_or_cancel(seconds: float, cancel: threading.Event | None) -> bool:
+    if cancel is None:
+        time.sleep(seconds)
+        return False
+    return cancel.wait(seconds)
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _hub_errors:
+    """Map huggingface_hub / httpx errors to corral's, one line each.
+
+    With ``retry=True`` (downloads) transient faults raise ``_Transient`` for the retry
+    loop; otherwise (metadata calls) they are a HubError at once.
+    """
+
+    def __init__(self, repo: str, revision: str | None = None, retry: bool = False) -> None:
+        self.repo, self.revision, self.retry = repo, revision, retry
+
+    def __exit__(self, typ, exc, tb):
+        try:
+            return self._map(exc)
+        except _Transient as t:
+            if self.retry:
+                raise
+            raise HubError(f"{self.repo}: {t.reason}") from None
+
+    def __enter__(self):
+        return self
+
+    def _map(self, exc):
+        if exc is None or isinstance(exc, (Cancelled, HubError, NotFound, UsageError)):
+            return False
+        import httpx
+        from huggingface_hub import errors as hf
+
+        repo = self.repo
+        if isinstance(exc, hf.GatedRepoError):
+            raise HubAuthError(f"{repo} is gated: accept its terms on the Hub and set HF_TOKEN") from None
+        if isinstance(exc, hf.RepositoryNotFoundError):
+            raise NotFound(f"repo {repo} not found (or private: set HF_TOKEN)") from None
+        if isinstance(exc, hf.RevisionNotFoundError):
+            raise NotFound(f"revision {self.revision!r} not found in {repo}") from None
+        if isinstance(exc, hf.LocalEntryNotFoundError):
+            raise HubError(f"{repo}: the Hub is unreachable (offline?)") from None
+        if isinstance(exc, hf.EntryNotFoundError):
+            raise NotFound(f"file not found in {repo}: {exc}".splitlines()[0]) from None
+        if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
+            status = exc.response.status_code
+            if status == 429 or status >= 500:
+                after = exc.response.headers.get("retry-after")
+                raise _Transient(f"HTTP {status} from the Hub",
+                                 float(after) if after and after.isdigit() else None) from None
+            if status in (401, 403):
+                raise HubAuthError(f"{repo}: access denied (HTTP {status}); set HF_TOKEN") from None
+            raise HubError(f"{repo}: HTTP {status} from the Hub") from None
+        if isinstance(exc, (httpx.TransportError, OSError)) and not isinstance(exc, FileNotFoundError):
+            raise _Transient(f"network error: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        return False
