@@ -433,6 +433,18 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
+def _transport_errors(httpx) -> tuple[type[BaseException], ...]:
+    """Network errors of httpx and of the httpx fork huggingface_hub 2.x ships (httpx2)."""
+    errs: list[type[BaseException]] = [httpx.TransportError, OSError]
+    try:
+        import httpx2
+
+        errs.append(httpx2.TransportError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
 class _hub_errors:
     """Map huggingface_hub / httpx errors to corral's, one line each.
 
@@ -480,6 +492,6 @@ class _hub_errors:
             if status in (401, 403):
                 raise HubAuthError(f"{repo}: access denied (HTTP {status}); set HF_TOKEN") from None
             raise HubError(f"{repo}: HTTP {status} from the Hub") from None
-        if isinstance(exc, (httpx.TransportError, OSError)) and not isinstance(exc, FileNotFoundError):
+        if isinstance(exc, _transport_errors(httpx)) and not isinstance(exc, FileNotFoundError):
             raise _Transient(f"network error: {type(exc).__name__}: {exc}".splitlines()[0]) from None
         return False

@@ -190,3 +190,38 @@ def test_search_and_quants(hub_daemon, hub):
         "Q2_K/big-Q2_K-00003-of-00003.gguf"]}]
     api = hub_daemon.client.request("GET", "/api/v1/hub/quants", params={"repo": REPO})
     assert [g["quant"] for g in api] == ["Q4_K_M", "Q8_0"]
+
+
+def test_gated_repo_with_a_token_and_progress_lines(daemon_env, hub, tmp_path):
+    hub.valid_tokens = {"hf_good"}
+    payload = gguf_bytes(tmp_path, "priv", 5000)
+    hub.add_repo("acme/private-GGUF", files={"p-Q4_K_M.gguf": payload},
+                 gated=True, authorized_tokens={"hf_good"})
+    env = dict(daemon_env, CORRAL_HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1",
+               CORRAL_HF_TOKEN="hf_good", HF_HOME=str(Path(daemon_env["CORRAL_HOME"]) / "hf"))
+    d = DaemonProcess(env).start()
+    try:
+        proc = ok(d.cli("pull", "acme/private-GGUF", "--json"))
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert events[-1]["state"] == "done" and events[-1]["total"] == len(payload)
+        assert events[-1]["model"] == "acme/private-GGUF:Q4_K_M"
+        assert {"done", "total", "speed", "eta", "files", "state"} <= set(events[-1])
+        # the token travelled to the Hub; without it the same repo is refused
+        assert any(r.headers.get("Authorization") == "Bearer hf_good" for r in hub.log)
+    finally:
+        d.stop()
+
+
+def test_offline_hub_is_one_line(daemon_env):
+    from tests.conftest import free_port
+
+    env = dict(daemon_env, CORRAL_HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+               HF_HUB_DISABLE_XET="1")
+    d = DaemonProcess(env).start()
+    try:
+        proc = d.cli("pull", "acme/anything-GGUF")
+        assert proc.returncode == 8, proc.stderr
+        errs = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errs) == 1 and ("unreachable" in errs[0] or "network" in errs[0]), errs
+    finally:
+        d.stop()

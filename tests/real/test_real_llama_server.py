@@ -111,3 +111,30 @@ def test_corrupt_model_fails_fast_with_the_log_tail(real_daemon_env, tmp_path):
         assert inst["state"] == "failed" and inst["restarts"] == 0
     finally:
         d.stop()
+
+
+def test_import_the_real_model_and_run_it_by_name(real_daemon_env, real_model):
+    d = DaemonProcess(real_daemon_env).start()
+    try:
+        imported = d.cli("import", str(real_model), "--json")
+        assert imported.returncode == 0, imported.stderr
+        models = json.loads(d.cli("ls", "--json").stdout)
+        assert len(models) == 1
+        m = models[0]
+        assert m["quantization"] == "Q4_K_M" and m["architecture"] == "gemma3"
+        assert m["source"] == "local" and not m["owned"]
+        res = d.cli("run", "gemma-3-270m", "--name", "byname", "-c", "1024", "-t", "2",
+                    "--json", timeout=180)
+        assert res.returncode == 0, res.stderr
+        inst = json.loads(res.stdout)
+        assert inst["state"] == "ready" and inst["model"] == str(real_model)
+        assert chat(inst["port"], "Hi")["usage"]["completion_tokens"] > 0
+        # rm of an imported model forgets it and never deletes the user's file
+        d.client.request("POST", "/api/v1/instances/byname/stop", timeout=60)
+        assert d.cli("rm", m["name"]).returncode == 0
+        assert real_model.exists()
+    finally:
+        d.stop()
+        from corral.supervisor.offline import stop_all_offline
+
+        stop_all_offline(d.settings, timeout=5)

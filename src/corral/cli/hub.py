@@ -42,8 +42,11 @@ class _Progress:
             return
         total, done = ev.get("total") or 0, ev.get("done") or 0
         pct = 100.0 * done / total if total else 0.0
+        current = next((f"  {name.rsplit('/', 1)[-1]} {human(st['done'])}/{human(st['total'])}"
+                        for name, st in (ev.get("files") or {}).items()
+                        if st.get("total") and st["done"] < st["total"]), "")
         line = (f"{ev['ref']}  {pct:5.1f}%  {human(done)}/{human(total)}  "
-                f"{human(ev.get('speed') or 0)}/s  ETA {_eta(ev.get('eta'))}")
+                f"{human(ev.get('speed') or 0)}/s  ETA {_eta(ev.get('eta'))}{current}")
         if self.tty:
             width = 24
             fill = int(width * pct / 100)
