@@ -8,6 +8,11 @@ them the CI cache (~/.cache/corral-ci/llama-server/llama-server) and the cached 
 are used.
 
     python bench/run_all.py [--runs 10] [--write] [--note "what else ran"]
+                            [--skip-startup] [--skip-cli] [--skip-pull] [--skip-models]
+                            [--pull-runs 3] [--pull-size-mb 1024]
+
+With ``--write``, a benchmark that was skipped keeps its previous section of the results
+(copied from the current docs/BENCHMARKS.md), marked as coming from an earlier run.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 import cli as cli_bench  # noqa: E402
+import models as models_bench  # noqa: E402
+import pull as pull_bench  # noqa: E402
 import startup as startup_bench  # noqa: E402
 
 DOC = C.REPO / "docs" / "BENCHMARKS.md"
@@ -64,12 +71,35 @@ exit, at least 10 runs each, interleaved round-robin after one untimed round:
 
 Goal: each well under 150 ms.
 
+**Pull** (`bench/pull.py`). One 1 GiB file (GGUF header, then random bytes), written once
+to a temporary directory and served from 127.0.0.1 at `/{repo}/resolve/{rev}/{file}` by
+the tests' fake Hub (`tests/fakes/fake_hub.py`, in its own Python process, 1 MiB chunks)
+and by `nginx` (own temporary prefix and config, unprivileged port, `sendfile on`). corral
+side: `Hub.download(plan, dest)` in-process, the library path the daemon uses, **including
+its sha256 verification** of the whole file and the move into place (the plan comes from
+the fake Hub's metadata API once, outside the timing). References against the same server
+and URL: `curl -s -o FILE URL` (no verification) and `curl ... && sha256sum FILE` (the
+same work as corral). Interleaved corral, curl, curl + sha256sum per server, 3 runs each
+after a warm-up; output deleted and `sync` run before each. Reported: median, MiB/s and
+the throughput ratio corral / curl (goal >= 0.8x), corral split into fetch and verify,
+and one cProfile'd corral download.
+
+**Models** (`bench/models.py`). (a) GGUF metadata of the real gemma-3-270m Q4_K_M file:
+corral's `read_metadata` (median of 20, in-process, warm page cache) vs gguf-py's
+`GGUFReader` (1 run; it takes seconds). (b) `corral ls` and `corral ls --json` with 200
+models in the index (small GGUFs written with `gguf.GGUFWriter`, registered with
+`register_local`), CLI subprocess, median of 10 interleaved with `python -c pass` and
+`sqlite3 corral.db 'SELECT * FROM models'`.
+
 ## How to run
 
     make bench                                  # builds/caches llama-server and the model first
     .venv/bin/python bench/run_all.py --runs 10 --write   # what produced the figures below
     .venv/bin/python bench/startup.py --runs 20 --flags "-c 4096 -t 2"
     .venv/bin/python bench/cli.py --runs 30 --instances 50
+    .venv/bin/python bench/pull.py --runs 5 --size-mb 2048 --servers nginx
+    .venv/bin/python bench/models.py --reader-runs 2 --models 500
+    .venv/bin/python bench/run_all.py --skip-startup --skip-cli --write   # keeps the others
 
 `--write` replaces only the results section below. `--note TEXT` records what else was
 running. Every benchmark uses a temporary `CORRAL_HOME` and free ports on 127.0.0.1,
@@ -109,32 +139,71 @@ def git_rev() -> str:
 
 def report(results: dict) -> str:
     m = results["machine"]
-    s, c = results["startup"], results["cli"]
+    s, c = results.get("startup"), results.get("cli")
     la = lambda t: " / ".join(f"{x:.2f}" for x in t)  # noqa: E731
+    ran = [k for k in SECTIONS if results.get(k)]
+    after = ", ".join(f"{la(results[k]['loadavg_after'])} after {k}" for k in ran)
     lines = [
         "## Results",
         "",
         f"- Date: {results['date']}; corral {results['git']}",
         f"- Machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}",
         f"- Load: CPUs {results['background_cpu']:.0f}% busy over 2 s just before the run; "
-        f"load average (1/5/15 min) {la(m['loadavg'])} before, "
-        f"{la(s['loadavg_after'])} after startup, {la(c['loadavg_after'])} after cli.",
+        f"load average (1/5/15 min) {la(m['loadavg'])} before" + (f", {after}" if after else "")
+        + ".",
     ]
     if results.get("note"):
         lines.append(f"- Conditions: {results['note']}")
-    lines += [
-        f"- llama-server: `{s['binary']}`; model: `{Path(s['model']).name}`",
-        "",
-        "### Startup",
-        "",
-        startup_bench.table(s),
-        "",
-        "### CLI",
-        "",
-        cli_bench.table(c),
-        "",
-    ]
+    if s:
+        lines.append(f"- llama-server: `{s['binary']}`; model: `{Path(s['model']).name}`")
+    elif (results.get("previous") or {}).get("llama_line"):
+        lines.append(results["previous"]["llama_line"] + " (startup figures kept below)")
+    lines.append("")
+    previous = results.get("previous") or {}
+    for key, (title, bench) in SECTIONS.items():
+        if results.get(key):
+            lines += [f"### {title}", "", bench.table(results[key]), ""]
+        elif previous.get(key):
+            lines += [previous[key].rstrip("\n"), ""]
     return "\n".join(lines)
+
+
+SECTIONS = {
+    "startup": ("Startup", startup_bench),
+    "cli": ("CLI", cli_bench),
+    "pull": ("Pull", pull_bench),
+    "models": ("Models", models_bench),
+}
+KEPT = "*(not re-run; kept from the results of {when})*"
+
+
+def previous_sections(path: Path = DOC) -> dict[str, str]:
+    """The ``### Title`` sections of the current results block, by benchmark key."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    if START not in text or END not in text:
+        return {}
+    block = text.split(START, 1)[1].split(END, 1)[0]
+    date = next((ln.split("Date:", 1)[1].split(";")[0].strip()
+                 for ln in block.splitlines() if ln.startswith("- Date:")), "an earlier run")
+    out: dict[str, str] = {}
+    titles = {title: key for key, (title, _) in SECTIONS.items()}
+    llama = [ln for ln in block.splitlines() if ln.startswith("- llama-server:")]
+    if llama:
+        out["llama_line"] = llama[0].split(" (startup figures", 1)[0]
+    parts = block.split("\n### ")
+    for part in parts[1:]:
+        title, _, body = part.partition("\n")
+        key = titles.get(title.strip())
+        if key is None:
+            continue
+        body = body.strip("\n")
+        marker = KEPT.format(when=date)
+        if not body.startswith("*(not re-run"):
+            body = marker + "\n\n" + body
+        out[key] = f"### {title.strip()}\n\n{body}"
+    return out
 
 
 def write_doc(section: str, path: Path = DOC) -> None:
@@ -161,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"replace the results in {DOC.relative_to(C.REPO)}")
     ap.add_argument("--note", default="", help="load conditions to record with the figures")
     ap.add_argument("--json", type=Path, help="also save the raw results (all samples) here")
+    for key in SECTIONS:
+        ap.add_argument(f"--skip-{key}", action="store_true", help=f"do not run bench/{key}.py")
+    ap.add_argument("--pull-runs", type=int, default=3, help="pull: runs of each (default 3)")
+    ap.add_argument("--pull-size-mb", type=int, default=1024,
+                    help="pull: file size in MiB (default 1024)")
     args = ap.parse_args(argv)
     C.sigterm_as_interrupt()
     try:
@@ -171,11 +245,19 @@ def main(argv: list[str] | None = None) -> int:
             "background_cpu": background_cpu(),
             "machine": C.machine(),
         }
-        results["startup"] = startup_bench.run(args.runs)
-        results["cli"] = cli_bench.run(max(args.runs, 10))
+        if not args.skip_startup:
+            results["startup"] = startup_bench.run(args.runs)
+        if not args.skip_cli:
+            results["cli"] = cli_bench.run(max(args.runs, 10))
+        if not args.skip_pull:
+            results["pull"] = pull_bench.run(args.pull_runs, args.pull_size_mb)
+        if not args.skip_models:
+            results["models"] = models_bench.run(ls_runs=max(args.runs, 10))
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130
+    if args.write:
+        results["previous"] = previous_sections()
     text = report(results)
     print(text)
     if args.json:

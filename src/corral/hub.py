@@ -285,7 +285,7 @@ class Hub:
         while True:
             before = part.stat().st_size if part.exists() else 0
             try:
-                self._fetch(plan, f, part, progress, cancel)
+                digest = self._fetch(plan, f, part, progress, cancel)
                 break
             except _Transient as exc:
                 now = part.stat().st_size if part.exists() else 0
@@ -295,7 +295,8 @@ class Hub:
                 delay = exc.retry_after if exc.retry_after is not None else min(30, 2 ** (attempt - 1))
                 if _sleep_or_cancel(delay, cancel):
                     raise Cancelled(f"pull of {f.path} cancelled")
-        if not verify(part, f):
+        size_ok = f.size is None or part.stat().st_size == f.size
+        if not size_ok or (f.sha256 and digest != f.sha256.lower()):
             bad = part.with_name(part.name.removesuffix(".part") + ".corrupt")
             os.replace(part, bad)  # keep the evidence out of the model's way
             raise DownloadCorrupt(
@@ -306,8 +307,13 @@ class Hub:
         return final
 
     def _fetch(self, plan: PullPlan, f: HubFile, part: Path, progress: ProgressFn | None,
-               cancel: threading.Event | None) -> None:
-        """Stream the file into ``part``, from its current size (HTTP Range)."""
+               cancel: threading.Event | None) -> str:
+        """Stream the file into ``part`` from its current size (HTTP Range); its sha256.
+
+        The hash is computed while the bytes arrive, in a second thread (hashlib releases
+        the GIL), instead of re-reading the file afterwards: that pass cost ~28 % of a
+        pull's time (bench/pull.py).
+        """
         import httpx
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers
@@ -321,8 +327,9 @@ class Hub:
         if start:
             headers["Range"] = f"bytes={start}-"
         if start and f.size is not None and start == f.size:
-            return  # complete already; verify() decides
+            return sha256_file(part)  # complete already
         timeout = httpx.Timeout(30.0, read=120.0)
+        hasher = _Hasher()
         try:
             # httpx drops Authorization when a redirect leaves the origin (the CDN).
             with httpx.Client(follow_redirects=True, timeout=timeout) as client:
@@ -330,6 +337,8 @@ class Hub:
                     self._check_status(resp, plan, f)
                     if resp.status_code == 200 and start:
                         start = 0  # the server ignored Range: take the whole body
+                    if start:
+                        hasher.feed_file(part, start)
                     done = start
                     if progress:
                         progress(f.path, done, f.size)
@@ -339,6 +348,7 @@ class Hub:
                             if cancel is not None and cancel.is_set():
                                 raise Cancelled(f"pull of {f.path} cancelled")
                             out.write(chunk)
+                            hasher.feed(chunk)
                             done += len(chunk)
                             now = time.monotonic()
                             if progress and now - last >= 0.1:
@@ -347,9 +357,15 @@ class Hub:
                     if progress:
                         progress(f.path, done, f.size)
         except httpx.TransportError as exc:
+            hasher.abandon()
             raise _Transient(f"network error: {type(exc).__name__}") from None
+        except BaseException:
+            hasher.abandon()
+            raise
         if f.size is not None and part.stat().st_size < f.size:
+            hasher.abandon()
             raise _Transient("connection closed before the end of the file")
+        return hasher.hexdigest()
 
     @staticmethod
     def _check_status(resp, plan: PullPlan, f: HubFile) -> None:
@@ -366,6 +382,41 @@ class Hub:
         if code == 404:
             raise NotFound(f"{plan.repo} has no file {f.path!r} at {plan.revision[:12]}")
         raise HubError(f"{f.path}: HTTP {code} from the Hub")
+
+
+class _Hasher:
+    """sha256 of a byte stream, computed in a worker thread as chunks are fed."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._h = hashlib.sha256()
+        self._q: queue.Queue = queue.Queue(maxsize=256)
+        self._t = threading.Thread(target=self._run, daemon=True, name="corral-sha256")
+        self._t.start()
+
+    def _run(self) -> None:
+        while (chunk := self._q.get()) is not None:
+            self._h.update(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        self._q.put(chunk)
+
+    def feed_file(self, path: Path, length: int) -> None:
+        """The bytes already on disk (a resumed download)."""
+        with open(path, "rb") as fh:
+            while length > 0 and (block := fh.read(min(8 << 20, length))):
+                self.feed(block)
+                length -= len(block)
+
+    def hexdigest(self) -> str:
+        self._q.put(None)
+        self._t.join()
+        return self._h.hexdigest()
+
+    def abandon(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
 
 
 def _inside(path: Path, root: Path) -> bool:

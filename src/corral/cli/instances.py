@@ -219,12 +219,13 @@ def logs(name: str, follow: bool, lines: int) -> None:
     finally:
         store.close()
     path = s.logs_dir / f"{rec.name}.log"
+    start = logmod.size_of(path)  # before the tail: nothing written meanwhile is missed
     for line in logmod.tail(path, lines):
         click.echo(line)
     if not follow:
         return
     try:
-        for chunk in logmod.follow_sync(path):
+        for chunk in logmod.follow_sync(path, start):
             sys.stdout.write(chunk)
             sys.stdout.flush()
     except KeyboardInterrupt:

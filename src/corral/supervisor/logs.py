@@ -93,12 +93,17 @@ def _read_new(path: Path, pos: int) -> tuple[int, bytes]:
     return pos + len(data), data
 
 
-def follow_sync(path: Path, poll: float = 0.2) -> Iterator[str]:
-    """Blocking follow for the CLI: yield text appended after now, forever."""
+def size_of(path: Path) -> int:
     try:
-        pos = path.stat().st_size
+        return path.stat().st_size
     except FileNotFoundError:
-        pos = 0
+        return 0
+
+
+def follow_sync(path: Path, pos: int | None = None, poll: float = 0.2) -> Iterator[str]:
+    """Blocking follow for the CLI: yield text appended after ``pos`` (default: now)."""
+    if pos is None:
+        pos = size_of(path)
     while True:
         pos, data = _read_new(path, pos)
         if data:
