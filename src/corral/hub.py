@@ -329,6 +329,7 @@ class Hub:
         if start and f.size is not None and start == f.size:
             return sha256_file(part)  # complete already
         timeout = httpx.Timeout(30.0, read=120.0)
+        _bigger_reads()
         hasher = _Hasher()
         try:
             # httpx drops Authorization when a redirect leaves the origin (the CDN).
@@ -382,6 +383,22 @@ class Hub:
         if code == 404:
             raise NotFound(f"{plan.repo} has no file {f.path!r} at {plan.revision[:12]}")
         raise HubError(f"{f.path}: HTTP {code} from the Hub")
+
+
+def _bigger_reads() -> None:
+    """Let httpcore read 1 MiB per recv instead of 64 KiB.
+
+    A pull is CPU-bound on loopback or fast links: at 64 KiB, per-chunk Python overhead
+    (h11 parsing, iteration, write, queue) dominates. The attribute is httpcore's own knob
+    (class level, so every client in this process reads bigger buffers, which is harmless).
+    """
+    try:
+        from httpcore._sync import http11
+
+        if getattr(http11.HTTP11Connection, "READ_NUM_BYTES", 0) < (1 << 20):
+            http11.HTTP11Connection.READ_NUM_BYTES = 1 << 20
+    except (ImportError, AttributeError):
+        pass
 
 
 class _Hasher:
