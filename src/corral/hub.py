@@ -34,6 +34,7 @@ from corral.errors import (
 from corral.gguf import quant_from_filename
 
 DEFAULT_QUANT = "Q4_K_M"
+MAX_RETRY_AFTER = 300.0  # longer waits fail the pull with the Hub's figure instead
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -168,6 +169,20 @@ def group_quants(files: list[HubFile]) -> list[QuantGroup]:
     return sorted(groups.values(), key=lambda g: (g.total_size, g.quant))
 
 
+def check_split_complete(files: list[HubFile]) -> None:
+    """Parts 1..N of an ``-of-N`` split must all be listed, once each."""
+    nums = [SPLIT_RE.search(f.path) for f in files]
+    if not any(nums):
+        return
+    if not all(nums):
+        raise NotFound(f"{files[0].path}: split and unsplit files mixed")
+    total = {int(m.group(2)) for m in nums}
+    seen = sorted(int(m.group(1)) for m in nums)
+    if len(total) != 1 or seen != list(range(1, total.pop() + 1)):
+        raise NotFound(f"{SPLIT_RE.sub('', files[0].path)}: the Hub lists parts {seen}, "
+                       "not a complete split model")
+
+
 def pick_mmproj(files: list[HubFile]) -> HubFile | None:
     """The vision projector to pair with a model: F16 first, then BF16, F32, any."""
     candidates = [f for f in files if is_mmproj(f.path)]
@@ -188,6 +203,7 @@ class Hub:
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
         from huggingface_hub import HfApi
 
+        _install_client_timeouts()
         self.endpoint = endpoint.rstrip("/")
         self.token = token or None
         self.api = HfApi(endpoint=self.endpoint, token=self.token)
@@ -205,7 +221,7 @@ class Hub:
     def repo_files(self, repo: str, revision: str = "main") -> tuple[str, list[HubFile]]:
         """(commit sha, files with LFS sizes and sha256) of a repo at ``revision``."""
         with _hub_errors(repo, revision):
-            info = self.api.model_info(repo, revision=revision, files_metadata=True)
+            info = self.api.model_info(repo, revision=revision, files_metadata=True, timeout=30)
         files = []
         for s in info.siblings or []:
             lfs = getattr(s, "lfs", None)
@@ -233,6 +249,7 @@ class Hub:
                 base = SPLIT_RE.sub("", chosen.path)
                 parts = sorted((f for f in files if SPLIT_RE.sub("", f.path) == base
                                 and SPLIT_RE.search(f.path)), key=lambda f: f.path)
+            check_split_complete(parts)
             quant = quant_from_filename(os.path.basename(chosen.path))
             return PullPlan(ref.repo, commit, quant, parts, None if is_mmproj(chosen.path) else mmproj)
         groups = group_quants(files)
@@ -243,6 +260,7 @@ class Hub:
         if not match:
             have = ", ".join(g.quant for g in groups)
             raise NotFound(f"{ref.repo} has no {ref.quant or DEFAULT_QUANT} quant; it has: {have}")
+        check_split_complete(match[0].files)
         return PullPlan(ref.repo, commit, match[0].quant, match[0].files, mmproj)
 
     # -- download -------------------------------------------------------------------
@@ -259,10 +277,10 @@ class Hub:
         done = 0
         for f in plan.all_files:
             final = dest / f.path
-            if final.exists():
+            if final.exists() and (f.size is None or final.stat().st_size == f.size):
                 done += final.stat().st_size
-            elif part_path(dest, f.path).exists():
-                done += part_path(dest, f.path).stat().st_size
+            elif part_path(dest, f).exists():
+                done += part_path(dest, f).stat().st_size
         return done
 
     def _download_one(self, plan: PullPlan, f: HubFile, dest: Path, progress: ProgressFn | None,
@@ -276,11 +294,19 @@ class Hub:
         final = dest / f.path
         if not _inside(final, dest):
             raise HubError(f"refusing the Hub's file path {f.path!r}: it leaves {dest}")
-        if final.exists() and verify(final, f, quick=True):
+        with _file_lock(final):  # two pulls sharing a file (an mmproj) take turns
+            return self._download_locked(plan, f, dest, final, progress, cancel, retries)
+
+    def _download_locked(self, plan: PullPlan, f: HubFile, dest: Path, final: Path,
+                         progress: ProgressFn | None, cancel: threading.Event | None,
+                         retries: int) -> Path:
+        # A file already in place is trusted only when its bytes are the ones the Hub
+        # names now (a newer commit may have the same size).
+        if final.exists() and verify(final, f):
             if progress:
                 progress(f.path, final.stat().st_size, f.size)
             return final
-        part = part_path(dest, f.path)
+        part = part_path(dest, f)
         attempt = 0
         while True:
             before = part.stat().st_size if part.exists() else 0
@@ -293,11 +319,16 @@ class Hub:
                 if attempt > retries:
                     raise HubError(f"{f.path}: {exc.reason} (gave up after {retries} retries)")
                 delay = exc.retry_after if exc.retry_after is not None else min(30, 2 ** (attempt - 1))
+                if delay > MAX_RETRY_AFTER:
+                    raise HubError(f"{f.path}: rate-limited by the Hub; it asks to retry in "
+                                   f"{delay:.0f} s: pull again later")
                 if _sleep_or_cancel(delay, cancel):
                     raise Cancelled(f"pull of {f.path} cancelled")
         size_ok = f.size is None or part.stat().st_size == f.size
         if not size_ok or (f.sha256 and digest != f.sha256.lower()):
             bad = part.with_name(part.name.removesuffix(".part") + ".corrupt")
+            for old in bad.parent.glob(Path(f.path).name + ".*.corrupt"):
+                old.unlink()  # keep one piece of evidence per file, not a pile
             os.replace(part, bad)  # keep the evidence out of the model's way
             raise DownloadCorrupt(
                 f"{f.path}: downloaded bytes do not match the Hub's size/sha256 "
@@ -320,8 +351,8 @@ class Hub:
 
         part.parent.mkdir(parents=True, exist_ok=True)
         start = part.stat().st_size if part.exists() else 0
-        if f.size is not None and start > f.size:
-            start = 0  # not ours to trust: start over
+        if (f.size is not None and start > f.size) or not f.sha256:
+            start = 0  # not ours to trust (or nothing to check it against): start over
         url = hf_hub_url(plan.repo, f.path, revision=plan.revision, endpoint=self.endpoint)
         headers = build_hf_headers(token=self.token, library_name="corral")
         if start:
@@ -401,6 +432,30 @@ def _bigger_reads() -> None:
         pass
 
 
+_TIMEOUTS_SET = False
+
+
+def _install_client_timeouts() -> None:
+    """huggingface_hub's shared client has no timeout: a Hub that accepts the connection
+    and never answers would hang a pull (and the daemon's worker) forever."""
+    global _TIMEOUTS_SET
+    if _TIMEOUTS_SET:
+        return
+    try:
+        import httpx2
+        from huggingface_hub.utils import _http
+
+        def factory():
+            return httpx2.Client(event_hooks={"request": [_http.hf_request_event_hook]},
+                                 follow_redirects=True,
+                                 timeout=httpx2.Timeout(30.0, read=60.0))
+
+        _http.set_client_factory(factory)
+        _TIMEOUTS_SET = True
+    except (ImportError, AttributeError):
+        pass
+
+
 class _Hasher:
     """sha256 of a byte stream, computed in a worker thread as chunks are fed."""
 
@@ -444,9 +499,24 @@ def _inside(path: Path, root: Path) -> bool:
     return ".." not in Path(path).parts
 
 
-def part_path(dest: Path, path: str) -> Path:
-    """Where the bytes of ``path`` accumulate until verified."""
-    return dest / ".partial" / (path + ".part")
+def part_path(dest: Path, f: HubFile) -> Path:
+    """Where the bytes of ``f`` accumulate until verified.
+
+    Keyed by the file's sha256, so a partial of an older commit is never resumed into a
+    newer one; a file without a known sha256 gets a name of its own and starts over.
+    """
+    tag = f.sha256[:16] if f.sha256 else "unverified"
+    return dest / ".partial" / f"{f.path}.{tag}.part"
+
+
+_FILE_LOCKS: dict[str, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    key = str(path.resolve())
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(key, threading.Lock())
 
 
 def check_disk_space(dest: Path, plan: PullPlan, present: int = 0) -> None:

@@ -261,6 +261,8 @@ def register_local(store: Store, path: str | os.PathLike[str], *,
         raise InvalidModelFile(f"{apath}: is a directory (use import_path for directories)")
     if not os.path.exists(apath):
         raise InvalidModelFile(f"{apath}: no such file")
+    if not os.path.isfile(apath):  # a FIFO or device would block or never end
+        raise InvalidModelFile(f"{apath}: not a regular file")
     if is_mmproj(apath):
         raise InvalidModelFile(f"{apath}: is a vision projector (mmproj), not a model")
     parts = _parts_of(apath)

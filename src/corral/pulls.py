@@ -86,8 +86,10 @@ class PullManager:
     async def start(self, ref_text: str) -> PullJob:
         """Start pulling ``ref_text``; an identical pull already running is returned."""
         ref = hubmod.parse_ref(ref_text)  # bad input fails here, before any job exists
+        ref = hubmod.ModelRef(ref.repo, ref.revision, ref.quant.upper() if ref.quant else None,
+                              ref.filename)
         for job in self.jobs.values():
-            if job.ref == str(ref) and job.state in ACTIVE:
+            if job.ref.lower() == str(ref).lower() and job.state in ACTIVE:
                 return job
         self._loop = asyncio.get_running_loop()
         job = PullJob(id=uuid.uuid4().hex[:12], ref=str(ref))
@@ -134,6 +136,8 @@ class PullManager:
             hub = self.hub_factory()
             job.state, job.started_at = "running", time.time()
             plan = hub.plan(ref)
+            if job.cancel.is_set():
+                raise Cancelled("pull cancelled")
             job.total = plan.total_size
             job.files = {f.path: {"done": 0, "total": f.size} for f in plan.all_files}
             self._persist(job)
@@ -149,6 +153,9 @@ class PullManager:
                 self._persist(job, throttle=True)
 
             paths = hub.download(plan, dest, progress=progress, cancel=job.cancel)
+            missing = [p for p in paths if not p.exists()]
+            if missing:  # e.g. `corral rm` of a model sharing this mmproj, mid-pull
+                raise hubmod.HubError(f"{missing[0].name} vanished during the pull; pull again")
             n = len(plan.files)
             files = [{"path": str(p), "size": f.size, "sha256": f.sha256}
                      for p, f in zip(paths[:n], plan.files)]

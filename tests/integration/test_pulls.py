@@ -64,6 +64,12 @@ def hub_daemon(daemon_env, hub):
         stop_all_offline(d.settings, timeout=1.0)
 
 
+def partial_of(d, hub, name: str) -> Path:
+    """The .part file a pull of ``name`` writes (keyed by the file's sha256)."""
+    tag = hub.sha256(REPO, name)[:16]
+    return Path(d.env["CORRAL_HOME"]) / "models" / REPO / ".partial" / f"{name}.{tag}.part"
+
+
 def ok(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -146,8 +152,7 @@ def test_corrupt_download_is_refused_and_not_indexed(hub_daemon, hub):
 def test_daemon_killed_mid_pull_resumes_only_the_remainder(hub_daemon, daemon_env, hub):
     hub.faults["tiny-Q4_K_M.gguf"] = Fault(delay=0.05, chunk_size=16 * 1024, times=None)
     job = hub_daemon.client.request("POST", "/api/v1/pulls", {"ref": REPO})
-    part = (Path(hub_daemon.env["CORRAL_HOME"]) / "models" / REPO / ".partial"
-            / "tiny-Q4_K_M.gguf.part")
+    part = partial_of(hub_daemon, hub, "tiny-Q4_K_M.gguf")
     wait_for(lambda: part.exists() and part.stat().st_size >= 150_000, timeout=30,
              message="half the file on disk")
     hub_daemon.kill9()
@@ -173,8 +178,7 @@ def test_daemon_killed_mid_pull_resumes_only_the_remainder(hub_daemon, daemon_en
 def test_cancel_keeps_the_partial_file(hub_daemon, hub):
     hub.faults["tiny-Q4_K_M.gguf"] = Fault(delay=0.05, chunk_size=16 * 1024, times=None)
     job = hub_daemon.client.request("POST", "/api/v1/pulls", {"ref": REPO})
-    part = (Path(hub_daemon.env["CORRAL_HOME"]) / "models" / REPO / ".partial"
-            / "tiny-Q4_K_M.gguf.part")
+    part = partial_of(hub_daemon, hub, "tiny-Q4_K_M.gguf")
     wait_for(lambda: part.exists() and part.stat().st_size > 0, timeout=30)
     done = hub_daemon.client.request("DELETE", f"/api/v1/pulls/{job['id']}")
     assert done["state"] == "cancelled"

@@ -113,3 +113,63 @@ def test_plan_against_the_fake_hub(tmp_path, monkeypatch):
         paths = hub.download(plan, tmp_path / "m")
         assert paths[0].read_bytes()[:4] == b"GGUF"
         assert not any((tmp_path / "m" / ".partial").rglob("*.part"))
+
+
+def test_split_parts_must_be_complete():
+    from corral.hub import check_split_complete
+
+    check_split_complete([f("a-00001-of-00002.gguf"), f("a-00002-of-00002.gguf")])
+    with pytest.raises(NotFound, match="parts \\[1, 3\\]"):
+        check_split_complete([f("a-00001-of-00003.gguf"), f("a-00003-of-00003.gguf")])
+
+
+def test_partials_are_keyed_by_content(tmp_path):
+    from corral.hub import part_path
+
+    a = HubFile("m.gguf", 10, "a" * 64)
+    b = HubFile("m.gguf", 10, "b" * 64)
+    assert part_path(tmp_path, a) != part_path(tmp_path, b)
+
+
+def test_two_pulls_sharing_a_file_take_turns_and_both_succeed(tmp_path, monkeypatch):
+    import threading
+
+    from tests.fakes.fake_hub import Fault, FakeHub
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    with FakeHub(chunk_size=16 * 1024) as h:
+        h.add_repo("o/r-GGUF", files={"r-Q4_K_M.gguf": b"GGUF" + os.urandom(300_000),
+                                      "r-Q8_0.gguf": b"GGUF" + os.urandom(300_000),
+                                      "mmproj-r-F16.gguf": b"GGUF" + os.urandom(300_000)})
+        h.faults["mmproj-r-F16.gguf"] = Fault(delay=0.01, times=None)
+        hub = Hub(h.url)
+        dest = tmp_path / "m"
+        results, errors = [], []
+
+        def pull(q):
+            try:
+                results.append(hub.download(hub.plan(parse_ref(f"o/r-GGUF:{q}")), dest))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=pull, args=(q,)) for q in ("Q4_K_M", "Q8_0")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [] and len(results) == 2
+        mm = dest / "mmproj-r-F16.gguf"
+        assert mm.read_bytes() == h.file("o/r-GGUF", "mmproj-r-F16.gguf").data
+
+
+def test_huge_retry_after_fails_with_the_figure(tmp_path, monkeypatch):
+    from tests.fakes.fake_hub import Fault, FakeHub
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    with FakeHub() as h:
+        h.add_repo("o/r-GGUF", files={"r-Q4_K_M.gguf": b"GGUF" + os.urandom(1000)})
+        h.faults["r-Q4_K_M.gguf"] = Fault(status=429, retry_after=86400, times=None,
+                                          methods=("GET",))
+        hub = Hub(h.url)
+        with pytest.raises(HubError, match="retry in 86400 s"):
+            hub.download(hub.plan(parse_ref("o/r-GGUF")), tmp_path / "m")
