@@ -15,6 +15,7 @@ from corral import __version__
 from corral.api import builds, errors, flags, instances
 from corral.api import models as models_api
 from corral.api import pulls as pulls_api
+from corral.api import system as system_api
 from corral.api.deps import Daemon, get_daemon
 from corral.pulls import PullManager
 from corral.settings import Settings
@@ -118,4 +119,5 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
     app.include_router(builds.router)
     app.include_router(pulls_api.router)
     app.include_router(models_api.router)
+    app.include_router(system_api.router)
     return app

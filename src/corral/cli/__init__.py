@@ -55,9 +55,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from corral.cli import builds, daemon, flags, hub, instances, models
+    from corral.cli import builds, daemon, flags, hub, instances, models, system
 
-    for module in (daemon, instances, models, hub, flags, builds):
+    for module in (daemon, instances, models, hub, flags, builds, system):
         for command in module.COMMANDS:
             cli.add_command(command)
 

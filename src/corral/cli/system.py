@@ -1,0 +1,51 @@
+"""corral gpus"""
+
+from __future__ import annotations
+
+import click
+
+from corral.cli.common import print_json, table
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024 ** 3:.1f} GiB"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def gpus(as_json: bool) -> None:
+    """Show the GPUs and CPU of this host and the backend corral would pick.
+
+    \b
+    Examples:
+      corral gpus           table of GPUs plus the chosen backend
+      corral gpus --json    everything detected, machine-readable
+    """
+    from corral.gpu import amdgpu_targets, best_backend, cuda_architectures, detect, summary
+
+    host = detect()
+    backend, why = best_backend(host)
+    if as_json:
+        data = host.to_dict()
+        data["backend"] = {"name": backend, "reason": why}
+        data["cuda_architectures"] = cuda_architectures(host)
+        data["amdgpu_targets"] = amdgpu_targets(host)
+        print_json(data)
+        return
+    if host.gpus:
+        rows = [[str(g.index), g.vendor, g.name, _gib(g.vram_total), _gib(g.vram_free),
+                 g.compute_capability or g.gfx_target or "-", g.driver_version or "-"]
+                for g in host.gpus]
+        click.echo(table(rows, ["IDX", "VENDOR", "NAME", "VRAM", "FREE", "ARCH", "DRIVER"]))
+    elif host.metal:
+        click.echo(f"Apple Metal GPU (unified memory): {host.cpu_model} ({summary(host)})")
+    else:
+        click.echo(f"no GPU found: CPU-only host ({summary(host)})")
+    click.echo(f"CPU: {host.cpu_model}, {host.threads} threads"
+               + ("; Vulkan loader present" if host.vulkan else ""))
+    click.echo(f"backend: {backend} ({why})")
+    for warning in host.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+COMMANDS = [gpus]
