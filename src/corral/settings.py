@@ -42,6 +42,7 @@ class Settings:
     api_key: str = ""  # required on every API call when set; needed for non-loopback binds
     hf_endpoint: str = "https://huggingface.co"  # the Hub, a mirror, or a test fake
     hf_token: str = ""  # else huggingface_hub's own (HF_TOKEN, `hf auth login`)
+    releases_url: str = "https://api.github.com/repos/ggml-org/llama.cpp/releases"
     # supervision
     probe_interval: float = 10.0
     probe_timeout: float = 5.0

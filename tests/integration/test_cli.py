@@ -293,7 +293,7 @@ def test_builds_add_then_ls(daemon_env, fake_binary):
     assert line.startswith("build 1: ") and str(fake_binary.resolve()) in line
     assert "[default]" in line and "flags" in line
     table = ok(cli(daemon_env, "builds", "ls")).stdout.splitlines()
-    assert table[0].split() == ["ID", "DEFAULT", "VERSION", "PATH"]
+    assert table[0].split() == ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "PATH"]
     assert table[1].split()[:2] == ["1", "*"]
     assert table[1].split()[-1] == str(fake_binary.resolve())
     builds = json.loads(ok(cli(daemon_env, "builds", "ls", "--json")).stdout)
@@ -302,6 +302,10 @@ def test_builds_add_then_ls(daemon_env, fake_binary):
     # adding the same binary again does not duplicate it
     ok(cli(daemon_env, "builds", "add", str(fake_binary)))
     assert len(json.loads(ok(cli(daemon_env, "builds", "ls", "--json")).stdout)) == 1
+    # rm forgets a build it did not install, and keeps the file
+    proc = ok(cli(daemon_env, "builds", "rm", "1"))
+    assert "were not installed by corral" in proc.stdout and fake_binary.exists()
+    assert json.loads(ok(cli(daemon_env, "builds", "ls", "--json")).stdout) == []
 
 
 def test_run_with_a_registered_build(daemon, model_file, fake_binary):

@@ -138,3 +138,16 @@ def test_import_the_real_model_and_run_it_by_name(real_daemon_env, real_model):
         from corral.supervisor.offline import stop_all_offline
 
         stop_all_offline(d.settings, timeout=5)
+
+
+def test_doctor_passes_with_the_real_build(real_daemon_env):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "corral", "doctor", "--json"],
+                         env=real_daemon_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    checks = {c["name"]: c for c in json.loads(out.stdout)}
+    assert checks["llama-server"]["status"] == "ok"
+    assert checks["libraries"]["status"] == "ok"
+    assert checks["devices"]["status"] == "ok"  # CPU-only build, CPU-only host

@@ -62,9 +62,9 @@ def ls(as_json: bool) -> None:
     if not recs:
         click.echo("no builds registered (corral builds add PATH)", err=True)
         return
-    rows = [[r.id, "*" if r.is_default else "", (r.version or "?").splitlines()[0], r.path]
-            for r in recs]
-    click.echo(table(rows, ["ID", "DEFAULT", "VERSION", "PATH"]))
+    rows = [[r.id, "*" if r.is_default else "", r.build or "-", r.backend,
+             (r.version or "?").splitlines()[0], r.path] for r in recs]
+    click.echo(table(rows, ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "PATH"]))
 
 
 @builds.command("use")
@@ -79,6 +79,40 @@ def use(build_id: int) -> None:
     finally:
         store.close()
     click.echo(f"build {build_id} is now the default")
+
+
+@builds.command("rm")
+@click.argument("build_id", type=int)
+def rm(build_id: int) -> None:
+    """Forget a build; delete its files only if corral installed them (CORRAL_HOME/bin)."""
+    import shutil
+    from pathlib import Path
+
+    from corral.errors import Conflict
+    from corral.store import builds as table_
+    from corral.store import instances as inst_table
+
+    s, store = _store()
+    try:
+        rec = table_.get(store, build_id)
+        users = [i.name for i in inst_table.list_all(store)
+                 if i.binary == rec.path and i.state not in ("stopped", "exited", "failed")]
+        if users:
+            raise Conflict(f"build {build_id} is used by running instance(s): {', '.join(users)}")
+        table_.remove(store, build_id)
+    finally:
+        store.close()
+    folder = Path(rec.path).parent
+    try:
+        owned = folder.resolve().is_relative_to(s.bin_dir.resolve()) and folder != s.bin_dir
+    except OSError:
+        owned = False
+    if owned:
+        shutil.rmtree(folder, ignore_errors=True)
+        click.echo(f"removed build {build_id} and its files ({folder})")
+    else:
+        click.echo(f"forgot build {build_id}; its files were not installed by corral and stay "
+                   f"({rec.path})")
 
 
 COMMANDS = [builds]

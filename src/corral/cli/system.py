@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from corral.cli.common import print_json, table
+from corral.settings import load_settings
 
 
 def _gib(n: int | None) -> str:
@@ -49,3 +52,27 @@ def gpus(as_json: bool) -> None:
 
 
 COMMANDS = [gpus]
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(as_json: bool) -> None:
+    """Check that corral can run llama-server here: home, disk, binary, libraries,
+    GPUs the build sees, daemon port. Exits 1 when a check fails."""
+    from corral.client import Client
+    from corral.doctor import run_checks
+
+    s = load_settings()
+    checks = run_checks(s, daemon_alive=Client(s).alive())
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        for c in checks:
+            click.echo(f"{c.status.upper():4}  {c.name:12}  {c.detail}")
+            if c.fix and c.status != "ok":
+                click.echo(f"{'':4}  {'':12}  -> {c.fix}")
+    if any(c.status == "fail" for c in checks):
+        raise SystemExit(1)
+
+
+COMMANDS.append(doctor)

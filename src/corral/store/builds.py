@@ -18,6 +18,7 @@ class BuildRecord:
     origin: str
     is_default: bool
     added_at: float
+    build: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -30,16 +31,28 @@ def _from_row(row) -> BuildRecord:
 
 
 def add(store: Store, path: str, version: str | None, backend: str = "unknown",
-        origin: str = "added") -> BuildRecord:
+        origin: str = "added", build: str | None = None) -> BuildRecord:
     """Register a binary (idempotent on path); the first build becomes the default."""
     with store.tx() as conn:
         has_default = conn.execute("SELECT 1 FROM builds WHERE is_default = 1").fetchone()
         conn.execute(
-            "INSERT INTO builds (path, version, backend, origin, is_default, added_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET version = excluded.version",
-            (path, version, backend, origin, 0 if has_default else 1, time.time()),
+            "INSERT INTO builds (path, version, backend, origin, is_default, added_at, build) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+            "version = excluded.version, backend = excluded.backend, build = excluded.build",
+            (path, version, backend, origin, 0 if has_default else 1, time.time(), build),
         )
     return get_by_path(store, path)
+
+
+def remove(store: Store, build_id: int) -> BuildRecord:
+    """Forget a build; if it was the default, the newest remaining one becomes default."""
+    rec = get(store, build_id)
+    with store.tx() as conn:
+        conn.execute("DELETE FROM builds WHERE id = ?", (build_id,))
+        if rec.is_default:
+            conn.execute("UPDATE builds SET is_default = 1 WHERE id = "
+                         "(SELECT id FROM builds ORDER BY added_at DESC LIMIT 1)")
+    return rec
 
 
 def get_by_path(store: Store, path: str) -> BuildRecord:

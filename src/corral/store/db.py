@@ -84,7 +84,11 @@ CREATE TABLE pulls (
 );
 """
 
-MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION, M003_MODELS]
+M004_BUILD_NUMBER = """
+ALTER TABLE builds ADD COLUMN build TEXT;    -- llama.cpp build tag, e.g. 'b6000', when known
+"""
+
+MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION, M003_MODELS, M004_BUILD_NUMBER]
 
 
 def connect(path: Path) -> sqlite3.Connection:
