@@ -372,9 +372,9 @@ def test_real_probe_missing_tool():
 
 
 def test_cli_real_machine_exits_zero():
-    from corral.cli.system import COMMANDS, gpus
+    from corral.cli.system import COMMANDS, doctor, gpus
 
-    assert COMMANDS == [gpus]
+    assert COMMANDS == [gpus, doctor]
     result = CliRunner().invoke(gpus, [])
     assert result.exit_code == 0, result.output
     assert "backend:" in result.output
