@@ -81,3 +81,25 @@ def test_gpus_on_this_cpu_only_host(env):
     assert data["backend"]["name"] in ("cpu", "cuda", "rocm", "vulkan", "metal")
     if not data["gpus"]:
         assert "CPU-only host" in out.stdout
+
+
+def test_setup_non_interactive_installs_a_build_and_imports_a_directory(env, tmp_path):
+    import gguf
+
+    models = tmp_path / "my-ggufs"
+    models.mkdir()
+    w = gguf.GGUFWriter(str(models / "mine-Q8_0.gguf"), "llama")
+    w.add_file_type(7)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    with FakeReleases() as rel:
+        env["CORRAL_RELEASES_URL"] = rel.url
+        out = cli(env, "setup", "--backend", "cpu", "--import", str(models), "--yes")
+        assert out.returncode == 0, out.stderr
+        assert "backend: cpu" in out.stdout and "ready:" in out.stdout
+        assert len(json.loads(cli(env, "builds", "ls", "--json").stdout)) == 1
+        names = [m["name"] for m in json.loads(cli(env, "ls", "--json").stdout)]
+        assert len(names) == 1 and names[0].startswith("mine")
+        again = cli(env, "setup", "--yes")
+        assert again.returncode == 0 and "already the default" in again.stdout

