@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from corral import hub as hubmod
 from corral.errors import Cancelled, CorralError, NotFound
+from corral.events import Broadcaster
 from corral.settings import Settings
 from corral.store.db import Store
 
@@ -57,7 +58,7 @@ class PullManager:
         self.hub_factory = hub_factory or (
             lambda: hubmod.Hub(settings.hf_endpoint, settings.hf_token or None))
         self.jobs: dict[str, PullJob] = {}
-        self._subscribers: set[asyncio.Queue] = set()
+        self.events = Broadcaster()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
         self._last_persist: dict[str, float] = {}
@@ -115,12 +116,11 @@ class PullManager:
         return job
 
     def subscribe(self) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        self._subscribers.add(q)
-        return q
+        """A queue receiving every event as a dict (for SSE)."""
+        return self.events.subscribe()
 
     def unsubscribe(self, q: asyncio.Queue) -> None:
-        self._subscribers.discard(q)
+        self.events.unsubscribe(q)
 
     async def close(self) -> None:
         for job in self.jobs.values():
@@ -195,15 +195,8 @@ class PullManager:
             return
         payload = {"type": "pull", **job.view()}
 
-        def put() -> None:
-            for q in list(self._subscribers):
-                try:
-                    q.put_nowait(payload)
-                except asyncio.QueueFull:
-                    pass
-
         try:
-            self._loop.call_soon_threadsafe(put)
+            self._loop.call_soon_threadsafe(self.events.publish, payload)
         except RuntimeError:  # loop closed during shutdown
             pass
 

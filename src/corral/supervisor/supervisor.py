@@ -30,6 +30,7 @@ from corral.errors import (
     PortInUse,
     UsageError,
 )
+from corral.events import Broadcaster
 from corral.settings import Settings
 from corral.store import instances as table
 from corral.store.db import Store
@@ -143,7 +144,7 @@ class Supervisor:
         self._rts: dict[str, Runtime] = {}
         self._launch_lock = asyncio.Lock()
         self._catalogs: dict[str, FlagCatalog] = {}
-        self._subscribers: set[asyncio.Queue] = set()
+        self.events = Broadcaster()
         self._closed = False
 
     # -- queries ---------------------------------------------------------------
@@ -175,13 +176,11 @@ class Supervisor:
         return self._catalogs[key]
 
     def subscribe(self) -> asyncio.Queue:
-        """A queue receiving every state change as a dict (for SSE)."""
-        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        self._subscribers.add(q)
-        return q
+        """A queue receiving every event as a dict (for SSE)."""
+        return self.events.subscribe()
 
     def unsubscribe(self, q: asyncio.Queue) -> None:
-        self._subscribers.discard(q)
+        self.events.unsubscribe(q)
 
     # -- lifecycle of the supervisor --------------------------------------------
     async def start(self) -> None:
@@ -636,11 +635,7 @@ class Supervisor:
         payload = {"type": kind, "instance": rt.rec.name, "state": rt.rec.state,
                    "pid": rt.rec.pid, "port": rt.rec.port, "restarts": rt.rec.restarts,
                    "time": self.clock()}
-        for q in list(self._subscribers):
-            try:
-                q.put_nowait(payload)
-            except asyncio.QueueFull:
-                pass
+        self.events.publish(payload)
 
 
 # Re-exported for callers that think of it as the supervisor's view of an instance.
