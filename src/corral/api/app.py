@@ -15,9 +15,11 @@ from corral import __version__
 from corral.api import builds, errors, flags, instances
 from corral.api import models as models_api
 from corral.api import pulls as pulls_api
+from corral.api import openai as openai_api
 from corral.api import system as system_api
 from corral.api.deps import Daemon, get_daemon
 from corral.pulls import PullManager
+from corral.router import Router
 from corral.settings import Settings
 from corral.store.db import Store
 from corral.supervisor.supervisor import Supervisor
@@ -49,14 +51,16 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
         store = Store(settings.db_path)
         supervisor = supervisor_factory(settings, store)
         pulls = PullManager(settings, store)
+        router = Router(supervisor)
         daemon = Daemon(settings=settings, store=store, supervisor=supervisor, pulls=pulls,
-                        started_at=time.time())
+                        router=router, started_at=time.time())
         app.state.daemon = daemon
         await supervisor.start()
         try:
             yield
         finally:
             await pulls.close()
+            await router.close()
             await supervisor.close()
             store.close()
 
@@ -120,4 +124,5 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
     app.include_router(pulls_api.router)
     app.include_router(models_api.router)
     app.include_router(system_api.router)
+    app.include_router(openai_api.router)
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from corral.pulls import PullManager
+from corral.router import Router
 from corral.settings import Settings
 from corral.store.db import Store
 from corral.supervisor.supervisor import Supervisor
@@ -19,6 +20,7 @@ class Daemon:
     store: Store
     supervisor: Supervisor
     pulls: PullManager
+    router: Router
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = 0.0
 
