@@ -108,8 +108,19 @@ class Router:
         host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
         url = f"http://{host}:{rec.port}/v1/{path}"
         fwd = {k: v for k, v in headers.items() if k.lower() not in HOP_HEADERS}
-        req = self.client.build_request("POST", url, content=body, headers=fwd)
-        return await self.client.send(req, stream=True)
+        for attempt in (1, 2):
+            req = self.client.build_request("POST", url, content=body, headers=fwd)
+            try:
+                return await self.client.send(req, stream=True)
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
+                    httpx.ConnectError) as exc:
+                # A pooled keep-alive connection the server had closed, or a full accept
+                # queue: nothing of the response was read, so one more try is safe.
+                if attempt == 2:
+                    raise UpstreamError(f"instance {rec.name!r} did not answer: "
+                                        f"{type(exc).__name__}") from None
+                await asyncio.sleep(0.05)
+        raise AssertionError("unreachable")
 
 
 def parse_model(body: bytes) -> str:
@@ -124,6 +135,13 @@ def parse_model(body: bytes) -> str:
     if not isinstance(model, str) or not model:
         raise _BadRequest("request body needs a \"model\" (see GET /v1/models)")
     return model
+
+
+class UpstreamError(CorralError):
+    """The instance's llama-server could not be reached for a request."""
+
+    status = 502
+    code = "upstream_error"
 
 
 class _BadRequest(CorralError):

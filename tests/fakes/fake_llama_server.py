@@ -510,6 +510,9 @@ class Server(ThreadingHTTPServer):
     # SO_REUSEADDR (the default here) lets us rebind a port in TIME_WAIT, but on Linux it
     # does not allow binding a port somebody is LISTENING on: that still fails EADDRINUSE.
     allow_reuse_address = True
+    # llama-server (cpp-httplib) listens with a deep backlog; socketserver's default of 5
+    # would reset connections under the router's concurrency tests.
+    request_queue_size = 128
 
     def server_bind(self) -> None:  # skip HTTPServer's getfqdn() (slow DNS lookups)
         import socketserver

@@ -24,9 +24,9 @@ async def _proxy(path: str, request: Request, d: Daemon):
     try:
         model = parse_model(body)
         rec = await d.router.instance_for(model)
+        upstream = await d.router.forward(rec, path, body, dict(request.headers))
     except CorralError as exc:  # OpenAI clients expect OpenAI's error shape
         return JSONResponse(openai_error(exc.status, exc.message), status_code=exc.status)
-    upstream = await d.router.forward(rec, path, body, dict(request.headers))
 
     async def relay():
         try:
