@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import uuid
 import stat
 import tarfile
 import tempfile
@@ -494,3 +495,23 @@ def find_server(root: Path) -> Path:
 def server_dir(root: Path) -> Path:
     """The directory holding ``llama-server`` (where its shared libraries usually are)."""
     return find_server(root).parent
+
+
+def swap_into_place(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``, replacing an existing ``target`` (old one removed
+    only after the new one is in place; restored if the rename fails)."""
+    old: Path | None = None
+    if os.path.lexists(target):
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

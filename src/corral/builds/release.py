@@ -41,7 +41,7 @@ from pathlib import Path
 
 import httpx
 
-from corral.builds.archive import find_server, safe_extract
+from corral.builds.archive import find_server, safe_extract, swap_into_place
 from corral.builds.resolve import binary_env, binary_version
 from corral.errors import BinaryError, Conflict, CorralError, NotFound
 
@@ -451,7 +451,7 @@ def install_release(url: str, dest_root: Path, *, backend: str, os_name: str, ar
         if not force and os.path.lexists(target):  # installed meanwhile by someone else
             raise AlreadyInstalled(f"{name} is already installed at {target}",
                                    path=target, name=name)
-        _swap_into_place(staging, target)
+        swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -461,21 +461,3 @@ def install_release(url: str, dest_root: Path, *, backend: str, os_name: str, ar
                           sha256=actual)
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``, replacing an existing ``target`` (old one removed
-    only after the new one is in place; restored if the rename fails)."""
-    old: Path | None = None
-    if os.path.lexists(target):
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from corral.builds.archive import safe_extract
+from corral.builds.archive import safe_extract, swap_into_place
 from corral.errors import BinaryError, CorralError, NotFound, UsageError
 from corral.gpu import HostInfo, amdgpu_targets, cuda_architectures
 
@@ -424,24 +424,6 @@ def _stage(build_dir: Path, stage: Path) -> Path:
     return stage / "llama-server"
 
 
-def _install(stage: Path, out_dir: Path) -> None:
-    """Rename ``stage`` to ``out_dir``; an existing ``out_dir`` is swapped out first."""
-    old = None
-    if os.path.lexists(out_dir):
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if os.path.lexists(old):
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-    try:
-        os.rename(stage, out_dir)
-    except OSError:
-        if old is not None:
-            os.rename(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build(src: Path, out_dir: Path, backend: str, host: HostInfo, *,
           jobs: int | None = None, log_path: Path,
           progress: Callable[[int | None, str], None] | None = None,
@@ -505,7 +487,7 @@ def build(src: Path, out_dir: Path, backend: str, host: HostInfo, *,
             info = {"backend": backend, "source": str(src), "version": version,
                     "version_output": reported, "cmake_args": args}
             (stage / "corral-build.json").write_text(json.dumps(info, indent=2) + "\n")
-            _install(stage, out_dir)
+            swap_into_place(stage, out_dir)
     finally:
         if os.path.lexists(stage):
             shutil.rmtree(stage, ignore_errors=True)

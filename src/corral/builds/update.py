@@ -106,21 +106,9 @@ def _build_tree(settings, host, backend, from_, source, force, say, progress, wo
     if out_dir.exists() and not force:
         say(f"{tag}-{backend} is already installed at {out_dir} (use --force to rebuild)")
         return binary, tag
-    import shutil
-
-    fresh = out_dir.with_name(out_dir.name + ".new")
-    shutil.rmtree(fresh, ignore_errors=True)
     log_path = settings.logs_dir / f"build-{tag}-{backend}.log"
     say(f"building {tag} for {backend} (log: {log_path}); this takes minutes")
-    src.build(tree, fresh, backend, host, log_path=log_path, progress=progress)
-    # The old build (if any) stays usable until the new one is complete and runs.
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-        fresh.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        fresh.rename(out_dir)
+    # build() keeps an existing build in place until the new one is complete and runs.
+    src.build(tree, out_dir, backend, host, log_path=log_path, progress=progress)
     say(f"installed {tag}-{backend}: {binary}")
     return binary, tag
