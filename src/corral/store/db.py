@@ -88,7 +88,51 @@ M004_BUILD_NUMBER = """
 ALTER TABLE builds ADD COLUMN build TEXT;    -- llama.cpp build tag, e.g. 'b6000', when known
 """
 
-MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION, M003_MODELS, M004_BUILD_NUMBER]
+M005_PRESETS = """
+CREATE TABLE presets (
+    name        TEXT PRIMARY KEY,        -- '*' holds the defaults applied to every launch
+    spec        TEXT NOT NULL,           -- JSON: model, build, flags, env, restart, idle_ttl, aliases, pinned
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+"""
+
+M006_API_KEYS = """
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,      -- public id shown by `corral keys ls`
+    name          TEXT NOT NULL,
+    hash          TEXT NOT NULL UNIQUE,  -- sha256 of the secret; the secret itself is never stored
+    scope         TEXT NOT NULL DEFAULT 'admin',   -- 'admin' | 'inference'
+    created_at    REAL NOT NULL,
+    last_used_at  REAL,
+    revoked_at    REAL
+);
+"""
+
+M007_CONVERSATIONS = """
+CREATE TABLE conversations (
+    id          TEXT PRIMARY KEY,
+    title       TEXT NOT NULL DEFAULT '',
+    model       TEXT,
+    system      TEXT NOT NULL DEFAULT '',
+    params      TEXT NOT NULL DEFAULT '{}',   -- JSON: temperature, max_tokens, ...
+    messages    TEXT NOT NULL DEFAULT '[]',   -- JSON [{role, content, ...}, ...]
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+"""
+
+M008_INSTANCE_ROUTING = """
+ALTER TABLE instances ADD COLUMN env TEXT NOT NULL DEFAULT '{}';      -- JSON extra environment
+ALTER TABLE instances ADD COLUMN preset TEXT;                         -- preset it was launched from
+ALTER TABLE instances ADD COLUMN origin TEXT NOT NULL DEFAULT 'user'; -- 'user' | 'router' (on demand)
+ALTER TABLE instances ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;   -- never evicted nor idled out
+ALTER TABLE instances ADD COLUMN idle_ttl REAL;                       -- seconds; NULL = default; 0 = never
+ALTER TABLE instances ADD COLUMN aliases TEXT NOT NULL DEFAULT '[]';  -- JSON names it also answers to
+"""
+
+MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION, M003_MODELS, M004_BUILD_NUMBER,
+                         M005_PRESETS, M006_API_KEYS, M007_CONVERSATIONS, M008_INSTANCE_ROUTING]
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -37,12 +37,18 @@ class InstanceRecord:
     ready_at: float | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    env: dict = field(default_factory=dict)
+    preset: str | None = None
+    origin: str = "user"
+    pinned: int = 0
+    idle_ttl: float | None = None
+    aliases: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-_JSON_COLUMNS = ("flags", "argv")
+_JSON_COLUMNS = ("flags", "argv", "env", "aliases")
 _COLUMNS = tuple(InstanceRecord.__dataclass_fields__)
 
 
@@ -137,4 +143,10 @@ def view(rec: InstanceRecord) -> dict:
         "started_at": rec.started_at,
         "ready_at": rec.ready_at,
         "created_at": rec.created_at,
+        "env": rec.env,
+        "preset": rec.preset,
+        "origin": rec.origin,
+        "pinned": bool(rec.pinned),
+        "idle_ttl": rec.idle_ttl,
+        "aliases": rec.aliases,
     }

@@ -72,6 +72,32 @@ class LaunchSpec:
     restart: str = "on-failure"
     binary: str | None = None
     build_id: int | None = None
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (CUDA_VISIBLE_DEVICES...)
+    preset: str | None = None  # the preset it came from (recorded, shown)
+    origin: str = "user"  # 'router' when started on demand by /v1/*
+    pinned: bool = False  # never stopped by idle TTL nor evicted
+    idle_ttl: float | None = None  # None = settings.idle_ttl; 0 = never
+    aliases: list[str] = field(default_factory=list)  # more names /v1/* requests may use
+
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def check_env(env: dict) -> dict[str, str]:
+    """Environment additions as str->str; a bad name or value is a UsageError."""
+    if not isinstance(env, dict):
+        raise UsageError("env must be a mapping of NAME to value")
+    out = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+            raise UsageError(f"invalid environment variable name {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise UsageError(f"environment variable {key} needs a string value")
+        value = str(value)
+        if "\0" in value:
+            raise UsageError(f"environment variable {key} holds a NUL byte")
+        out[key] = value
+    return out
 
 
 @dataclass
@@ -230,6 +256,9 @@ class Supervisor:
         """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input."""
         if spec.restart not in RESTART_POLICIES:
             raise UsageError(f"restart policy must be one of {', '.join(RESTART_POLICIES)}")
+        env = check_env(spec.env)
+        if spec.idle_ttl is not None and not spec.idle_ttl >= 0:
+            raise UsageError("idle_ttl must be a number of seconds >= 0 (0 = never)")
         model, mmproj = self._resolve_model(spec.model)
         resolved = resolve_binary(self.settings, self.store, spec.binary, spec.build_id)
         catalog = await self.catalog(str(resolved.path))
@@ -250,6 +279,8 @@ class Supervisor:
                 flags=[list(p) for p in pairs], argv=argv, build_id=resolved.build_id,
                 version=catalog.version,
                 restart_policy=spec.restart, desired="running", state=State.STOPPED,
+                env=env, preset=spec.preset, origin=spec.origin, pinned=int(bool(spec.pinned)),
+                idle_ttl=spec.idle_ttl, aliases=list(spec.aliases),
             )
             table.insert(self.store, rec)
             rt = Runtime(rec)
@@ -423,7 +454,9 @@ class Supervisor:
             raise PortInUse(f"port {rec.port} on {rec.host} is already in use by another process")
         binary = Path(rec.argv[0])
         try:
-            rt.handle = self.ops.spawn(rec.argv, binary_env(binary), self.log_path(rec.name))
+            env = binary_env(binary)
+            env.update(rec.env or {})
+            rt.handle = self.ops.spawn(rec.argv, env, self.log_path(rec.name))
         except OSError as exc:
             self._set(rt, State.FAILED, last_error=f"cannot run {binary}: {exc.strerror}")
             raise BinaryError(f"cannot run {binary}: {exc.strerror or exc}")
