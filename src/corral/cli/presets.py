@@ -1,0 +1,5 @@
+"""corral presets (being written)."""
+
+from __future__ import annotations
+
+COMMANDS: list = []
