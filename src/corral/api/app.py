@@ -13,6 +13,8 @@ from corral import __version__
 from corral.api import builds, conversations, errors, events, flags, instances, keys, metrics
 from corral.api import presets as presets_api
 from corral.api import security, web
+from corral.api import settings as settings_api
+from corral.builds.jobs import BuildJobs
 from corral.api import models as models_api
 from corral.api import pulls as pulls_api
 from corral.api import openai as openai_api
@@ -38,14 +40,16 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
         supervisor = supervisor_factory(settings, store)
         pulls = PullManager(settings, store)
         router = Router(supervisor)
+        build_jobs = BuildJobs(settings, store)
         daemon = Daemon(settings=settings, store=store, supervisor=supervisor, pulls=pulls,
-                        router=router, started_at=time.time())
+                        router=router, builds=build_jobs, started_at=time.time())
         app.state.daemon = daemon
         await supervisor.start()
         try:
             yield
         finally:
             await pulls.close()
+            await build_jobs.close()
             await router.close()
             await supervisor.close()
             store.close()
@@ -87,5 +91,6 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(events.router)
     app.include_router(metrics.router)
+    app.include_router(settings_api.router)
     web.install(app)  # last: the UI's static files at /
     return app

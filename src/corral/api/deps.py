@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from corral.builds.jobs import BuildJobs
 from corral.pulls import PullManager
 from corral.router import Router
 from corral.settings import Settings
@@ -21,6 +22,7 @@ class Daemon:
     supervisor: Supervisor
     pulls: PullManager
     router: Router
+    builds: BuildJobs
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = 0.0
 
