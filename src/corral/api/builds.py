@@ -1,13 +1,17 @@
-"""/api/v1/builds: llama-server binaries registered with corral."""
+"""/api/v1/builds: llama-server binaries registered with corral, and update jobs."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import Daemon, get_daemon
+from corral.builds.jobs import ACTIVE
 from corral.builds.resolve import binary_version, resolve_binary
 from corral.store import builds as table
 
@@ -40,3 +44,68 @@ async def add_build(req: AddBuild, d: Daemon = Depends(get_daemon)) -> dict:
 async def use_build(build_id: int, d: Daemon = Depends(get_daemon)) -> dict:
     table.set_default(d.store, build_id)
     return table.get(d.store, build_id).to_dict()
+
+
+# -- update jobs (`corral update` run by the daemon) -------------------------------------
+
+class UpdateBody(BaseModel):
+    """The options of ``corral update``; ``from`` is a Python keyword, hence the alias."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    from_: Literal["release", "source", "pypi"] = Field("release", alias="from")
+    backend: Literal["auto", "cpu", "cuda", "rocm", "vulkan", "metal"] = "auto"
+    version: str | None = Field(None, min_length=1, max_length=100,
+                                description="release tag, e.g. b6000 (default: newest)")
+    source: str | None = Field(None, min_length=1, max_length=4096,
+                               description="with from=source: a directory, tarball URL or tag")
+    force: bool = False
+
+
+@router.post("/update", status_code=202)
+async def start_update(req: UpdateBody, d: Daemon = Depends(get_daemon)) -> dict:
+    """Start (or join the identical running) update; follow it at .../jobs/{id}/events."""
+    job = await d.builds.start(req.from_, req.backend, req.version, req.source, req.force)
+    return job.view()
+
+
+@router.get("/jobs")
+async def list_jobs(d: Daemon = Depends(get_daemon)) -> list[dict]:
+    return [j.view() for j in d.builds.list()]
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, d: Daemon = Depends(get_daemon)) -> dict:
+    return d.builds.get(job_id).view()
+
+
+@router.delete("/jobs/{job_id}")
+async def cancel_job(job_id: str, d: Daemon = Depends(get_daemon)) -> dict:
+    """Cancel at the job's next progress point; answers once it ended or after 10 s."""
+    d.builds.cancel(job_id)
+    return (await d.builds.wait(job_id, timeout=10)).view()
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(job_id: str, d: Daemon = Depends(get_daemon)) -> StreamingResponse:
+    """SSE: the job's view now, then every change until it ends, then its final view."""
+    job = d.builds.get(job_id)
+    queue = d.builds.events.subscribe()
+
+    async def stream():
+        try:
+            yield f"data: {json.dumps(job.view())}\n\n"
+            while job.state in ACTIVE:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=15)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if event.get("id") == job_id:
+                    yield f"data: {json.dumps(event)}\n\n"
+            yield f"data: {json.dumps(job.view())}\n\n"
+        finally:
+            d.builds.events.unsubscribe(queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
