@@ -390,3 +390,32 @@ def test_build_missing_cmake(tmp_path):
               cmake=str(tmp_path / "no-such-cmake"), cpu_flags=[])
     assert "could not run" in ei.value.detail
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cancelled_build_step_kills_the_compilers_it_started_too(tmp_path):
+    """cmake runs make and compilers as children: cancelling must not leave them running."""
+    import io
+    import psutil
+    from collections import deque
+
+    from corral.builds.source import _run_logged
+    from corral.errors import Cancelled
+
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 60 & echo $! > {pidfile}; echo '[1/2] Building CXX object'; wait"
+
+    def progress(percent, line):
+        raise Cancelled("cancelled")
+
+    with pytest.raises(Cancelled):
+        _run_logged(["sh", "-c", script], io.StringIO(), deque(maxlen=5), progress, {"PATH": "/usr/bin:/bin"})
+    child = int(pidfile.read_text())
+    try:
+        proc = psutil.Process(child)
+        proc.wait(5)  # reaped by init once killed; zombie-free or gone
+        gone = True
+    except psutil.NoSuchProcess:
+        gone = True
+    except psutil.TimeoutExpired:
+        gone = False
+    assert gone, "the compiler child of a cancelled build is still running"

@@ -43,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -372,7 +373,7 @@ def _run_logged(argv: Sequence[str], log, tail: deque, progress, env: dict[str, 
     try:
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                bufsize=1, env=env)
+                                bufsize=1, env=env, start_new_session=True)
     except OSError as exc:
         line = f"could not run {argv[0]}: {exc}"
         log.write(line + "\n")
@@ -389,7 +390,12 @@ def _run_logged(argv: Sequence[str], log, tail: deque, progress, env: dict[str, 
                 if progress is not None:
                     progress(_percent(line), line)
         except BaseException:
-            proc.kill()
+            # cmake's make/ninja and compilers are in its session: stop them all, not
+            # only cmake (a cancelled build must not keep the CPU busy).
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait()
             raise
     return proc.wait()
