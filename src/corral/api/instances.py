@@ -10,22 +10,37 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from corral import presets
 from corral.api.deps import Daemon, get_daemon
 from corral.supervisor import logs
-from corral.supervisor.supervisor import LaunchSpec, instance_view
+from corral.supervisor.supervisor import instance_view
 
 router = APIRouter(prefix="/api/v1/instances", tags=["instances"])
 
 
 class LaunchRequest(BaseModel):
-    """Launch a llama-server. ``flags`` are llama-server's own arguments, as tokens."""
+    """Launch a llama-server. ``flags`` are llama-server's own arguments, as tokens.
 
-    model: str = Field(min_length=1, max_length=4096, description="path to a GGUF file")
+    The ``*`` preset's defaults, then the ``preset`` named here, then these fields apply
+    (later wins; flags merge flag by flag). ``model`` may be left out when the preset
+    names one.
+    """
+
+    model: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="GGUF path, or a model of the index")
+    preset: str | None = Field(default=None, min_length=1, max_length=64)
     name: str | None = Field(default=None, max_length=64)
     port: int | None = Field(default=None, ge=1, le=65535)
     flags: list[str] = Field(default_factory=list, max_length=512,
                              examples=[["-c", "4096", "-ngl", "99"]])
-    restart: Literal["always", "on-failure", "never"] = "on-failure"
+    restart: Literal["always", "on-failure", "never"] | None = Field(
+        default=None, description="default: the preset's, else on-failure")
+    env: dict[str, str] = Field(default_factory=dict, max_length=64,
+                                examples=[{"CUDA_VISIBLE_DEVICES": "0"}])
+    pinned: bool | None = Field(default=None, description="never stopped when idle nor evicted")
+    idle_ttl: float | None = Field(default=None, ge=0, le=10 * 365 * 86400,
+                                   description="seconds unused before stop; 0 = never")
+    aliases: list[str] = Field(default_factory=list, max_length=32)
     binary: str | None = Field(default=None, max_length=4096)
     build: int | None = None
     wait: bool = Field(default=False, description="answer only once the instance is ready")
@@ -39,8 +54,10 @@ async def list_instances(d: Daemon = Depends(get_daemon)) -> list[dict]:
 
 @router.post("", status_code=201)
 async def launch(req: LaunchRequest, d: Daemon = Depends(get_daemon)) -> dict:
-    spec = LaunchSpec(model=req.model, flags=req.flags, name=req.name, port=req.port,
-                      restart=req.restart, binary=req.binary, build_id=req.build)
+    spec = await presets.compose(
+        d.supervisor, model=req.model, preset=req.preset, flags=req.flags, name=req.name,
+        port=req.port, restart=req.restart, env=req.env, pinned=req.pinned,
+        idle_ttl=req.idle_ttl, aliases=req.aliases, binary=req.binary, build_id=req.build)
     rec = await d.supervisor.launch(spec)
     if req.wait:
         rec = await d.supervisor.wait_ready(rec.name, req.timeout)

@@ -10,8 +10,10 @@ from corral.cli.common import ago, print_json, settings, table
 from corral.errors import NotFound, UsageError
 
 # corral's own options of `run`, also recognised after MODEL (llama flags come there too).
-RUN_VALUED = {"--name", "--port", "--restart", "--binary", "--build", "--timeout"}
-RUN_SWITCHES = {"--detach", "--json"}
+RUN_VALUED = {"--name", "--port", "--restart", "--binary", "--build", "--timeout", "--preset",
+              "--env", "--idle-ttl"}
+RUN_REPEATED = {"--env"}
+RUN_SWITCHES = {"--detach", "--json", "--pin"}
 
 
 def Client(s):  # noqa: N802 - lazy: `corral --help` must not pay for the client
@@ -26,9 +28,12 @@ def ensure_daemon(s):
     return _ensure(s)
 
 
-def _split_run_args(args: tuple[str, ...]) -> tuple[dict[str, str | bool], list[str]]:
-    """Pull corral's own options out of the tokens after MODEL; the rest are llama flags."""
-    own: dict[str, str | bool] = {}
+def _split_run_args(args: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """Pull corral's own options out of the tokens after MODEL; the rest are llama flags.
+
+    Repeatable options (``--env``) collect into a list.
+    """
+    own: dict = {}
     llama: list[str] = []
     it = iter(args)
     for token in it:
@@ -38,12 +43,39 @@ def _split_run_args(args: tuple[str, ...]) -> tuple[dict[str, str | bool], list[
                 value = next(it, None)
                 if value is None:
                     raise UsageError(f"{key} needs a value")
-            own[key] = value
+            if key in RUN_REPEATED:
+                own.setdefault(key, []).append(value)
+            else:
+                own[key] = value
         elif token in RUN_SWITCHES:
             own[token] = True
         else:
             llama.append(token)
     return own, llama
+
+
+def env_pairs(items) -> dict[str, str]:
+    """``["K=V", ...]`` as a dict (``--env`` of run and preset save)."""
+    env = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--env takes NAME=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def _local_model(model: str | None) -> str | None:
+    """An existing path made absolute (the daemon has another cwd); anything else as is."""
+    from pathlib import Path
+
+    if model is None:
+        return None
+    try:
+        local = Path(model).expanduser()
+        return str(local.resolve()) if local.exists() else model
+    except RuntimeError:
+        return model
 
 
 def _number(own: dict, key: str, kind: type, default):
@@ -60,23 +92,32 @@ def _number(own: dict, key: str, kind: type, default):
 @click.option("--name", help="Instance name (default: from the model file name).")
 @click.option("--port", type=int, help="Port for llama-server (default: first free in 8081-8999).")
 @click.option("--restart", "restart", type=click.Choice(["always", "on-failure", "never"]),
-              default=None, help="Restart policy (default on-failure).")
+              default=None, help="Restart policy (default: the preset's, else on-failure).")
 @click.option("--binary", help="llama-server binary to run.")
 @click.option("--build", type=int, help="Registered build id to run.")
+@click.option("--preset", help="Start from this preset (corral preset ls).")
+@click.option("--env", "env", multiple=True, metavar="K=V",
+              help="Environment variable for llama-server (repeatable).")
+@click.option("--pin", is_flag=True, default=None, help="Never stop it when idle nor evict it.")
+@click.option("--idle-ttl", type=float, metavar="SECONDS",
+              help="Stop after this long unused (0 = never).")
 @click.option("--detach", is_flag=True, help="Return once spawned, without waiting for ready.")
 @click.option("--timeout", type=float, help="Seconds to wait for ready (default: load_timeout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the instance as JSON.")
-@click.argument("model")
+@click.argument("model", required=False)
 @click.argument("llama_flags", nargs=-1, type=click.UNPROCESSED)
-def run(name, port, restart, binary, build, detach, timeout, as_json, model, llama_flags) -> None:
+def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, timeout, as_json,
+        model, llama_flags) -> None:
     """Launch llama-server on MODEL with any llama-server flags.
 
     MODEL is a GGUF path, or a model of the index (`corral ls`): its id, short name,
     an alias, or a unique prefix. A model pulled with a vision projector gets --mmproj.
+    With --preset NAME, MODEL may be left out when the preset names one.
 
     Every flag of the selected llama-server build passes through, validated against
     its own --help first (see `corral flags`). corral sets --model and --port, and
-    --host 127.0.0.1 unless you pass --host.
+    --host 127.0.0.1 unless you pass --host. The defaults preset ('*'), then --preset,
+    then the flags given here apply: for each flag the later value wins.
 
     \b
     Examples:
@@ -84,27 +125,33 @@ def run(name, port, restart, binary, build, detach, timeout, as_json, model, lla
       corral run gemma-3-270m          (after corral pull / corral import)
       corral run model.gguf --name chat -c 8192 -ngl 99 -fa on
       corral run model.gguf --port 8090 --restart always --ctx-size=4096
+      corral run --preset chat -c 2048 --env CUDA_VISIBLE_DEVICES=1
     """
+    if model is not None and model.startswith("-"):
+        # `run --preset P -c 2048`: no MODEL, the first token is already a llama flag.
+        model, llama_flags = None, (model, *llama_flags)
     own, flags = _split_run_args(llama_flags)
     name = own.get("--name", name)
     port = _number(own, "--port", int, port)
-    restart = own.get("--restart", restart) or "on-failure"
-    if restart not in ("always", "on-failure", "never"):
+    restart = own.get("--restart", restart)
+    if restart not in (None, "always", "on-failure", "never"):
         raise UsageError(f"--restart must be always, on-failure or never, got {restart!r}")
     binary = own.get("--binary", binary)
     build = _number(own, "--build", int, build)
+    preset = own.get("--preset", preset)
+    idle_ttl = _number(own, "--idle-ttl", float, idle_ttl)
+    pin = True if own.get("--pin") else pin
     timeout = _number(own, "--timeout", float, timeout)
     detach = bool(own.get("--detach", detach))
     as_json = bool(own.get("--json", as_json))
+    if model is None and preset is None:
+        raise UsageError("give MODEL (a GGUF path or a model of the index), or --preset NAME")
     from pathlib import Path
 
-    try:
-        local = Path(model).expanduser()
-        model_path = str(local.resolve()) if local.exists() else model
-    except RuntimeError:
-        model_path = model
     client = ensure_daemon(settings())
-    body = {"model": model_path, "flags": flags, "name": name, "port": port, "restart": restart,
+    body = {"model": _local_model(model), "preset": preset, "flags": flags, "name": name,
+            "port": port, "restart": restart, "env": env_pairs([*env, *own.get("--env", [])]),
+            "pinned": pin, "idle_ttl": idle_ttl,
             "binary": str(Path(binary).expanduser().resolve()) if binary else None,
             "build": build, "wait": not detach, "timeout": timeout}
     inst = client.request("POST", "/api/v1/instances", body, timeout=None)
