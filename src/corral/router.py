@@ -1,108 +1,412 @@
 """OpenAI-compatible router: ``/v1/*`` on the daemon, routed by the body's ``model``.
 
-The model names an instance (its name), or a model of the index (id, name, alias,
-unique prefix). A model with no running instance is started on demand, exactly once
-however many requests arrive together; the requests wait for it to be ready. Bytes are
-forwarded as they arrive (no re-parsing of the stream); a client that disconnects
+The model names an instance (its name or an alias), a preset (name or alias), or a model
+of the index (id, name, alias, unique prefix). What is not running is started on demand,
+exactly once however many requests arrive together; the requests wait in a bounded queue
+(503 with Retry-After beyond it). Bytes are forwarded as they arrive; the response is
+only looked at after the client has it all (usage counters). A client that disconnects
 closes the upstream connection, which makes llama-server stop generating; upstream
 errors keep their status and body.
 
-Not here yet (issue 5): presets, idle TTL and LRU eviction, usage counters, metrics.
+Instances the router started are ephemeral: stopped and forgotten after ``idle_ttl``
+unused, or evicted least-recently-used when the cap (``router_max_instances``) or the
+memory budget would be exceeded. Pinned instances and instances with requests in flight
+are never evicted; instances the user launched are never evicted and idle out only when
+they were given their own ``idle_ttl``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
-from corral.errors import CorralError, NotFound
-from corral.store import instances as inst_table
-from corral.supervisor.states import State
-from corral.supervisor.supervisor import LaunchSpec, Supervisor
+from corral.errors import CorralError, LaunchFailed, NotFound
+from corral.events import Broadcaster
+from corral.supervisor.states import RESTING, State
+from corral.supervisor.supervisor import Supervisor
+
+log = logging.getLogger("corral.router")
 
 #: Headers not passed between client and upstream (hop-by-hop, or recomputed).
 HOP_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "content-length",
-               "authorization", "te", "trailer", "upgrade", "proxy-authorization"}
+               "authorization", "te", "trailer", "upgrade", "proxy-authorization", "origin",
+               "cookie"}
+#: States in which an instance is (or will shortly be) serving.
+LIVE = (State.READY, State.STARTING, State.UNHEALTHY, State.BACKOFF)
+#: How much of a response is kept to read its usage once the client has it all.
+USAGE_TAIL = 16 * 1024
+USAGE_BODY_MAX = 4 * 1024 * 1024
 
 
 def openai_error(status: int, message: str, typ: str = "invalid_request_error") -> dict:
     return {"error": {"message": message, "type": typ, "code": status}}
 
 
-class Router:
-    """Finds (or starts) the instance serving a model and proxies requests to it."""
+class Busy(CorralError):
+    """Too many requests wait for a model, or no instance can be evicted to make room."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    status = 503
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamError(CorralError):
+    """The instance's llama-server could not be reached for a request."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class _BadRequest(CorralError):
+    status = 400
+    code = "bad_request"
+
+
+@dataclass
+class Usage:
+    """Counters of one instance (and, summed, of one model)."""
+
+    requests: int = 0
+    errors: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_per_second: float | None = None  # of the last response that reported timings
+    last_used_at: float | None = None  # wall clock
+    in_flight: int = 0
+
+    def to_dict(self) -> dict:
+        return {"requests": self.requests, "errors": self.errors, "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out, "tokens_per_second": self.tokens_per_second,
+                "last_used_at": self.last_used_at, "in_flight": self.in_flight}
+
+
+@dataclass
+class Target:
+    """What a request's ``model`` resolved to before any instance is chosen."""
+
+    key: str  # dedup key for on-demand starts
+    label: str  # the model label for metrics and usage
+    preset: str | None = None
+    model: str | None = None  # model id/path when no preset
+    model_path: str | None = None
+
+
+class Router:
+    """Finds (or starts) the instance serving a model, proxies requests, keeps counters."""
+
+    def __init__(self, supervisor: Supervisor, metrics=None) -> None:
+        from corral.metrics import Metrics
+
         self.supervisor = supervisor
+        self.settings = supervisor.settings
+        self.metrics = metrics or Metrics()
+        self.events = Broadcaster()
         self._starting: dict[str, asyncio.Task] = {}
+        self._waiting: dict[str, int] = {}  # queue key -> requests waiting for a load
+        self._queue_alias: dict[str, str] = {}  # "instance:NAME" -> key of its start
+        self._usage: dict[str, Usage] = {}
+        self._last_used: dict[str, float] = {}  # instance -> monotonic time of last request end
+        self._labels: dict[str, str] = {}  # instance -> model label of its requests
+        self._routes: dict[str, tuple[str, str]] = {}  # request model -> (instance, label)
+        self._evict_lock = asyncio.Lock()
+        self._reaper: asyncio.Task | None = None
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
-                                        limits=httpx.Limits(max_connections=1000,
-                                                            max_keepalive_connections=100))
+                                        limits=httpx.Limits(max_connections=2000,
+                                                            max_keepalive_connections=256))
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the idle reaper (call on the event loop)."""
+        self._reaper = asyncio.create_task(self._reap_idle(), name="router-idle-reaper")
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
         await self.client.aclose()
 
-    def _running_for(self, name_or_path: str):
-        """A live instance named so, or serving that model file."""
+    # -- resolution ------------------------------------------------------------------
+    def _live(self, pred) -> object | None:
+        """The best live instance matching ``pred``: ready first, then by age."""
+        best = None
         for rec in self.supervisor.list():
-            if State(rec.state) in (State.READY, State.STARTING, State.UNHEALTHY) and \
-                    rec.desired == "running" and name_or_path in (rec.name, rec.model):
+            if rec.desired != "running" or State(rec.state) not in LIVE or not pred(rec):
+                continue
+            if State(rec.state) is State.READY:
                 return rec
-        return None
+            best = best or rec
+        return best
+
+    def resolve(self, model: str):
+        """(instance or None, Target): a live instance for ``model``, else what to start."""
+        cached = self._routes.get(model)
+        if cached is not None:  # the hot path: no SQLite, no scan
+            name, label = cached
+            rt = self.supervisor._rts.get(name)
+            if rt is not None and rt.rec.desired == "running" and rt.rec.state == State.READY:
+                return rt.rec, Target(key=f"instance:{name}", label=label)
+            del self._routes[model]
+        rec, target = self._resolve(model)
+        if rec is not None and State(rec.state) is State.READY:
+            self._routes[model] = (rec.name, target.label)
+        return rec, target
+
+    def _resolve(self, model: str):
+        from corral import models, presets
+
+        rec = self._live(lambda r: model == r.name or model in (r.aliases or ()))
+        if rec is not None:
+            return rec, Target(key=f"instance:{rec.name}", label=rec.name)
+        for rec in self.supervisor.list():  # a known instance, stopped: start it again
+            if rec.name == model and State(rec.state) in RESTING:
+                return None, Target(key=f"instance:{rec.name}", label=rec.name)
+        preset = presets.find(self.supervisor.store, model)
+        if preset is not None:
+            rec = self._live(lambda r: r.preset == preset.name)
+            target = Target(key=f"preset:{preset.name}", label=preset.name, preset=preset.name)
+            return rec, target
+        try:
+            entry = models.resolve(self.supervisor.store, model)
+        except NotFound:
+            raise NotFound(f"model {model!r} is not running, not a preset and not in the index "
+                           "(GET /v1/models lists what can be used)") from None
+        rec = self._live(lambda r: r.model == entry.path and r.preset is None)
+        return rec, Target(key=f"model:{entry.path}", label=entry.name, model=entry.id,
+                           model_path=entry.path)
 
     async def instance_for(self, model: str):
-        """The ready instance for ``model``, started on demand (once per model)."""
-        rec = self._running_for(model)
-        if rec is None:
-            from corral import models
+        """(ready instance, label) for ``model``, started on demand (once per target)."""
+        rec, target = self.resolve(model)
+        if rec is not None and State(rec.state) is State.READY:
+            return rec, target.label
+        # Requests that found the instance already launched count against the same queue
+        # as those that asked for its start (the start links the two keys).
+        qkey = self._queue_alias.get(f"instance:{rec.name}", f"instance:{rec.name}") \
+            if rec is not None else target.key
+        waiting = self._waiting.get(qkey, 0)
+        if waiting >= self.settings.router_queue_limit:
+            raise Busy(f"{waiting} requests already wait for {target.label!r} to load; "
+                       "try again shortly", retry_after=5)
+        self._waiting[qkey] = waiting + 1
+        self.metrics.queue_depth.labels(target.label).set(waiting + 1)
+        try:
+            coro = self._await_ready(rec, target)
+            return await asyncio.wait_for(coro, self.settings.router_queue_timeout), target.label
+        except TimeoutError:
+            raise Busy(f"{target.label!r} is still loading after "
+                       f"{self.settings.router_queue_timeout:g} s; try again later",
+                       retry_after=30) from None
+        finally:
+            left = self._waiting[qkey] - 1
+            if left:
+                self._waiting[qkey] = left
+            else:
+                del self._waiting[qkey]
+            self.metrics.queue_depth.labels(target.label).set(left)
 
-            try:
-                entry = models.resolve(self.supervisor.store, model)
-            except NotFound:
-                raise NotFound(f"model {model!r} is not running and not in the index "
-                               "(GET /v1/models lists what can be used)") from None
-            rec = self._running_for(entry.path)
-            if rec is None:
-                task = self._starting.get(entry.path)
-                if task is None or task.done():
-                    task = asyncio.create_task(self._start(entry))
-                    self._starting[entry.path] = task
-                rec = await asyncio.shield(task)
+    async def _await_ready(self, rec, target: Target):
+        if rec is None:
+            task = self._starting.get(target.key)
+            if task is None or task.done():
+                task = asyncio.create_task(self._start(target))
+                self._starting[target.key] = task
+                task.add_done_callback(lambda t, k=target.key: self._forget_start(k, t))
+            rec = await asyncio.shield(task)
         if State(rec.state) is not State.READY:
             rec = await self.supervisor.wait_ready(rec.name)
         return rec
 
-    async def _start(self, entry):
-        name = self._free_name(entry.name)
-        # By id, so the supervisor resolves it again and adds the model's --mmproj.
-        rec = await self.supervisor.launch(LaunchSpec(model=entry.id, name=name))
-        return await self.supervisor.wait_ready(rec.name)
+    def _forget_start(self, key: str, task: asyncio.Task) -> None:
+        if self._starting.get(key) is task:
+            del self._starting[key]
+        for alias in [a for a, k in self._queue_alias.items() if k == key]:
+            del self._queue_alias[alias]
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters got it
+
+    async def _start(self, target: Target):
+        """Start what ``target`` names (making room first) and wait until it is ready."""
+        from corral import presets
+
+        began = time.monotonic()
+        if target.key.startswith("instance:"):
+            name = target.key.split(":", 1)[1]
+            rec = await self.supervisor.start_instance(name)
+        else:
+            spec = await presets.compose(self.supervisor, preset=target.preset,
+                                         model=target.model, origin="router")
+            if spec.name is None:
+                spec.name = self._free_name(target.label)
+            await self._make_room(self._model_bytes(spec.model))
+            rec = await self.supervisor.launch(spec)
+            self._queue_alias[f"instance:{rec.name}"] = target.key
+        self._publish("starting", rec.name, target.label)
+        try:
+            rec = await self.supervisor.wait_ready(rec.name)
+        except LaunchFailed:
+            self.metrics.load_failures.labels(target.label).inc()
+            raise
+        self._last_used[rec.name] = time.monotonic()
+        self.metrics.load_seconds.labels(target.label).observe(time.monotonic() - began)
+        return rec
 
     def _free_name(self, base: str) -> str:
+        from corral.store import instances as inst_table
+        from corral.supervisor.supervisor import derive_name
+
         taken = {r.name for r in self.supervisor.list()} | {
             r.name for r in inst_table.list_all(self.supervisor.store)}
-        name, n = base, 2
-        while name in taken:
-            name, n = f"{base}-{n}", n + 1
-        return name
+        return derive_name(Path(base), taken)
 
+    def _model_bytes(self, model: str | None) -> int:
+        if not model:
+            return 0
+        try:
+            path, _ = self.supervisor._resolve_model(model)
+            return path.stat().st_size
+        except (CorralError, OSError):
+            return 0
+
+    # -- eviction and idle TTL ----------------------------------------------------------
+    def _router_live(self) -> list:
+        return [r for r in self.supervisor.list()
+                if r.origin == "router" and r.desired == "running" and State(r.state) in LIVE]
+
+    def evictable(self) -> list:
+        """Router-started instances that may be stopped now, least recently used first."""
+        usage = self._usage
+        out = [r for r in self._router_live()
+               if not r.pinned and State(r.state) is not State.STARTING
+               and (usage.get(r.name) or Usage()).in_flight == 0]
+        return sorted(out, key=lambda r: self._last_used.get(r.name, 0.0))
+
+    async def _make_room(self, needed_bytes: int) -> None:
+        """Evict LRU router instances until the cap and the memory budget allow one more."""
+        async with self._evict_lock:
+            cap = self.settings.router_max_instances
+            budget = self.settings.router_memory_budget
+            while True:
+                live = self._router_live()
+                over_cap = cap > 0 and len(live) >= cap
+                held = sum(self._model_bytes(r.model) for r in live)
+                over_budget = budget > 0 and live and held + needed_bytes > budget
+                if not over_cap and not over_budget:
+                    return
+                victims = self.evictable()
+                if not victims:
+                    why = (f"all {len(live)} router-started instances are busy, pinned or loading "
+                           f"(cap {cap})" if over_cap else
+                           f"the memory budget ({budget} bytes) is held by busy instances")
+                    raise Busy(why + "; try again shortly", retry_after=10)
+                await self._retire(victims[0], "evicted (least recently used)")
+
+    async def _retire(self, rec, reason: str) -> None:
+        """Stop a router instance and forget it (its log is kept); user ones are only stopped."""
+        log.info("%s: %s", rec.name, reason)
+        try:
+            if rec.origin == "router":
+                await self.supervisor.remove(rec.name)
+            else:
+                await self.supervisor.stop(rec.name)
+        except NotFound:
+            return
+        if rec.origin == "router":  # gone for good: its counters go too
+            self._usage.pop(rec.name, None)
+            self._labels.pop(rec.name, None)
+        self._last_used.pop(rec.name, None)
+        self.metrics.evictions.labels(reason.split(" ")[0]).inc()
+        self._publish(reason.split(" ")[0], rec.name, rec.name, reason=reason)
+
+    def idle_ttl_of(self, rec) -> float:
+        """Seconds of disuse after which ``rec`` is stopped; 0 = never."""
+        if rec.pinned:
+            return 0.0
+        if rec.idle_ttl is not None:
+            return float(rec.idle_ttl)
+        return float(self.settings.idle_ttl) if rec.origin == "router" else 0.0
+
+    async def reap_idle_once(self) -> list[str]:
+        """Stop every instance idle longer than its TTL; returns their names."""
+        now = time.monotonic()
+        done = []
+        for rec in self.supervisor.list():
+            ttl = self.idle_ttl_of(rec)
+            if ttl <= 0 or rec.desired != "running" or State(rec.state) is not State.READY:
+                continue
+            if (self._usage.get(rec.name) or Usage()).in_flight:
+                continue
+            last = self._last_used.setdefault(rec.name, now)  # adopted/launched: count from now
+            if now - last >= ttl:
+                await self._retire(rec, f"idle for {ttl:g} s")
+                done.append(rec.name)
+        return done
+
+    async def _reap_idle(self) -> None:
+        while True:
+            ttls = [t for t in (self.idle_ttl_of(r) for r in self.supervisor.list()) if t > 0]
+            await asyncio.sleep(min([5.0] + [t / 4 for t in ttls]) if ttls else 5.0)
+            try:
+                await self.reap_idle_once()
+            except Exception:  # the reaper must survive a failed stop
+                log.exception("idle reaper")
+
+    def _publish(self, kind: str, instance: str, model: str, **extra) -> None:
+        self.events.publish({"type": kind, "instance": instance, "model": model,
+                             "time": time.time(), **extra})
+
+    # -- listing -------------------------------------------------------------------------
     def models(self) -> list[dict]:
-        """Every model a request may name: running instances and indexed models."""
+        """Every name a request may use: instances, presets and indexed models."""
+        from corral import presets
         from corral.store import models as model_table
 
-        out, seen = [], set()
+        out, running_paths, running_presets = [], set(), set()
         for rec in self.supervisor.list():
             out.append({"id": rec.name, "object": "model", "owned_by": "corral",
-                        "state": rec.state, "model_path": rec.model})
-            seen.add(rec.model)
+                        "kind": "instance", "state": rec.state, "model_path": rec.model,
+                        "aliases": rec.aliases})
+            if rec.desired == "running" and State(rec.state) in LIVE:
+                running_paths.add(rec.model)
+                if rec.preset:
+                    running_presets.add(rec.preset)
+        for p in presets.list_all(self.supervisor.store):
+            if p.name == "*":
+                continue
+            out.append({"id": p.name, "object": "model", "owned_by": "corral", "kind": "preset",
+                        "state": "running" if p.name in running_presets else "stopped",
+                        "aliases": p.aliases})
         for m in model_table.list_all(self.supervisor.store):
-            out.append({"id": m.name, "object": "model", "owned_by": "corral",
-                        "state": "running" if m.path in seen else "stopped",
+            out.append({"id": m.name, "object": "model", "owned_by": "corral", "kind": "model",
+                        "state": "running" if m.path in running_paths else "stopped",
                         "model_path": m.path})
         return out
 
+    def usage(self) -> dict:
+        """Counters per instance and summed per model label."""
+        per_model: dict[str, Usage] = {}
+        for name, u in self._usage.items():
+            label = self._labels.get(name, name)
+            m = per_model.setdefault(label, Usage())
+            m.requests += u.requests
+            m.errors += u.errors
+            m.tokens_in += u.tokens_in
+            m.tokens_out += u.tokens_out
+            m.in_flight += u.in_flight
+            if u.last_used_at and (m.last_used_at or 0) < u.last_used_at:
+                m.last_used_at, m.tokens_per_second = u.last_used_at, u.tokens_per_second
+        return {"instances": {k: v.to_dict() for k, v in self._usage.items()},
+                "models": {k: v.to_dict() for k, v in per_model.items()}}
+
+    # -- forwarding ------------------------------------------------------------------------
     async def forward(self, rec, path: str, body: bytes, headers: dict[str, str]):
         """Open the upstream request; the caller streams ``resp.aiter_raw()``."""
         host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
@@ -122,9 +426,95 @@ class Router:
                 await asyncio.sleep(0.05)
         raise AssertionError("unreachable")
 
+    def begin(self, rec, label: str) -> Usage:
+        """Count a request as in flight on ``rec`` (call ``end`` exactly once after)."""
+        u = self._usage.get(rec.name)
+        if u is None:
+            u = self._usage[rec.name] = Usage()
+        self._labels[rec.name] = label
+        u.in_flight += 1
+        return u
 
-def parse_model(body: bytes) -> str:
-    """The ``model`` of an OpenAI request body, or a CorralError with the reason."""
+    def end(self, rec, label: str, u: Usage, *, status: int, ttft: float | None,
+            elapsed: float, tail: bytes | None, streamed: bool, endpoint: str) -> None:
+        """Record a finished request: counters, tokens from usage/timings, metrics."""
+        u.in_flight -= 1
+        u.requests += 1
+        u.last_used_at = time.time()
+        self._last_used[rec.name] = time.monotonic()
+        error = status >= 400
+        if error:
+            u.errors += 1
+        m = self.metrics
+        m.requests.labels(label, rec.name, endpoint, str(status)).inc()
+        if error:
+            m.errors.labels(label, rec.name).inc()
+        m.latency.labels(label).observe(elapsed)
+        if ttft is not None:
+            m.ttft.labels(label).observe(ttft)
+        if not tail:
+            return
+        found = usage_from(tail, streamed)
+        if found is None:
+            return
+        tin, tout, tps = found
+        u.tokens_in += tin
+        u.tokens_out += tout
+        m.tokens_in.labels(label).inc(tin)
+        m.tokens_out.labels(label).inc(tout)
+        if tps:
+            u.tokens_per_second = tps
+            m.tokens_per_second.labels(label, rec.name).set(tps)
+
+
+def usage_from(data: bytes, streamed: bool) -> tuple[int, int, float | None] | None:
+    """(prompt tokens, completion tokens, generation tok/s) from a response, if it says.
+
+    llama-server reports ``timings`` (prompt_n, predicted_n, predicted_per_second) and
+    OpenAI-style ``usage``; a stream carries them in its last events.
+    """
+    objs = []
+    if streamed:
+        for line in reversed(data.split(b"\n")):
+            line = line.strip()
+            if line.startswith(b"data:") and (b'"usage"' in line or b'"timings"' in line):
+                try:
+                    objs.append(json.loads(line[5:]))
+                except ValueError:
+                    continue
+                if len(objs) >= 2:
+                    break
+    else:
+        try:
+            objs.append(json.loads(data))
+        except ValueError:
+            return None
+    tin = tout = 0
+    tps = None
+    seen = False
+    for obj in objs:
+        if not isinstance(obj, dict):
+            continue
+        timings = obj.get("timings")
+        usage = obj.get("usage")
+        if isinstance(timings, dict):
+            seen = True
+            tps = _num(timings.get("predicted_per_second")) or tps
+            tin = tin or int(_num(timings.get("prompt_n")) or 0)
+            tout = tout or int(_num(timings.get("predicted_n")) or 0)
+        if isinstance(usage, dict):
+            seen = True
+            tin = int(_num(usage.get("prompt_tokens")) or 0) or tin
+            tout = int(_num(usage.get("completion_tokens")) or 0) or tout
+    return (tin, tout, tps) if seen else None
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def parse_request(body: bytes) -> tuple[str, bool]:
+    """(model, stream) of an OpenAI request body, or a CorralError with the reason."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -134,16 +524,4 @@ def parse_model(body: bytes) -> str:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise _BadRequest("request body needs a \"model\" (see GET /v1/models)")
-    return model
-
-
-class UpstreamError(CorralError):
-    """The instance's llama-server could not be reached for a request."""
-
-    status = 502
-    code = "upstream_error"
-
-
-class _BadRequest(CorralError):
-    status = 400
-    code = "bad_request"
+    return model, data.get("stream") is True

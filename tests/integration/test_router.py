@@ -79,7 +79,7 @@ def test_errors_keep_the_openai_shape(daemon, indexed):
     c = client(daemon)
     with pytest.raises(openai.NotFoundError) as err:
         c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
-    assert "not running and not in the index" in err.value.message
+    assert "not a preset and not in the index" in err.value.message
     req = urllib.request.Request(daemon.settings.daemon_url + "/v1/chat/completions",
                                  data=b"{not json", headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as bad:

@@ -40,11 +40,13 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
         supervisor = supervisor_factory(settings, store)
         pulls = PullManager(settings, store)
         router = Router(supervisor)
+        router.metrics.attach(supervisor)
         build_jobs = BuildJobs(settings, store)
         daemon = Daemon(settings=settings, store=store, supervisor=supervisor, pulls=pulls,
                         router=router, builds=build_jobs, started_at=time.time())
         app.state.daemon = daemon
         await supervisor.start()
+        router.start()
         try:
             yield
         finally:
