@@ -3,6 +3,11 @@
 Kept free of third-party imports so ``corral ps`` stays fast. When no daemon answers,
 :func:`ensure_daemon` starts one in the background (``corral serve``, logging to
 ``CORRAL_HOME/logs/daemon.log``) and waits for ``/healthz``.
+
+Credentials: CORRAL_API_KEY when set, else the running daemon's local admin token
+(``CORRAL_HOME/daemon.token``, rewritten at each daemon start) -- so the CLI on the
+daemon's machine keeps working once API keys exist. The token goes to loopback
+addresses only: a CORRAL_URL naming another machine never receives it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from urllib.parse import urlencode, urlsplit
 
 from corral import errors
 from corral.settings import Settings
+
+#: The daemon's local admin token, in CORRAL_HOME (mode 0600).
+TOKEN_FILE = "daemon.token"
 
 _BY_CODE = {
     cls.code: cls
@@ -43,8 +51,10 @@ class Client:
         headers = {"Accept": "application/json"}
         if body:
             headers["Content-Type"] = "application/json"
-        if self.settings.api_key:
-            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        secret = self.settings.api_key or (read_token(self.settings) if _is_loopback(self.host)
+                                           else "")
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
         return headers
 
     def request(self, method: str, path: str, body: Any = None, params: dict | None = None,
@@ -113,6 +123,22 @@ class Client:
             return False
 
 
+def read_token(settings: Settings) -> str:
+    """The local daemon's admin token, or "" when there is none we may read."""
+    try:
+        return (settings.home / TOKEN_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _is_loopback(host: str) -> bool:
+    # Not ipaddress: its import costs more than this whole check is worth on every CLI call.
+    if host in ("localhost", "::1"):
+        return True
+    parts = host.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() for p in parts)
+
+
 def _parse_response(raw: bytes) -> tuple[int, bytes]:
     head, sep, body = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
@@ -147,9 +173,12 @@ def _to_error(status: int, payload: Any) -> errors.CorralError:
     cls = _BY_CODE.get(err.get("code", ""))
     if cls is None:
         cls = {404: errors.NotFound, 409: errors.Conflict, 400: errors.UsageError,
-               401: errors.UsageError, 422: errors.UsageError}.get(status, errors.CorralError)
-    exc = cls(err.get("message") or f"daemon answered HTTP {status}", detail=err.get("detail"))
-    return exc
+               401: errors.UsageError, 403: errors.UsageError, 415: errors.UsageError,
+               422: errors.UsageError}.get(status, errors.CorralError)
+    message = err.get("message") or f"daemon answered HTTP {status}"
+    if status == 401:
+        message += "; set CORRAL_API_KEY (see `corral keys create`)"
+    return cls(message, detail=err.get("detail"))
 
 
 def start_daemon(settings: Settings, wait: float = 20.0) -> None:

@@ -475,8 +475,15 @@ def test_cli_sends_the_api_key(spawn_daemon, model_file):
     ok(d.cli("run", str(model_file), "--name", "keyed"))
     items = json.loads(ok(d.cli("ps", "--json")).stdout)
     assert [i["name"] for i in items] == ["keyed"]
-    no_key = {k: v for k, v in d.env.items() if k != "CORRAL_API_KEY"}
-    proc = cli(no_key, "stop", "keyed")
-    assert proc.returncode != 0
+    wrong_key = {**d.env, "CORRAL_API_KEY": "wrong"}
+    proc = cli(wrong_key, "stop", "keyed")
+    assert proc.returncode == 2
     assert "API key" in error_line(proc)
+    # without the variable the CLI on this machine uses the daemon's local token file...
+    no_key = {k: v for k, v in d.env.items() if k != "CORRAL_API_KEY"}
+    ok(cli(no_key, "ps"))
+    # ...and without that either, it is refused
+    (d.settings.home / "daemon.token").unlink()
+    proc = cli(no_key, "ps")
+    assert proc.returncode == 2 and "API key" in error_line(proc)
     ok(d.cli("stop", "keyed"))

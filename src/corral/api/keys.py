@@ -1,7 +1,42 @@
-"""/api/v1/keys (being written: see issue 5/6)."""
+"""/api/v1/keys: list, create and revoke API keys (admin only: see corral.api.security).
+
+Listings carry neither secrets nor hashes; a new key's secret is in the creation answer
+and nowhere else.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Literal
 
-router = APIRouter(tags=["keys"])
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from corral import keys
+from corral.api.deps import Daemon, get_daemon
+
+router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
+
+
+class KeyRequest(BaseModel):
+    """A new key: ``admin`` may call everything, ``inference`` only /v1/*."""
+
+    name: str = Field(min_length=1, max_length=64)
+    scope: Literal["admin", "inference"] = "admin"
+
+
+@router.get("")
+def list_keys(d: Daemon = Depends(get_daemon)) -> list[dict]:
+    return [k.to_dict() for k in keys.list_keys(d.store)]
+
+
+@router.post("", status_code=201)
+def create_key(req: KeyRequest, d: Daemon = Depends(get_daemon)) -> dict:
+    """Create a key; the answer's ``secret`` is shown this once."""
+    key, secret = keys.create_key(d.store, req.name, req.scope)
+    return {**key.to_dict(), "secret": secret}
+
+
+@router.delete("/{key_id}")
+def revoke_key(key_id: str, d: Daemon = Depends(get_daemon)) -> dict:
+    """Revoke a key; it stays listed, with ``revoked_at``."""
+    return keys.revoke_key(d.store, key_id).to_dict()

@@ -10,6 +10,7 @@ import sys
 
 import uvicorn
 
+from corral import keys
 from corral.api.app import create_app
 from corral.builds.resolve import resolve_binary
 from corral.errors import BinaryError, Conflict, UsageError
@@ -24,6 +25,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _keys_exist(settings: Settings) -> bool:
+    """Whether the store holds an unrevoked API key (without creating a store to find out)."""
+    if not settings.db_path.exists():
+        return False
+    store = Store(settings.db_path)
+    try:
+        return keys.active_count(store) > 0
+    finally:
+        store.close()
 
 
 def acquire_lock(settings: Settings):
@@ -47,9 +59,9 @@ def acquire_lock(settings: Settings):
 
 def serve(settings: Settings) -> None:
     """Run the daemon in the foreground until SIGINT/SIGTERM or /api/v1/shutdown."""
-    if not is_loopback(settings.host) and not settings.api_key:
-        raise UsageError(
-            f"refusing to listen on {settings.host} without an API key: set CORRAL_API_KEY")
+    if not is_loopback(settings.host) and not settings.api_key and not _keys_exist(settings):
+        raise UsageError(f"refusing to listen on {settings.host} without an API key: "
+                         "run `corral keys create NAME` (or set CORRAL_API_KEY)")
     lock = acquire_lock(settings)
     from corral.supervisor.process import ProcessOps
 

@@ -11,7 +11,7 @@ from corral.cli.common import settings
 
 
 @click.command()
-@click.option("--host", default=None, help="Address to bind (default 127.0.0.1; others need CORRAL_API_KEY).")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1; others need an API key: corral keys create, or CORRAL_API_KEY).")
 @click.option("--port", type=int, default=None, help="Port of the daemon (default 9380).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the daemon (REST API, supervisor) in the foreground.

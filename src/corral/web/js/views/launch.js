@@ -9,6 +9,8 @@ import * as flags from "../flags.js";
 
 /** Flags corral sets itself from the form (the daemon refuses them in the flag list). */
 const OWNED = new Set(["--model", "--port"]);
+// Flags that make llama-server print something and exit: never what a launch wants.
+const EXITS = new Set(["--help", "--version", "--cache-list", "--completion-bash", "--list-devices"]);
 
 export async function mount(root, { go, query }) {
   const state = { catalog: [], sections: [], values: {}, errors: {}, rows: new Map(), builds: [], presets: null };
@@ -206,7 +208,7 @@ export async function mount(root, { go, query }) {
     const q = build.value ? `?build=${encodeURIComponent(build.value)}` : "";
     try {
       const cat = await get(`/api/v1/flags${q}`, { signal: stop.signal });
-      state.catalog = cat.flags.filter((f) => !OWNED.has(f.long)); // set above, by corral
+      state.catalog = cat.flags.filter((f) => !OWNED.has(f.long) && !EXITS.has(f.long)); // set above, by corral
       state.sections = cat.sections;
       // values of flags this build lacks are kept out of the command, not lost silently
       const known = new Set(cat.flags.map((f) => f.long));

@@ -1,0 +1,205 @@
+"""API keys: create, list, revoke, and the daemon's in-memory view for verifying them.
+
+A secret looks like ``crl_<43 url-safe chars>`` (256 random bits) and is shown once, at
+creation. The store keeps only its sha256 and a public id, ``key_<first 8 chars after
+crl_>``, so a user holding a secret can tell which key it is without the store ever
+holding the secret. A revoked key keeps its row (``revoked_at`` set) for the record.
+
+Scopes: ``admin`` may call everything; ``inference`` only the OpenAI router (``/v1/*``).
+
+The CLI works on the store directly (file access to CORRAL_HOME is ownership), so keys
+can be managed whether a daemon runs or not; the daemon's :class:`KeyRing` notices any
+commit to the database (``PRAGMA data_version``) before it answers, so a revoke or a new
+key counts from the next request on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from corral.client import TOKEN_FILE
+from corral.errors import NotFound, UsageError
+from corral.store.db import Store, connect
+
+PREFIX = "crl_"
+ID_PREFIX = "key_"
+SCOPES = ("admin", "inference")
+#: last_used_at is written at most this often per key: a write per request would cost latency.
+USED_GRANULARITY = 60.0
+
+log = logging.getLogger("corral.keys")
+
+
+@dataclass
+class ApiKey:
+    """One key as listed: never the secret, never its hash."""
+
+    id: str
+    name: str
+    scope: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "active": self.active}
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a secret (sha256 hex): 256 random bits need no salt nor stretching."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def public_id(secret: str) -> str:
+    return ID_PREFIX + secret[len(PREFIX):len(PREFIX) + 8]
+
+
+def _check(name: str, scope: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= 64 or not name.isprintable():
+        raise UsageError("a key name must be 1-64 printable characters")
+    if scope not in SCOPES:
+        raise UsageError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    return name
+
+
+def create_key(store: Store, name: str, scope: str = "admin") -> tuple[ApiKey, str]:
+    """Make a key; return it with its secret, which is not kept anywhere."""
+    name = _check(name, scope)
+    while True:
+        secret = PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(public_id(secret), name, scope, time.time(), None, None)
+        try:
+            with store.tx() as conn:
+                conn.execute(
+                    "INSERT INTO api_keys (id, name, hash, scope, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (key.id, key.name, hash_secret(secret), key.scope, key.created_at))
+        except sqlite3.IntegrityError:  # a 48-bit id collision: draw again
+            continue
+        return key, secret
+
+
+def list_keys(store: Store) -> list[ApiKey]:
+    rows = store.query("SELECT id, name, scope, created_at, last_used_at, revoked_at "
+                       "FROM api_keys ORDER BY created_at, id")
+    return [ApiKey(**dict(r)) for r in rows]
+
+
+def get_key(store: Store, key_id: str) -> ApiKey:
+    rows = store.query("SELECT id, name, scope, created_at, last_used_at, revoked_at "
+                       "FROM api_keys WHERE id = ?", (key_id,))
+    if not rows:
+        raise NotFound(f"no API key {key_id!r} (see `corral keys ls`)")
+    return ApiKey(**dict(rows[0]))
+
+
+def revoke_key(store: Store, key_id: str) -> ApiKey:
+    """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
+    get_key(store, key_id)
+    with store.tx() as conn:
+        conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                     (time.time(), key_id))
+    return get_key(store, key_id)
+
+
+def active_count(store: Store) -> int:
+    return store.query("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")[0][0]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who a verified secret belongs to."""
+
+    key_id: str
+    scope: str
+
+
+class KeyRing:
+    """The daemon's view of the active keys, kept in memory for per-request checks.
+
+    Before each answer it asks SQLite whether any other connection committed since the
+    last load (``PRAGMA data_version``, a few microseconds) and reloads the few rows
+    only then, so ``corral keys revoke`` in another process counts at the next request.
+    Used from the event loop thread only.
+    """
+
+    def __init__(self, db_path: Path, clock=time.time) -> None:
+        self._conn = connect(db_path)
+        # Never let a busy writer stall the event loop: a last-used stamp can wait.
+        self._conn.execute("PRAGMA busy_timeout=20")
+        self._clock = clock
+        self._version: int | None = None
+        #: sha256 -> (grant, last_used_at as stored or stamped by us)
+        self._by_hash: dict[str, tuple[Grant, float]] = {}
+
+    def _sync(self) -> None:
+        try:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return
+            rows = self._conn.execute("SELECT id, hash, scope, last_used_at FROM api_keys "
+                                      "WHERE revoked_at IS NULL").fetchall()
+        except sqlite3.Error as exc:  # keep the last good view rather than fail every request
+            log.warning("could not read the API keys: %s", exc)
+            return
+        self._by_hash = {r["hash"]: (Grant(r["id"], r["scope"]), r["last_used_at"] or 0.0)
+                         for r in rows}
+        self._version = version
+
+    def any_active(self) -> bool:
+        """Whether at least one unrevoked key exists."""
+        self._sync()
+        return bool(self._by_hash)
+
+    def verify(self, secret: str) -> Grant | None:
+        """The grant of an active key with this secret, else None."""
+        self._sync()
+        found = self._by_hash.get(hash_secret(secret))
+        if found is None:
+            return None
+        grant, stamped = found
+        now = self._clock()
+        if now - stamped >= USED_GRANULARITY:
+            self._stamp(grant.key_id, now)
+        return grant
+
+    def _stamp(self, key_id: str, now: float) -> None:
+        try:  # one autocommit statement: no transaction left open on failure
+            self._conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+        except sqlite3.Error:  # the store is busy (or worse): stamp on a later request
+            return
+        # Our own commit does not move data_version: update the cached stamp ourselves.
+        for digest, (grant, _) in self._by_hash.items():
+            if grant.key_id == key_id:
+                self._by_hash[digest] = (grant, now)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def write_token(home: Path) -> str:
+    """Write a fresh local admin token to CORRAL_HOME/daemon.token and return it.
+
+    Mode 0600 from the start (never world-readable, not even briefly) and swapped into
+    place atomically, so a CLI reading it meanwhile sees the old token or the new one.
+    """
+    token = secrets.token_urlsafe(32)
+    path = home / TOKEN_FILE
+    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a daemon killed mid-write
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.replace(tmp, path)
+    return token
