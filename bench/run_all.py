@@ -9,6 +9,7 @@ are used.
 
     python bench/run_all.py [--runs 10] [--write] [--note "what else ran"]
                             [--skip-startup] [--skip-cli] [--skip-pull] [--skip-models]
+                            [--skip-router]
                             [--pull-runs 3] [--pull-size-mb 1024]
 
 With ``--write``, a benchmark that was skipped keeps its previous section of the results
@@ -30,6 +31,7 @@ import _common as C  # noqa: E402
 import cli as cli_bench  # noqa: E402
 import models as models_bench  # noqa: E402
 import pull as pull_bench  # noqa: E402
+import router as router_bench  # noqa: E402
 import startup as startup_bench  # noqa: E402
 
 DOC = C.REPO / "docs" / "BENCHMARKS.md"
@@ -91,6 +93,20 @@ models in the index (small GGUFs written with `gguf.GGUFWriter`, registered with
 `register_local`), CLI subprocess, median of 10 interleaved with `python -c pass` and
 `sqlite3 corral.db 'SELECT * FROM models'`.
 
+**Router** (`bench/router.py`). Streaming `POST /v1/chat/completions` to one fast fake
+upstream (`bench/fast_upstream.py`: asyncio, 32 `chat.completion.chunk` events written at
+once, so the proxy and not the model is what is measured), launched by corral as the
+instance's `llama-server` before any timing. Three targets in the same run: the upstream
+directly (reference), corral's daemon (`model` = the instance name), and nginx (one
+worker, `proxy_buffering off`, HTTP/1.1 keep-alive upstream). Load from an asyncio client
+on raw sockets (httpx as the client tops out near 4k tokens/s at concurrency 64 here,
+50x below the direct reference, and would hide any proxy), one keep-alive connection per
+stream, at concurrency 1, 16, 64 and 256; each level split in rounds that run the three
+targets in rotated order. Reported: time to first token (p50, p99) and what each proxy
+adds to it, delivered tokens/s and the ratio to direct, errors, and the CPU time the proxy
+process spends per request. Goals: corral adds <= 2 ms TTFT p50 at concurrency 1, keeps
+>= 0.9x direct tokens/s at 64, and has no errors at 256.
+
 ## How to run
 
     make bench                                  # builds/caches llama-server and the model first
@@ -99,6 +115,7 @@ models in the index (small GGUFs written with `gguf.GGUFWriter`, registered with
     .venv/bin/python bench/cli.py --runs 30 --instances 50
     .venv/bin/python bench/pull.py --runs 5 --size-mb 2048 --servers nginx
     .venv/bin/python bench/models.py --reader-runs 2 --models 500
+    .venv/bin/python bench/router.py --tokens 64 --levels 1,64 --scale 2
     .venv/bin/python bench/run_all.py --skip-startup --skip-cli --write   # keeps the others
 
 `--write` replaces only the results section below. `--note TEXT` records what else was
@@ -173,6 +190,7 @@ SECTIONS = {
     "cli": ("CLI", cli_bench),
     "pull": ("Pull", pull_bench),
     "models": ("Models", models_bench),
+    "router": ("Router", router_bench),
 }
 KEPT = "*(not re-run; kept from the results of {when})*"
 
@@ -253,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             results["pull"] = pull_bench.run(args.pull_runs, args.pull_size_mb)
         if not args.skip_models:
             results["models"] = models_bench.run(ls_runs=max(args.runs, 10))
+        if not args.skip_router:
+            results["router"] = router_bench.run()
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130

@@ -125,13 +125,18 @@ class Grant:
     scope: str
 
 
+RECHECK = 0.25  # seconds between two checks for changed keys (see KeyRing)
+
+
 class KeyRing:
     """The daemon's view of the active keys, kept in memory for per-request checks.
 
-    Before each answer it asks SQLite whether any other connection committed since the
-    last load (``PRAGMA data_version``, a few microseconds) and reloads the few rows
-    only then, so ``corral keys revoke`` in another process counts at the next request.
-    Used from the event loop thread only.
+    At most every ``RECHECK`` seconds (and at once when a secret is not known) it asks
+    SQLite whether any other connection committed since the last load (``PRAGMA
+    data_version``) and reloads the few rows only then: a ``corral keys revoke`` in
+    another process counts within a quarter of a second, a new key at its first use,
+    and the relay's hot path does not pay a query per request. Used from the event loop
+    thread only.
     """
 
     def __init__(self, db_path: Path, clock=time.time) -> None:
@@ -140,10 +145,15 @@ class KeyRing:
         self._conn.execute("PRAGMA busy_timeout=20")
         self._clock = clock
         self._version: int | None = None
+        self._checked = float("-inf")  # monotonic time of the last data_version check
         #: sha256 -> (grant, last_used_at as stored or stamped by us)
         self._by_hash: dict[str, tuple[Grant, float]] = {}
 
-    def _sync(self) -> None:
+    def _sync(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < RECHECK:
+            return
+        self._checked = now
         try:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._version:
@@ -165,7 +175,11 @@ class KeyRing:
     def verify(self, secret: str) -> Grant | None:
         """The grant of an active key with this secret, else None."""
         self._sync()
-        found = self._by_hash.get(hash_secret(secret))
+        digest = hash_secret(secret)
+        found = self._by_hash.get(digest)
+        if found is None:  # perhaps created a moment ago: look again now
+            self._sync(force=True)
+            found = self._by_hash.get(digest)
         if found is None:
             return None
         grant, stamped = found

@@ -24,12 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from corral.errors import CorralError, LaunchFailed, NotFound
 from corral.events import Broadcaster
 from corral.supervisor.states import RESTING, State
 from corral.supervisor.supervisor import Supervisor
+from corral.upstream import Pool
 
 log = logging.getLogger("corral.router")
 
@@ -57,13 +56,6 @@ class Busy(CorralError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class UpstreamError(CorralError):
-    """The instance's llama-server could not be reached for a request."""
-
-    status = 502
-    code = "upstream_error"
 
 
 class _BadRequest(CorralError):
@@ -119,9 +111,7 @@ class Router:
         self._routes: dict[str, tuple[str, str]] = {}  # request model -> (instance, label)
         self._evict_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
-                                        limits=httpx.Limits(max_connections=2000,
-                                                            max_keepalive_connections=256))
+        self.upstream = Pool()  # keep-alive connections to the instances
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -132,7 +122,7 @@ class Router:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
-        await self.client.aclose()
+        self.upstream.close()
 
     # -- resolution ------------------------------------------------------------------
     def _live(self, pred) -> object | None:
@@ -407,25 +397,6 @@ class Router:
                 "models": {k: v.to_dict() for k, v in per_model.items()}}
 
     # -- forwarding ------------------------------------------------------------------------
-    async def forward(self, rec, path: str, body: bytes, headers: dict[str, str]):
-        """Open the upstream request; the caller streams ``resp.aiter_raw()``."""
-        host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
-        url = f"http://{host}:{rec.port}/v1/{path}"
-        fwd = {k: v for k, v in headers.items() if k.lower() not in HOP_HEADERS}
-        for attempt in (1, 2):
-            req = self.client.build_request("POST", url, content=body, headers=fwd)
-            try:
-                return await self.client.send(req, stream=True)
-            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
-                    httpx.ConnectError) as exc:
-                # A pooled keep-alive connection the server had closed, or a full accept
-                # queue: nothing of the response was read, so one more try is safe.
-                if attempt == 2:
-                    raise UpstreamError(f"instance {rec.name!r} did not answer: "
-                                        f"{type(exc).__name__}") from None
-                await asyncio.sleep(0.05)
-        raise AssertionError("unreachable")
-
     def begin(self, rec, label: str) -> Usage:
         """Count a request as in flight on ``rec`` (call ``end`` exactly once after)."""
         u = self._usage.get(rec.name)
@@ -475,15 +446,22 @@ def usage_from(data: bytes, streamed: bool) -> tuple[int, int, float | None] | N
     """
     objs = []
     if streamed:
-        for line in reversed(data.split(b"\n")):
-            line = line.strip()
-            if line.startswith(b"data:") and (b'"usage"' in line or b'"timings"' in line):
-                try:
-                    objs.append(json.loads(line[5:]))
-                except ValueError:
-                    continue
-                if len(objs) >= 2:
-                    break
+        # Only the last events that mention usage/timings are parsed (found with rfind).
+        for marker in (b'"timings"', b'"usage"'):
+            at = data.rfind(marker)
+            if at < 0:
+                continue
+            start = data.rfind(b"\n", 0, at) + 1
+            end = data.find(b"\n", at)
+            line = data[start:end if end >= 0 else len(data)].strip()
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                obj = json.loads(line[5:])
+            except ValueError:
+                continue
+            if obj not in objs:
+                objs.append(obj)
     else:
         try:
             objs.append(json.loads(data))

@@ -69,7 +69,8 @@ def client(d: DaemonProcess) -> openai.OpenAI:
 
 
 def chat(d: DaemonProcess, model: str, text: str = "hi") -> str:
-    r = client(d).chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+    with client(d) as c:
+        r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
     return r.choices[0].message.content
 
 
@@ -218,10 +219,11 @@ def test_instance_dying_mid_stream_ends_it_with_an_error_event(start_daemon, tmp
     [model] = import_models(d, tmp_path / "m", "fragile", tokens=500, token_delay=0.02)
     assert chat(d, model, "warm")
     [inst] = live(d).values()
-    stream = client(d).chat.completions.create(
+    c = client(d)
+    stream = c.chat.completions.create(
         model=model, stream=True, messages=[{"role": "user", "content": "long"}])
     got = []
-    with pytest.raises(openai.APIError) as err:
+    with c, stream, pytest.raises(openai.APIError) as err:
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 got.append(chunk.choices[0].delta.content)
@@ -240,9 +242,9 @@ def test_usage_counters_and_prometheus_metrics(start_daemon, tmp_path):
     [model] = import_models(d, tmp_path / "m", "counted", tokens=7)
     for _ in range(3):
         assert chat(d, model)
-    stream = client(d).chat.completions.create(
-        model=model, stream=True, messages=[{"role": "user", "content": "s"}])
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    with client(d) as c, c.chat.completions.create(
+            model=model, stream=True, messages=[{"role": "user", "content": "s"}]) as stream:
+        assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
     usage = d.client.request("GET", "/api/v1/usage")
     m = usage["models"][model]
     assert m["requests"] == 4 and m["errors"] == 0

@@ -69,14 +69,14 @@ def api(daemon: DaemonProcess, method: str, path: str, body: Any = None,
         return resp.status, raw.decode(errors="replace")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium_path() -> str:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fake_hub(tmp_path_factory):
     files = tmp_path_factory.mktemp("hubfiles")
     with FakeHub(cdn=True, chunk_size=64 * 1024) as hub:
@@ -121,20 +121,20 @@ def running_daemon(env: dict[str, str]) -> Iterator[DaemonProcess]:
         stop_all_offline(d.settings, timeout=1.0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ui_daemon(tmp_path_factory, fake_hub):
-    """The session's daemon, talking to the fake Hub."""
+    """The UI tests' daemon (one for the package), talking to the fake Hub."""
     home = tmp_path_factory.mktemp("ui") / "home"
     with running_daemon(daemon_environment(home, CORRAL_HF_ENDPOINT=fake_hub.url)) as d:
         yield d
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ui-models")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_path):
     from playwright.sync_api import sync_playwright
 
@@ -191,7 +191,7 @@ def ui(browser, ui_daemon):
     assert not p.errors, f"uncaught errors in the page: {p.errors}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def screenshots() -> Path:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)

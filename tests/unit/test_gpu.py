@@ -464,6 +464,7 @@ def api(tmp_path):
 def test_api_system_real_machine(api):
     data = api.get("/api/v1/system").json()
     assert data["cores"] > 0 and data["ram_total"] > 0
+    assert 0.0 <= data["cpu_percent"] <= 100.0 and len(data["load_average"]) == 3
     assert data["builds"][0]["path"] == "/opt/llama/llama-server"
     assert data["builds"][0]["backend"] == "cuda"
     assert "name" in data["backend"]

@@ -30,8 +30,20 @@ class ShutdownRequest(BaseModel):
     stop_instances: bool = False
 
 
+def front(app: FastAPI, settings: Settings):
+    """What the server runs: the guard (keys, Host, Origin, content type) in front of
+    everything, then the ``/v1/*`` relay, then the FastAPI app.
+
+    The relay sits outside FastAPI's own middleware and routing on purpose: those layers
+    cost more per request than the whole relay (see docs/BENCHMARKS.md).
+    """
+    return security.Guard(openai_api.Relay(app), settings)
+
+
 def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
-    """Build the daemon app. The supervisor starts (and re-adopts) in the lifespan."""
+    """Build the daemon's FastAPI app (serve it wrapped by :func:`front`).
+
+    The supervisor starts (and re-adopts) in the lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -60,7 +72,6 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
                   description="Run, supervise and route llama.cpp llama-server instances.")
     errors.install(app)
 
-    security.install(app, settings)
 
     @app.get("/healthz", tags=["daemon"])
     async def healthz(request: Request) -> dict:

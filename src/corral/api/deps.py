@@ -27,5 +27,6 @@ class Daemon:
     started_at: float = 0.0
 
 
-def get_daemon(request: Request) -> Daemon:
+async def get_daemon(request: Request) -> Daemon:
+    # async: a plain def would be run in the thread pool on every request
     return request.app.state.daemon

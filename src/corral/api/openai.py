@@ -1,10 +1,17 @@
 """/v1/*: the OpenAI-compatible endpoints, proxied to llama-server instances.
 
-The hot path (the model's instance is ready) is: read the body, find the instance, open
-the upstream request, relay its bytes. Only when the model must be loaded first does a
-streaming request get an early ``200 text/event-stream`` with SSE comments every
-``router_heartbeat`` seconds, so clients with read timeouts keep waiting; errors that
-happen before the first heartbeat keep their own status.
+``POST /v1/{chat/completions,completions,embeddings,rerank,responses}`` are served by
+:class:`Relay`, a plain ASGI middleware in front of FastAPI: the relay is the hot path of
+every token a user sees, and routing, dependency injection and a response class per
+request would cost more than the whole relay. It reads the body, finds (or starts) the
+instance, sends the request over a kept-alive connection (:mod:`corral.upstream`) and
+passes each socket read on as one message.
+
+Only when the model must be loaded first does a streaming request get an early
+``200 text/event-stream`` with SSE comments every ``router_heartbeat`` seconds, so
+clients with read timeouts keep waiting; errors that happen before the first heartbeat
+keep their own status. After the status line is sent, an error is an OpenAI-shaped
+``data: {"error": ...}`` event.
 """
 
 from __future__ import annotations
@@ -13,20 +20,31 @@ import asyncio
 import json
 import time
 
-import httpx
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends
 
 from corral.api.deps import Daemon, get_daemon
 from corral.errors import CorralError
-from corral.router import USAGE_BODY_MAX, USAGE_TAIL, Busy, Router, openai_error, parse_request
+from corral.router import (
+    HOP_HEADERS,
+    USAGE_BODY_MAX,
+    USAGE_TAIL,
+    Busy,
+    Router,
+    openai_error,
+    parse_request,
+)
 from corral.supervisor.states import State
+from corral.upstream import UpstreamError, request_head
 
 router = APIRouter(tags=["openai"])
 
 ROUTED = ("chat/completions", "completions", "embeddings", "rerank", "responses")
-KEEP_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ROUTED_PATHS = {f"/v1/{p}": p for p in ROUTED}
+MAX_BODY = 64 * 1024 * 1024
+KEEP_HEADERS = (b"content-type", b"cache-control", b"x-accel-buffering", b"content-length")
+_HOP = {h.encode() for h in HOP_HEADERS}
+SSE_START_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                     (b"x-accel-buffering", b"no")]
 
 
 @router.get("/v1/models")
@@ -35,11 +53,9 @@ async def list_models(d: Daemon = Depends(get_daemon)) -> dict:
     return {"object": "list", "data": d.router.models()}
 
 
-def _error_response(exc: CorralError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
-    typ = "server_error" if exc.status >= 500 else "invalid_request_error"
-    return JSONResponse(openai_error(exc.status, exc.message, typ), status_code=exc.status,
-                        headers=headers)
+class _TooLarge(CorralError):
+    status = 413
+    code = "too_large"
 
 
 def _sse_error(exc_or_message, status: int = 502) -> bytes:
@@ -50,33 +66,110 @@ def _sse_error(exc_or_message, status: int = 502) -> bytes:
     return b"data: " + json.dumps(openai_error(status, message, "server_error")).encode() + b"\n\n"
 
 
-async def _proxy(path: str, request: Request, d: Daemon):
+async def _send_error(send, exc: CorralError) -> None:
+    typ = "server_error" if exc.status >= 500 else "invalid_request_error"
+    body = json.dumps(openai_error(exc.status, exc.message, typ)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if isinstance(exc, Busy):
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("client left before sending its request")
+        body = message.get("body", b"")
+        if body:
+            size += len(body)
+            if size > MAX_BODY:
+                raise _TooLarge(f"request body larger than {MAX_BODY // (1024 * 1024)} MiB")
+            chunks.append(body)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class Relay:
+    """ASGI wrapper of the FastAPI app: the routed ``POST /v1/*`` here, the rest to it."""
+
+    def __init__(self, app) -> None:
+        self.app = app  # the FastAPI app: its state holds the daemon
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path") if scope["type"] == "http" else None
+        endpoint = ROUTED_PATHS.get(path) if path else None
+        if endpoint is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        rt: Router = self.app.state.daemon.router
+        try:
+            await _serve(rt, endpoint, scope, receive, send)
+        except ConnectionResetError:
+            pass  # the client left; nothing to answer
+
+
+async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
     t0 = time.perf_counter()
-    body = await request.body()
-    rt = d.router
     try:
+        body = await _read_body(receive)
         model, stream = parse_request(body)
         rec, target = rt.resolve(model)
     except CorralError as exc:  # OpenAI clients expect OpenAI's error shape
         rt.metrics.rejected.labels(exc.code).inc()
-        return _error_response(exc)
-    headers = dict(request.headers)
-    if rec is not None and State(rec.state) is State.READY:
-        return await _forward(rt, rec, target.label, path, body, headers, stream, t0)
-    waiting = asyncio.ensure_future(rt.instance_for(model))
-    waiting.add_done_callback(_retrieve)  # a client may leave before the load ends
-    if stream:
-        done, _ = await asyncio.wait({waiting}, timeout=d.settings.router_heartbeat)
-        if not done:
-            return StreamingResponse(
-                _heartbeats_then_relay(rt, waiting, model, path, body, headers, t0),
-                media_type="text/event-stream", headers=SSE_HEADERS)
+        await _send_error(send, exc)
+        return
+    gone = asyncio.ensure_future(receive())  # completes when the client disconnects
     try:
-        rec, label = await waiting
-    except CorralError as exc:
-        rt.metrics.rejected.labels(exc.code).inc()
-        return _error_response(exc)
-    return await _forward(rt, rec, label, path, body, headers, stream, t0)
+        label = target.label
+        started = False
+        if rec is None or rec.state != State.READY:
+            waiting = asyncio.ensure_future(rt.instance_for(model))
+            waiting.add_done_callback(_retrieve)  # a client may leave before the load ends
+            if stream:
+                started = await _heartbeats(rt, waiting, model, gone, send)
+            if not waiting.done():
+                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                return  # the client left while its model loaded (the load goes on)
+            try:
+                rec, label = waiting.result()
+            except CorralError as exc:
+                rt.metrics.rejected.labels(exc.code).inc()
+                if started:
+                    await send({"type": "http.response.body", "body": _sse_error(exc)})
+                else:
+                    await _send_error(send, exc)
+                return
+        await _relay(rt, rec, label, endpoint, scope, body, t0, gone, send, started)
+    finally:
+        gone.cancel()
+
+
+async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone, send) -> bool:
+    """Wait one heartbeat for the load; then send 200 and a comment per heartbeat."""
+    beat = rt.settings.router_heartbeat
+    done, _ = await asyncio.wait({waiting}, timeout=beat)
+    if done:
+        return False
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_START_HEADERS})
+    comment = {"type": "http.response.body", "body": f": loading {model}\n\n".encode(),
+               "more_body": True}
+    while True:
+        await send(comment)
+        done, _ = await asyncio.wait({waiting, gone}, timeout=beat,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if waiting in done or gone in done:
+            return True
+
+
+def _aborter(resp):
+    def abort(_fut) -> None:
+        resp.abort()
+    return abort
 
 
 def _retrieve(fut: asyncio.Future) -> None:
@@ -84,92 +177,75 @@ def _retrieve(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-async def _forward(rt: Router, rec, label: str, path: str, body: bytes, headers: dict,
-                   stream: bool, t0: float):
-    try:
-        upstream = await rt.forward(rec, path, body, headers)
-    except CorralError as exc:
-        rt.metrics.errors.labels(label, rec.name).inc()
-        return _error_response(exc)
-    keep = {k: v for k, v in upstream.headers.items() if k.lower() in KEEP_HEADERS}
-    streamed = "text/event-stream" in upstream.headers.get("content-type", "")
-    relay = _relay(rt, rec, label, upstream, t0, streamed, path)
-    return StreamingResponse(relay, status_code=upstream.status_code, headers=keep)
-
-
-async def _relay(rt: Router, rec, label: str, upstream: httpx.Response, t0: float,
-                 streamed: bool, path: str):
-    """Yield upstream bytes as they come; afterwards count them (usage, tok/s, metrics)."""
+async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes, t0: float,
+                 gone: asyncio.Future, send, started: bool) -> None:
+    """Forward to the instance and stream its answer back, counting it afterwards."""
+    host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
+    headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
+    head = request_head(f"/v1/{endpoint}", host, rec.port, headers, len(body))
     usage = rt.begin(rec, label)
+    status = 502
     ttft = None
     tail = bytearray()
     keep = True
-    status = upstream.status_code
+    streamed = started
+    resp = None
+    on_gone = None
+    ended = False
     try:
         try:
-            async for chunk in upstream.aiter_raw():
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
-                if keep:
-                    tail += chunk
-                    if streamed:
-                        if len(tail) > 2 * USAGE_TAIL:
-                            del tail[:-USAGE_TAIL]
-                    elif len(tail) > USAGE_BODY_MAX:
-                        keep, tail = False, bytearray()
-                yield chunk
-        except httpx.HTTPError as exc:
+            resp = await rt.upstream.request(host, rec.port, head, body)
+        except UpstreamError as exc:
+            exc = UpstreamError(f"instance {rec.name!r}: {exc.message}")
+            if started:
+                await send({"type": "http.response.body", "body": _sse_error(exc)})
+            else:
+                await _send_error(send, exc)
+            return
+        status = resp.status
+        ctype = resp.header(b"content-type") or b""
+        streamed = b"text/event-stream" in ctype
+        on_gone = _aborter(resp)  # a client that leaves stops generation upstream
+        gone.add_done_callback(on_gone)
+        if started:
+            if status >= 400:  # the status line is sent: say it in the stream
+                detail = (await resp.read(4096)).decode("utf-8", "replace")
+                await send({"type": "http.response.body", "body": _sse_error(
+                    f"instance {rec.name!r} answered {status}: {detail}", status)})
+                return
+        else:
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(k, v) for k, v in resp.headers if k in KEEP_HEADERS]})
+        async for data in resp.chunks():
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+            if keep:
+                tail += data
+                if streamed:
+                    if len(tail) > 2 * USAGE_TAIL:
+                        del tail[:-USAGE_TAIL]
+                elif len(tail) > USAGE_BODY_MAX:
+                    keep, tail = False, bytearray()
+            # The last piece ends the response in the same write (one syscall less).
+            ended = resp.complete
+            await send({"type": "http.response.body", "body": data, "more_body": not ended})
+        if ended:
+            return
+        if not resp.complete:
+            if gone.done():
+                return  # the client left: we cut the upstream ourselves
             # The instance went away mid-answer. A stream ends with an error event the
             # client can show; a plain body cannot be completed, so the connection aborts.
             status = 502
-            gone = f"instance {rec.name!r} failed mid-response ({type(exc).__name__})"
             if not streamed:
-                raise
-            yield _sse_error(gone)
+                raise ConnectionResetError(f"instance {rec.name!r} failed mid-response")
+            await send({"type": "http.response.body", "more_body": True, "body": _sse_error(
+                f"instance {rec.name!r} failed mid-response (connection lost)")})
+        await send({"type": "http.response.body", "body": b""})
     finally:
-        await upstream.aclose()  # client gone or done: close upstream (stops generation)
+        if on_gone is not None:
+            gone.remove_done_callback(on_gone)
+        if resp is not None:
+            resp.release()
         rt.end(rec, label, usage, status=status, ttft=ttft, elapsed=time.perf_counter() - t0,
-               tail=bytes(tail) if keep else None, streamed=streamed, endpoint=path)
-
-
-async def _heartbeats_then_relay(rt: Router, waiting: asyncio.Future, model: str, path: str,
-                                 body: bytes, headers: dict, t0: float):
-    """SSE comments while the model loads, then the upstream stream (or an error event)."""
-    beat = rt.settings.router_heartbeat
-    comment = f": loading {model}\n\n".encode()
-    while True:
-        done, _ = await asyncio.wait({waiting}, timeout=beat)
-        if done:
-            break
-        yield comment
-    try:
-        rec, label = waiting.result()
-        upstream = await rt.forward(rec, path, body, headers)
-    except CorralError as exc:
-        rt.metrics.rejected.labels(exc.code).inc()
-        yield _sse_error(exc)
-        return
-    if upstream.status_code >= 400:  # the status line is sent: say it in the stream
-        try:
-            detail = (await upstream.aread())[:4096].decode("utf-8", "replace")
-        finally:
-            await upstream.aclose()
-        rt.metrics.errors.labels(label, rec.name).inc()
-        yield _sse_error(f"instance {rec.name!r} answered {upstream.status_code}: {detail}",
-                         upstream.status_code)
-        return
-    async for chunk in _relay(rt, rec, label, upstream, t0, True, path):
-        yield chunk
-
-
-def _route(path: str):
-    async def endpoint(request: Request, d: Daemon = Depends(get_daemon)) -> Response:
-        return await _proxy(path, request, d)
-
-    endpoint.__name__ = "v1_" + path.replace("/", "_")
-    endpoint.__doc__ = f"OpenAI-compatible POST /v1/{path}, routed by the body's model."
-    return endpoint
-
-
-for _path in ROUTED:
-    router.add_api_route(f"/v1/{_path}", _route(_path), methods=["POST"])
+               tail=bytes(tail) if keep else None, streamed=streamed, endpoint=endpoint)

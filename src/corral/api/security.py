@@ -21,7 +21,6 @@ from __future__ import annotations
 import hmac
 import json
 
-from fastapi import FastAPI
 
 from corral.api import errors
 from corral.keys import KeyRing, write_token
@@ -186,8 +185,3 @@ async def _refuse(scope, send, denied: Denied) -> None:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": denied.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def install(app: FastAPI, settings: Settings) -> None:
-    """Put the guard in front of every route (websocket, HTTP) of ``app``."""
-    app.add_middleware(Guard, settings=settings)

@@ -11,7 +11,7 @@ import sys
 import uvicorn
 
 from corral import keys
-from corral.api.app import create_app
+from corral.api.app import create_app, front
 from corral.builds.resolve import resolve_binary
 from corral.errors import BinaryError, Conflict, UsageError
 from corral.settings import Settings
@@ -70,6 +70,7 @@ def serve(settings: Settings) -> None:
         raise Conflict(f"cannot listen on {settings.host}:{settings.port}: the port is in use "
                        "(set CORRAL_PORT or --port)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per Hub request
     try:
         store = Store(settings.db_path)
         resolve_binary(settings, store)
@@ -77,8 +78,10 @@ def serve(settings: Settings) -> None:
     except BinaryError as exc:
         print(f"corral: {exc}", file=sys.stderr)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            lifespan="on", timeout_graceful_shutdown=3)
+    # proxy_headers off: nothing sits in front of the daemon whose X-Forwarded-* to trust
+    config = uvicorn.Config(front(app, settings), proxy_headers=False, host=settings.host,
+                            port=settings.port, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     app.state.server = server
     print(f"corral: daemon listening on {settings.daemon_url} (home {settings.home})",

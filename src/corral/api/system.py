@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+
+import psutil
 
 from fastapi import APIRouter, Depends
 
 from corral.api.deps import Daemon, get_daemon
 
 router = APIRouter(prefix="/api/v1/system", tags=["system"])
+psutil.cpu_percent(interval=None)  # primes the counter: each call reports use since the last
 
 
 @router.get("")
@@ -23,5 +27,7 @@ async def system(d: Daemon = Depends(get_daemon)) -> dict:
     data["backend"] = {"name": backend, "reason": why}
     data["cuda_architectures"] = gpu.cuda_architectures(host)
     data["amdgpu_targets"] = gpu.amdgpu_targets(host)
+    data["cpu_percent"] = psutil.cpu_percent(interval=None)  # since the previous call
+    data["load_average"] = list(os.getloadavg())
     data["builds"] = [b.to_dict() for b in await asyncio.to_thread(builds.list_all, d.store)]
     return data

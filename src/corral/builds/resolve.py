@@ -36,7 +36,11 @@ def _checked(path: str | os.PathLike, source: str, build_id: int | None = None) 
         p = Path(path).expanduser()
     except RuntimeError as exc:  # "~nosuchuser/..."
         raise BinaryError(f"llama-server path {str(path)!r}: {exc}")
-    if not p.is_file():
+    try:
+        found = p.is_file()
+    except OSError as exc:  # e.g. a name too long for the filesystem
+        raise BinaryError(f"llama-server path {str(path)[:200]!r}: {exc.strerror}") from None
+    if not found:
         raise BinaryError(f"llama-server not found at {p} (from {source})")
     if not os.access(p, os.X_OK):
         raise BinaryError(f"{p} is not executable (from {source})")

@@ -123,7 +123,11 @@ def check_model_file(model: str) -> Path:
         path = Path(model).expanduser()
     except RuntimeError as exc:  # "~nosuchuser/..."
         raise InvalidModelFile(f"model path {model!r}: {exc}")
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # e.g. a name too long for the filesystem
+        raise InvalidModelFile(f"model path {model[:200]!r}: {exc.strerror}") from None
+    if not found:
         raise InvalidModelFile(f"model file not found: {path}")
     try:
         with open(path, "rb") as fh:
@@ -384,7 +388,7 @@ class Supervisor:
         """A GGUF path as given, else a model of the index (id, name, alias, prefix)."""
         try:
             exists = Path(text).expanduser().exists()
-        except RuntimeError:
+        except (RuntimeError, OSError):  # "~nosuchuser/...", a name too long...
             exists = False
         if exists or text.lower().endswith(".gguf") and ("/" in text or "\\" in text):
             return check_model_file(text), None

@@ -60,6 +60,11 @@ function renderHost(box, sys) {
       h("dt", {}, "CPU"), h("dd", {}, sys.cpu_model || "unknown"),
       h("dt", {}, "Cores"), h("dd", {}, `${sys.cores} cores · ${sys.threads} threads`),
       h("dt", {}, "Backend"), h("dd", {}, sys.backend ? `${sys.backend.name} (${sys.backend.reason})` : "—")),
+    typeof sys.cpu_percent === "number" ? h("div", { class: "field" },
+      h("span", { class: "field-label" }, "CPU use"),
+      meter(sys.cpu_percent / 100, `${Math.round(sys.cpu_percent)} %` +
+        (sys.load_average ? ` · load ${sys.load_average.map((l) => l.toFixed(2)).join(" ")}` : ""),
+      { name: "CPU use", class: sys.cpu_percent > 95 ? "full" : sys.cpu_percent > 80 ? "hot" : "" })) : null,
     h("div", { class: "field" }, h("span", { class: "field-label" }, "RAM"),
       usageMeter(ramUsed, sys.ram_total, "RAM")))];
   for (const gpu of sys.gpus || []) {
