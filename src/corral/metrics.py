@@ -58,9 +58,16 @@ class Metrics:
 
     def attach(self, supervisor, gpu_probe=None) -> None:
         """Add the scrape-time collector of instance and GPU gauges."""
-        self.registry.register(_LiveCollector(supervisor, gpu_probe))
+        self._live = _LiveCollector(supervisor, gpu_probe)
+        self.registry.register(self._live)
+
+    def refresh_gpus(self) -> None:
+        """Re-detect GPU memory if the last reading is old (blocking: run it in a thread)."""
+        if getattr(self, "_live", None) is not None:
+            self._live.refresh_gpus()
 
     def render(self) -> bytes:
+        """The text format (on the event loop: the collector reads the supervisor)."""
         return generate_latest(self.registry)
 
 
@@ -98,7 +105,7 @@ class _LiveCollector:
                                  labels=["gpu", "name"])
         total = GaugeMetricFamily("corral_gpu_memory_total_bytes", "VRAM size",
                                   labels=["gpu", "name"])
-        for g in self._gpu_list():
+        for g in self._gpus[1]:
             if g.vram_total is None:
                 continue
             total.add_metric([str(g.index), g.name], float(g.vram_total))
@@ -107,11 +114,11 @@ class _LiveCollector:
         yield used
         yield total
 
-    def _gpu_list(self) -> list:
+    def refresh_gpus(self) -> None:
         """GPUs, re-detected at most every few seconds (nvidia-smi is not free)."""
         at, gpus = self._gpus
         if time.monotonic() - at < GPU_CACHE_SECONDS:
-            return gpus
+            return
         from corral import gpu
 
         try:
@@ -119,4 +126,3 @@ class _LiveCollector:
         except Exception:  # a broken driver must not break /metrics
             gpus = []
         self._gpus = (time.monotonic(), gpus)
-        return gpus

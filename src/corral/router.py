@@ -35,12 +35,14 @@ log = logging.getLogger("corral.router")
 #: Headers not passed between client and upstream (hop-by-hop, or recomputed).
 HOP_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "content-length",
                "authorization", "te", "trailer", "upgrade", "proxy-authorization", "origin",
-               "cookie"}
+               "cookie", "expect"}  # expect: the daemon's server already answered 100-continue
 #: States in which an instance is (or will shortly be) serving.
 LIVE = (State.READY, State.STARTING, State.UNHEALTHY, State.BACKOFF)
 #: How much of a response is kept to read its usage once the client has it all.
 USAGE_TAIL = 16 * 1024
 USAGE_BODY_MAX = 4 * 1024 * 1024
+ROUTE_CACHE_MAX = 1024
+CLIENT_GONE = 499  # status recorded for a request whose client left before the answer
 
 
 def openai_error(status: int, message: str, typ: str = "invalid_request_error") -> dict:
@@ -109,6 +111,7 @@ class Router:
         self._last_used: dict[str, float] = {}  # instance -> monotonic time of last request end
         self._labels: dict[str, str] = {}  # instance -> model label of its requests
         self._routes: dict[str, tuple[str, str]] = {}  # request model -> (instance, label)
+        self._routes_gen = supervisor.generation
         self._evict_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
         self.upstream = Pool()  # keep-alive connections to the instances
@@ -138,6 +141,9 @@ class Router:
 
     def resolve(self, model: str):
         """(instance or None, Target): a live instance for ``model``, else what to start."""
+        if self._routes_gen != self.supervisor.generation:
+            self._routes.clear()  # an instance came or went: names and aliases may differ now
+            self._routes_gen = self.supervisor.generation
         cached = self._routes.get(model)
         if cached is not None:  # the hot path: no SQLite, no scan
             name, label = cached
@@ -147,8 +153,14 @@ class Router:
             del self._routes[model]
         rec, target = self._resolve(model)
         if rec is not None and State(rec.state) is State.READY:
+            if len(self._routes) >= ROUTE_CACHE_MAX:
+                self._routes.clear()
             self._routes[model] = (rec.name, target.label)
         return rec, target
+
+    def forget_routes(self) -> None:
+        """Resolve every name afresh (a preset was saved or removed)."""
+        self._routes.clear()
 
     def _resolve(self, model: str):
         from corral import models, presets
@@ -244,6 +256,8 @@ class Router:
             rec = await self.supervisor.wait_ready(rec.name)
         except LaunchFailed:
             self.metrics.load_failures.labels(target.label).inc()
+            if rec.origin == "router":  # ephemeral: do not leave it (and its port) behind
+                await self._retire(rec, "failed to load")
             raise
         self._last_used[rec.name] = time.monotonic()
         self.metrics.load_seconds.labels(target.label).observe(time.monotonic() - began)
@@ -329,6 +343,10 @@ class Router:
         now = time.monotonic()
         done = []
         for rec in self.supervisor.list():
+            if rec.origin == "router" and State(rec.state) in (State.FAILED, State.EXITED):
+                await self._retire(rec, "gave up (crash loop)")  # ephemeral, like the rest
+                done.append(rec.name)
+                continue
             ttl = self.idle_ttl_of(rec)
             if ttl <= 0 or rec.desired != "running" or State(rec.state) is not State.READY:
                 continue
@@ -342,8 +360,9 @@ class Router:
 
     async def _reap_idle(self) -> None:
         while True:
-            ttls = [t for t in (self.idle_ttl_of(r) for r in self.supervisor.list()) if t > 0]
-            await asyncio.sleep(min([5.0] + [t / 4 for t in ttls]) if ttls else 5.0)
+            ttls = [t for t in (self.idle_ttl_of(r) for r in self.supervisor.list()
+                                if r.desired == "running") if t > 0]
+            await asyncio.sleep(max(0.5, min([5.0] + [t / 4 for t in ttls])))
             try:
                 await self.reap_idle_once()
             except Exception:  # the reaper must survive a failed stop
@@ -407,13 +426,13 @@ class Router:
         return u
 
     def end(self, rec, label: str, u: Usage, *, status: int, ttft: float | None,
-            elapsed: float, tail: bytes | None, streamed: bool, endpoint: str) -> None:
+            elapsed: float, tail: bytes | None, endpoint: str) -> None:
         """Record a finished request: counters, tokens from usage/timings, metrics."""
         u.in_flight -= 1
         u.requests += 1
         u.last_used_at = time.time()
         self._last_used[rec.name] = time.monotonic()
-        error = status >= 400
+        error = status >= 400 and status != CLIENT_GONE
         if error:
             u.errors += 1
         m = self.metrics
@@ -425,7 +444,7 @@ class Router:
             m.ttft.labels(label).observe(ttft)
         if not tail:
             return
-        found = usage_from(tail, streamed)
+        found = usage_from(tail)
         if found is None:
             return
         tin, tout, tps = found
@@ -438,35 +457,19 @@ class Router:
             m.tokens_per_second.labels(label, rec.name).set(tps)
 
 
-def usage_from(data: bytes, streamed: bool) -> tuple[int, int, float | None] | None:
+def usage_from(data: bytes) -> tuple[int, int, float | None] | None:
     """(prompt tokens, completion tokens, generation tok/s) from a response, if it says.
 
     llama-server reports ``timings`` (prompt_n, predicted_n, predicted_per_second) and
     OpenAI-style ``usage``; a stream carries them in its last events.
     """
+    # The objects are found with rfind and decoded alone (a small window), never the
+    # whole response: an embeddings body can be megabytes, and this runs on the loop.
     objs = []
-    if streamed:
-        # Only the last events that mention usage/timings are parsed (found with rfind).
-        for marker in (b'"timings"', b'"usage"'):
-            at = data.rfind(marker)
-            if at < 0:
-                continue
-            start = data.rfind(b"\n", 0, at) + 1
-            end = data.find(b"\n", at)
-            line = data[start:end if end >= 0 else len(data)].strip()
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                obj = json.loads(line[5:])
-            except ValueError:
-                continue
-            if obj not in objs:
-                objs.append(obj)
-    else:
-        try:
-            objs.append(json.loads(data))
-        except ValueError:
-            return None
+    for marker in (b'"timings"', b'"usage"'):
+        value = _object_after(data, marker)
+        if value is not None:
+            objs.append({marker.strip(b'"').decode(): value})
     tin = tout = 0
     tps = None
     seen = False
@@ -485,6 +488,26 @@ def usage_from(data: bytes, streamed: bool) -> tuple[int, int, float | None] | N
             tin = int(_num(usage.get("prompt_tokens")) or 0) or tin
             tout = int(_num(usage.get("completion_tokens")) or 0) or tout
     return (tin, tout, tps) if seen else None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _object_after(data: bytes, marker: bytes) -> dict | None:
+    """The JSON object that is the value of the last ``marker`` key in ``data``, if any."""
+    at = data.rfind(marker)
+    if at < 0:
+        return None
+    window = data[at + len(marker):at + len(marker) + 8192].decode("utf-8", "replace")
+    rest = window.lstrip()
+    if not rest.startswith(":"):
+        return None
+    rest = rest[1:].lstrip()
+    try:
+        value, _ = _DECODER.raw_decode(rest)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _num(v) -> float | None:

@@ -32,24 +32,33 @@ class UpstreamError(CorralError):
 class _Events:
     """httptools callbacks: headers, body pieces (chunked framing already removed), end."""
 
-    __slots__ = ("headers", "pieces", "head_done", "done")
+    __slots__ = ("headers", "pieces", "head_done", "done", "parser", "_interim")
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.pieces: list[bytes] = []
         self.head_done = False
         self.done = False
+        self.parser = None  # set right after the parser is made (for the status code)
+        self._interim = False  # inside a 1xx response, which a client must skip (RFC 9110)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if 100 <= self.parser.get_status_code() < 200:
+            self._interim = True
+            self.headers = []
+            return
         self.head_done = True
 
     def on_body(self, body: bytes) -> None:
         self.pieces.append(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.done = True
 
 
@@ -94,7 +103,11 @@ class Response:
             if events.done:
                 self.complete = True
                 return
-            data = await reader.read(READ_SIZE)
+            try:
+                data = await reader.read(READ_SIZE)
+            except OSError:  # reset by the peer: as cut off as an early EOF
+                self.complete = False
+                return
             if not data:
                 self.complete = self._until_close  # else: cut off mid-body
                 return
@@ -161,7 +174,7 @@ class Pool:
                                         f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
             reader, writer = conn
             events = _Events()
-            parser = httptools.HttpResponseParser(events)
+            parser = events.parser = httptools.HttpResponseParser(events)
             try:
                 writer.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
@@ -171,6 +184,9 @@ class Pool:
                     if not data:
                         raise ConnectionResetError("closed before answering")
                     parser.feed_data(data)
+            except asyncio.CancelledError:
+                writer.transport.abort()  # the client left: llama-server stops generating
+                raise
             except OSError as exc:
                 writer.transport.abort()
                 if reused:

@@ -823,6 +823,12 @@ class Handler(BaseHTTPRequestHandler):
                 st.block_if_hung()
                 if delay:
                     time.sleep(delay)
+                if self._peer_closed():  # llama-server checks is_connection_closed() too
+                    with st.lock:
+                        st.cancelled += 1
+                    self.close_connection = True
+                    slot("     release", task, "stop processing: client disconnected, task cancelled")
+                    return
             st.block_if_hung()
             text = "".join(pieces)
             if chat:
@@ -902,6 +908,16 @@ class Handler(BaseHTTPRequestHandler):
                 st.cancelled += 1
             self.close_connection = True
             slot("     release", task, "stop processing: client disconnected, task cancelled")
+
+    def _peer_closed(self) -> bool:
+        """Whether the client has closed its end (readable with nothing to read)."""
+        import select
+
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _embeddings(self) -> None:
         st = self.st

@@ -197,3 +197,20 @@ def test_without_a_binary_presets_save_unchecked(spawn_daemon, tmp_path):
     assert_error(*api(d, "POST", "/api/v1/presets/export", {"format": "ini"}), 424, "no_binary")
     status, answer = api(d, "POST", "/api/v1/presets/export", {"format": "yaml"})
     assert status == 200 and set(yaml.safe_load(answer["text"])["presets"]) == {"p", "q"}
+
+
+def test_plan_shows_the_merged_command_line_and_runs_nothing(daemon, model_file, fake_binary):
+    ok(daemon.cli("preset", "save", "*", "-c", "1024", "--env", "FROM_DEFAULTS=1"))
+    ok(daemon.cli("preset", "save", "chat", "--model", str(model_file), "-ngl", "3"))
+    status, plan = api(daemon, "POST", "/api/v1/instances/plan",
+                       {"preset": "chat", "flags": ["-c", "2048"]})
+    assert status == 200, plan
+    assert plan["argv"][OWNED:] == ["--ctx-size", "2048", "--gpu-layers", "3"]
+    assert plan["name"] == "chat" and plan["env"] == {"FROM_DEFAULTS": "1"}
+    assert plan["argv"][plan["argv"].index("--port") + 1] == str(plan["port"])
+    # a bad flag is the launch's own one-line error; and nothing was ever started
+    status, err = api(daemon, "POST", "/api/v1/instances/plan",
+                      {"model": str(model_file), "flags": ["--ctx-sise", "8"]})
+    assert "did you mean --ctx-size" in assert_error(status, err, 400)["message"]
+    assert api(daemon, "GET", "/api/v1/instances") == (200, [])
+    assert not fake_processes(fake_binary, model=model_file)

@@ -297,3 +297,66 @@ def test_event_stream_carries_instance_and_router_events(start_daemon, tmp_path)
     states = [e["state"] for t, e in seen if t == "instance" and e["type"] == "state"]
     assert states.index("starting") < states.index("ready")
     conn.close()
+
+
+def test_expect_100_continue_is_answered_by_the_daemon_not_relayed(start_daemon, tmp_path):
+    d = start_daemon()
+    [model] = import_models(d, tmp_path / "m", "expecting")
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=body,
+                     headers={"Content-Type": "application/json", "Expect": "100-continue"})
+        resp = conn.getresponse()  # http.client skips the 100 itself
+        assert resp.status == 200
+        assert json.loads(resp.read())["choices"][0]["message"]["content"]
+    finally:
+        conn.close()
+
+
+def test_a_failed_on_demand_load_leaves_no_instance_behind(start_daemon, tmp_path):
+    d = start_daemon()
+    [model] = import_models(d, tmp_path / "m", "broken", exit_during_load=3, load_seconds=0.4)
+    for _ in range(3):
+        with pytest.raises(openai.APIStatusError) as err:
+            chat(d, model)
+        assert err.value.status_code == 502 and "broken" in err.value.message
+    assert live(d) == {}  # no failed leftovers holding names and ports
+
+
+def test_a_client_leaving_a_non_streaming_request_stops_generation(start_daemon, tmp_path):
+    d = start_daemon()
+    [model] = import_models(d, tmp_path / "m", "patient", tokens=400, token_delay=0.02)
+    assert d.cli("run", model).returncode == 0  # ready before the request: no load to wait for
+    [inst] = live(d).values()
+    conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
+                 body=json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}))
+    time.sleep(0.5)  # generating; no response head yet (it comes with the whole answer)
+    conn.close()
+
+    def state():
+        with urllib.request.urlopen(f"http://127.0.0.1:{inst['port']}/_fake/state", timeout=5) as r:
+            return json.loads(r.read())
+
+    # the fake, like llama-server, stops a non-streaming generation whose connection closed
+    wait_for(lambda: state().get("cancelled", 0) >= 1, timeout=15,
+             message="upstream saw the client leave")
+    with urllib.request.urlopen(d.settings.daemon_url + "/metrics", timeout=10) as r:
+        assert f'instance="{inst["name"]}",model="{model}",status="499"}} 1.0' in r.read().decode()
+    usage = d.client.request("GET", "/api/v1/usage")["instances"][inst["name"]]
+    assert usage["in_flight"] == 0
+    assert usage["errors"] == 0  # a client leaving is not the server's error
+
+
+def test_a_client_leaving_while_its_model_loads_frees_its_queue_place(start_daemon, tmp_path):
+    d = start_daemon(router_queue_limit=1)
+    [model] = import_models(d, tmp_path / "m", "slowload", load_seconds=3.0)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]})
+    conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", body=body,
+                 headers={"Content-Type": "application/json"})
+    time.sleep(0.5)
+    conn.close()  # left while the model loads
+    time.sleep(0.3)
+    assert chat(d, model)  # the only place in the queue is free again

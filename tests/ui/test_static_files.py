@@ -82,7 +82,8 @@ def test_served_with_types_csp_and_no_cache(ui_daemon):
 
 
 @pytest.mark.parametrize("path", ["/ui/../api/web.py", "/ui/%2e%2e/api/web.py", "/ui/js/",
-                                  "/ui/nope.js", "/ui/../../../../etc/passwd", "/ui/js/../../web.py"])
+                                  "/ui/nope.js", "/ui/../../../../etc/passwd", "/ui/js/../../web.py",
+                                  "/ui/a%00.js", "/ui/" + "a" * 5000 + ".js"])
 def test_nothing_else_is_served(ui_daemon, path):
     status, headers, body = _get(ui_daemon, path)
     assert status == 404, (path, status, body[:200])

@@ -346,3 +346,23 @@ def test_save_a_preset_and_load_it_back(ui, ui_daemon, models_dir):
     expect(page.locator('.flag-input [data-flag="--metrics"]')).to_be_checked()
     expect(page.locator('.flag-input [data-flag="--warmup"]')).to_have_value("off")
     expect(page.locator("#cmdline")).to_contain_text("--no-warmup")
+
+
+def test_command_line_comes_from_the_daemon_with_the_defaults_merged(ui, ui_daemon, models_dir):
+    model = gguf_file(models_dir / "planned-Q4_K_M.gguf")
+    status, _ = api(ui_daemon, "PUT", "/api/v1/presets/*", {"flags": ["--threads", "3"]})
+    assert status in (200, 201)
+    try:
+        page = ui.open("launch")
+        page.fill("#launch-model", str(model))
+        page.fill("#launch-name", "ui-planned")
+        set_flag(page, "ctx-size", "--ctx-size", "1024")
+        note = page.locator("#plan-note")
+        expect(note).to_contain_text("As the daemon would run it: instance ui-planned")
+        # '*' defaults are not in the page's own flags: only the daemon's plan has them
+        expect(page.locator("#cmdline")).to_contain_text("--threads 3 --ctx-size 1024")
+        page.fill("#launch-extra", "--ctx-sise 8")
+        expect(note).to_contain_text("did you mean --ctx-size")
+        assert instance(ui_daemon, "ui-planned") is None  # planning launched nothing
+    finally:
+        api(ui_daemon, "DELETE", "/api/v1/presets/*")

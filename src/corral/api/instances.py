@@ -52,13 +52,23 @@ async def list_instances(d: Daemon = Depends(get_daemon)) -> list[dict]:
     return [instance_view(r) for r in d.supervisor.list()]
 
 
-@router.post("", status_code=201)
-async def launch(req: LaunchRequest, d: Daemon = Depends(get_daemon)) -> dict:
-    spec = await presets.compose(
+async def _spec(req: LaunchRequest, d: Daemon):
+    return await presets.compose(
         d.supervisor, model=req.model, preset=req.preset, flags=req.flags, name=req.name,
         port=req.port, restart=req.restart, env=req.env, pinned=req.pinned,
         idle_ttl=req.idle_ttl, aliases=req.aliases, binary=req.binary, build_id=req.build)
-    rec = await d.supervisor.launch(spec)
+
+
+@router.post("/plan")
+async def plan(req: LaunchRequest, d: Daemon = Depends(get_daemon)) -> dict:
+    """The command line a launch with this body would run (``*`` defaults and preset
+    merged, flags validated), without running anything."""
+    return await d.supervisor.plan(await _spec(req, d))
+
+
+@router.post("", status_code=201)
+async def launch(req: LaunchRequest, d: Daemon = Depends(get_daemon)) -> dict:
+    rec = await d.supervisor.launch(await _spec(req, d))
     if req.wait:
         rec = await d.supervisor.wait_ready(rec.name, req.timeout)
     return instance_view(rec)

@@ -17,8 +17,8 @@ router = APIRouter(tags=["metrics"])
 async def metrics(d: Daemon = Depends(get_daemon)) -> Response:
     """Per model/instance requests, errors, TTFT and latency histograms, tokens, tok/s,
     load time, restarts, state, queue depth; per GPU memory used/total."""
-    body = await asyncio.to_thread(d.router.metrics.render)  # GPU detection may shell out
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    await asyncio.to_thread(d.router.metrics.refresh_gpus)  # may run nvidia-smi
+    return Response(d.router.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/v1/usage")

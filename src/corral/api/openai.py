@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends
 from corral.api.deps import Daemon, get_daemon
 from corral.errors import CorralError
 from corral.router import (
+    CLIENT_GONE,
     HOP_HEADERS,
     USAGE_BODY_MAX,
     USAGE_TAIL,
@@ -134,7 +135,8 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
             if not waiting.done():
                 await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not waiting.done():
-                return  # the client left while its model loaded (the load goes on)
+                waiting.cancel()  # free its place in the queue; the load itself goes on
+                return
             try:
                 rec, label = waiting.result()
             except CorralError as exc:
@@ -144,7 +146,7 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
                 else:
                     await _send_error(send, exc)
                 return
-        await _relay(rt, rec, label, endpoint, scope, body, t0, gone, send, started)
+        await _relay(rt, rec, label, endpoint, scope, body, t0, gone, send, started, stream)
     finally:
         gone.cancel()
 
@@ -166,6 +168,17 @@ async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone, sen
             return True
 
 
+async def _unless_gone(coro, gone: asyncio.Future):
+    """``coro``'s result, or None (with ``coro`` cancelled) if the client leaves first."""
+    task = asyncio.ensure_future(coro)
+    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()  # closes the upstream connection: llama-server stops generating
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
 def _aborter(resp):
     def abort(_fut) -> None:
         resp.abort()
@@ -178,7 +191,7 @@ def _retrieve(fut: asyncio.Future) -> None:
 
 
 async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes, t0: float,
-                 gone: asyncio.Future, send, started: bool) -> None:
+                 gone: asyncio.Future, send, started: bool, stream: bool) -> None:
     """Forward to the instance and stream its answer back, counting it afterwards."""
     host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
     headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
@@ -194,7 +207,13 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
     ended = False
     try:
         try:
-            resp = await rt.upstream.request(host, rec.port, head, body)
+            if stream:  # llama-server answers a stream's head at once
+                resp = await rt.upstream.request(host, rec.port, head, body)
+            else:  # the head comes after the whole generation: watch for the client leaving
+                resp = await _unless_gone(rt.upstream.request(host, rec.port, head, body), gone)
+                if resp is None:
+                    status = CLIENT_GONE
+                    return
         except UpstreamError as exc:
             exc = UpstreamError(f"instance {rec.name!r}: {exc.message}")
             if started:
@@ -233,7 +252,8 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
             return
         if not resp.complete:
             if gone.done():
-                return  # the client left: we cut the upstream ourselves
+                status = CLIENT_GONE  # the client left: we cut the upstream ourselves
+                return
             # The instance went away mid-answer. A stream ends with an error event the
             # client can show; a plain body cannot be completed, so the connection aborts.
             status = 502
@@ -248,4 +268,4 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
         if resp is not None:
             resp.release()
         rt.end(rec, label, usage, status=status, ttft=ttft, elapsed=time.perf_counter() - t0,
-               tail=bytes(tail) if keep else None, streamed=streamed, endpoint=endpoint)
+               tail=bytes(tail) if keep else None, endpoint=endpoint)

@@ -131,6 +131,7 @@ async def import_presets(req: ImportRequest, d: Daemon = Depends(get_daemon)) ->
         parsed, warnings = lib.from_ini(req.text, await _ini_catalog(d))
     catalogs = await _catalogs(d, parsed, warnings)
     saved = lib.save_many(d.store, parsed, catalog_for=catalogs.get, replace=req.replace)
+    d.router.forget_routes()  # names and aliases may route elsewhere now
     return {"imported": [p.name for p in saved], "warnings": warnings}
 
 
@@ -148,6 +149,7 @@ async def put_preset(name: str, body: PresetBody, response: Response,
     catalog = await _catalog(d, preset.build, warnings)
     created = not _exists(d, name)
     saved = lib.save(d.store, preset, catalog)
+    d.router.forget_routes()
     response.status_code = 201 if created else 200
     return {"preset": lib.preset_view(saved), "created": created, "warnings": warnings}
 
@@ -155,6 +157,7 @@ async def put_preset(name: str, body: PresetBody, response: Response,
 @router.delete("/{name}")
 async def delete_preset(name: str, d: Daemon = Depends(get_daemon)) -> dict:
     lib.delete(d.store, name)
+    d.router.forget_routes()
     return {"removed": name}
 
 

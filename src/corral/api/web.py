@@ -47,9 +47,13 @@ def asset_path(rel: str) -> Path:
     """The file under WEB_DIR that ``/ui/<rel>`` names; NotFound for anything else
     (unknown suffix, a directory, or a path escaping WEB_DIR through ``..`` or a link)."""
     root = WEB_DIR.resolve()
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root) or path.suffix not in CONTENT_TYPES or not path.is_file():
-        raise NotFound(f"no UI file {rel!r}")
+    try:
+        path = (root / rel).resolve()
+        found = path.is_relative_to(root) and path.suffix in CONTENT_TYPES and path.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the filesystem...
+        found = False
+    if not found:
+        raise NotFound(f"no UI file {rel[:200]!r}")
     return path
 
 

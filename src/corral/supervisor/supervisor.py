@@ -176,6 +176,7 @@ class Supervisor:
         self._catalogs: dict[str, FlagCatalog] = {}
         self.events = Broadcaster()
         self._closed = False
+        self.generation = 0  # bumped when an instance is added or removed (router's cache)
 
     # -- queries ---------------------------------------------------------------
     def list(self) -> list[InstanceRecord]:
@@ -256,8 +257,8 @@ class Supervisor:
                                               name=f"supervise-{rec.name}")
 
     # -- commands ----------------------------------------------------------------
-    async def launch(self, spec: LaunchSpec) -> InstanceRecord:
-        """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input."""
+    async def _prepare(self, spec: LaunchSpec):
+        """Everything a launch decides before choosing a name and port; raises on bad input."""
         if spec.restart not in RESTART_POLICIES:
             raise UsageError(f"restart policy must be one of {', '.join(RESTART_POLICIES)}")
         env = check_env(spec.env)
@@ -273,6 +274,26 @@ class Supervisor:
         if mmproj and mm_flag is not None and mm_flag.long not in chosen \
                 and not any(f.startswith("--no-mmproj") for f in chosen):
             pairs.append((mm_flag.long, mmproj))  # the vision projector pulled with the model
+        return model, resolved, catalog, host, pairs, env
+
+    async def plan(self, spec: LaunchSpec) -> dict:
+        """What :meth:`launch` would run for ``spec`` (name, port, argv), without running it.
+
+        Same checks as a launch; the name and port are the ones free right now.
+        """
+        model, resolved, catalog, host, pairs, env = await self._prepare(spec)
+        name = self._choose_name(spec.name, model)
+        port = self._choose_port(spec.port, host)
+        argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
+        return {"name": name, "port": port, "host": host, "model": str(model),
+                "argv": argv + catalog.to_argv(pairs), "env": env, "restart": spec.restart,
+                "preset": spec.preset, "pinned": bool(spec.pinned), "idle_ttl": spec.idle_ttl,
+                "aliases": list(spec.aliases), "build": resolved.build_id,
+                "version": catalog.version}
+
+    async def launch(self, spec: LaunchSpec) -> InstanceRecord:
+        """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input."""
+        model, resolved, catalog, host, pairs, env = await self._prepare(spec)
         async with self._launch_lock:
             name = self._choose_name(spec.name, model)
             port = self._choose_port(spec.port, host)
@@ -289,6 +310,7 @@ class Supervisor:
             table.insert(self.store, rec)
             rt = Runtime(rec)
             self._rts[name] = rt
+            self.generation += 1
             try:
                 self._spawn(rt)
             except (BinaryError, PortInUse):
@@ -378,6 +400,7 @@ class Supervisor:
             await self._stop_locked(rt)
             table.delete(self.store, rt.rec.name)
             self._rts.pop(rt.rec.name, None)
+            self.generation += 1
         self._emit(rt, "removed")
 
     async def stop_all(self) -> None:

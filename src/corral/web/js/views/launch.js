@@ -35,6 +35,9 @@ export async function mount(root, { go, query }) {
     placeholder: "more llama-server arguments, e.g. --lora a.gguf", "aria-describedby": "launch-extra-error" });
   const extraError = h("p", { id: "launch-extra-error", class: "field-error", role: "alert" });
   const cmdline = h("pre", { class: "cmdline", id: "cmdline", "aria-label": "Command line" });
+  // What the daemon says it would run (POST /api/v1/instances/plan): '*' defaults and the
+  // preset merged, flags checked by the build's catalog, the name and port it would pick.
+  const planNote = h("p", { class: "muted small", id: "plan-note", role: "status" });
   const launchError = h("div", { id: "launch-error", class: "launch-error hidden", role: "alert" });
   const launchBtn = h("button", { type: "submit", class: "btn btn-primary", id: "launch-button" }, "Launch");
   const presetName = h("input", { type: "text", id: "preset-name", placeholder: "preset name", maxlength: 64,
@@ -63,7 +66,7 @@ export async function mount(root, { go, query }) {
       h("div", { class: "field" }, h("label", { class: "field-label", for: "launch-env" }, "Environment"), env),
       h("div", { class: "field" }, h("label", { class: "field-label", for: "launch-extra" }, "Extra arguments"), extra, extraError)),
     h("section", { class: "card" },
-      h("h2", {}, "Command line"), cmdline,
+      h("h2", {}, "Command line"), cmdline, planNote,
       h("div", { class: "row" }, launchBtn, h("span", { class: "spacer grow" }), presetName, saveBtn),
       launchError),
     h("section", { class: "card", "aria-labelledby": "flags-title" },
@@ -102,6 +105,46 @@ export async function mount(root, { go, query }) {
     const argv = [b ? b.path : "llama-server", "--model", model.value.trim() || "<model>",
       "--host", "127.0.0.1", "--port", port.value.trim() || "<auto>", ...tokens(), ...(extraTokens() || [])];
     cmdline.textContent = argv.map(shellQuote).join(" ");
+    schedulePlan();
+  }
+
+  let planTimer = null;
+  let planSeq = 0;
+  function schedulePlan() {
+    clearTimeout(planTimer);
+    planTimer = setTimeout(refreshPlan, 300);
+  }
+
+  function planBody() {
+    if (Object.keys(state.errors).length) return null; // shown at their rows already
+    const more = extraTokens();
+    if (more === null || (!model.value.trim() && !preset.value)) return null;
+    const body = { restart: restart.value, flags: [...tokens(), ...more] };
+    if (model.value.trim()) body.model = model.value.trim();
+    if (preset.value) body.preset = preset.value;
+    if (name.value.trim()) body.name = name.value.trim();
+    const p = Number(port.value.trim());
+    if (port.value.trim() && Number.isInteger(p) && p >= 1 && p <= 65535) body.port = p;
+    if (build.value) body.build = Number(build.value);
+    return body;
+  }
+
+  async function refreshPlan() {
+    const body = planBody();
+    const seq = ++planSeq;
+    if (!body) { planNote.textContent = ""; planNote.classList.remove("error-text"); return; }
+    try {
+      const plan = await api("POST", "/api/v1/instances/plan", body);
+      if (seq !== planSeq || stop.signal.aborted) return;
+      cmdline.textContent = plan.argv.map(shellQuote).join(" ");
+      planNote.classList.remove("error-text");
+      planNote.textContent = `As the daemon would run it: instance ${plan.name}, port ${plan.port}` +
+        (plan.preset ? `, preset ${plan.preset}` : "") + ".";
+    } catch (err) {
+      if (seq !== planSeq || stop.signal.aborted) return;
+      planNote.classList.add("error-text");
+      planNote.textContent = err.message;
+    }
   }
 
   function setRowError(long, message) {
@@ -386,7 +429,8 @@ export async function mount(root, { go, query }) {
 
   preset.addEventListener("change", () => applyPreset(preset.value));
   build.addEventListener("change", loadCatalog);
-  for (const el of [model, port, extra]) el.addEventListener("input", updateCommand);
+  for (const el of [model, port, extra, name]) el.addEventListener("input", updateCommand);
+  for (const el of [preset, build, restart]) el.addEventListener("change", schedulePlan);
   search.addEventListener("input", filter);
   onlySet.addEventListener("change", filter);
 
