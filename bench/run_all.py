@@ -9,7 +9,7 @@ are used.
 
     python bench/run_all.py [--runs 10] [--write] [--note "what else ran"]
                             [--skip-startup] [--skip-cli] [--skip-pull] [--skip-models]
-                            [--skip-router]
+                            [--skip-router] [--skip-router_long]
                             [--pull-runs 3] [--pull-size-mb 1024]
 
 With ``--write``, a benchmark that was skipped keeps its previous section of the results
@@ -191,6 +191,7 @@ SECTIONS = {
     "pull": ("Pull", pull_bench),
     "models": ("Models", models_bench),
     "router": ("Router", router_bench),
+    "router_long": ("Router, 256 tokens per response", router_bench),
 }
 KEPT = "*(not re-run; kept from the results of {when})*"
 
@@ -273,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             results["models"] = models_bench.run(ls_runs=max(args.runs, 10))
         if not args.skip_router:
             results["router"] = router_bench.run()
+        if not args.skip_router_long:  # longer answers: the per-request cost weighs less
+            results["router_long"] = router_bench.run(tokens=256, levels=(1, 64))
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130

@@ -366,3 +366,19 @@ def test_command_line_comes_from_the_daemon_with_the_defaults_merged(ui, ui_daem
         assert instance(ui_daemon, "ui-planned") is None  # planning launched nothing
     finally:
         api(ui_daemon, "DELETE", "/api/v1/presets/*")
+
+
+def test_settings_are_saved_and_a_non_number_is_refused_in_the_page(ui, ui_daemon):
+    page = ui.open("settings")
+    ttl = page.locator("#setting-idle_ttl")
+    expect(ttl).to_have_value(re.compile(r"^\d+(\.\d+)?$"))
+    before = api(ui_daemon, "GET", "/api/v1/settings")[1]["settings"]["idle_ttl"]["value"]
+    ttl.fill("soon")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_text("Not a number: idle_ttl")).to_be_visible()
+    assert api(ui_daemon, "GET", "/api/v1/settings")[1]["settings"]["idle_ttl"]["value"] == before
+    ttl.fill("900")
+    page.get_by_role("button", name="Save settings").click()
+    wait_for(lambda: api(ui_daemon, "GET", "/api/v1/settings")[1]["settings"]["idle_ttl"]["value"]
+             == 900, message="idle_ttl saved")
+    api(ui_daemon, "PUT", "/api/v1/settings", {"idle_ttl": None})  # back to the default

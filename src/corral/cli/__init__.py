@@ -38,7 +38,7 @@ def cli() -> None:
 
     \b
     Quick tour:
-      corral serve                       start the daemon and web API (127.0.0.1:9380)
+      corral serve                       start the daemon: API, web UI, /v1 (127.0.0.1:9380)
       corral pull org/repo:Q4_K_M        download a GGUF from HuggingFace (resumable)
       corral import ~/models             register GGUFs you already have, in place
       corral ls                          the local models, with their GGUF metadata
@@ -47,6 +47,8 @@ def cli() -> None:
       corral logs NAME -f                follow an instance's log
       corral stop NAME | --all           stop instances (they survive daemon restarts)
       corral flags ctx                   search the flags of the installed llama-server
+      corral preset save chat -c 8192    named flag sets ('*' = defaults for every launch)
+      corral keys create laptop          an API key (needed to listen beyond loopback)
       corral down                        stop every instance and the daemon
 
     State lives in CORRAL_HOME (default ~/.corral). The daemon is found at

@@ -149,11 +149,16 @@ export function mount(root) {
       form.addEventListener("submit", async (ev) => {
         ev.preventDefault();
         const changes = {};
+        const bad = [];
         for (const [key, { input, s }] of inputs) {
           const v = input.value.trim();
           if (v === String(s.value ?? "")) continue;
-          changes[key] = v === "" ? null : s.type === "str" ? v : Number(v);
+          const value = v === "" ? null : s.type === "str" ? v : Number(v);
+          // Number("soon") is NaN, which JSON would send as null (= back to the default)
+          if (typeof value === "number" && !Number.isFinite(value)) bad.push(key);
+          changes[key] = value;
         }
+        if (bad.length) { err.textContent = `Not a number: ${bad.join(", ")}`; return; }
         if (!Object.keys(changes).length) { err.textContent = "Nothing changed."; return; }
         try {
           const res = await api("PUT", "/api/v1/settings", changes);
