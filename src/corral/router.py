@@ -112,6 +112,7 @@ class Router:
         self._labels: dict[str, str] = {}  # instance -> model label of its requests
         self._routes: dict[str, tuple[str, str]] = {}  # request model -> (instance, label)
         self._routes_gen = supervisor.generation
+        self._series: dict[tuple, tuple] = {}  # metric children per (model, instance, ...)
         self._evict_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
         self.upstream = Pool()  # keep-alive connections to the instances
@@ -323,12 +324,26 @@ class Router:
                 await self.supervisor.stop(rec.name)
         except NotFound:
             return
-        if rec.origin == "router":  # gone for good: its counters go too
+        if rec.origin == "router":  # gone for good: its counters and series go too
             self._usage.pop(rec.name, None)
             self._labels.pop(rec.name, None)
+            self._drop_series(rec.name)
         self._last_used.pop(rec.name, None)
         self.metrics.evictions.labels(reason.split(" ")[0]).inc()
         self._publish(reason.split(" ")[0], rec.name, rec.name, reason=reason)
+
+    def _drop_series(self, instance: str) -> None:
+        """Forget the per-instance metric series of an instance that is gone."""
+        m = self.metrics
+        for key in [k for k in self._series if k[1] == instance]:
+            del self._series[key]
+            label, name, endpoint, status = key
+            for metric, labels in ((m.requests, (label, name, endpoint, str(status))),
+                                   (m.errors, (label, name)), (m.tokens_per_second, (label, name))):
+                try:
+                    metric.remove(*labels)
+                except KeyError:  # already removed through another key
+                    pass
 
     def idle_ttl_of(self, rec) -> float:
         """Seconds of disuse after which ``rec`` is stopped; 0 = never."""
@@ -435,13 +450,22 @@ class Router:
         error = status >= 400 and status != CLIENT_GONE
         if error:
             u.errors += 1
-        m = self.metrics
-        m.requests.labels(label, rec.name, endpoint, str(status)).inc()
+        key = (label, rec.name, endpoint, status)
+        series = self._series.get(key)
+        if series is None:  # labels() costs a lock and a dict walk: once per combination
+            m = self.metrics
+            series = self._series[key] = (
+                m.requests.labels(label, rec.name, endpoint, str(status)),
+                m.errors.labels(label, rec.name), m.latency.labels(label),
+                m.ttft.labels(label), m.tokens_in.labels(label), m.tokens_out.labels(label),
+                m.tokens_per_second.labels(label, rec.name))
+        requests, errors, latency, ttft_h, tokens_in, tokens_out, tps_g = series
+        requests.inc()
         if error:
-            m.errors.labels(label, rec.name).inc()
-        m.latency.labels(label).observe(elapsed)
+            errors.inc()
+        latency.observe(elapsed)
         if ttft is not None:
-            m.ttft.labels(label).observe(ttft)
+            ttft_h.observe(ttft)
         if not tail:
             return
         found = usage_from(tail)
@@ -450,11 +474,11 @@ class Router:
         tin, tout, tps = found
         u.tokens_in += tin
         u.tokens_out += tout
-        m.tokens_in.labels(label).inc(tin)
-        m.tokens_out.labels(label).inc(tout)
+        tokens_in.inc(tin)
+        tokens_out.inc(tout)
         if tps:
             u.tokens_per_second = tps
-            m.tokens_per_second.labels(label, rec.name).set(tps)
+            tps_g.set(tps)
 
 
 def usage_from(data: bytes) -> tuple[int, int, float | None] | None:

@@ -360,3 +360,15 @@ def test_a_client_leaving_while_its_model_loads_frees_its_queue_place(start_daem
     conn.close()  # left while the model loads
     time.sleep(0.3)
     assert chat(d, model)  # the only place in the queue is free again
+
+
+def test_an_evicted_instance_leaves_no_metric_series_behind(start_daemon, tmp_path):
+    d = start_daemon(router_max_instances=1)
+    first, second = import_models(d, tmp_path / "m", "former", "latter")
+    assert chat(d, first) and chat(d, second)  # the second start evicts the first
+
+    with urllib.request.urlopen(d.settings.daemon_url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert f'instance="{second}"' in text
+    assert f'instance="{first}"' not in text
+    assert 'corral_instances_retired_total{reason="evicted"} 1.0' in text

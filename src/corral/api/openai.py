@@ -123,7 +123,7 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
         rt.metrics.rejected.labels(exc.code).inc()
         await _send_error(send, exc)
         return
-    gone = asyncio.ensure_future(receive())  # completes when the client disconnects
+    gone = _Gone(receive)
     try:
         label = target.label
         started = False
@@ -133,7 +133,7 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
             if stream:
                 started = await _heartbeats(rt, waiting, model, gone, send)
             if not waiting.done():
-                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiting, gone.watch()}, return_when=asyncio.FIRST_COMPLETED)
             if not waiting.done():
                 waiting.cancel()  # free its place in the queue; the load itself goes on
                 return
@@ -151,7 +151,8 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
         gone.cancel()
 
 
-async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone, send) -> bool:
+async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone: _Gone,
+                      send) -> bool:
     """Wait one heartbeat for the load; then send 200 and a comment per heartbeat."""
     beat = rt.settings.router_heartbeat
     done, _ = await asyncio.wait({waiting}, timeout=beat)
@@ -162,9 +163,10 @@ async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone, sen
                "more_body": True}
     while True:
         await send(comment)
-        done, _ = await asyncio.wait({waiting, gone}, timeout=beat,
+        left = gone.watch()
+        done, _ = await asyncio.wait({waiting, left}, timeout=beat,
                                      return_when=asyncio.FIRST_COMPLETED)
-        if waiting in done or gone in done:
+        if waiting in done or left in done:
             return True
 
 
@@ -179,6 +181,29 @@ async def _unless_gone(coro, gone: asyncio.Future):
     return None
 
 
+class _Gone:
+    """Tells when the client disconnects. ASGI says so through ``receive()``; the task
+    that waits on it is only made when something needs to watch."""
+
+    __slots__ = ("_receive", "future")
+
+    def __init__(self, receive) -> None:
+        self._receive = receive
+        self.future: asyncio.Future | None = None
+
+    def watch(self) -> asyncio.Future:
+        if self.future is None:
+            self.future = asyncio.ensure_future(self._receive())
+        return self.future
+
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    def cancel(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+
 def _aborter(resp):
     def abort(_fut) -> None:
         resp.abort()
@@ -191,7 +216,7 @@ def _retrieve(fut: asyncio.Future) -> None:
 
 
 async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes, t0: float,
-                 gone: asyncio.Future, send, started: bool, stream: bool) -> None:
+                 gone: _Gone, send, started: bool, stream: bool) -> None:
     """Forward to the instance and stream its answer back, counting it afterwards."""
     host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
     headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
@@ -210,7 +235,8 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
             if stream:  # llama-server answers a stream's head at once
                 resp = await rt.upstream.request(host, rec.port, head, body)
             else:  # the head comes after the whole generation: watch for the client leaving
-                resp = await _unless_gone(rt.upstream.request(host, rec.port, head, body), gone)
+                resp = await _unless_gone(rt.upstream.request(host, rec.port, head, body),
+                                          gone.watch())
                 if resp is None:
                     status = CLIENT_GONE
                     return
@@ -225,7 +251,8 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
         ctype = resp.header(b"content-type") or b""
         streamed = b"text/event-stream" in ctype
         on_gone = _aborter(resp)  # a client that leaves stops generation upstream
-        gone.add_done_callback(on_gone)
+        if gone.future is not None:
+            gone.future.add_done_callback(on_gone)
         if started:
             if status >= 400:  # the status line is sent: say it in the stream
                 detail = (await resp.read(4096)).decode("utf-8", "replace")
@@ -248,6 +275,10 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
             # The last piece ends the response in the same write (one syscall less).
             ended = resp.complete
             await send({"type": "http.response.body", "body": data, "more_body": not ended})
+            if not ended and gone.future is None:
+                # More is to come: from now on notice the client leaving. (An answer that
+                # arrives whole never needs the watcher, which is a task per request.)
+                gone.watch().add_done_callback(on_gone)
         if ended:
             return
         if not resp.complete:
@@ -263,8 +294,8 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
                 f"instance {rec.name!r} failed mid-response (connection lost)")})
         await send({"type": "http.response.body", "body": b""})
     finally:
-        if on_gone is not None:
-            gone.remove_done_callback(on_gone)
+        if on_gone is not None and gone.future is not None:
+            gone.future.remove_done_callback(on_gone)
         if resp is not None:
             resp.release()
         rt.end(rec, label, usage, status=status, ttft=ttft, elapsed=time.perf_counter() - t0,
