@@ -245,9 +245,10 @@ def test_usage_counters_and_prometheus_metrics(start_daemon, tmp_path):
     with client(d) as c, c.chat.completions.create(
             model=model, stream=True, messages=[{"role": "user", "content": "s"}]) as stream:
         assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
-    usage = d.client.request("GET", "/api/v1/usage")
-    m = usage["models"][model]
-    assert m["requests"] == 4 and m["errors"] == 0
+    # counted when the upstream answer has ended, a moment after the client saw [DONE]
+    m = wait_for(lambda: (u := d.client.request("GET", "/api/v1/usage")["models"][model])
+                 ["requests"] == 4 and u, message="all four requests counted")
+    assert m["errors"] == 0
     assert m["tokens_out"] == 4 * 7 and m["tokens_in"] > 0
     assert m["tokens_per_second"] and m["tokens_per_second"] > 0
     with urllib.request.urlopen(d.settings.daemon_url + "/metrics", timeout=10) as r:
@@ -372,3 +373,15 @@ def test_an_evicted_instance_leaves_no_metric_series_behind(start_daemon, tmp_pa
     assert f'instance="{second}"' in text
     assert f'instance="{first}"' not in text
     assert 'corral_instances_retired_total{reason="evicted"} 1.0' in text
+
+
+def test_embeddings_through_the_openai_client(start_daemon, tmp_path):
+    d = start_daemon()
+    [model] = import_models(d, tmp_path / "m", "embedder", embeddings=True)
+    with client(d) as c:
+        out = c.embeddings.create(model=model, input=["one", "two"])
+    assert [e.index for e in out.data] == [0, 1]
+    assert all(len(e.embedding) > 0 for e in out.data)
+    assert out.data[0].embedding != out.data[1].embedding
+    usage = d.client.request("GET", "/api/v1/usage")["models"][model]
+    assert usage["requests"] == 1 and usage["tokens_in"] > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import openai
 
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, wait_for
 
 
 def test_openai_client_through_the_router_against_the_real_server(real_daemon_env, real_model: Path):
@@ -37,8 +37,10 @@ def test_openai_client_through_the_router_against_the_real_server(real_daemon_en
                   if ch.choices and ch.choices[0].delta.content]
         assert len(pieces) >= 2
 
-        usage = d.client.request("GET", "/api/v1/usage")["models"][model]
-        assert usage["requests"] == 2 and usage["errors"] == 0
+        # counted when the upstream answer has ended, a moment after the client saw [DONE]
+        usage = wait_for(lambda: (u := d.client.request("GET", "/api/v1/usage")["models"][model])
+                         ["requests"] == 2 and u, message="both requests counted")
+        assert usage["errors"] == 0
         assert usage["tokens_out"] >= reply.usage.completion_tokens + len(pieces) - 1
         assert usage["tokens_per_second"] > 0  # from llama-server's own timings
 
