@@ -156,7 +156,7 @@ def git_rev() -> str:
 
 def report(results: dict) -> str:
     m = results["machine"]
-    s, c = results.get("startup"), results.get("cli")
+    s = results.get("startup")
     la = lambda t: " / ".join(f"{x:.2f}" for x in t)  # noqa: E731
     ran = [k for k in SECTIONS if results.get(k)]
     after = ", ".join(f"{la(results[k]['loadavg_after'])} after {k}" for k in ran)

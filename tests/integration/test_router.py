@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest

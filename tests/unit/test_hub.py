@@ -1,7 +1,6 @@
 import os
 import shutil
 from collections import namedtuple
-from pathlib import Path
 
 import pytest
 

@@ -92,18 +92,8 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
         d.shutdown.set()
         return {"stopping": True, "stopped_instances": stopped if req.stop_instances else []}
 
-    app.include_router(instances.router)
-    app.include_router(flags.router)
-    app.include_router(builds.router)
-    app.include_router(pulls_api.router)
-    app.include_router(models_api.router)
-    app.include_router(system_api.router)
-    app.include_router(openai_api.router)
-    app.include_router(presets_api.router)
-    app.include_router(keys.router)
-    app.include_router(conversations.router)
-    app.include_router(events.router)
-    app.include_router(metrics.router)
-    app.include_router(settings_api.router)
+    for part in (instances, flags, builds, pulls_api, models_api, system_api, openai_api,
+                 presets_api, keys, conversations, events, metrics, settings_api):
+        app.include_router(part.router)
     web.install(app)  # last: the UI's static files at /
     return app

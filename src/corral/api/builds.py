@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Literal
 
 from fastapi import APIRouter, Depends
@@ -11,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import Daemon, get_daemon
-from corral.builds.jobs import ACTIVE
+from corral.api.sse import job_stream
 from corral.builds.resolve import binary_version, resolve_binary
 from corral.store import builds as table
 
@@ -89,23 +88,4 @@ async def cancel_job(job_id: str, d: Daemon = Depends(get_daemon)) -> dict:
 @router.get("/jobs/{job_id}/events")
 async def job_events(job_id: str, d: Daemon = Depends(get_daemon)) -> StreamingResponse:
     """SSE: the job's view now, then every change until it ends, then its final view."""
-    job = d.builds.get(job_id)
-    queue = d.builds.events.subscribe()
-
-    async def stream():
-        try:
-            yield f"data: {json.dumps(job.view())}\n\n"
-            while job.state in ACTIVE:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=15)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if event.get("id") == job_id:
-                    yield f"data: {json.dumps(event)}\n\n"
-            yield f"data: {json.dumps(job.view())}\n\n"
-        finally:
-            d.builds.events.unsubscribe(queue)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return job_stream(d.builds.get(job_id), job_id, d.builds.events)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from corral.api.deps import Daemon, get_daemon
+from corral.api.sse import job_stream
 
 router = APIRouter(tags=["models"])
 
@@ -45,26 +45,7 @@ async def cancel_pull(pull_id: str, d: Daemon = Depends(get_daemon)) -> dict:
 @router.get("/api/v1/pulls/{pull_id}/events")
 async def pull_events(pull_id: str, d: Daemon = Depends(get_daemon)) -> StreamingResponse:
     """SSE: the job's state now, then every progress update until it ends."""
-    job = d.pulls.get(pull_id)
-    queue = d.pulls.subscribe()
-
-    async def stream():
-        try:
-            yield f"data: {json.dumps(job.view())}\n\n"
-            while job.state in ("queued", "running"):
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=15)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if event.get("id") == pull_id:
-                    yield f"data: {json.dumps(event)}\n\n"
-            yield f"data: {json.dumps(job.view())}\n\n"
-        finally:
-            d.pulls.unsubscribe(queue)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return job_stream(d.pulls.get(pull_id), pull_id, d.pulls.events)
 
 
 @router.get("/api/v1/hub/search")

@@ -40,7 +40,6 @@ from corral.supervisor.probe import http_health
 from corral.supervisor.process import UNKNOWN_EXIT, ProcessHandle, ProcessOps
 from corral.supervisor.states import (
     ACTIVE,
-    ALIVE,
     RESTART_POLICIES,
     RESTING,
     Event,
