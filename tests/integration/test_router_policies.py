@@ -385,3 +385,14 @@ def test_embeddings_through_the_openai_client(start_daemon, tmp_path):
     assert out.data[0].embedding != out.data[1].embedding
     usage = d.client.request("GET", "/api/v1/usage")["models"][model]
     assert usage["requests"] == 1 and usage["tokens_in"] > 0
+
+
+def test_a_name_cached_for_one_instance_follows_a_new_instance_of_that_name(start_daemon, tmp_path):
+    d = start_daemon()
+    first, other = import_models(d, tmp_path / "m", "cachedmodel", "othermodel")
+    prefix = first[:6]  # a unique prefix of the first model: resolved, then cached
+    assert chat(d, prefix) and chat(d, prefix)  # started on demand; then found ready, cached
+    assert d.cli("run", other, "--name", prefix).returncode == 0  # now an instance has that name
+    chat(d, prefix)
+    usage = d.client.request("GET", "/api/v1/usage")["instances"]
+    assert usage[prefix]["requests"] == 1  # a live instance's own name comes first
