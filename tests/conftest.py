@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -156,10 +158,10 @@ def daemon_env(corral_home: Path, fake_binary: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def daemon(daemon_env: dict[str, str]):
-    """A running daemon (subprocess) using the fake llama-server; everything killed after."""
-    d = DaemonProcess(daemon_env).start()
+@contextmanager
+def running_daemon(env: dict[str, str]) -> Iterator[DaemonProcess]:
+    """A started daemon; on exit it is stopped, and every instance it left too."""
+    d = DaemonProcess(env).start()
     try:
         yield d
     finally:
@@ -167,6 +169,13 @@ def daemon(daemon_env: dict[str, str]):
         from corral.supervisor.offline import stop_all_offline
 
         stop_all_offline(d.settings, timeout=1.0)
+
+
+@pytest.fixture
+def daemon(daemon_env: dict[str, str]):
+    """A running daemon (subprocess) using the fake llama-server; everything killed after."""
+    with running_daemon(daemon_env) as d:
+        yield d
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = ""):

@@ -26,6 +26,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self._live: _LiveCollector | None = None  # set by attach()
         self.requests = Counter("corral_requests", "Requests routed to an instance",
                                 ["model", "instance", "endpoint", "status"], registry=r)
         self.errors = Counter("corral_request_errors", "Routed requests answered with >= 400",
@@ -63,7 +64,7 @@ class Metrics:
 
     def refresh_gpus(self) -> None:
         """Re-detect GPU memory if the last reading is old (blocking: run it in a thread)."""
-        if getattr(self, "_live", None) is not None:
+        if self._live is not None:
             self._live.refresh_gpus()
 
     def render(self) -> bytes:

@@ -91,7 +91,6 @@ class Target:
     label: str  # the model label for metrics and usage
     preset: str | None = None
     model: str | None = None  # model id/path when no preset
-    model_path: str | None = None
 
 
 class Router:
@@ -183,8 +182,7 @@ class Router:
             raise NotFound(f"model {model!r} is not running, not a preset and not in the index "
                            "(GET /v1/models lists what can be used)") from None
         rec = self._live(lambda r: r.model == entry.path and r.preset is None)
-        return rec, Target(key=f"model:{entry.path}", label=entry.name, model=entry.id,
-                           model_path=entry.path)
+        return rec, Target(key=f"model:{entry.path}", label=entry.name, model=entry.id)
 
     async def instance_for(self, model: str):
         """(ready instance, label) for ``model``, started on demand (once per target)."""
@@ -249,7 +247,8 @@ class Router:
                                          model=target.model, origin="router")
             if spec.name is None:
                 spec.name = self._free_name(target.label)
-            await self._make_room(self._model_bytes(spec.model))
+            needed = self._model_bytes(spec.model) if self.settings.router_memory_budget else 0
+            await self._make_room(needed)
             rec = await self.supervisor.launch(spec)
             self._queue_alias[f"instance:{rec.name}"] = target.key
         self._publish("starting", rec.name, target.label)
@@ -302,8 +301,9 @@ class Router:
             while True:
                 live = self._router_live()
                 over_cap = cap > 0 and len(live) >= cap
-                held = sum(self._model_bytes(r.model) for r in live)
-                over_budget = budget > 0 and live and held + needed_bytes > budget
+                # a live instance's model is a resolved path already: stat it, no lookup
+                over_budget = budget > 0 and live and \
+                    sum(_file_bytes(r.model) for r in live) + needed_bytes > budget
                 if not over_cap and not over_budget:
                     return
                 victims = self.evictable()
@@ -479,6 +479,13 @@ class Router:
         if tps:
             u.tokens_per_second = tps
             tps_g.set(tps)
+
+
+def _file_bytes(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
 
 
 def usage_from(data: bytes) -> tuple[int, int, float | None] | None:

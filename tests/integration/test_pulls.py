@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, running_daemon, wait_for
 from tests.fakes.fake_hub import Fault, FakeHub
 
 REPO = "acme/tiny-GGUF"
@@ -54,14 +54,8 @@ def hub(tmp_path):
 def hub_daemon(daemon_env, hub):
     env = dict(daemon_env, CORRAL_HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1",
                HF_HOME=str(Path(daemon_env["CORRAL_HOME"]) / "hf"))
-    d = DaemonProcess(env).start()
-    try:
+    with running_daemon(env) as d:
         yield d
-    finally:
-        d.stop()
-        from corral.supervisor.offline import stop_all_offline
-
-        stop_all_offline(d.settings, timeout=1.0)
 
 
 def partial_of(d, hub, name: str) -> Path:

@@ -5,6 +5,7 @@ counters, /metrics and the event stream."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, running_daemon, wait_for
 
 
 def make_gguf(directory: Path, name: str, **fake) -> Path:
@@ -37,21 +38,13 @@ def make_gguf(directory: Path, name: str, **fake) -> Path:
 @pytest.fixture
 def start_daemon(daemon_env):
     """Start a daemon with extra settings; every one started is stopped after the test."""
-    started = []
+    with contextlib.ExitStack() as stack:
+        def start(**settings) -> DaemonProcess:
+            env = dict(daemon_env)
+            env.update({f"CORRAL_{k.upper()}": str(v) for k, v in settings.items()})
+            return stack.enter_context(running_daemon(env))
 
-    def start(**settings) -> DaemonProcess:
-        env = dict(daemon_env)
-        env.update({f"CORRAL_{k.upper()}": str(v) for k, v in settings.items()})
-        d = DaemonProcess(env).start()
-        started.append(d)
-        return d
-
-    yield start
-    from corral.supervisor.offline import stop_all_offline
-
-    for d in started:
-        d.stop()
-        stop_all_offline(d.settings, timeout=1.0)
+        yield start
 
 
 def import_models(d: DaemonProcess, directory: Path, *names: str, **fake) -> list[str]:

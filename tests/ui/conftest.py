@@ -12,13 +12,12 @@ import http.client
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from tests.conftest import FAST, REPO, DaemonProcess, free_port, free_port_range
+from tests.conftest import FAST, REPO, DaemonProcess, free_port, free_port_range, running_daemon
 from tests.fakes import make_fake_binary
 from tests.fakes.fake_hub import FakeHub
 
@@ -106,19 +105,6 @@ def daemon_environment(home: Path, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
-
-
-@contextmanager
-def running_daemon(env: dict[str, str]) -> Iterator[DaemonProcess]:
-    """A started daemon; on exit it is stopped, and every instance it left too."""
-    d = DaemonProcess(env).start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        from corral.supervisor.offline import stop_all_offline
-
-        stop_all_offline(d.settings, timeout=1.0)
 
 
 @pytest.fixture(scope="package")

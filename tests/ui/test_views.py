@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 from playwright.sync_api import expect
 
-from tests.conftest import wait_for
-from tests.ui.conftest import HUB_REPO, api, gguf_file, running_daemon, daemon_environment
+from tests.conftest import running_daemon, wait_for
+from tests.ui.conftest import HUB_REPO, api, daemon_environment, gguf_file
 
 XSS = "<img src=x onerror=alert(1)>"
 

@@ -112,11 +112,6 @@ def find(store: Store, model_id: str) -> ModelRecord | None:
     return _from_row(rows[0]) if rows else None
 
 
-def find_by_name(store: Store, name: str) -> ModelRecord | None:
-    rows = store.query("SELECT * FROM models WHERE name = ?", (name,))
-    return _from_row(rows[0]) if rows else None
-
-
 def list_all(store: Store) -> list[ModelRecord]:
     return [_from_row(r) for r in store.query("SELECT * FROM models ORDER BY name")]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -167,14 +166,3 @@ class ProcessOps:
                     return False
                 raise
         return True
-
-
-def kill_group_now(pid: int, create_time: float | None) -> bool:
-    """SIGKILL a group whose leader is ``pid`` if it is still the same process."""
-    if not same_process(pid, create_time):
-        return False
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    return True

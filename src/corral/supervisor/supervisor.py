@@ -174,7 +174,6 @@ class Supervisor:
         self._launch_lock = asyncio.Lock()
         self._catalogs: dict[str, FlagCatalog] = {}
         self.events = Broadcaster()
-        self._closed = False
         self.generation = 0  # bumped when an instance is added or removed (router's cache)
 
     # -- queries ---------------------------------------------------------------
@@ -219,7 +218,6 @@ class Supervisor:
 
     async def close(self) -> None:
         """Stop supervising. Instances keep running; a later daemon re-adopts them."""
-        self._closed = True
         tasks = [rt.task for rt in self._rts.values() if rt.task and not rt.task.done()]
         for task in tasks:
             task.cancel()
