@@ -32,7 +32,8 @@ _BY_CODE = {
         errors.UsageError, errors.UnknownFlag, errors.FlagValueError, errors.OwnedFlag,
         errors.InvalidModelFile, errors.NotFound, errors.Conflict, errors.PortInUse,
         errors.BinaryError, errors.LaunchFailed, errors.DaemonUnavailable, errors.HubError,
-        errors.HubAuthError, errors.DownloadCorrupt, errors.Cancelled,
+        errors.HubAuthError, errors.DownloadCorrupt, errors.Cancelled, errors.TooLarge,
+        errors.Forbidden, errors.StoreError, errors.DiskFull,
     )
 }
 

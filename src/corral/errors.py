@@ -2,16 +2,20 @@
 
     CorralError                      500, exit 1
     ├── UsageError                   400, exit 2   bad input from the user
+    │   ├── TooLarge                 413           a request body over the cap
     │   ├── UnknownFlag              400           flag not in the build's catalog
     │   ├── FlagValueError           400           switch given a value / value missing
     │   ├── OwnedFlag                400           --model/--port are corral's to set
     │   └── InvalidModelFile         400           not a readable GGUF
+    ├── Forbidden                    403, exit 10  the key's scope may not do that
     ├── NotFound                     404, exit 3   instance, build, model unknown
     ├── Conflict                     409, exit 4   name or port taken, already running
     │   └── PortInUse                409
     ├── BinaryError                  424, exit 5   no llama-server, or it does not run
     ├── LaunchFailed                 502, exit 6   the process exited or timed out while loading
     ├── DaemonUnavailable            503, exit 7   the CLI could not reach or start the daemon
+    ├── StoreError                   503, exit 12  corral.db corrupt, unreadable, read-only, gone
+    │   └── DiskFull                 507, exit 11  no space left to write the store, a log, a file
     └── HubError                     502, exit 8   HuggingFace unreachable or refused
         ├── HubAuthError             403           gated or private repo without a usable token
         └── DownloadCorrupt          502           size or sha256 differs from what the Hub states
@@ -75,6 +79,21 @@ class InvalidModelFile(UsageError):
     code = "invalid_model"
 
 
+class TooLarge(UsageError):
+    """A request body larger than the endpoint accepts."""
+
+    status = 413
+    code = "too_large"
+
+
+class Forbidden(CorralError):
+    """The caller is known but may not do this (an inference key, an admin-stopped instance)."""
+
+    status = 403
+    code = "forbidden"
+    exit_code = 10
+
+
 class NotFound(CorralError):
     """The named instance, build or model does not exist."""
 
@@ -119,6 +138,22 @@ class DaemonUnavailable(CorralError):
     status = 503
     code = "daemon_unavailable"
     exit_code = 7
+
+
+class StoreError(CorralError):
+    """The store cannot be used: corral.db is corrupt, unreadable, read-only or was deleted."""
+
+    status = 503
+    code = "store_unavailable"
+    exit_code = 12
+
+
+class DiskFull(StoreError):
+    """No space left on the device holding CORRAL_HOME (the write was not made)."""
+
+    status = 507
+    code = "disk_full"
+    exit_code = 11
 
 
 class HubError(CorralError):
