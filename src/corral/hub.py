@@ -36,8 +36,8 @@ from corral.gguf import quant_from_filename
 DEFAULT_QUANT = "Q4_K_M"
 MAX_RETRY_AFTER = 300.0  # longer waits fail the pull with the Hub's figure instead
 DEFAULT_ENDPOINT = "https://huggingface.co"
-SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
-REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf\Z", re.IGNORECASE)
+REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # .fullmatch
 HOSTS = ("hf.co", "huggingface.co", "www.huggingface.co")
 
 
@@ -99,7 +99,7 @@ def parse_ref(text: str) -> ModelRef:
 
 
 def _checked(ref: ModelRef, text: str) -> ModelRef:
-    if not REPO_RE.match(ref.repo):
+    if not REPO_RE.fullmatch(ref.repo):
         raise UsageError(f"{text!r}: {ref.repo!r} is not a valid repo id")
     if ref.filename and (".." in ref.filename.split("/") or ref.filename.startswith("/")):
         raise UsageError(f"{text!r}: file paths may not leave the repo")

@@ -55,8 +55,8 @@ __all__ = [
     "split_info",
 ]
 
-SPLIT_RE = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
-_HF_REPO_DIR = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>.+)$")
+SPLIT_RE = re.compile(r"(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
+_HF_REPO_DIR = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>.+)")
 _NAME_BAD = re.compile(r"[^a-z0-9._-]+")
 NAME_MAX = 64
 
@@ -66,7 +66,7 @@ NAME_MAX = 64
 
 def split_info(filename: str) -> tuple[str, int, int] | None:
     """``("X", 2, 3)`` for ``X-00002-of-00003.gguf``; None for an unsplit name."""
-    m = SPLIT_RE.match(filename)
+    m = SPLIT_RE.fullmatch(filename)
     if not m:
         return None
     index, count = int(m.group("index")), int(m.group("count"))
@@ -203,7 +203,7 @@ def hf_cache_info(path: str) -> tuple[str, str, str] | None:
     """
     parts = Path(path).parts
     for i in range(len(parts) - 3):
-        m = _HF_REPO_DIR.match(parts[i])
+        m = _HF_REPO_DIR.fullmatch(parts[i])
         if m and parts[i + 1] == "snapshots":
             repo = f"{m.group('org')}/{m.group('name')}"
             return repo, parts[i + 2], "/".join(parts[i + 3:])

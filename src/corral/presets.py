@@ -52,6 +52,7 @@ from typing import Callable, Iterable
 import yaml
 
 from corral.builds.catalog import Flag, FlagCatalog
+from corral.builds.resolve import check_build_id
 from corral.errors import Conflict, CorralError, NotFound, OwnedFlag, UsageError
 from corral.store import builds as builds_table
 from corral.store import instances as instances_table
@@ -66,10 +67,10 @@ __all__ = [
 
 #: Name of the row holding the defaults applied to every launch.
 DEFAULTS = "*"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always .fullmatch
 #: Aliases are what OpenAI clients send as ``model``: no blanks, commas (llama.cpp's
 #: alias list separator) or control characters.
-ALIAS_RE = re.compile(r"^[^\s,\x00-\x1f\x7f]{1,128}$")
+ALIAS_RE = re.compile(r"[^\s,\x00-\x1f\x7f]{1,128}")  # always .fullmatch
 MAX_FLAGS = 512
 MAX_TOKEN = 4096
 MAX_ENV = 64
@@ -112,7 +113,7 @@ def validate(preset: Preset, catalog: FlagCatalog | None = None) -> Preset:
     mean"); without one only their shape is.
     """
     name = preset.name
-    if not isinstance(name, str) or not (name == DEFAULTS or NAME_RE.match(name)):
+    if not isinstance(name, str) or not (name == DEFAULTS or NAME_RE.fullmatch(name)):
         raise UsageError(f"invalid preset name {name!r}: use letters, digits, '.', '_' or '-' "
                          f"(max 64), or '*' for the defaults")
     try:
@@ -158,9 +159,7 @@ def _model(value) -> str | None:
 def _build(value) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"build must be a build id (corral builds ls), got {value!r}")
-    return value
+    return check_build_id(value)
 
 
 def _tokens(value) -> list[str]:
@@ -219,7 +218,7 @@ def _aliases(value) -> list[str]:
         raise UsageError(f"too many aliases ({len(value)} > {MAX_ALIASES})")
     out: list[str] = []
     for alias in value:
-        if not isinstance(alias, str) or not ALIAS_RE.match(alias) or alias == DEFAULTS:
+        if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias == DEFAULTS:
             raise UsageError(f"invalid alias {alias!r}: 1-128 characters, no spaces or commas, "
                              f"not '*'")
         if alias not in out:
@@ -511,10 +510,10 @@ def _from_mapping(name: str, data) -> Preset:
 
 # -- INI (llama-server --models-preset) ------------------------------------------------
 
-_BLANK_RE = re.compile(r"^[ \t]*$")
+_BLANK_RE = re.compile(r"[ \t]*")
 _COMMENT_RE = re.compile(r"^[ \t]*[;#]")
-_SECTION_RE = re.compile(r"^[ \t]*\[[ \t]*([^\]]+?)[ \t]*\][ \t]*(?:[;#].*)?$")
-_KV_RE = re.compile(r"^[ \t]*([A-Za-z_][A-Za-z0-9_.-]*)[ \t]*=[ \t]*([^;#]*?)[ \t]*(?:[;#].*)?$")
+_SECTION_RE = re.compile(r"[ \t]*\[[ \t]*([^\]]+?)[ \t]*\][ \t]*(?:[;#].*)?")
+_KV_RE = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_.-]*)[ \t]*=[ \t]*([^;#]*?)[ \t]*(?:[;#].*)?")
 _TRUTHY = ("on", "enabled", "true", "1")
 _FALSEY = ("off", "disabled", "false", "0")
 #: Router options llama.cpp reads from preset files only (``common_params_add_preset_options``).
@@ -543,7 +542,7 @@ def from_ini(text: str, catalog: FlagCatalog) -> tuple[list[Preset], list[str]]:
         used[name] = header_line
         preset = Preset(name=name)
         if name != section:
-            keep = bool(ALIAS_RE.match(section))
+            keep = bool(ALIAS_RE.fullmatch(section))
             preset.aliases = [section] if keep else []
             warnings.append(f"[{section}] imported as preset {name!r}"
                             + (f" answering to {section!r}" if keep else ""))
@@ -561,9 +560,9 @@ def _ini_sections(text: str) -> dict[str, tuple[int, list[tuple[int, str, str]]]
     sections: dict[str, tuple[int, list]] = {}
     current = None
     for lineno, line in enumerate(re.split(r"\r\n|\n|\r", text), start=1):
-        if _BLANK_RE.match(line) or _COMMENT_RE.match(line):
+        if _BLANK_RE.fullmatch(line) or _COMMENT_RE.match(line):
             continue
-        header = _SECTION_RE.match(line)
+        header = _SECTION_RE.fullmatch(line)
         if header:
             current = header.group(1)
             if current in sections:
@@ -571,7 +570,7 @@ def _ini_sections(text: str) -> dict[str, tuple[int, list[tuple[int, str, str]]]
                                  f"(first on line {sections[current][0]})")
             sections[current] = (lineno, [])
             continue
-        kv = _KV_RE.match(line)
+        kv = _KV_RE.fullmatch(line)
         if not kv:
             raise UsageError(f"INI line {lineno}: expected [section], key = value or a "
                              f"comment, got {line.strip()[:60]!r}")
@@ -586,10 +585,10 @@ def _ini_sections(text: str) -> dict[str, tuple[int, list[tuple[int, str, str]]]
 
 def _ini_name(section: str, lineno: int) -> str:
     """The corral name for a section: itself when valid, else a cleaned-up spelling."""
-    if section == DEFAULTS or NAME_RE.match(section):
+    if section == DEFAULTS or NAME_RE.fullmatch(section):
         return section
     clean = re.sub(r"[^A-Za-z0-9._-]+", "-", section).strip("-._")[:64]
-    if not NAME_RE.match(clean):
+    if not NAME_RE.fullmatch(clean):
         raise UsageError(f"INI line {lineno}: section [{section}] gives no usable preset name")
     return clean
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import Daemon, get_daemon
 from corral.api.sse import job_stream
-from corral.builds.resolve import binary_version, resolve_binary
+from corral.builds.resolve import MAX_BUILD_ID, binary_version, resolve_binary
 from corral.store import builds as table
 
 router = APIRouter(prefix="/api/v1/builds", tags=["builds"])
@@ -40,7 +40,7 @@ async def add_build(req: AddBuild, d: Daemon = Depends(get_daemon)) -> dict:
 
 
 @router.post("/{build_id}/default")
-async def use_build(build_id: int, d: Daemon = Depends(get_daemon)) -> dict:
+async def use_build(build_id: int = Path(ge=1, le=MAX_BUILD_ID), d: Daemon = Depends(get_daemon)) -> dict:
     table.set_default(d.store, build_id)
     return table.get(d.store, build_id).to_dict()
 

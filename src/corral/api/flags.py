@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from corral.api.deps import Daemon, get_daemon
+from corral.builds.resolve import MAX_BUILD_ID
 
 router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
 
 
 @router.get("")
-async def flags(q: str | None = None, build: int | None = None,
+async def flags(q: str | None = Query(None, max_length=200),
+                build: int | None = Query(None, ge=1, le=MAX_BUILD_ID),
                 d: Daemon = Depends(get_daemon)) -> dict:
     """Flags of the default binary or of a registered build (never an arbitrary path:
     a GET must not make the daemon execute a file the caller names)."""

@@ -17,6 +17,7 @@ from corral import models
 from corral import presets as lib
 from corral.api.deps import Daemon, get_daemon
 from corral.builds.catalog import FlagCatalog
+from corral.builds.resolve import MAX_BUILD_ID
 from corral.errors import BinaryError, NotFound, UsageError
 
 router = APIRouter(prefix="/api/v1/presets", tags=["presets"])
@@ -31,7 +32,8 @@ class PresetBody(BaseModel):
 
     model: str | None = Field(default=None, min_length=1, max_length=lib.MAX_MODEL,
                               description="model of the index (id, name, alias) or GGUF path")
-    build: int | None = Field(default=None, ge=1, description="registered build id")
+    build: int | None = Field(default=None, ge=1, le=MAX_BUILD_ID,
+                              description="registered build id")
     flags: list[str] = Field(default_factory=list, max_length=lib.MAX_FLAGS,
                              examples=[["-c", "8192", "-ngl", "99"]])
     env: dict[str, str] = Field(default_factory=dict, max_length=lib.MAX_ENV,

@@ -58,7 +58,7 @@ RUN_TIMEOUT = 30.0
 #: Bump when parsing changes, so catalogs cached by an older corral are parsed again.
 CACHE_FORMAT = 1
 
-_SECTION_RE = re.compile(r"^-{3,} (.+?) -{3,}\s*$")
+_SECTION_RE = re.compile(r"-{3,} (.+?) -{3,}\s*")
 _NAME_RE = re.compile(r"--?[A-Za-z0-9][\w-]*")
 _NAME_SEP_RE = re.compile(r",\s*(?=-)")
 _ENV_RE = re.compile(r"\(env: ([A-Za-z0-9_]+)\)")
@@ -269,6 +269,12 @@ class FlagCatalog:
         out: list[tuple[str, str | None]] = []
         i = 0
         prev_switch: str | None = None
+        for token in tokens:
+            # A NUL cannot cross execve (Popen raises ValueError): refuse it here, before
+            # anything is recorded, rather than at spawn.
+            if not isinstance(token, str) or "\0" in token:
+                raise FlagValueError(f"flag arguments must be text without NUL bytes, "
+                                     f"got {str(token)[:40]!r}")
         while i < len(tokens):
             token = tokens[i]
             if not _is_flag_token(token):
@@ -359,7 +365,7 @@ def _entries(help_text: str) -> Iterable[tuple[str, str, list[str]]]:
     section = "common"  # flags printed before any header (none today) count as common
     current: tuple[str, str, list[str]] | None = None
     for line in help_text.splitlines():
-        header = _SECTION_RE.match(line)
+        header = _SECTION_RE.fullmatch(line)
         starts_flag = not header and line.startswith("-") and _NAME_RE.match(line)
         if current and (header or starts_flag or (line.strip() and not line[0].isspace())):
             yield current  # a header, a new flag or stray text at column 0 ends the entry

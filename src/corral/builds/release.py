@@ -43,7 +43,7 @@ import httpx
 
 from corral.builds.archive import find_server, safe_extract, swap_into_place
 from corral.builds.resolve import binary_env, binary_version
-from corral.errors import BinaryError, Conflict, CorralError, NotFound
+from corral.errors import BinaryError, Conflict, CorralError, NotFound, UsageError
 
 __all__ = [
     "InstalledBuild",
@@ -145,13 +145,13 @@ def normalise_arch(arch: str) -> str:
 
 
 _ASSET_RE = re.compile(
-    r"^llama-(?P<tag>[^-]+)-bin-(?P<os>ubuntu|linux|macos|win)-(?P<rest>.+?)\.(?P<ext>zip|tar\.gz|tgz|tar\.xz)$"
+    r"llama-(?P<tag>[^-]+)-bin-(?P<os>ubuntu|linux|macos|win)-(?P<rest>.+?)\.(?P<ext>zip|tar\.gz|tgz|tar\.xz)"
 )
 
 
 def parse_asset_name(name: str) -> dict | None:
     """{"os", "arch", "backend", "variant", "ext"} for a llama.cpp binary asset, else None."""
-    m = _ASSET_RE.match(name)
+    m = _ASSET_RE.fullmatch(name)
     if not m:
         return None
     parts = m["rest"].split("-")
@@ -243,11 +243,17 @@ def list_releases(url: str, timeout: float = 30, *, client: httpx.Client | None 
     return [r for r in data if isinstance(r, dict) and not r.get("draft")]
 
 
+#: A release tag as asked for by the user (``b6000``, ``6000``): one URL path segment.
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")  # always .fullmatch
+
+
 def get_release(url: str, version: str | None = None, timeout: float = 30, *,
                 client: httpx.Client | None = None) -> dict:
     """The newest release, or the one tagged ``version`` (e.g. "b6000"; "6000" works too)."""
     base = url.rstrip("/")
     if version:
+        if not VERSION_RE.fullmatch(version):
+            raise UsageError(f"{version[:60]!r} is not a release tag (like b6000)")
         tag = version if not version.isdigit() else f"b{version}"
         rel = _get_json(f"{base}/tags/{tag}", timeout, client, f"release {tag}")
     else:

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import BinaryError, NotFound
+from corral.errors import BinaryError, NotFound, UsageError
 from corral.settings import Settings
 from corral.store import builds as builds_table
 from corral.store.db import Store
@@ -22,6 +22,20 @@ HOW_TO_GET_ONE = (
     "no llama-server found: run `corral update` (or `corral setup`), or pass --binary PATH, "
     "set CORRAL_LLAMA_SERVER, or register one with `corral builds add PATH`"
 )
+
+
+#: Build ids are SQLite INTEGER primary keys: 1 .. 2**63-1. Anything outside is not an
+#: id at all (400), not an unknown one (404); SQLite would raise OverflowError on it.
+MAX_BUILD_ID = 2**63 - 1
+
+
+def check_build_id(build_id: object) -> int:
+    """``build_id`` as a valid id; UsageError for a non-integer or one out of range."""
+    if isinstance(build_id, bool) or not isinstance(build_id, int) \
+            or not 1 <= build_id <= MAX_BUILD_ID:
+        raise UsageError(f"build must be a build id from 1 to {MAX_BUILD_ID} "
+                         f"(corral builds ls), got {str(build_id)[:40]}")
+    return build_id
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ def resolve_binary(settings: Settings, store: Store | None, binary: str | None =
     if binary:
         return _checked(binary, "argument")
     if build_id is not None:
+        check_build_id(build_id)
         if store is None:
             raise NotFound(f"no build with id {build_id}")
         rec = builds_table.get(store, build_id)

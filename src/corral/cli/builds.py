@@ -71,8 +71,10 @@ def ls(as_json: bool) -> None:
 @click.argument("build_id", type=int)
 def use(build_id: int) -> None:
     """Make a registered build the default."""
+    from corral.builds.resolve import check_build_id
     from corral.store import builds as table_
 
+    check_build_id(build_id)
     _, store = _store()
     try:
         table_.set_default(store, build_id)
@@ -88,10 +90,12 @@ def rm(build_id: int) -> None:
     import shutil
     from pathlib import Path
 
+    from corral.builds.resolve import check_build_id
     from corral.errors import Conflict
     from corral.store import builds as table_
     from corral.store import instances as inst_table
 
+    check_build_id(build_id)
     s, store = _store()
     try:
         rec = table_.get(store, build_id)
