@@ -425,7 +425,29 @@ def _inside(path: str, root: Path) -> bool:
         return False
 
 
-def remove(store: Store, id_or_name: str, *, delete_files: bool, models_dir: Path) -> dict:
+def instances_using(store: Store, paths: list[str]) -> list[str]:
+    """Names of the instances that run, or are meant to run, with one of ``paths``.
+
+    An instance uses a file when it is its model or any argument of its command line
+    (``--mmproj``, ``--model-draft``, ``--lora``...), compared by real path. Only
+    running or desired-running instances count: a stopped one reads nothing.
+    """
+    from corral.store import instances as instances_table
+    from corral.supervisor.states import ACTIVE
+
+    wanted = {_real(p) for p in paths}
+    users = []
+    for inst in instances_table.list_all(store):
+        if inst.desired != "running" and inst.state not in ACTIVE:
+            continue
+        used = [inst.model, *(a for a in inst.argv if os.sep in a)]
+        if any(_real(p) in wanted for p in used):
+            users.append(inst.name)
+    return users
+
+
+def remove(store: Store, id_or_name: str, *, delete_files: bool, models_dir: Path,
+           force: bool = False) -> dict:
     """Forget a model; with ``delete_files``, delete its files if corral downloaded them.
 
     ``id_or_name`` must name the model exactly (id, name or alias; case aside): no
@@ -433,8 +455,11 @@ def remove(store: Store, id_or_name: str, *, delete_files: bool, models_dir: Pat
 
     Files are deleted only for ``owned`` models, only inside ``models_dir`` (an owned path
     outside it is refused with a :class:`UsageError` before anything changes), and never
-    while another model still references them. Returns ``{"model": view,
-    "deleted": [paths], "kept": [paths]}``.
+    while another model still references them. Deleting files a running (or
+    desired-running) instance uses is a :class:`Conflict` naming the instances unless
+    ``force``; forgetting the model with its files kept is always allowed (nothing the
+    process reads goes away). Returns ``{"model": view, "deleted": [paths], "kept":
+    [paths]}``.
     """
     rec = resolve(store, id_or_name, prefix=False)
     paths = rec.paths + ([rec.mmproj] if rec.mmproj else [])
@@ -447,6 +472,11 @@ def remove(store: Store, id_or_name: str, *, delete_files: bool, models_dir: Pat
             raise UsageError(
                 f"refusing to delete {outside[0]}: it is outside the models directory {root}"
                 " (remove the model with its files kept)")
+        users = [] if force else instances_using(store, paths)
+        if users:
+            raise Conflict(
+                f"the files of model {rec.name} are used by instance(s) {', '.join(users)}: "
+                "stop them first, keep the files, or force the removal")
         others = set()
         for other in table.list_all(store):
             if other.id != rec.id:

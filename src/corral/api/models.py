@@ -40,8 +40,11 @@ async def get_model(model_id: str, d: Daemon = Depends(get_daemon)) -> dict:
 
 
 @router.delete("/{model_id:path}")
-async def delete_model(model_id: str, keep_files: bool = False,
+async def delete_model(model_id: str, keep_files: bool = False, force: bool = False,
                        d: Daemon = Depends(get_daemon)) -> dict:
-    """Forget a model; files corral downloaded are deleted unless ``?keep_files=true``."""
+    """Forget a model; files corral downloaded are deleted unless ``?keep_files=true``.
+
+    Deleting files a running (or desired-running) instance uses is a 409 naming the
+    instances, unless ``?force=true``."""
     return await asyncio.to_thread(lib.remove, d.store, model_id, delete_files=not keep_files,
-                                   models_dir=d.settings.models_dir)
+                                   models_dir=d.settings.models_dir, force=force)

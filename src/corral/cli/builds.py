@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from corral.cli.common import print_json, settings, table
+from corral.cli.terminal import printable
 
 
 @click.group()
@@ -64,6 +65,7 @@ def ls(as_json: bool) -> None:
         return
     rows = [[r.id, "*" if r.is_default else "", r.build or "-", r.backend,
              (r.version or "?").splitlines()[0], r.path] for r in recs]
+    rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
     click.echo(table(rows, ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "PATH"]))
 
 

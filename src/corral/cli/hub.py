@@ -9,6 +9,7 @@ import time
 import click
 
 from corral.cli.common import print_json, settings, table
+from corral.cli.terminal import printable
 
 
 def human(n: float | None) -> str:
@@ -120,6 +121,7 @@ def search(text: str, limit: int, as_json: bool) -> None:
         return
     rows = [[m["id"], m.get("downloads") or 0, m.get("likes") or 0, (m.get("updated") or "")[:10]]
             for m in found]
+    rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
     click.echo(table(rows, ["REPO", "DOWNLOADS", "LIKES", "UPDATED"]) if rows else "no GGUF repos found")
 
 
@@ -137,6 +139,7 @@ def quants(repo: str, as_json: bool) -> None:
         print_json([g.to_dict() for g in groups])
         return
     rows = [[g.quant, human(g.total_size), len(g.files), g.files[0].path] for g in groups]
+    rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
     click.echo(table(rows, ["QUANT", "SIZE", "PARTS", "FILE"]) if rows else f"{ref.repo} has no GGUF files")
 
 

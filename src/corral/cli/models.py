@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from corral.cli.common import print_json, settings, table
+from corral.cli.terminal import printable
 
 
 def _store():
@@ -61,8 +62,9 @@ def ls(as_json: bool) -> None:
     if not views:
         click.echo("no models (corral import PATH, or corral pull REPO)", err=True)
         return
-    rows = [[v["name"], v["quantization"] or "-", _params(v), v["architecture"] or "-",
-             human_size(v["size"]), v["source"]] for v in views]
+    rows = [[printable(c) for c in (v["name"], v["quantization"] or "-", _params(v),
+                                    v["architecture"] or "-", human_size(v["size"]),
+                                    v["source"])] for v in views]
     click.echo(table(rows, ["NAME", "QUANT", "PARAMS", "ARCH", "SIZE", "SOURCE"]))
 
 
@@ -70,7 +72,11 @@ def ls(as_json: bool) -> None:
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(model: str, as_json: bool) -> None:
-    """Show a model's files and GGUF metadata."""
+    """Show a model's files and GGUF metadata.
+
+    Control characters in GGUF strings (a hostile file's terminal escapes) are shown
+    escaped (``\\x1b``); ``--json`` gives them JSON-escaped.
+    """
     from corral.models import model_view, resolve
 
     _, store = _store()
@@ -99,6 +105,7 @@ def show(model: str, as_json: bool) -> None:
         if key != "quantization":  # shown above, with the file-name fallback
             label = "general.name" if key == "name" else key
             lines.append((label, "-" if value is None else value))
+    lines = [(printable(k), printable(v)) for k, v in lines]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         click.echo(f"{key.ljust(width)}  {value}")
@@ -107,25 +114,33 @@ def show(model: str, as_json: bool) -> None:
 @click.command("rm")
 @click.argument("models", nargs=-1, required=True)
 @click.option("--keep-files", is_flag=True, help="Forget the model but keep downloaded files.")
-def rm(models: tuple[str, ...], keep_files: bool) -> None:
+@click.option("--force", is_flag=True,
+              help="Delete the files even while a running instance uses them.")
+def rm(models: tuple[str, ...], keep_files: bool, force: bool) -> None:
     """Remove models from the index.
 
     Files corral downloaded are deleted too (unless --keep-files); files you imported
-    are never deleted.
+    are never deleted. Files a running (or restarting) instance uses are not deleted
+    unless --force: stop the instance first.
     """
+    from corral.errors import Conflict
     from corral.models import remove
 
     s, store = _store()
     try:
         for model in models:
-            result = remove(store, model, delete_files=not keep_files, models_dir=s.models_dir)
-            name = result["model"]["name"]
+            try:
+                result = remove(store, model, delete_files=not keep_files,
+                                models_dir=s.models_dir, force=force)
+            except Conflict as exc:
+                raise Conflict(f"{exc.message} (--keep-files or --force)") from None
+            name = printable(result["model"]["name"])
             if result["deleted"]:
                 click.echo(f"removed {name}; deleted {len(result['deleted'])} file(s):")
                 for p in result["deleted"]:
-                    click.echo(f"  {p}")
+                    click.echo(f"  {printable(p)}")
                 for p in result["kept"]:
-                    click.echo(f"  kept {p} (used by another model)")
+                    click.echo(f"  kept {printable(p)} (used by another model)")
             else:
                 why = "imported files are never deleted" if not result["model"]["owned"] \
                     else "--keep-files" if keep_files else "still used by another model"
@@ -152,18 +167,19 @@ def import_(path: str, name: str | None, as_json: bool) -> None:
     finally:
         store.close()
     for problem in problems:
-        click.echo(f"skipped: {problem}", err=True)
+        click.echo(f"skipped: {printable(problem)}", err=True)
     if as_json:
         print_json([model_view(r) for r in recs])
         return
     if not recs:
-        click.echo(f"no GGUF models found in {path}", err=True)
+        click.echo(f"no GGUF models found in {printable(path)}", err=True)
         return
     for r in recs:
         v = model_view(r)
         extra = f", {len(r.files)} parts" if len(r.files) > 1 else ""
         extra += ", +mmproj" if r.mmproj else ""
-        click.echo(f"{r.name}  ({v['quantization'] or '?'}, {human_size(r.size)}{extra})  {r.path}")
+        click.echo(printable(f"{r.name}  ({v['quantization'] or '?'}, {human_size(r.size)}{extra})  "
+                             f"{r.path}"))
 
 
 COMMANDS = [ls, show, rm, import_]

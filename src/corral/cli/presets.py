@@ -13,6 +13,7 @@ from urllib.parse import quote
 import click
 
 from corral.cli.common import print_json, settings, table
+from corral.cli.terminal import printable
 from corral.cli.instances import env_pairs
 from corral.errors import UsageError
 
@@ -138,6 +139,7 @@ def ls(as_json: bool) -> None:
         return
     rows = [[p["name"], p["model"] or "-", _short(" ".join(p["flags"])) or "-",
              ",".join(p["aliases"]) or "-", _short(p["description"]) or "-"] for p in items]
+    rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
     click.echo(table(rows, ["NAME", "MODEL", "FLAGS", "ALIASES", "DESCRIPTION"]))
 
 
