@@ -20,7 +20,7 @@ from corral.supervisor.states import (
         (State.READY, Event.PROBE_FAILED, {}, State.UNHEALTHY),
         (State.UNHEALTHY, Event.PROBE_FAILED, {}, State.UNHEALTHY),
         (State.UNHEALTHY, Event.HEALTH_OK, {}, State.READY),
-        (State.UNHEALTHY, Event.HUNG, {}, State.STARTING),
+        (State.UNHEALTHY, Event.HUNG, {}, State.BACKOFF),
         (State.UNHEALTHY, Event.HUNG, {"give_up": True}, State.FAILED),
         (State.STARTING, Event.LOAD_TIMEOUT, {}, State.FAILED),
         (State.STARTING, Event.EXIT, {"give_up": True}, State.FAILED),
@@ -33,6 +33,17 @@ from corral.supervisor.states import (
         (State.STARTING, Event.STOP, {}, State.STOPPING),
         (State.STOPPING, Event.GONE, {}, State.STOPPED),
         (State.STOPPED, Event.STOP, {}, State.STOPPED),
+        (State.STOPPED, Event.SPAWN_FAILED, {}, State.FAILED),
+        (State.BACKOFF, Event.SPAWN_FAILED, {}, State.FAILED),
+        (State.READY, Event.ADOPT, {}, State.READY),
+        (State.STARTING, Event.ADOPT, {}, State.STARTING),
+        (State.BACKOFF, Event.ADOPT, {}, State.STARTING),
+        (State.STOPPED, Event.ADOPT, {}, State.STARTING),
+        (State.READY, Event.VANISHED, {"restart": True}, State.BACKOFF),
+        (State.BACKOFF, Event.VANISHED, {"restart": False}, State.EXITED),
+        (State.STOPPING, Event.VANISHED, {"restart": True}, State.BACKOFF),
+        (State.UNHEALTHY, Event.FAULT, {}, State.FAILED),
+        (State.BACKOFF, Event.FAULT, {}, State.FAILED),
     ],
 )
 def test_transitions(state, event, kwargs, expected):
@@ -48,6 +59,10 @@ def test_transitions(state, event, kwargs, expected):
         (State.STARTING, Event.BACKOFF_DONE),
         (State.READY, Event.HUNG),
         (State.STOPPED, Event.EXIT),
+        (State.READY, Event.SPAWN_FAILED),
+        (State.STOPPED, Event.VANISHED),
+        (State.EXITED, Event.FAULT),
+        (State.STOPPING, Event.HEALTH_OK),
     ],
 )
 def test_impossible_transitions_raise(state, event):

@@ -26,12 +26,11 @@ async def http_health(host: str, port: int, timeout: float, path: str = "/health
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         return None
     finally:
+        # Close without awaiting: an await here (it was wait_for(wait_closed(), 0.5)) could
+        # swallow this task's cancellation on Python 3.11, and a supervisor waiting on
+        # the probe then waited forever (issue 10). The transport closes on its own.
         if writer is not None:
             writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 0.5)
-            except (OSError, TimeoutError):
-                pass
     parts = status_line.split()
     if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
         return int(parts[1])

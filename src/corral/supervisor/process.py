@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from corral.redact import redact_argv
+
 #: Exit "code" of a process that ended while not our child (adopted): unknowable.
 UNKNOWN_EXIT = -1000
 
@@ -119,9 +121,13 @@ class ProcessOps:
     def spawn(self, argv: list[str], env: dict[str, str], log_path: Path) -> ProcessHandle:
         """Start ``argv`` (no shell) in a new session with output appended to ``log_path``."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab", buffering=0) as log:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "ab", buffering=0) as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"--- corral {stamp}: {' '.join(argv)}\n".encode())
+            try:  # the header shows no secret (--api-key K -> --api-key ***)
+                log.write(f"--- corral {stamp}: {' '.join(redact_argv(argv))}\n".encode())
+            except OSError:
+                pass  # a full disk must not keep the instance from starting
             popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -164,5 +170,10 @@ class ProcessOps:
             except OSError as exc:
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     return False
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    from corral.errors import UsageError
+
+                    raise UsageError(f"cannot use host {host!r}: it is not an address of "
+                                     "this machine (use 127.0.0.1, 0.0.0.0 or a local address)")
                 raise
         return True

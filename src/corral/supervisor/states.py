@@ -1,13 +1,24 @@
 """Instance states and the rules that move between them. Pure: stdlib only, no I/O.
 
+The supervisor's loops and commands only *produce* events; :func:`transition` decides
+the next state, and it is the only place that does (``Supervisor._apply`` is the one
+writer that calls it). An event that cannot happen in a state raises
+:class:`InvalidTransition`: a supervisor bug, surfaced loudly instead of written.
+
 ::
 
-    STOPPED/EXITED/FAILED --start--> STARTING --health ok--> READY <--health ok-- UNHEALTHY
-        STARTING --exit (first launch) / load timeout--> FAILED
-        READY --probe failed--> UNHEALTHY --too many failed probes (hung)--> STARTING (killed, respawned)
-        READY/UNHEALTHY/STARTING --exit--> BACKOFF (restart policy says so) --delay over--> STARTING
-                                      \\--> EXITED (policy says no) / FAILED (crash loop)
-        any live state --stop--> STOPPING --process gone--> STOPPED
+    STOPPED/EXITED/FAILED --start (spawned)--> STARTING --health ok--> READY <--health ok-- UNHEALTHY
+        STOPPED/EXITED/FAILED/BACKOFF --spawn failed (port taken, no binary)--> FAILED
+        STARTING --exit (never ready since launch) / load timeout (killed)--> FAILED
+        READY --probe failed--> UNHEALTHY --probe failed (below the limit)--> UNHEALTHY
+        UNHEALTHY --hung (limit reached, killed)--> BACKOFF (respawn at once) / FAILED (crash loop)
+        STARTING/READY/UNHEALTHY --exit--> BACKOFF (policy says restart) / EXITED / FAILED (crash loop)
+        BACKOFF --delay over (respawned)--> STARTING
+        any state --adopt (a live process found at daemon start)--> STARTING, or stays live
+        BACKOFF/STARTING/READY/UNHEALTHY/STOPPING --vanished (gone while no daemon watched)-->
+                                              BACKOFF (policy says restart) / EXITED
+        any live state --stop--> STOPPING --process gone--> STOPPED;  BACKOFF --stop--> STOPPED
+        any state but a resting one --fault (the supervisor itself failed; process killed)--> FAILED
 """
 
 from __future__ import annotations
@@ -27,15 +38,19 @@ class State(StrEnum):
 
 
 class Event(StrEnum):
-    START = "start"
+    START = "start"  # spawned from rest
+    SPAWN_FAILED = "spawn_failed"  # the process could not be started at all
     HEALTH_OK = "health_ok"
     PROBE_FAILED = "probe_failed"
     HUNG = "hung"  # probe failures reached the limit: killed, to be respawned
     EXIT = "exit"  # the process ended by itself
-    LOAD_TIMEOUT = "load_timeout"
-    BACKOFF_DONE = "backoff_done"
+    LOAD_TIMEOUT = "load_timeout"  # never ready within load_timeout: killed
+    BACKOFF_DONE = "backoff_done"  # the delay is over and the process was spawned again
     STOP = "stop"
     GONE = "gone"  # the process is gone after a stop
+    ADOPT = "adopt"  # a new daemon found the instance's process alive
+    VANISHED = "vanished"  # a new daemon found the process gone, and it should run
+    FAULT = "fault"  # the supervisor itself failed (a bug); the process was killed
 
 
 #: States in which a llama-server process exists.
@@ -68,6 +83,8 @@ def transition(state: State, event: Event, *, restart: bool = False, give_up: bo
             return state  # already at rest: stopping again is a no-op
     if event is Event.START and state in RESTING:
         return State.STARTING  # STOPPED/EXITED/FAILED -> STARTING
+    if event is Event.SPAWN_FAILED and (state in RESTING or state is State.BACKOFF):
+        return State.FAILED  # nothing runs: the user must fix the cause and start again
     if event is Event.GONE and state is State.STOPPING:
         return State.STOPPED  # STOPPING -> STOPPED
     if event is Event.HEALTH_OK and state in (State.STARTING, State.UNHEALTHY, State.READY):
@@ -75,7 +92,8 @@ def transition(state: State, event: Event, *, restart: bool = False, give_up: bo
     if event is Event.PROBE_FAILED and state in (State.READY, State.UNHEALTHY):
         return State.UNHEALTHY  # READY -> UNHEALTHY; stays UNHEALTHY below the limit
     if event is Event.HUNG and state is State.UNHEALTHY:
-        return State.FAILED if give_up else State.STARTING  # hung: respawned, or crash loop
+        # UNHEALTHY -> BACKOFF: killed, respawned without delay; or FAILED: crash loop
+        return State.FAILED if give_up else State.BACKOFF
     if event is Event.LOAD_TIMEOUT and state is State.STARTING:
         return State.FAILED  # STARTING -> FAILED: never became ready in time
     if event is Event.EXIT and state in (State.STARTING, State.READY, State.UNHEALTHY):
@@ -84,6 +102,14 @@ def transition(state: State, event: Event, *, restart: bool = False, give_up: bo
         return State.BACKOFF if restart else State.EXITED  # policy decides
     if event is Event.BACKOFF_DONE and state is State.BACKOFF:
         return State.STARTING  # BACKOFF -> STARTING
+    if event is Event.ADOPT:
+        if state in (State.STARTING, State.READY, State.UNHEALTHY):
+            return state  # keep watching from where it was (a loading one keeps loading)
+        return State.STARTING  # record lagged behind the process: probe it from the start
+    if event is Event.VANISHED and (state in ACTIVE):
+        return State.BACKOFF if restart else State.EXITED  # policy decides, as for an exit
+    if event is Event.FAULT and state not in RESTING:
+        return State.FAILED  # any working state -> FAILED: never leave it unwatched
     raise InvalidTransition(f"{event} is not valid in state {state}")
 
 

@@ -10,8 +10,10 @@ duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
+import sqlite3
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from corral.errors import (
     NotFound,
     OwnedFlag,
     PortInUse,
+    StoreError,
     UsageError,
 )
 from corral.events import Broadcaster
@@ -54,10 +57,18 @@ log = logging.getLogger("corral.supervisor")
 
 Probe = Callable[[str, int, float], Awaitable[int | None]]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch
 LOG_TAIL_LINES = 20
 #: How often a ready instance's process is checked for exit (cheap: waitpid/psutil).
 EXIT_CHECK_INTERVAL = 0.2
+#: Seconds a probe may overrun its own timeout before it counts as no answer.
+PROBE_GRACE = 1.0
+#: Seconds a cancelled supervision task gets to end before it is abandoned.
+TASK_CANCEL_GRACE = 2.0
+#: Seconds to wait for a process group after SIGKILL.
+KILL_WAIT = 5.0
+#: Seconds between retries of state writes the store refused (disk full).
+STORE_RETRY_INTERVAL = 1.0
 
 
 @dataclass
@@ -79,7 +90,7 @@ class LaunchSpec:
     aliases: list[str] = field(default_factory=list)  # more names /v1/* requests may use
 
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def check_env(env: dict) -> dict[str, str]:
@@ -88,7 +99,7 @@ def check_env(env: dict) -> dict[str, str]:
         raise UsageError("env must be a mapping of NAME to value")
     out = {}
     for key, value in env.items():
-        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
             raise UsageError(f"invalid environment variable name {key!r}")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise UsageError(f"environment variable {key} needs a string value")
@@ -110,6 +121,8 @@ class Runtime:
     ever_ready: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    epoch: int = 0  # bumped when a stop retires the supervision task (see Supervisor)
+    unsaved: dict = field(default_factory=dict)  # columns the store refused, retried
 
     @property
     def state(self) -> State:
@@ -122,6 +135,8 @@ def check_model_file(model: str) -> Path:
         path = Path(model).expanduser()
     except RuntimeError as exc:  # "~nosuchuser/..."
         raise InvalidModelFile(f"model path {model!r}: {exc}")
+    if "\0" in model:
+        raise InvalidModelFile("model path holds a NUL byte")
     try:
         found = path.is_file()
     except OSError as exc:  # e.g. a name too long for the filesystem
@@ -161,7 +176,29 @@ def derive_name(model: Path, taken: set[str]) -> str:
 
 
 class Supervisor:
-    """Owns every llama-server process of one CORRAL_HOME."""
+    """Owns every llama-server process of one CORRAL_HOME.
+
+    Three rules keep a stop from ever hanging (issue 10, "a stop can hang forever"):
+
+    - **One writer of state.** Loops and commands produce :class:`Event` values;
+      :meth:`_apply` runs :func:`transition` and persists the result. An impossible
+      event raises :class:`InvalidTransition`; nothing else assigns ``rec.state``.
+    - **Stale tasks cannot act.** Every supervision task runs under an *epoch* (a
+      context variable). A stop bumps the instance's epoch before it cancels the task,
+      so even a task that swallowed its cancellation can no longer write a state, spawn
+      or signal a process: it is abandoned, logged, and the stop goes on.
+    - **Every await under a lock is bounded.** Probes run as separate tasks the loops
+      wait on with a timeout (a probe that ignores cancellation cannot hold a loop);
+      cancelling the supervision task waits at most ``TASK_CANCEL_GRACE``; terminating
+      waits ``stop_timeout`` then SIGKILLs and waits ``KILL_WAIT``. A stop therefore ends
+      within ``stop_timeout + TASK_CANCEL_GRACE + KILL_WAIT`` whatever the task does,
+      and it runs in its own task, so a client that hangs up mid-stop does not leave the
+      instance half stopped.
+
+    The store is written after memory: when a write fails (disk full, store gone) the
+    in-memory record stays the truth, supervision goes on, and the write is retried
+    (``_flush_unsaved``) until it lands.
+    """
 
     def __init__(self, settings: Settings, store: Store, ops: ProcessOps | None = None,
                  probe: Probe = http_health, clock: Callable[[], float] = time.time) -> None:
@@ -175,6 +212,9 @@ class Supervisor:
         self._catalogs: dict[str, FlagCatalog] = {}
         self.events = Broadcaster()
         self.generation = 0  # bumped when an instance is added or removed (router's cache)
+        self._flusher: asyncio.Task | None = None
+        self._store_warned = False
+        self.abandoned: list[str] = []  # instances whose task ignored its cancellation (a bug)
 
     # -- queries ---------------------------------------------------------------
     def list(self) -> list[InstanceRecord]:
@@ -215,13 +255,22 @@ class Supervisor:
     async def start(self) -> None:
         """Load every persisted instance and re-adopt the ones still running."""
         await self.adopt_running()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="supervisor-flush")
 
     async def close(self) -> None:
         """Stop supervising. Instances keep running; a later daemon re-adopts them."""
         tasks = [rt.task for rt in self._rts.values() if rt.task and not rt.task.done()]
+        if self._flusher is not None:
+            tasks.append(self._flusher)
+        for rt in self._rts.values():
+            rt.epoch += 1  # whatever a task still does after this, it may not act
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=TASK_CANCEL_GRACE)
+            for task in pending:
+                log.error("task %s did not end after its cancellation; abandoned", task.get_name())
+        self._flush_unsaved()
 
     async def adopt_running(self) -> None:
         """Re-attach to instances a previous daemon started; restart vanished ones."""
@@ -229,29 +278,27 @@ class Supervisor:
             rt = Runtime(rec)
             self._rts[rec.name] = rt
             rt.ever_ready = rec.ready_at is not None
-            state = State(rec.state)
             handle = self.ops.adopt(rec.pid, rec.create_time, rec.argv) if rec.pid else None
             if rec.desired != "running":
-                if handle is not None:  # the old daemon died mid-stop: finish the stop
-                    rt.handle = handle
-                    await self._terminate(rt)
-                if state not in RESTING:
-                    self._set(rt, State.STOPPED, pid=None)
+                # The old daemon died mid-stop (or before writing STOPPED): finish the stop.
+                rt.handle = handle
+                await self._stop_process(rt)
                 continue
             if handle is not None:
                 rt.handle = handle
-                # Adopted: keep watching from where it was (a loading one keeps loading).
-                if state not in (State.STARTING, State.READY, State.UNHEALTHY):
-                    self._set(rt, State.STARTING)
+                self._apply(rt, Event.ADOPT)
                 log.info("adopted %s (pid %s, port %s)", rec.name, rec.pid, rec.port)
                 self._emit(rt, "adopted")
-                rt.task = asyncio.create_task(self._supervise(rt), name=f"supervise-{rec.name}")
-            elif state in ACTIVE:
-                # Vanished while no daemon watched it, and it should run: start it again.
-                self._set(rt, State.BACKOFF, pid=None, exit_code=None,
-                          last_error="process vanished while the daemon was down")
-                rt.task = asyncio.create_task(self._resume_vanished(rt),
-                                              name=f"supervise-{rec.name}")
+                self._run_task(rt, self._supervise(rt))
+            elif rt.state in ACTIVE:
+                # Gone while no daemon watched it: its restart policy decides, as for a
+                # crash we saw (the exit status is unknowable: it counts as a failure).
+                restart = should_restart(rec.restart_policy, UNKNOWN_EXIT)
+                self._apply(rt, Event.VANISHED, restart=restart, pid=None, create_time=None,
+                            exit_code=None, last_error="process vanished while the daemon was down"
+                            + ("" if restart else f"; restart policy {rec.restart_policy!r}"))
+                if restart:
+                    self._run_task(rt, self._resume_vanished(rt))
 
     # -- commands ----------------------------------------------------------------
     async def _prepare(self, spec: LaunchSpec):
@@ -265,6 +312,7 @@ class Supervisor:
         resolved = resolve_binary(self.settings, self.store, spec.binary, spec.build_id)
         catalog = await self.catalog(str(resolved.path))
         pairs = catalog.normalize(list(spec.flags))
+        _refuse_nul(pairs)
         host, pairs = self._split_owned(catalog, pairs)
         mm_flag = catalog.lookup("--mmproj")
         chosen = {f for f, _ in pairs}  # the user's own --mmproj / --no-mmproj wins
@@ -289,7 +337,8 @@ class Supervisor:
                 "version": catalog.version}
 
     async def launch(self, spec: LaunchSpec) -> InstanceRecord:
-        """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input."""
+        """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input,
+        and a launch that fails to spawn leaves no record behind."""
         model, resolved, catalog, host, pairs, env = await self._prepare(spec)
         async with self._launch_lock:
             name = self._choose_name(spec.name, model)
@@ -304,17 +353,20 @@ class Supervisor:
                 env=env, preset=spec.preset, origin=spec.origin, pinned=int(bool(spec.pinned)),
                 idle_ttl=spec.idle_ttl, aliases=list(spec.aliases),
             )
-            table.insert(self.store, rec)
+            table.insert(self.store, rec)  # a full disk refuses the launch here (507)
             rt = Runtime(rec)
             self._rts[name] = rt
             self.generation += 1
             try:
-                self._spawn(rt)
-            except (BinaryError, PortInUse):
-                del self._rts[name]
-                table.delete(self.store, name)
+                self._spawn(rt, Event.START)
+            except BaseException:
+                self._rts.pop(name, None)
+                try:
+                    table.delete(self.store, name)
+                except StoreError as exc:
+                    log.warning("could not remove the record of failed launch %s: %s", name, exc)
                 raise
-        rt.task = asyncio.create_task(self._supervise(rt), name=f"supervise-{name}")
+            self._run_task(rt, self._supervise(rt))
         return rec
 
     async def wait_ready(self, name: str, timeout: float | None = None) -> InstanceRecord:
@@ -336,18 +388,29 @@ class Supervisor:
                 raise LaunchFailed(
                     f"instance {name!r} is still {state.value} after {timeout:g} s; it keeps "
                     f"loading in the background (corral stop {name} to cancel)")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
+            # arrives as the inner wait completes (the bug class of issue 10).
             try:
-                await asyncio.wait_for(event.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await event.wait()
             except TimeoutError:
                 continue
 
     async def stop(self, name: str) -> InstanceRecord:
-        """SIGTERM the instance's group, SIGKILL after stop_timeout; it stays stopped."""
+        """SIGTERM the instance's group, SIGKILL after stop_timeout; it stays stopped.
+
+        Runs to the end in its own task even if the caller is cancelled (a client that
+        hangs up must not leave a half-stopped instance holding its lock).
+        """
         rt = self._rt(name)
-        async with rt.lock:
-            self._check_current(rt)
-            await self._stop_locked(rt)
-        return rt.rec
+
+        async def stop_it() -> InstanceRecord:
+            async with rt.lock:
+                self._check_current(rt)
+                await self._stop_locked(rt)
+            return rt.rec
+
+        return await _run_to_end(stop_it(), f"stop-{rt.rec.name}")
 
     def _check_current(self, rt: Runtime) -> None:
         """After waiting for ``rt.lock``: the instance may have been removed meanwhile."""
@@ -356,13 +419,16 @@ class Supervisor:
 
     async def _stop_locked(self, rt: Runtime) -> None:
         """Stop with ``rt.lock`` held: desired state first, so a daemon crash finishes it."""
-        table.update(self.store, rt.rec.name, desired="stopped")
-        rt.rec.desired = "stopped"
+        self._persist(rt, {"desired": "stopped"})
         await self._cancel_task(rt)
-        if rt.handle is not None and rt.handle.poll() is None:
-            self._set(rt, transition(rt.state, Event.STOP))
+        await self._stop_process(rt)
+
+    async def _stop_process(self, rt: Runtime) -> None:
+        """STOP, terminate what runs, GONE: the state ends STOPPED (or stays at rest)."""
+        if self._apply(rt, Event.STOP) is State.STOPPING:
             await self._terminate(rt)
-        self._set(rt, State.STOPPED, pid=None, create_time=None)
+            self._apply(rt, Event.GONE, pid=None, create_time=None)
+        rt.handle = None
 
     async def start_instance(self, name: str) -> InstanceRecord:
         """Start a stopped, exited or failed instance again with the same command line."""
@@ -372,12 +438,12 @@ class Supervisor:
             self._check_current(rt)
             if rt.state not in RESTING:
                 raise Conflict(f"instance {name!r} is already {rt.state.value}")
-            rt.rec.desired = "running"
-            table.update(self.store, name, desired="running")
+            self._persist(rt, {"desired": "running"})
             rt.crash_times.clear()
             rt.ever_ready = False
-            self._spawn(rt)
-            rt.task = asyncio.create_task(self._supervise(rt), name=f"supervise-{name}")
+            await self._cancel_task(rt)  # a task lingering after a crash loop ended
+            self._spawn(rt, Event.START)
+            self._run_task(rt, self._supervise(rt))
         return rt.rec
 
     async def restart(self, name: str) -> InstanceRecord:
@@ -385,20 +451,24 @@ class Supervisor:
         name = self._rt(name).rec.name
         await self.stop(name)
         rec = await self.start_instance(name)
-        rec.restarts += 1
-        table.update(self.store, name, restarts=rec.restarts)
+        self._persist(self._rt(name), {"restarts": rec.restarts + 1})
         return rec
 
     async def remove(self, name: str) -> None:
         """Stop the instance and forget it (its log file is kept)."""
         rt = self._rt(name)
-        async with rt.lock:  # stop and forget in one step: no start can slip in between
-            self._check_current(rt)
-            await self._stop_locked(rt)
-            table.delete(self.store, rt.rec.name)
-            self._rts.pop(rt.rec.name, None)
-            self.generation += 1
-        self._emit(rt, "removed")
+
+        async def remove_it() -> None:
+            async with rt.lock:  # stop and forget in one step: no start can slip in between
+                self._check_current(rt)
+                await self._stop_locked(rt)
+                table.delete(self.store, rt.rec.name)
+                self._rts.pop(rt.rec.name, None)
+                rt.unsaved.clear()
+                self.generation += 1
+            self._emit(rt, "removed")
+
+        await _run_to_end(remove_it(), f"remove-{rt.rec.name}")
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(name) for name in list(self._rts)))
@@ -408,7 +478,7 @@ class Supervisor:
         """A GGUF path as given, else a model of the index (id, name, alias, prefix)."""
         try:
             exists = Path(text).expanduser().exists()
-        except (RuntimeError, OSError):  # "~nosuchuser/...", a name too long...
+        except (RuntimeError, OSError, ValueError):  # "~nosuchuser/...", too long, NUL
             exists = False
         if exists or text.lower().endswith(".gguf") and ("/" in text or "\\" in text):
             return check_model_file(text), None
@@ -446,7 +516,7 @@ class Supervisor:
         taken = set(self._rts) | {r.name for r in table.list_all(self.store)}
         if wanted is None:
             return derive_name(model, taken)
-        if not NAME_RE.match(wanted):
+        if not NAME_RE.fullmatch(wanted):
             raise UsageError(
                 f"invalid instance name {wanted!r}: use letters, digits, '.', '_' or '-' (max 64)")
         if wanted in taken:
@@ -470,25 +540,42 @@ class Supervisor:
                 return port
         raise PortInUse(f"no free port left in the range {low}-{high}")
 
-    def _spawn(self, rt: Runtime) -> None:
-        """Start the process for ``rt`` and record it as STARTING."""
+    def _spawn(self, rt: Runtime, event: Event, **changes: Any) -> None:
+        """Start the process for ``rt``, then apply ``event`` (START or BACKOFF_DONE).
+
+        A process that cannot be started applies SPAWN_FAILED and raises.
+        """
+        self._check_epoch(rt)
         rec = rt.rec
         if not self.ops.port_free(rec.host, rec.port):
-            self._set(rt, State.FAILED, last_error=f"port {rec.port} is taken by another process")
+            self._apply(rt, Event.SPAWN_FAILED, last_error=f"port {rec.port} is taken by another process")
             raise PortInUse(f"port {rec.port} on {rec.host} is already in use by another process")
         binary = Path(rec.argv[0])
         try:
             env = binary_env(binary)
             env.update(rec.env or {})
-            rt.handle = self.ops.spawn(rec.argv, env, self.log_path(rec.name))
-        except OSError as exc:
-            self._set(rt, State.FAILED, last_error=f"cannot run {binary}: {exc.strerror}")
-            raise BinaryError(f"cannot run {binary}: {exc.strerror or exc}")
-        self._set(rt, State.STARTING, pid=rt.handle.pid, create_time=rt.handle.create_time,
-                  started_at=self.clock(), exit_code=None,
-                  ready_at=rt.rec.ready_at if rt.ever_ready else None)
+            handle = self.ops.spawn(rec.argv, env, self.log_path(rec.name))
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self._apply(rt, Event.SPAWN_FAILED, last_error=f"cannot run {binary}: {reason}")
+            raise BinaryError(f"cannot run {binary}: {reason}")
+        rt.handle = handle
+        self._apply(rt, event, pid=handle.pid, create_time=handle.create_time,
+                    started_at=self.clock(), exit_code=None,
+                    ready_at=rt.rec.ready_at if rt.ever_ready else None, **changes)
 
     # -- internals: the supervision loop -------------------------------------------
+    def _run_task(self, rt: Runtime, coro) -> None:
+        """Run ``coro`` as the instance's supervision task, under the instance's epoch."""
+        epoch = rt.epoch
+
+        async def under_epoch():
+            _EPOCH.set((id(rt), epoch))
+            await coro
+
+        rt.task = asyncio.create_task(under_epoch(), name=f"supervise-{rt.rec.name}")
+        rt.task.add_done_callback(_retrieve)
+
     async def _supervise(self, rt: Runtime) -> None:
         """Drive one instance until it rests (stopped, exited, failed) or we are closed."""
         try:
@@ -497,13 +584,12 @@ class Supervisor:
                     outcome = await self._await_ready(rt)
                     if outcome == "ready":
                         rt.ever_ready = True
-                        self._set(rt, transition(State.STARTING, Event.HEALTH_OK),
-                                  ready_at=self.clock(), last_error=None)
+                        self._apply(rt, Event.HEALTH_OK, ready_at=self.clock(), last_error=None)
                         continue
                     if outcome == "timeout":
                         await self._terminate(rt)
-                        self._set(rt, transition(State.STARTING, Event.LOAD_TIMEOUT), pid=None,
-                                  last_error=f"not ready after {self.settings.load_timeout:g} s")
+                        self._apply(rt, Event.LOAD_TIMEOUT, pid=None, create_time=None,
+                                    last_error=f"not ready after {self.settings.load_timeout:g} s")
                         return
                 elif rt.state in (State.READY, State.UNHEALTHY):
                     outcome = await self._monitor(rt)
@@ -516,14 +602,16 @@ class Supervisor:
                 # outcome == "exit"
                 if not await self._after_exit(rt):
                     return
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _StaleTask):
             raise
         except Exception as exc:  # a supervisor bug must not leave an unwatched process behind
             log.exception("supervising %s failed", rt.rec.name)
             try:
                 await self._terminate(rt)
             finally:
-                self._set(rt, State.FAILED, pid=None, last_error=f"supervisor error: {exc}")
+                if rt.state not in RESTING:
+                    self._apply(rt, Event.FAULT, pid=None, create_time=None,
+                                last_error=f"supervisor error: {exc}")
 
     async def _await_ready(self, rt: Runtime) -> str:
         """Poll /health fast until 200 ('ready'), the process exits ('exit') or time runs out."""
@@ -534,7 +622,9 @@ class Supervisor:
             elapsed = time.monotonic() - started
             if elapsed > self.settings.load_timeout:
                 return "timeout"
-            status = await self.probe(rt.rec.host, rt.rec.port, min(2.0, self.settings.probe_timeout))
+            status = await self._probe(rt, min(2.0, self.settings.probe_timeout))
+            if status == "exit":
+                return "exit"
             if status == 200:
                 return "ready"
             # A refused connect or a 503 costs the server next to nothing: poll every
@@ -561,31 +651,43 @@ class Supervisor:
             if now < next_probe:
                 await asyncio.sleep(min(EXIT_CHECK_INTERVAL, next_probe - now))
                 continue
-            status = await self._probe_watching_exit(rt)
+            status = await self._probe(rt, self.settings.probe_timeout)
             if status == "exit":
                 return "exit"
             next_probe = time.monotonic() + self.settings.probe_interval
             if status == 200:
                 failures = 0
                 if rt.state is State.UNHEALTHY:
-                    self._set(rt, transition(rt.state, Event.HEALTH_OK), last_error=None)
+                    self._apply(rt, Event.HEALTH_OK, last_error=None)
                 continue
             failures += 1
             reason = "no answer" if status is None else f"HTTP {status}"
-            self._set(rt, transition(rt.state, Event.PROBE_FAILED),
-                      last_error=f"health probe failed {failures}x ({reason})")
+            self._apply(rt, Event.PROBE_FAILED,
+                        last_error=f"health probe failed {failures}x ({reason})")
             if failures >= self.settings.probe_failures:
                 return "hung"
 
-    async def _probe_watching_exit(self, rt: Runtime) -> int | None | str:
-        """Run one probe, but notice a process exit while it is pending."""
-        task = asyncio.create_task(
-            self.probe(rt.rec.host, rt.rec.port, self.settings.probe_timeout))
+    async def _probe(self, rt: Runtime, timeout: float) -> int | None | str:
+        """One health probe, bounded whatever the probe does; 'exit' if the process ends.
+
+        The probe runs as its own task and this waits on it with a deadline: a probe
+        that hangs, or that swallows its cancellation, can neither hold this loop nor
+        keep the supervision task from being cancelled (``asyncio.wait`` raises
+        CancelledError in the waiter at once). A late probe is cancelled, not awaited.
+        """
+        task = asyncio.create_task(self.probe(rt.rec.host, rt.rec.port, timeout))
+        task.add_done_callback(_retrieve)
+        deadline = time.monotonic() + timeout + PROBE_GRACE
         try:
             while not task.done():
-                done, _ = await asyncio.wait({task}, timeout=EXIT_CHECK_INTERVAL)
-                if not done and rt.handle is not None and rt.handle.poll() is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None  # counts as no answer
+                await asyncio.wait({task}, timeout=min(EXIT_CHECK_INTERVAL, left))
+                if not task.done() and rt.handle is not None and rt.handle.poll() is not None:
                     return "exit"
+            if task.cancelled() or task.exception() is not None:
+                return None
             return task.result()
         finally:
             if not task.done():
@@ -597,12 +699,11 @@ class Supervisor:
         rt.crash_times = recent(rt.crash_times + [now], now, self.settings.crash_window)
         give_up = len(rt.crash_times) >= self.settings.crash_limit
         await self._terminate(rt)
-        msg = f"hung: {self.settings.probe_failures} health probes failed; restarted"
-        nxt = transition(State.UNHEALTHY, Event.HUNG, give_up=give_up)
+        msg = f"hung: {self.settings.probe_failures} health probes failed; "
+        nxt = self._apply(rt, Event.HUNG, give_up=give_up, pid=None, create_time=None,
+                          last_error=msg + ("crash limit reached" if give_up else "restarted"))
         if nxt is State.FAILED:
-            self._set(rt, nxt, pid=None, last_error=msg.replace("restarted", "crash limit reached"))
             return False
-        self._set(rt, State.BACKOFF, pid=None, last_error=msg)
         return await self._respawn_after(rt, 0.0)
 
     async def _after_exit(self, rt: Runtime) -> bool:
@@ -613,8 +714,8 @@ class Supervisor:
         reason = describe_exit(code) + (f": {last_line.strip()[:300]}" if last_line else "")
         if not rt.ever_ready:
             # Never became ready since the user launched it: fail fast, do not loop.
-            self._set(rt, transition(rt.state, Event.EXIT, give_up=True),
-                      pid=None, exit_code=code, last_error=reason)
+            self._apply(rt, Event.EXIT, give_up=True, pid=None, create_time=None,
+                        exit_code=code, last_error=reason)
             return False
         restart = should_restart(rt.rec.restart_policy, code)
         give_up = False
@@ -622,10 +723,10 @@ class Supervisor:
             now = self.clock()
             rt.crash_times = recent(rt.crash_times + [now], now, self.settings.crash_window)
             give_up = len(rt.crash_times) >= self.settings.crash_limit
-        nxt = transition(rt.state, Event.EXIT, restart=restart, give_up=give_up)
         if give_up:
             reason = f"crashed {len(rt.crash_times)} times in {self.settings.crash_window:g} s; last {reason}"
-        self._set(rt, nxt, pid=None, exit_code=code, last_error=reason)
+        nxt = self._apply(rt, Event.EXIT, restart=restart, give_up=give_up, pid=None,
+                          create_time=None, exit_code=code, last_error=reason)
         if nxt is not State.BACKOFF:
             return False
         delay = backoff_delay(len(rt.crash_times), self.settings.backoff_initial,
@@ -636,9 +737,8 @@ class Supervisor:
         """BACKOFF -> STARTING after ``delay``; True when spawned (the loop goes on)."""
         if delay > 0:
             await asyncio.sleep(delay)
-        self._set(rt, transition(State.BACKOFF, Event.BACKOFF_DONE), restarts=rt.rec.restarts + 1)
         try:
-            self._spawn(rt)
+            self._spawn(rt, Event.BACKOFF_DONE, restarts=rt.rec.restarts + 1)
         except (PortInUse, BinaryError) as exc:
             log.warning("restart of %s failed: %s", rt.rec.name, exc)
             return False
@@ -650,7 +750,11 @@ class Supervisor:
             await self._supervise(rt)
 
     async def _terminate(self, rt: Runtime) -> None:
-        """SIGTERM the group, wait stop_timeout, SIGKILL whatever is left, wait for it."""
+        """SIGTERM the group, wait stop_timeout, SIGKILL whatever is left, wait for it.
+
+        Bounded: at most ``stop_timeout + KILL_WAIT`` seconds.
+        """
+        self._check_epoch(rt)
         handle = rt.handle
         if handle is None:
             return
@@ -658,7 +762,9 @@ class Supervisor:
         if not await self._wait_gone(handle, self.settings.stop_timeout):
             log.warning("%s ignored SIGTERM for %g s: SIGKILL", rt.rec.name, self.settings.stop_timeout)
             handle.signal_group(signal.SIGKILL)
-            await self._wait_gone(handle, 5.0)
+            if not await self._wait_gone(handle, KILL_WAIT):
+                log.error("%s (pid %s) still there %g s after SIGKILL", rt.rec.name,
+                          handle.pid, KILL_WAIT)
         self._emit(rt, "terminated")
 
     @staticmethod
@@ -671,28 +777,122 @@ class Supervisor:
         return handle.poll() is not None and not handle.group_alive()
 
     async def _cancel_task(self, rt: Runtime) -> None:
+        """End the instance's supervision task, waiting at most TASK_CANCEL_GRACE.
+
+        The epoch moves first: from here on the old task can neither write a state nor
+        spawn or signal a process, so abandoning one that ignores its cancellation is safe.
+        """
         task, rt.task = rt.task, None
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        rt.epoch += 1
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=TASK_CANCEL_GRACE)
+        if not done:
+            log.error("the supervision task of %s ignored its cancellation for %g s: abandoned "
+                      "(it can no longer act on the instance)", rt.rec.name, TASK_CANCEL_GRACE)
+            self.abandoned.append(rt.rec.name)
 
     # -- internals: state and events ------------------------------------------------
-    def _set(self, rt: Runtime, state: State, **changes: Any) -> None:
-        """Persist a state change (and other columns) and wake whoever waits on it."""
-        changes["state"] = State(state).value
+    def _check_epoch(self, rt: Runtime) -> None:
+        """Refuse to act from a supervision task that a stop or close has retired."""
+        mine = _EPOCH.get()
+        if mine is not None and mine[0] == id(rt) and mine[1] != rt.epoch:
+            raise _StaleTask(rt.rec.name)
+
+    def _apply(self, rt: Runtime, event: Event, *, restart: bool = False,
+               give_up: bool = False, **changes: Any) -> State:
+        """The one writer of an instance's state: ``transition`` decides, this records.
+
+        Memory first (the truth while the daemon lives), then the store; the new state
+        wakes every waiter and is published. Raises InvalidTransition for an event that
+        cannot happen in the current state.
+        """
+        self._check_epoch(rt)
+        nxt = transition(rt.state, event, restart=restart, give_up=give_up)
+        changes["state"] = nxt.value
         for key, value in changes.items():
             setattr(rt.rec, key, value)
-        if rt.rec.name in self._rts or table.find(self.store, rt.rec.name) is not None:
-            table.update(self.store, rt.rec.name, **changes)
-        event, rt.changed = rt.changed, asyncio.Event()
-        event.set()
+        self._persist(rt, changes)
+        waiters, rt.changed = rt.changed, asyncio.Event()
+        waiters.set()
         self._emit(rt, "state")
+        return nxt
+
+    def _persist(self, rt: Runtime, changes: dict[str, Any]) -> None:
+        """Write ``changes`` (and anything not yet saved) to the store; on failure keep
+        them for :meth:`_flush_unsaved` and go on supervising."""
+        for key, value in changes.items():
+            setattr(rt.rec, key, value)
+        rt.unsaved.update(changes)
+        if self._rts.get(rt.rec.name) is not rt:
+            rt.unsaved.clear()  # removed meanwhile: nothing to write
+            return
+        self._write_unsaved(rt)
+
+    def _write_unsaved(self, rt: Runtime) -> bool:
+        if not rt.unsaved:
+            return True
+        try:
+            table.update(self.store, rt.rec.name, **rt.unsaved)
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            if not self._store_warned:
+                log.warning("cannot write instance state (%s); keeping it in memory and "
+                            "retrying", exc)
+                self._store_warned = True
+            return False
+        rt.unsaved.clear()
+        return True
+
+    def _flush_unsaved(self) -> None:
+        """Retry every write the store refused (a full disk, a store gone for a moment)."""
+        ok = all([self._write_unsaved(rt) for rt in list(self._rts.values())])
+        if ok and self._store_warned:
+            log.info("instance state written to the store again")
+            self._store_warned = False
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STORE_RETRY_INTERVAL)
+            if any(rt.unsaved for rt in self._rts.values()):
+                self._flush_unsaved()
 
     def _emit(self, rt: Runtime, kind: str) -> None:
         payload = {"type": kind, "instance": rt.rec.name, "state": rt.rec.state,
                    "pid": rt.rec.pid, "port": rt.rec.port, "restarts": rt.rec.restarts,
                    "time": self.clock()}
         self.events.publish(payload)
+
+
+class _StaleTask(Exception):
+    """Raised inside a supervision task that a stop retired: it must end, not act."""
+
+
+#: (id of the Runtime, epoch) of the supervision task running in this context.
+_EPOCH: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "corral_supervision_epoch", default=None)
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Done callback: read a finished task's exception so none goes unreported."""
+    if not task.cancelled():
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, _StaleTask):
+            log.error("task %s failed: %r", task.get_name(), exc)
+
+
+async def _run_to_end(coro, name: str):
+    """Run ``coro`` in its own task; a cancelled caller stops waiting, the work goes on."""
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _refuse_nul(pairs: list) -> None:
+    """A NUL byte cannot reach execve: refuse it as bad input before anything is stored."""
+    for flag, value in pairs:
+        if "\0" in flag or (value is not None and "\0" in value):
+            raise UsageError(f"the value of {flag} holds a NUL byte")
 
 
 # Re-exported for callers that think of it as the supervisor's view of an instance.
