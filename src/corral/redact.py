@@ -4,7 +4,8 @@ An instance launched with ``--api-key K`` keeps ``K`` in its record (the router 
 to call the instance), but nothing corral shows — ``ps``, ``GET /api/v1/instances``, the
 first line of the instance's log, events, the web UI — prints it: it becomes ``***``.
 ``--api-key-file`` and ``--ssl-key-file`` name files; their paths are not secret and
-their contents are never read for display.
+their contents are never read for display. Environment variables llama-server reads a
+secret from (``LLAMA_API_KEY``, ``HF_TOKEN``) are masked the same way in an instance's env.
 
 Stdlib only: imported by the supervisor, the store's views, the API and the CLI.
 """
@@ -15,6 +16,9 @@ from typing import Iterable
 
 #: Flags whose value is itself a secret (long and short spellings llama-server knows).
 SECRET_FLAGS = frozenset({"--api-key", "--hf-token", "-hft"})
+
+#: Environment variables whose value is a secret (llama-server's ``(env: ...)`` of those flags).
+SECRET_ENV = frozenset({"LLAMA_API_KEY", "HF_TOKEN"})
 
 MASK = "***"
 
@@ -60,3 +64,49 @@ def secret_value(pairs: Iterable[Iterable[str | None]], flag: str = "--api-key")
         if name == flag and value is not None:
             found = value
     return found
+
+
+def redact_env(env: dict[str, str] | None) -> dict[str, str]:
+    """``env`` with the value of every secret variable replaced by ``***``."""
+    return {k: MASK if k in SECRET_ENV and v else v for k, v in (env or {}).items()}
+
+
+def first_api_key(value: str) -> str | None:
+    """The first key of an ``--api-key`` value, split as llama-server splits it.
+
+    llama-server reads the value as one CSV row (``parse_csv_row`` in common/arg.cpp):
+    fields split on commas, a field that starts with ``"`` is quoted (``""`` is a quote,
+    commas inside are kept); empty fields are skipped; nothing is trimmed.
+    """
+    fields, field, quoted, i = [], [], False, 0
+    while i < len(value):
+        ch = value[i]
+        if ch == '"' and not quoted and not field:
+            quoted = True
+        elif ch == '"' and not quoted:
+            field.append(ch)  # a quote inside an unquoted field is literal
+        elif ch == '"':
+            if value[i + 1:i + 2] == '"':
+                field.append('"')
+                i += 1
+            else:
+                quoted = False
+        elif ch == "," and not quoted:
+            fields.append("".join(field))
+            field = []
+        else:
+            field.append(ch)
+        i += 1
+    fields.append("".join(field))
+    return next((f for f in fields if f), None)
+
+
+def first_key_line(text: str) -> str | None:
+    """The first key of an ``--api-key-file``'s text: llama-server takes every line that
+    is not empty and does not start with ``#`` (a line's ``\r`` stays part of it there;
+    here it is dropped, since it cannot go into a header)."""
+    for line in text.split("\n"):
+        line = line.rstrip("\r")
+        if line and not line.startswith("#"):
+            return line
+    return None

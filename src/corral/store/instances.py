@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from corral.errors import Conflict, NotFound
+from corral.redact import redact_argv, redact_env, redact_pairs
 from corral.store.db import Store
 
 FlagPairs = list[list]  # [[flag, value | None], ...] (JSON friendly)
@@ -121,7 +122,11 @@ def used_ports(store: Store) -> set[int]:
 
 
 def view(rec: InstanceRecord) -> dict:
-    """The public shape of an instance (API and ``ps --json``)."""
+    """The public shape of an instance (API and ``ps --json``).
+
+    Secrets in its flags and env (``--api-key K``, ``LLAMA_API_KEY``) show as ``***``;
+    the record keeps them, since the router calls the instance with its key.
+    """
     return {
         "name": rec.name,
         "state": rec.state,
@@ -134,8 +139,8 @@ def view(rec: InstanceRecord) -> dict:
         "build": rec.build_id,
         "version": rec.version,
         "binary": rec.binary,
-        "flags": [f if v is None else f"{f} {v}" for f, v in rec.flags],
-        "argv": rec.argv,
+        "flags": [f if v is None else f"{f} {v}" for f, v in redact_pairs(rec.flags)],
+        "argv": redact_argv(rec.argv),
         "restart_policy": rec.restart_policy,
         "restarts": rec.restarts,
         "exit_code": rec.exit_code,
@@ -143,7 +148,7 @@ def view(rec: InstanceRecord) -> dict:
         "started_at": rec.started_at,
         "ready_at": rec.ready_at,
         "created_at": rec.created_at,
-        "env": rec.env,
+        "env": redact_env(rec.env),
         "preset": rec.preset,
         "origin": rec.origin,
         "pinned": bool(rec.pinned),
