@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from corral.client import TOKEN_FILE
-from corral.errors import NotFound, UsageError
-from corral.store.db import Store, connect
+from corral.errors import NotFound, StoreError, UsageError
+from corral.store.db import Store, add_companion, connect, remove_companion
 
 PREFIX = "crl_"
 ID_PREFIX = "key_"
@@ -140,14 +140,30 @@ class KeyRing:
     """
 
     def __init__(self, db_path: Path, clock=time.time) -> None:
-        self._conn = connect(db_path)
-        # Never let a busy writer stall the event loop: a last-used stamp can wait.
-        self._conn.execute("PRAGMA busy_timeout=20")
+        self._path = db_path
+        self._conn: sqlite3.Connection | None = None
+        self._open()
+        # Closed by the Store when it rebuilds a deleted corral.db; reopened on next use.
+        add_companion(db_path, self._drop)
         self._clock = clock
         self._version: int | None = None
         self._checked = float("-inf")  # monotonic time of the last data_version check
         #: sha256 -> (grant, last_used_at as stored or stamped by us)
         self._by_hash: dict[str, tuple[Grant, float]] = {}
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self._path)
+            # Never let a busy writer stall the event loop: a last-used stamp can wait.
+            conn.execute("PRAGMA busy_timeout=20")
+            self._conn = conn
+            self._version = None
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def _sync(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -155,12 +171,13 @@ class KeyRing:
             return
         self._checked = now
         try:
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            conn = self._open()
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._version:
                 return
-            rows = self._conn.execute("SELECT id, hash, scope, last_used_at FROM api_keys "
+            rows = conn.execute("SELECT id, hash, scope, last_used_at FROM api_keys "
                                       "WHERE revoked_at IS NULL").fetchall()
-        except sqlite3.Error as exc:  # keep the last good view rather than fail every request
+        except (sqlite3.Error, StoreError) as exc:  # keep the last good view, not fail every request
             log.warning("could not read the API keys: %s", exc)
             return
         self._by_hash = {r["hash"]: (Grant(r["id"], r["scope"]), r["last_used_at"] or 0.0)
@@ -190,8 +207,8 @@ class KeyRing:
 
     def _stamp(self, key_id: str, now: float) -> None:
         try:  # one autocommit statement: no transaction left open on failure
-            self._conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
-        except sqlite3.Error:  # the store is busy (or worse): stamp on a later request
+            self._open().execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+        except (sqlite3.Error, StoreError):  # the store is busy (or worse): stamp on a later request
             return
         # Our own commit does not move data_version: update the cached stamp ourselves.
         for digest, (grant, _) in self._by_hash.items():
@@ -199,7 +216,8 @@ class KeyRing:
                 self._by_hash[digest] = (grant, now)
 
     def close(self) -> None:
-        self._conn.close()
+        remove_companion(self._path, self._drop)
+        self._drop()
 
 
 def write_token(home: Path) -> str:

@@ -10,11 +10,25 @@ Every piece of state lives under ``CORRAL_HOME`` (default ``~/.corral``)::
 
 The config file uses the same names as the environment variables, lower-cased and
 without the prefix: ``port_range = "8081-8999"``, ``probe_interval = 10``.
+
+File modes. CORRAL_HOME holds conversations, keys' hashes, logs with prompts: it is
+private to its user. The root fix is the process umask: the CLI entry point and the
+daemon call :func:`private_umask` (``0o077``) first thing, so every file and folder they
+(and the ``llama-server`` processes they spawn, whose logs land in ``logs/``) create is
+0600/0700 — the SQLite ``-wal``/``-shm`` files, ``daemon.log``, caches and downloads
+included — without each writer remembering a mode. A home made by an older corral (or
+by hand) is tightened by :func:`secure_home`, run by :meth:`Settings.ensure_dirs` (daemon
+start) and whenever the CLI opens the store: it removes the group/other bits of the home
+folder itself and of the state files corral writes at its top level, in ``logs/`` and in
+``cache/`` (``bin/`` and ``models/`` are not walked: they can be large, and the 0700
+home already keeps others out of them), and logs one warning naming what it changed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +36,57 @@ from pathlib import Path
 from corral.errors import UsageError
 
 DEFAULT_DAEMON_PORT = 9380
+#: Group and other get nothing under CORRAL_HOME (see the module docstring).
+PRIVATE_UMASK = 0o077
+#: Shortest CORRAL_API_KEY accepted (a key that guards a non-loopback bind must not be guessable).
+MIN_API_KEY_LENGTH = 16
+
+log = logging.getLogger("corral.settings")
+
+
+def private_umask() -> None:
+    """Make files this process creates private to its user (0600 files, 0700 folders)."""
+    os.umask(PRIVATE_UMASK)
+
+
+#: State files at the top of CORRAL_HOME that secure_home tightens, and folders it walks.
+_TOP_FILES = ("corral.db", "corral.db-wal", "corral.db-shm", "config.toml", "daemon.lock",
+              "daemon.token")
+_WALKED_DIRS = ("logs", "cache")
+
+
+def _tighten(path: Path, changed: list[str]) -> None:
+    try:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if path.is_symlink() or not mode & 0o077:
+            return
+        os.chmod(path, mode & ~0o077)
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a read-only home: the store says so more usefully
+        log.warning("could not make %s private: %s", path, exc.strerror or exc)
+        return
+    changed.append(f"{path} {mode:04o} -> {mode & ~0o077:04o}")
+
+
+def secure_home(home: Path) -> list[str]:
+    """Remove group/other access from CORRAL_HOME and the state files in it; return (and
+    log once) what changed. Cheap when nothing needs changing: a few ``stat`` calls."""
+    changed: list[str] = []
+    if not home.is_dir():
+        return changed
+    _tighten(home, changed)
+    for name in _TOP_FILES:
+        _tighten(home / name, changed)
+    for name in _WALKED_DIRS:
+        folder = home / name
+        if folder.is_dir() and not folder.is_symlink():
+            _tighten(folder, changed)
+            for sub in folder.rglob("*"):
+                _tighten(sub, changed)
+    if changed:
+        log.warning("made CORRAL_HOME private to its user: %s", "; ".join(changed))
+    return changed
 
 
 def _home_from_env() -> Path:
@@ -104,8 +169,15 @@ class Settings:
         return low, high
 
     def ensure_dirs(self) -> None:
-        for d in (self.home, self.logs_dir, self.bin_dir, self.models_dir, self.cache_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        """Create the folders of CORRAL_HOME (0700) and tighten an existing, looser home.
+
+        Raises StoreError (DiskFull for ENOSPC) when the home cannot be created."""
+        from corral.store.db import translated
+
+        with translated(self.home):
+            for d in (self.home, self.logs_dir, self.bin_dir, self.models_dir, self.cache_dir):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secure_home(self.home)
 
 
 def _coerce(name: str, value: object, typ: type) -> object:

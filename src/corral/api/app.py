@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from corral import __version__
 from corral.api import builds, conversations, errors, events, flags, instances, keys, metrics
 from corral.api import presets as presets_api
-from corral.api import security, web
+from corral.api import limits, security, web
 from corral.api import settings as settings_api
 from corral.builds.jobs import BuildJobs
 from corral.api import models as models_api
@@ -68,9 +68,13 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
             await supervisor.close()
             store.close()
 
+    # No /docs nor /redoc: FastAPI's pages load swagger-ui/redoc from a CDN into the
+    # daemon's origin. /openapi.json stays; see docs in corral.api.web.
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Run, supervise and route llama.cpp llama-server instances.")
     errors.install(app)
+    app.add_middleware(limits.BodyLimit)  # 1 MiB bodies, refused before they are read
 
 
     @app.get("/healthz", tags=["daemon"])

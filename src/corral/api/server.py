@@ -1,4 +1,13 @@
-"""``corral serve``: one daemon per CORRAL_HOME, guarded by a lock file."""
+"""``corral serve``: one daemon per CORRAL_HOME, guarded by a lock file.
+
+Before anything listens, :func:`serve` refuses, with one line and an exit code, what
+would make a daemon unsafe or useless: a non-loopback bind without an API key, or with a
+``CORRAL_API_KEY`` shorter than :data:`~corral.settings.MIN_API_KEY_LENGTH` characters (on
+loopback a short key is accepted with a warning: it only keeps out other local users);
+a port in use; a store that cannot be opened (corrupt, read-only, full: StoreError /
+DiskFull). The start-up line names the address actually bound (``0.0.0.0`` when that is
+what was asked), and the loopback URL local clients use when it differs.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +23,10 @@ from corral import keys
 from corral.api.app import create_app, front
 from corral.builds.resolve import resolve_binary
 from corral.errors import BinaryError, Conflict, UsageError
-from corral.settings import Settings
-from corral.store.db import Store
+from corral.settings import MIN_API_KEY_LENGTH, Settings, private_umask
+from corral.store.db import Store, translated
+
+log = logging.getLogger("corral.server")
 
 
 def is_loopback(host: str) -> bool:
@@ -42,7 +53,8 @@ def acquire_lock(settings: Settings):
     """Hold CORRAL_HOME/daemon.lock for the life of the process (one daemon per home)."""
     settings.ensure_dirs()
     path = settings.home / "daemon.lock"
-    fh = open(path, "a+")
+    with translated(settings.home):
+        fh = open(path, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -57,8 +69,29 @@ def acquire_lock(settings: Settings):
     return fh
 
 
+def bind_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` for the address the daemon binds (IPv6 in brackets)."""
+    shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")
+    return f"http://{shown}:{port}"
+
+
+def check_api_key(settings: Settings) -> None:
+    """Refuse a CORRAL_API_KEY too short to guard a non-loopback bind."""
+    key = settings.api_key
+    if not key or len(key) >= MIN_API_KEY_LENGTH:
+        return
+    if not is_loopback(settings.host):
+        raise UsageError(f"refusing to listen on {settings.host}: CORRAL_API_KEY has "
+                         f"{len(key)} characters, at least {MIN_API_KEY_LENGTH} are needed "
+                         "(or use `corral keys create NAME`)")
+    log.warning("CORRAL_API_KEY has only %d characters (at least %d are needed beyond "
+                "loopback)", len(key), MIN_API_KEY_LENGTH)
+
+
 def serve(settings: Settings) -> None:
     """Run the daemon in the foreground until SIGINT/SIGTERM or /api/v1/shutdown."""
+    private_umask()  # see corral.settings, "File modes"
+    check_api_key(settings)
     if not is_loopback(settings.host) and not settings.api_key and not _keys_exist(settings):
         raise UsageError(f"refusing to listen on {settings.host} without an API key: "
                          "run `corral keys create NAME` (or set CORRAL_API_KEY)")
@@ -72,11 +105,16 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per Hub request
     try:
-        store = Store(settings.db_path)
+        store = Store(settings.db_path)  # a broken store stops the start here, in one line
+    except BaseException:
+        lock.close()
+        raise
+    try:
         resolve_binary(settings, store)
-        store.close()
     except BinaryError as exc:
         print(f"corral: {exc}", file=sys.stderr)
+    finally:
+        store.close()
     app = create_app(settings)
     # proxy_headers off: nothing sits in front of the daemon whose X-Forwarded-* to trust
     config = uvicorn.Config(front(app, settings), proxy_headers=False, host=settings.host,
@@ -84,7 +122,9 @@ def serve(settings: Settings) -> None:
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     app.state.server = server
-    print(f"corral: daemon listening on {settings.daemon_url} (home {settings.home})",
+    bound = bind_url(settings.host, settings.port)
+    local = "" if bound == settings.daemon_url else f", local clients use {settings.daemon_url}"
+    print(f"corral: daemon listening on {bound} (home {settings.home}{local})",
           file=sys.stderr, flush=True)
     try:
         server.run()

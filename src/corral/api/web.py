@@ -4,6 +4,13 @@ No build step: the files on disk are what the browser runs. Every answer says
 ``Cache-Control: no-cache`` (the browser revalidates with the ETag, so an upgraded corral
 is never served stale scripts) and ``nosniff``; the HTML shell also carries a strict
 Content-Security-Policy, which is why the UI has no inline script or style at all.
+
+Nothing the daemon serves loads from another origin. FastAPI's ``/docs`` and ``/redoc``
+are off (``create_app``): they pull swagger-ui/redoc from a CDN, without integrity checks,
+into the daemon's origin, where a script reads the same API the keys guard. Serving them
+from the package was weighed: the one PyPI package with swagger-ui's dist files
+(``swagger-ui-bundle`` 1.1.0) ships swagger-ui 4.15.5 from 2022, 8.5 MB, for a page the
+UI does not need. The schema stays at ``/openapi.json`` for any local tool to render.
 """
 
 from __future__ import annotations

@@ -16,19 +16,52 @@ from corral.errors import CorralError
 
 
 class CorralGroup(click.Group):
-    """Maps CorralError to one line on stderr and its exit code."""
+    """Maps CorralError to one line on stderr and its exit code.
+
+    A failing store or home that slipped past the library's own translation (an
+    ``OSError`` writing under CORRAL_HOME, a stray ``sqlite3`` error) is shown the same way,
+    as StoreError/DiskFull: a user never sees a traceback for a full or read-only disk."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except CorralError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            if exc.detail:
-                click.echo(exc.detail, err=True)
-            ctx.exit(exc.exit_code)
+            _fail(ctx, exc)
         except ConnectionRefusedError:
             click.echo("error: the corral daemon is not reachable", err=True)
             ctx.exit(7)
+        except Exception as exc:
+            err = _store_failure(exc)
+            if err is None:
+                raise
+            _fail(ctx, err)
+
+
+def _store_failure(exc: Exception) -> CorralError | None:
+    """StoreError/DiskFull for a sqlite3 error, a full disk, a read-only file system, or a
+    denied write inside CORRAL_HOME; None for anything else (a real bug keeps its traceback)."""
+    import errno
+    import sqlite3
+
+    from corral.settings import _home_from_env
+    from corral.store.db import translate
+
+    home = _home_from_env()
+    if isinstance(exc, OSError):
+        inside = bool(exc.filename) and str(exc.filename).startswith(str(home))
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) and not (
+                inside and exc.errno in (errno.EACCES, errno.EPERM)):
+            return None
+    elif not isinstance(exc, sqlite3.Error):
+        return None
+    return translate(exc, home)
+
+
+def _fail(ctx: click.Context, exc: CorralError) -> None:
+    click.echo(f"error: {exc.message}", err=True)
+    if exc.detail:
+        click.echo(exc.detail, err=True)
+    ctx.exit(exc.exit_code)
 
 
 @click.group(cls=CorralGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,6 +102,9 @@ _register()
 
 def main() -> None:
     """Console entry point. Ends with os._exit: interpreter teardown costs ~14 ms a call."""
+    from corral.settings import private_umask
+
+    private_umask()  # before anything is written: see corral.settings, "File modes"
     try:
         cli.main(prog_name="corral", standalone_mode=True)
         code = 0

@@ -7,11 +7,15 @@ import time
 
 import click
 
-from corral.settings import Settings, load_settings
+from corral.settings import Settings, load_settings, secure_home
 
 
 def settings() -> Settings:
-    return load_settings()
+    """The resolved settings; an existing CORRAL_HOME open to others is made private first
+    (every command that opens the store gets here)."""
+    s = load_settings()
+    secure_home(s.home)
+    return s
 
 
 def print_json(data: object) -> None:

@@ -1,18 +1,48 @@
-"""Connection, pragmas and numbered migrations.
+"""Connection, pragmas, numbered migrations, and the one place sqlite3 errors become corral's.
 
 Migrations are append-only: ``MIGRATIONS[i]`` takes the schema from version ``i`` to
 ``i + 1`` and is recorded in ``schema_migrations`` in the same transaction, so a crash
 mid-migration leaves the previous version intact.
+
+Errors. Every way into the database (:func:`connect`, :meth:`Store.tx`,
+:meth:`Store.query`) goes through :func:`translate`: a full disk (``SQLITE_FULL``,
+``ENOSPC``) raises :class:`~corral.errors.DiskFull` (507, exit 11); a corrupt file, an
+I/O error, a read-only or unopenable store raise :class:`~corral.errors.StoreError`
+(503, exit 12). Store functions therefore never raise ``sqlite3.Error`` for a failing
+store. Two kinds pass through unchanged because they are the caller's business, not
+the store's health: ``IntegrityError`` (a constraint the caller's SQL broke: a caller
+may retry, e.g. a key id collision) and ``ProgrammingError``/``InterfaceError`` (a bug).
+
+A deleted ``corral.db``. The daemon keeps its connection open for its whole life; if the
+file is unlinked under it, SQLite happily goes on writing into the deleted inode and
+every other process sees an empty store. So each transaction and query first compares
+the file's (device, inode) with the one opened (:meth:`Store._check_file`, one
+``stat``). When the file is gone the store is rebuilt from the still-open handle (the
+SQLite backup API copies every table, presets and keys included) into a new
+``corral.db``; if that copy fails a fresh, empty store is created. Then every
+``Store.on_recreated`` callback runs, so owners of in-memory state (the supervisor)
+re-register what runs, and a warning is logged. A file *replaced* by another one (a
+restore from backup) is simply reopened, callbacks included. Other connections of the
+process on the same file (the daemon's key ring) register with :func:`add_companion`
+and are closed first: a connection closed after the new file exists would delete the
+new file's ``-wal``/``-shm`` by name.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, NoReturn
+
+from corral.errors import DiskFull, StoreError
+
+log = logging.getLogger("corral.store")
 
 M001_INITIAL = """
 CREATE TABLE instances (
@@ -135,17 +165,91 @@ MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION, M003_MODELS, M004_
                          M005_PRESETS, M006_API_KEYS, M007_CONVERSATIONS, M008_INSTANCE_ROUTING]
 
 
+#: Errors that are the caller's business (a broken constraint, a bug), not the store's health.
+_PASS_THROUGH = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
+def translate(exc: BaseException, path: Path | str) -> StoreError | None:
+    """The corral error for a failure of the store at ``path``, or None when ``exc`` is not
+    one (an IntegrityError, a programming error, anything not sqlite3/OS)."""
+    if isinstance(exc, _PASS_THROUGH) or not isinstance(exc, (sqlite3.Error, OSError)):
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(f"no space left to write {exc.filename or path}")
+        return StoreError(f"cannot use the store at {path}: "
+                          f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}")
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(exc)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return DiskFull(f"no space left on the device holding {path} ({text})")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "not a database" in text \
+            or "malformed" in text:
+        return StoreError(f"{path} is corrupt or not a corral database ({text}); "
+                          "move it aside and corral starts a new one")
+    if code == sqlite3.SQLITE_READONLY or "readonly" in text:
+        return StoreError(f"the store {path} is read-only ({text})")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
+        return StoreError(f"cannot open the store {path} ({text}): "
+                          "is its folder readable and writable?")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(f"the store {path} is locked by another process ({text})")
+    return StoreError(f"store error on {path}: {text}")
+
+
+def _raise_translated(exc: BaseException, path: Path | str) -> NoReturn:
+    err = translate(exc, path)
+    if err is None:
+        raise exc
+    raise err from exc
+
+
+@contextmanager
+def translated(path: Path | str) -> Iterator[None]:
+    """Run a block with store failures raised as DiskFull/StoreError (see the module doc)."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        _raise_translated(exc, path)
+
+
+# Held while a store is rebuilt: no connection of this process may open the file meanwhile.
+_REOPEN = threading.RLock()
+_companions: dict[str, list[Callable[[], None]]] = {}
+
+
+def add_companion(path: Path, close: Callable[[], None]) -> None:
+    """Register ``close`` to be called (before anything else) when the store at ``path``
+    is rebuilt: it must close that other connection, which may reopen later."""
+    with _REOPEN:
+        _companions.setdefault(str(path), []).append(close)
+
+
+def remove_companion(path: Path, close: Callable[[], None]) -> None:
+    with _REOPEN:
+        found = _companions.get(str(path), [])
+        if close in found:
+            found.remove(close)
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    """Open the database with corral's pragmas and bring its schema up to date."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=10000")
-    migrate(conn)
-    return conn
+    """Open the database with corral's pragmas and bring its schema up to date.
+
+    Raises StoreError (corrupt, unreadable, read-only) or DiskFull, never sqlite3.Error."""
+    with _REOPEN, translated(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -185,29 +289,131 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Store:
-    """A thread-safe handle on the database used by the daemon and the CLI."""
+    """A thread-safe handle on the database used by the daemon and the CLI.
+
+    ``on_recreated``: callables ``f(store)`` run after ``corral.db`` was found deleted or
+    replaced and has been rebuilt (see the module docstring). They run in the thread that
+    noticed, with the store's lock held (``store.tx()`` is re-entrant for them), before the
+    write or read that noticed goes on; one that raises is logged and the others still run.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.conn = connect(path)
         self._lock = threading.RLock()
+        self.conn = connect(path)
+        self._remember()
+        self.on_recreated: list[Callable[["Store"], None]] = []
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error).
+
+        Store failures, at BEGIN, in the block or at COMMIT, raise DiskFull/StoreError and
+        leave no transaction open."""
         with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._check_file()
+            with translated(self.path):
+                self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
+                self.conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, (sqlite3.Error, OSError)):
+                    _raise_translated(exc, self.path)
                 raise
-            self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if not self.conn.in_transaction:  # SQLite already rolled back (e.g. on SQLITE_FULL)
+            return
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("rollback failed on %s: %s", self.path, exc)
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+            self._check_file()
+            with translated(self.path):
+                return self.conn.execute(sql, params).fetchall()
+
+    def _check_file(self) -> None:
+        """Rebuild the store when corral.db was deleted or replaced under this handle."""
+        ident = _identity(self.path)
+        if ident == self._ident:
+            return
+        with _REOPEN:
+            if ident is None:
+                log.warning("%s was deleted while corral had it open: recreating it from the "
+                            "open handle and re-registering what runs", self.path)
+                self._rebuild()
+            else:
+                log.warning("%s was replaced by another file: reopening it", self.path)
+                self._close_all()
+                # Our -wal/-shm (SQLite does not remove them once the file has moved) would
+                # be read as the new file's; a -wal that came with the new file stays.
+                for side, ident in self._sides.items():
+                    if ident is not None and _identity(side) == ident:
+                        side.unlink(missing_ok=True)
+                self.conn = connect(self.path)
+            self._remember()
+        for callback in list(self.on_recreated):
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - one failing owner must not stop the others
+                log.exception("an on_recreated callback of %s failed", self.path)
+
+    def _remember(self) -> None:
+        """Note the identity of the open file and of its -wal/-shm."""
+        self._ident = _identity(self.path)
+        self._sides = {Path(f"{self.path}{suffix}"): _identity(Path(f"{self.path}{suffix}"))
+                       for suffix in ("-wal", "-shm")}
+
+    def _rebuild(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.rebuild")
+        tmp.unlink(missing_ok=True)
+        copied = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            dest = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self.conn.backup(dest)
+                dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to move
+            finally:
+                dest.close()
+            copied = True
+        except (sqlite3.Error, OSError) as exc:
+            log.error("could not copy the deleted %s (%s): starting an empty store", self.path, exc)
+            tmp.unlink(missing_ok=True)
+        self._close_all()
+        # The -wal/-shm still under the old names belong to the deleted file: a new
+        # connection would read them as its own.
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        if copied:
+            with translated(self.path):
+                os.replace(tmp, self.path)
+        self.conn = connect(self.path)
+
+    def _close_all(self) -> None:
+        for close in list(_companions.get(str(self.path), [])):
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing a companion connection of %s failed", self.path)
+        try:
+            self.conn.close()
+        except sqlite3.Error as exc:
+            log.warning("closing %s failed: %s", self.path, exc)
 
     def close(self) -> None:
         with self._lock:
