@@ -177,8 +177,10 @@ def translate(exc: BaseException, path: Path | str) -> StoreError | None:
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return DiskFull(f"no space left to write {exc.filename or path}")
-        return StoreError(f"cannot use the store at {path}: "
-                          f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}")
+        where = exc.filename or path
+        if exc.errno == errno.EROFS:
+            return StoreError(f"cannot write {where}: CORRAL_HOME is on a read-only file system")
+        return StoreError(f"cannot use {where}: {exc.strerror or exc}")
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     text = str(exc)
     if code == sqlite3.SQLITE_FULL or "disk is full" in text:
