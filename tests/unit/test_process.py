@@ -67,3 +67,15 @@ def test_adopted_handle_reports_unknown_exit(tmp_path):
     proc.kill()
     proc.wait()
     assert handle.poll() == UNKNOWN_EXIT
+
+
+def test_host_not_local_is_a_usage_error_not_oserror_99():
+    """Issue 10: --host naming an address that is not this machine's raised OSError
+    (errno 99, EADDRNOTAVAIL) out of launch and plan: a 500."""
+    import pytest
+
+    from corral.errors import UsageError
+    from corral.supervisor.process import ProcessOps
+
+    with pytest.raises(UsageError, match="not an address of this machine"):
+        ProcessOps().port_free("192.0.2.1", 20999)  # TEST-NET-1: never local; no packet sent

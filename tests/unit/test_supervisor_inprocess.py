@@ -495,3 +495,26 @@ def test_transition_is_the_only_writer_of_state():
 def test_unknown_exit_counts_as_failure_for_on_failure():
     from corral.supervisor.states import should_restart
     assert should_restart("on-failure", UNKNOWN_EXIT) and not should_restart("never", UNKNOWN_EXIT)
+
+
+def test_deleted_db_under_running_supervisor_keeps_every_instance_listed(rig):
+    """Issue 10: a deleted corral.db under a running daemon lost an instance from the
+    list; the rebuilt store gets every instance back, as memory has it."""
+    async def main():
+        await rig.launch("one")
+        await rig.launch("two")
+        await rig.sup.wait_ready("one", timeout=5)
+        await rig.sup.wait_ready("two", timeout=5)
+        rig.settings.db_path.unlink()
+        await rig.sup.stop("two")  # the next write notices, rebuilds, re-registers
+        assert rig.settings.db_path.exists()
+        fresh = Store(rig.settings.db_path)
+        try:
+            rows = {r.name: r for r in table.list_all(fresh)}
+        finally:
+            fresh.close()
+        assert set(rows) == {"one", "two"}
+        assert rows["two"].state == "stopped" and rows["one"].state == "ready"
+        assert rows["one"].pid == rig.sup.get("one").pid
+        await rig.sup.close()
+    run(main())

@@ -215,6 +215,8 @@ class Supervisor:
         self._flusher: asyncio.Task | None = None
         self._store_warned = False
         self.abandoned: list[str] = []  # instances whose task ignored its cancellation (a bug)
+        if hasattr(store, "on_recreated"):
+            store.on_recreated.append(self._reregister)
 
     # -- queries ---------------------------------------------------------------
     def list(self) -> list[InstanceRecord]:
@@ -843,6 +845,19 @@ class Supervisor:
             return False
         rt.unsaved.clear()
         return True
+
+    def _reregister(self, store: Store) -> None:
+        """corral.db was deleted or replaced under the daemon and rebuilt: put back every
+        instance this supervisor knows, as it is in memory (memory is the truth)."""
+        for rt in list(self._rts.values()):
+            if table.find(store, rt.rec.name) is None:
+                table.insert(store, rt.rec)
+                log.warning("re-registered instance %s in the rebuilt store", rt.rec.name)
+            rt.unsaved.clear()
+            cols = {k: getattr(rt.rec, k) for k in ("state", "desired", "pid", "create_time",
+                                                    "restarts", "exit_code", "last_error",
+                                                    "started_at", "ready_at")}
+            table.update(store, rt.rec.name, **cols)
 
     def _flush_unsaved(self) -> None:
         """Retry every write the store refused (a full disk, a store gone for a moment)."""
