@@ -167,8 +167,10 @@ class Pool:
             reused = conn is not None
             if conn is None:
                 try:
-                    conn = await asyncio.wait_for(asyncio.open_connection(host, port),
-                                                  CONNECT_TIMEOUT)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can lose the
+                    # caller's cancellation when the connect completes at that moment.
+                    async with asyncio.timeout(CONNECT_TIMEOUT):
+                        conn = await asyncio.open_connection(host, port)
                 except (OSError, TimeoutError) as exc:
                     raise UpstreamError(f"cannot connect to {host}:{port}: "
                                         f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None

@@ -23,8 +23,9 @@ def job_stream(job, job_id: str, events: Broadcaster) -> StreamingResponse:
         try:
             yield f"data: {json.dumps(job.view())}\n\n"
             while job.state in ACTIVE:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
+                try:  # asyncio.timeout: wait_for on 3.11 can lose a cancellation
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        event = await queue.get()
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
