@@ -23,7 +23,6 @@ import pytest
 
 from corral.api.limits import MANAGEMENT_MAX_BODY
 from corral.api.web import WEB_DIR
-from corral.store import builds
 from corral.store.db import Store
 from tests.conftest import REPO, DaemonProcess, running_daemon, wait_for
 from tests.integration.conftest import api, assert_error

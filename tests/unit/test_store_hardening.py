@@ -134,7 +134,7 @@ def test_replaced_db_is_reopened_not_overwritten(tmp_path):
 # ------------------------------------------------------------------------ file modes
 
 
-def test_home_created_0700_and_files_0600(tmp_path, monkeypatch):
+def test_home_created_0700_and_files_0600(tmp_path):
     old = os.umask(0o022)  # what a login shell has
     try:
         from corral.settings import private_umask
