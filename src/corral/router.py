@@ -13,6 +13,18 @@ unused, or evicted least-recently-used when the cap (``router_max_instances``) o
 memory budget would be exceeded. Pinned instances and instances with requests in flight
 are never evicted; instances the user launched are never evicted and idle out only when
 they were given their own ``idle_ttl``.
+
+Who may start what. A request's caller is ``admin`` or ``inference`` (the guard puts it in
+the ASGI scope, :func:`caller_scope`). Anyone may have the router start what is meant
+for it: presets, indexed models, the router's own instances, and a user instance the
+router itself stopped for being idle (scale to zero, remembered while this daemon runs).
+Any other resting instance someone launched (origin ``user``: stopped, exited, failed)
+stays so unless an admin starts it: an inference key gets 403. The name still means
+the same instance whoever asks; it does not fall through to an index model of that name.
+
+Instances launched with ``--api-key`` (or ``--api-key-file``, or ``LLAMA_API_KEY`` in
+their env) are called with their own key (:meth:`Router.upstream_key`); the client's
+``Authorization`` (a corral key) never goes upstream.
 """
 
 from __future__ import annotations
@@ -20,15 +32,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import CorralError, LaunchFailed, NotFound
+from corral.errors import CorralError, Forbidden, LaunchFailed, NotFound
 from corral.events import Broadcaster
+from corral.redact import first_api_key, first_key_line
 from corral.supervisor.states import RESTING, State
 from corral.supervisor.supervisor import Supervisor
-from corral.upstream import Pool
+from corral.upstream import Pool, UpstreamError
 
 log = logging.getLogger("corral.router")
 
@@ -43,6 +57,8 @@ USAGE_TAIL = 16 * 1024
 USAGE_BODY_MAX = 4 * 1024 * 1024
 ROUTE_CACHE_MAX = 1024
 CLIENT_GONE = 499  # status recorded for a request whose client left before the answer
+#: The key under ``scope["state"]`` where the guard leaves the caller's scope.
+CALLER_SCOPE = "corral_caller_scope"
 
 
 def openai_error(status: int, message: str, typ: str = "invalid_request_error") -> dict:
@@ -63,6 +79,18 @@ class Busy(CorralError):
 class _BadRequest(CorralError):
     status = 400
     code = "bad_request"
+
+
+class UpstreamKeyError(UpstreamError):
+    """The key an instance wants (its ``--api-key-file``) cannot be read: 502, not a 500."""
+
+    code = "upstream_key"
+
+
+def caller_scope(scope) -> str | None:
+    """The caller's scope (``admin``, ``inference``) the guard found for an ASGI request."""
+    state = scope.get("state")
+    return state.get(CALLER_SCOPE) if isinstance(state, dict) else None
 
 
 @dataclass
@@ -113,6 +141,8 @@ class Router:
         self._routes_gen = supervisor.generation
         self._series: dict[tuple, tuple] = {}  # metric children per (model, instance, ...)
         self._evict_lock = asyncio.Lock()
+        self._idled: set[str] = set()  # user instances the router stopped for idleness
+        self._key_files: dict[str, tuple[int, int, str]] = {}  # path -> (mtime, size, key)
         self._reaper: asyncio.Task | None = None
         self.upstream = Pool()  # keep-alive connections to the instances
 
@@ -139,8 +169,11 @@ class Router:
             best = best or rec
         return best
 
-    def resolve(self, model: str):
-        """(instance or None, Target): a live instance for ``model``, else what to start."""
+    def resolve(self, model: str, *, admin: bool = False):
+        """(instance or None, Target): a live instance for ``model``, else what to start.
+
+        Forbidden when that is a resting user instance and the caller is not ``admin``.
+        """
         if self._routes_gen != self.supervisor.generation:
             self._routes.clear()  # an instance came or went: names and aliases may differ now
             self._routes_gen = self.supervisor.generation
@@ -151,18 +184,27 @@ class Router:
             if rt is not None and rt.rec.desired == "running" and rt.rec.state == State.READY:
                 return rt.rec, Target(key=f"instance:{name}", label=label)
             del self._routes[model]
-        rec, target = self._resolve(model)
+        rec, target = self._resolve(model, admin)
         if rec is not None and State(rec.state) is State.READY:
             if len(self._routes) >= ROUTE_CACHE_MAX:
                 self._routes.clear()
             self._routes[model] = (rec.name, target.label)
         return rec, target
 
+    def may_start(self, rec) -> bool:
+        """Whether a non-admin request may have the router start ``rec`` (resting) again."""
+        return rec.origin != "user" or rec.name in self._idled
+
+    def admin_acted(self, name: str) -> None:
+        """An admin started, stopped, restarted or removed ``name``: from now on it is
+        theirs, and the router starts it on demand only if it idles it out again."""
+        self._idled.discard(name)
+
     def forget_routes(self) -> None:
         """Resolve every name afresh (a preset was saved or removed)."""
         self._routes.clear()
 
-    def _resolve(self, model: str):
+    def _resolve(self, model: str, admin: bool):
         from corral import models, presets
 
         rec = self._live(lambda r: model == r.name or model in (r.aliases or ()))
@@ -170,6 +212,11 @@ class Router:
             return rec, Target(key=f"instance:{rec.name}", label=rec.name)
         for rec in self.supervisor.list():  # a known instance, stopped: start it again
             if rec.name == model and State(rec.state) in RESTING:
+                if not admin and not self.may_start(rec):
+                    raise Forbidden(
+                        f"instance {rec.name!r} is {rec.state} and was launched by a user; "
+                        "only an admin key may start it again "
+                        f"(corral start {rec.name}, or POST /api/v1/instances/{rec.name}/start)")
                 return None, Target(key=f"instance:{rec.name}", label=rec.name)
         preset = presets.find(self.supervisor.store, model)
         if preset is not None:
@@ -184,9 +231,9 @@ class Router:
         rec = self._live(lambda r: r.model == entry.path and r.preset is None)
         return rec, Target(key=f"model:{entry.path}", label=entry.name, model=entry.id)
 
-    async def instance_for(self, model: str):
+    async def instance_for(self, model: str, *, admin: bool = False):
         """(ready instance, label) for ``model``, started on demand (once per target)."""
-        rec, target = self.resolve(model)
+        rec, target = self.resolve(model, admin=admin)
         if rec is not None and State(rec.state) is State.READY:
             return rec, target.label
         # Requests that found the instance already launched count against the same queue
@@ -241,6 +288,7 @@ class Router:
         began = time.monotonic()
         if target.key.startswith("instance:"):
             name = target.key.split(":", 1)[1]
+            self._idled.discard(name)  # running again; idle it out again to earn it back
             rec = await self.supervisor.start_instance(name)
         else:
             spec = await presets.compose(self.supervisor, preset=target.preset,
@@ -322,6 +370,7 @@ class Router:
                 await self.supervisor.remove(rec.name)
             else:
                 await self.supervisor.stop(rec.name)
+                self._idled.add(rec.name)  # stopped by the router: it may start it again
         except NotFound:
             return
         if rec.origin == "router":  # gone for good: its counters and series go too
@@ -431,6 +480,59 @@ class Router:
                 "models": {k: v.to_dict() for k, v in per_model.items()}}
 
     # -- forwarding ------------------------------------------------------------------------
+    def upstream_key(self, rec) -> str | None:
+        """The key to call ``rec`` with, if it was launched to require one.
+
+        llama-server accepts every key from ``--api-key`` (a CSV row), ``LLAMA_API_KEY``,
+        and the lines of ``--api-key-file`` / ``LLAMA_ARG_API_KEY_FILE``: any one will do,
+        so inline keys come first (no I/O). A key file is read at route time (the key may
+        have been rotated) and cached by mtime and size; a file that cannot be read or
+        holds no key is an :class:`UpstreamKeyError` (502) naming the instance.
+        """
+        env = rec.env or {}
+        files = []
+        for flag, value in rec.flags:
+            if flag == "--api-key" and value:
+                key = first_api_key(value)
+                if key:
+                    return self._usable(rec.name, key, "--api-key")
+            elif flag == "--api-key-file" and value:
+                files.append(value)
+        inline = env.get("LLAMA_API_KEY", os.environ.get("LLAMA_API_KEY"))
+        if inline and (key := first_api_key(inline)):
+            return self._usable(rec.name, key, "LLAMA_API_KEY")
+        from_env = env.get("LLAMA_ARG_API_KEY_FILE", os.environ.get("LLAMA_ARG_API_KEY_FILE"))
+        if from_env:
+            files.append(from_env)
+        return self._key_from_file(rec.name, files[0]) if files else None
+
+    @staticmethod
+    def _usable(instance: str, key: str, where: str) -> str:
+        if any(c in key for c in "\r\n\0"):  # would break (or forge) the request's headers
+            raise UpstreamKeyError(f"instance {instance!r}: the API key in {where} holds a "
+                                   "line break or NUL, which no HTTP header can carry")
+        return key
+
+    def _key_from_file(self, instance: str, path: str) -> str:
+        try:
+            st = os.stat(path)
+            cached = self._key_files.get(path)
+            if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
+                return cached[2]
+            with open(path, encoding="utf-8") as f:
+                key = first_key_line(f.read(64 * 1024))
+        except (OSError, UnicodeDecodeError) as exc:
+            self._key_files.pop(path, None)
+            raise UpstreamKeyError(f"instance {instance!r} wants the API key in {path}, which "
+                                   f"cannot be read: {getattr(exc, 'strerror', None) or exc}") \
+                from None
+        if key is None:
+            raise UpstreamKeyError(f"instance {instance!r} wants the API key in {path}, which "
+                                   "holds no key line")
+        key = self._usable(instance, key, path)
+        self._key_files[path] = (st.st_mtime_ns, st.st_size, key)
+        return key
+
     def begin(self, rec, label: str) -> Usage:
         """Count a request as in flight on ``rec`` (call ``end`` exactly once after)."""
         u = self._usage.get(rec.name)

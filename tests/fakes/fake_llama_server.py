@@ -345,8 +345,9 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Args:
         elif name == "--api-key-file":
             v = value()
             try:
-                lines = Path(v or "").read_text().splitlines()
-                a.api_keys += [ln.strip() for ln in lines if ln.strip()]
+                # as llama-server: every line not empty and not starting with '#', as is
+                lines = Path(v or "").read_text().split("\n")
+                a.api_keys += [ln for ln in lines if ln and not ln.startswith("#")]
             except OSError:
                 pass
         elif name in ("--embedding", "--embeddings"):

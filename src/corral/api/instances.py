@@ -1,4 +1,10 @@
-"""/api/v1/instances: launch, list, inspect, stop, start, restart, remove, logs."""
+"""/api/v1/instances: launch, list, inspect, stop, start, restart, remove, logs.
+
+Every instance is shown through :func:`instance_view`, and a plan through :func:`_plan_view`:
+secrets in flags and env (``--api-key K``) come out as ``***`` (:mod:`corral.redact`).
+Only callers that pass the guard as admin reach these routes, so a start, stop, restart
+or removal here is an admin's decision, which the router respects (``Router.admin_acted``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from corral import presets
 from corral.api.deps import Daemon, get_daemon
+from corral.redact import SECRET_FLAGS, redact_argv, redact_env, redact_pairs
 from corral.supervisor import logs
 from corral.supervisor.supervisor import instance_view
 
@@ -63,7 +70,21 @@ async def _spec(req: LaunchRequest, d: Daemon):
 async def plan(req: LaunchRequest, d: Daemon = Depends(get_daemon)) -> dict:
     """The command line a launch with this body would run (``*`` defaults and preset
     merged, flags validated), without running anything."""
-    return await d.supervisor.plan(await _spec(req, d))
+    return _plan_view(await d.supervisor.plan(await _spec(req, d)))
+
+
+def _plan_view(plan: dict) -> dict:
+    """A plan as shown: secret values masked; ``secret_flags`` tells the UI which flags
+    hold one, so its own preview of the command line masks them as well."""
+    out = dict(plan)
+    if "argv" in out:
+        out["argv"] = redact_argv(out["argv"])
+    if isinstance(out.get("flags"), list) and all(isinstance(p, (list, tuple)) for p in out["flags"]):
+        out["flags"] = redact_pairs(out["flags"])
+    if isinstance(out.get("env"), dict):
+        out["env"] = redact_env(out["env"])
+    out["secret_flags"] = sorted(SECRET_FLAGS)
+    return out
 
 
 @router.post("", status_code=201)
@@ -82,17 +103,20 @@ async def get_instance(name: str, d: Daemon = Depends(get_daemon)) -> dict:
 @router.delete("/{name}")
 async def remove(name: str, d: Daemon = Depends(get_daemon)) -> dict:
     rec = d.supervisor.get(name)
+    d.router.admin_acted(rec.name)
     await d.supervisor.remove(rec.name)
     return {"removed": rec.name}
 
 
 @router.post("/{name}/stop")
 async def stop(name: str, d: Daemon = Depends(get_daemon)) -> dict:
+    d.router.admin_acted(d.supervisor.get(name).name)
     return instance_view(await d.supervisor.stop(name))
 
 
 @router.post("/{name}/start")
 async def start(name: str, wait: bool = False, d: Daemon = Depends(get_daemon)) -> dict:
+    d.router.admin_acted(d.supervisor.get(name).name)
     rec = await d.supervisor.start_instance(name)
     if wait:
         rec = await d.supervisor.wait_ready(rec.name)
@@ -101,6 +125,7 @@ async def start(name: str, wait: bool = False, d: Daemon = Depends(get_daemon)) 
 
 @router.post("/{name}/restart")
 async def restart(name: str, wait: bool = False, d: Daemon = Depends(get_daemon)) -> dict:
+    d.router.admin_acted(d.supervisor.get(name).name)
     rec = await d.supervisor.restart(name)
     if wait:
         rec = await d.supervisor.wait_ready(rec.name)

@@ -12,6 +12,11 @@ Only when the model must be loaded first does a streaming request get an early
 clients with read timeouts keep waiting; errors that happen before the first heartbeat
 keep their own status. After the status line is sent, an error is an OpenAI-shaped
 ``data: {"error": ...}`` event.
+
+The caller's scope comes from the guard through the ASGI scope (never from re-reading
+keys here): only an ``admin`` caller may have a stopped user instance started (403
+otherwise, see :mod:`corral.router`). The client's ``Authorization`` is never forwarded;
+an instance launched with an API key gets its own (``Router.upstream_key``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from corral.router import (
     USAGE_TAIL,
     Busy,
     Router,
+    caller_scope,
     openai_error,
     parse_request,
 )
@@ -68,7 +74,8 @@ def _sse_error(exc_or_message, status: int = 502) -> bytes:
 
 
 async def _send_error(send, exc: CorralError) -> None:
-    typ = "server_error" if exc.status >= 500 else "invalid_request_error"
+    typ = "server_error" if exc.status >= 500 else \
+        "permission_error" if exc.status == 403 else "invalid_request_error"
     body = json.dumps(openai_error(exc.status, exc.message, typ)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if isinstance(exc, Busy):
@@ -118,7 +125,8 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
     try:
         body = await _read_body(receive)
         model, stream = parse_request(body)
-        rec, target = rt.resolve(model)
+        admin = caller_scope(scope) == "admin"
+        rec, target = rt.resolve(model, admin=admin)
     except CorralError as exc:  # OpenAI clients expect OpenAI's error shape
         rt.metrics.rejected.labels(exc.code).inc()
         await _send_error(send, exc)
@@ -128,7 +136,7 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
         label = target.label
         started = False
         if rec is None or rec.state != State.READY:
-            waiting = asyncio.ensure_future(rt.instance_for(model))
+            waiting = asyncio.ensure_future(rt.instance_for(model, admin=admin))
             waiting.add_done_callback(_retrieve)  # a client may leave before the load ends
             if stream:
                 started = await _heartbeats(rt, waiting, model, gone, send)
@@ -220,6 +228,17 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
     """Forward to the instance and stream its answer back, counting it afterwards."""
     host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
     headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
+    try:
+        key = rt.upstream_key(rec)
+    except UpstreamError as exc:
+        rt.metrics.rejected.labels(exc.code).inc()
+        if started:
+            await send({"type": "http.response.body", "body": _sse_error(exc)})
+        else:
+            await _send_error(send, exc)
+        return
+    if key is not None:
+        headers.append((b"authorization", b"Bearer " + key.encode()))
     head = request_head(f"/v1/{endpoint}", host, rec.port, headers, len(body))
     usage = rt.begin(rec, label)
     status = 502

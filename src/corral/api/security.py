@@ -12,6 +12,12 @@ One pure ASGI middleware (:class:`Guard`) checks every request on the raw scope,
    token in CORRAL_HOME/daemon.token (both admin), and keys from ``corral keys create``.
    An ``inference`` key may call only ``/v1/*``.
 
+The guard leaves the caller's scope in ``scope["state"]`` (``router.CALLER_SCOPE``) for
+what comes after it, so nothing downstream reads keys again: ``admin`` for an admin key,
+the local token or CORRAL_API_KEY, and for anyone when no key is required (a loopback
+daemon without keys: whoever can reach it is its admin today); ``inference`` for an
+inference key. The router lets only an admin start a stopped user instance.
+
 Not ``@app.middleware("http")``: that is BaseHTTPMiddleware, which wraps every streamed
 response in extra tasks and queues; the router's latency budget is a few milliseconds.
 """
@@ -24,7 +30,7 @@ import json
 
 from corral.api import errors
 from corral.keys import KeyRing, write_token
-from corral.router import openai_error
+from corral.router import CALLER_SCOPE, openai_error
 from corral.settings import Settings
 
 #: Open to anyone, whatever the method.
@@ -129,7 +135,14 @@ class Guard:
                 head[name] = value.decode("latin-1")
         method = scope.get("method", "GET")  # a websocket handshake is a GET
         self._check_browser(method, head)
-        self._check_key(method, scope["path"], head.get(b"authorization", ""))
+        caller = self._check_key(method, scope["path"], head.get(b"authorization", ""))
+        state = scope.get("state")
+        if not isinstance(state, dict):
+            state = scope["state"] = {}
+        if caller is None:
+            state.pop(CALLER_SCOPE, None)  # only this guard says who calls
+        else:
+            state[CALLER_SCOPE] = caller
 
     def _check_browser(self, method: str, head: dict[bytes, str]) -> None:
         host = head.get(b"host", "").lower()
@@ -145,18 +158,20 @@ class Guard:
                 raise Denied(415, "unsupported_media_type",
                              f"a request body must be application/json, not {ctype or 'untyped'}")
 
-    def _check_key(self, method: str, path: str, authorization: str) -> None:
+    def _check_key(self, method: str, path: str, authorization: str) -> str | None:
+        """The caller's scope (None on a public path, where no key is checked), or Denied."""
         if is_public(method, path):
-            return
+            return None
         secret = _bearer(authorization)
         scope = self._scope_of(secret) if secret else None
         if scope is None:
             if self.always_required or self.env_key or self.keyring().any_active():
                 raise Denied(401, "unauthorized",
                              "missing or wrong API key (Authorization: Bearer <key>)")
-            return
+            return "admin"  # no key required: whoever may call is the admin today
         if scope != "admin" and not path.startswith(INFERENCE_PREFIX):
             raise Denied(403, "forbidden", f"this {scope} key may only call {INFERENCE_PREFIX}*")
+        return scope
 
     def _scope_of(self, secret: str) -> str | None:
         given = secret.encode()
