@@ -210,9 +210,9 @@ def test_300mb_post_is_413_without_buffering(daemon):
 @pytest.mark.parametrize("args,code", [
     (["ls"], 12), (["keys", "ls"], 12), (["builds", "ls"], 12), (["logs", "x"], 12),
     (["serve"], 12), (["ps"], 12),
-    # daemon-backed: the CLI starts a daemon, which refuses; the client reports exit 7
-    # with the daemon's one line inside (client.py maps it; see the module docstring)
-    (["preset", "ls"], 7)])
+    # daemon-backed: the CLI starts a daemon, which refuses with the store's own error;
+    # the client reports that error and its exit code (not 7, "daemon unavailable")
+    (["preset", "ls"], 12)])
 def test_corrupt_db_is_one_line_error_not_traceback(daemon_env, args, code):
     home = Path(daemon_env["CORRAL_HOME"])
     os.chmod(home, 0o700)  # as corral makes it (else the first line says it tightened it)
