@@ -129,17 +129,39 @@ def cycles(binary: Path, n: int, rng: random.Random) -> dict:
             for op, v in sorted(times.items())}
 
 
+PULL_REPO, PULL_FILE = "acme/kill-GGUF", "kill-Q4_K_M.gguf"
+
+
+def _hub_file(size: int) -> bytes:
+    """A minimal valid GGUF header (v3, no tensors, no metadata) padded to ``size``."""
+    head = b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") * 2
+    return head + random.Random(7).randbytes(size - len(head))
+
+
 def kills(binary: Path, rounds: int, rng: random.Random) -> dict:
+    from tests.fakes.fake_hub import FakeHub, Fault
+
     orphans = duplicates = 0
     worst: list[str] = []
     ops_seen: dict[str, int] = {}
-    with C.isolated_corral("rel-kill", binary, extra_env=FAST) as c:
+    hub = FakeHub(cdn=True, chunk_size=64 * 1024).start()
+    blob = _hub_file(6 * 2**20)
+    hub.add_repo(PULL_REPO, files={PULL_FILE: blob})
+    # ~1 s per download: a kill lands in the middle of it
+    hub.faults[PULL_FILE] = Fault(delay=0.01, times=None)
+    env = dict(FAST, CORRAL_HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1")
+    pulls = {"started": 0, "verified_after": False, "partials_left": 0, "indexed": 0}
+    with C.isolated_corral("rel-kill", binary, extra_env=env) as c:
+        c.env["HF_HOME"] = str(c.home / "hf")
         models = {nm: fake_model(c.home, nm, load_seconds=0.3) for nm in ("k1", "k2", "k3")}
         for r in range(rounds):
             c.start_daemon()
             insts = {i["name"]: i for i in c.instances()}
-            nm = rng.choice(list(models))
-            if nm not in insts:
+            nm = rng.choice(list(models) + ["pull"])
+            if nm == "pull":
+                op, req = "pull", ("POST", "/api/v1/pulls", {"ref": f"{PULL_REPO}:Q4_K_M"})
+                pulls["started"] += 1
+            elif nm not in insts:
                 op, req = "launch", ("POST", "/api/v1/instances",
                                      {"model": str(models[nm]), "name": nm})
             else:
@@ -183,8 +205,25 @@ def kills(binary: Path, rounds: int, rng: random.Random) -> dict:
                 duplicates += dup
                 worst.append(f"round {r} ({op}): {dup} duplicate(s)")
             c.stop_daemon_only()
+        # Every pull killed mid-way: a new pull resumes, verifies and indexes once.
+        c.start_daemon()
+        status, job = call(c.port, "POST", "/api/v1/pulls", {"ref": f"{PULL_REPO}:Q4_K_M"})
+        deadline = time.monotonic() + 120
+        while status < 400 and time.monotonic() < deadline:
+            status, job = call(c.port, "GET", f"/api/v1/pulls/{job['id']}")
+            if job["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        files = [p for p in (c.home / "models").rglob(PULL_FILE)]
+        pulls["verified_after"] = job.get("state") == "done" and len(files) == 1 \
+            and files[0].read_bytes() == blob
+        pulls["partials_left"] = len(list((c.home / "models").rglob("*.part")))
+        _, listed = call(c.port, "GET", "/api/v1/models")
+        pulls["indexed"] = sum(1 for m in listed if PULL_FILE.split("-Q")[0] in m.get("name", ""))
+        c.stop_daemon_only()
+    hub.stop()
     return {"rounds": rounds, "operations": ops_seen, "orphans": orphans,
-            "duplicates": duplicates, "notes": worst[:10]}
+            "duplicates": duplicates, "pulls": pulls, "notes": worst[:10]}
 
 
 def growth(binary: Path, n: int) -> dict:
@@ -230,6 +269,12 @@ def report(res: dict) -> str:
         ops = ", ".join(f"{o} {n}" for o, n in sorted(k["operations"].items()))
         lines.append(f"| kill -9 of the daemon at random moments | {k['rounds']} rounds ({ops}): "
                      f"{k['orphans']} orphans, {k['duplicates']} duplicates (goal 0, 0) |")
+        p = k.get("pulls")
+        if p and p["started"]:
+            lines.append(f"| &nbsp;&nbsp;pulls killed mid-download, then pulled again | "
+                         f"{p['started']} killed; afterwards verified byte-exact: "
+                         f"{'yes' if p['verified_after'] else 'NO'}, indexed {p['indexed']}×, "
+                         f"partial files left {p['partials_left']} |")
     g = res.get("growth")
     if g:
         lines.append(f"| daemon RSS over {g['requests']} requests | {g['rss_before_mb']:.1f} MB → "
