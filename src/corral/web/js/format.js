@@ -54,6 +54,28 @@ export function shellQuote(token) {
   return /^[\w@%+=:,./-]+$/.test(t) ? t : `'${t.replace(/'/g, "'\\''")}'`;
 }
 
+/**
+ * ``argv`` with the value of every flag in ``secret`` (a Set, from the daemon's
+ * ``secret_flags``: corral/redact.py is the one list) shown as ``***``, like the daemon
+ * shows it: ``--api-key K`` and ``--api-key=K`` alike.
+ */
+export function redactArgv(argv, secret) {
+  const out = [];
+  let hideNext = false;
+  for (const arg of argv) {
+    if (hideNext) { out.push("***"); hideNext = false; continue; }
+    const s = String(arg);
+    const eq = s.indexOf("=");
+    const name = eq < 0 ? s : s.slice(0, eq);
+    if (secret && secret.has(name)) {
+      if (eq < 0) { out.push(s); hideNext = true; } else out.push(`${name}=***`);
+      continue;
+    }
+    out.push(s);
+  }
+  return out;
+}
+
 /** Split a typed command-line fragment into tokens (quotes and backslashes like a shell). */
 export function shellSplit(text) {
   const out = [];

@@ -4,7 +4,7 @@
 
 import { api, get, seg } from "../api.js";
 import { h, replace, toast } from "../dom.js";
-import { shellQuote, shellSplit } from "../format.js";
+import { redactArgv, shellQuote, shellSplit } from "../format.js";
 import * as flags from "../flags.js";
 
 /** Flags corral sets itself from the form (the daemon refuses them in the flag list). */
@@ -13,7 +13,10 @@ const OWNED = new Set(["--model", "--port"]);
 const EXITS = new Set(["--help", "--version", "--cache-list", "--completion-bash", "--list-devices"]);
 
 export async function mount(root, { go, query }) {
-  const state = { catalog: [], sections: [], values: {}, errors: {}, rows: new Map(), builds: [], presets: null };
+  // secret: flags whose value is a secret (the daemon's ``secret_flags``): masked in the
+  // command line and typed into password fields.
+  const state = { catalog: [], sections: [], values: {}, errors: {}, rows: new Map(), builds: [], presets: null,
+    secret: new Set() };
   const stop = new AbortController();
 
   const model = h("input", { type: "text", id: "launch-model", name: "model", list: "model-options", required: true,
@@ -104,7 +107,7 @@ export async function mount(root, { go, query }) {
     const b = selectedBuild();
     const argv = [b ? b.path : "llama-server", "--model", model.value.trim() || "<model>",
       "--host", "127.0.0.1", "--port", port.value.trim() || "<auto>", ...tokens(), ...(extraTokens() || [])];
-    cmdline.textContent = argv.map(shellQuote).join(" ");
+    cmdline.textContent = redactArgv(argv, state.secret).map(shellQuote).join(" ");
     schedulePlan();
   }
 
@@ -136,7 +139,8 @@ export async function mount(root, { go, query }) {
     try {
       const plan = await api("POST", "/api/v1/instances/plan", body);
       if (seq !== planSeq || stop.signal.aborted) return;
-      cmdline.textContent = plan.argv.map(shellQuote).join(" ");
+      learnSecrets(plan.secret_flags);
+      cmdline.textContent = redactArgv(plan.argv, state.secret).map(shellQuote).join(" ");
       planNote.classList.remove("error-text");
       planNote.textContent = `As the daemon would run it: instance ${plan.name}, port ${plan.port}` +
         (plan.preset ? `, preset ${plan.preset}` : "") + ".";
@@ -144,6 +148,20 @@ export async function mount(root, { go, query }) {
       if (seq !== planSeq || stop.signal.aborted) return;
       planNote.classList.add("error-text");
       planNote.textContent = err.message;
+    }
+  }
+
+  /** Remember which flags hold secrets; their inputs become password fields. */
+  function learnSecrets(list) {
+    if (!Array.isArray(list)) return;
+    state.secret = new Set(list);
+    for (const [long, row] of state.rows) maskInput(long, row.input);
+  }
+
+  function maskInput(long, input) {
+    if (state.secret.has(long) && input.tagName === "INPUT" && input.type === "text") {
+      input.type = "password";
+      input.autocomplete = "off";
     }
   }
 
@@ -225,6 +243,7 @@ export async function mount(root, { go, query }) {
       h("div", { id: `${id}-help` }, h("div", { class: "flag-help" }, flag.help || ""), h("div", { class: "flag-meta" }, meta)),
       error);
     state.rows.set(flag.long, { el, input, error, flag });
+    maskInput(flag.long, input);
     if (flag.long in state.values) {
       el.classList.add("is-set");
       setRowError(flag.long, flags.validate(flag, state.values[flag.long]));
@@ -251,6 +270,7 @@ export async function mount(root, { go, query }) {
     const q = build.value ? `?build=${encodeURIComponent(build.value)}` : "";
     try {
       const cat = await get(`/api/v1/flags${q}`, { signal: stop.signal });
+      learnSecrets(cat.secret_flags); // when the catalog says so; the plan always does
       state.catalog = cat.flags.filter((f) => !OWNED.has(f.long) && !EXITS.has(f.long)); // set above, by corral
       state.sections = cat.sections;
       // values of flags this build lacks are kept out of the command, not lost silently
