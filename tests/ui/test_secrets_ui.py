@@ -16,7 +16,8 @@ def test_api_key_masked_in_the_launch_command_line(ui, ui_daemon, models_dir):
     page.fill("#launch-name", "ui-keyed")
     field = set_flag(page, "api-key", "--api-key", secret)
     cmdline = page.locator("#cmdline")
-    expect(page.locator("#plan-note")).to_contain_text("As the daemon would run it: instance ui-keyed")
+    note = page.locator("#plan-note")
+    expect(note).to_contain_text("As the daemon would run it: instance ui-keyed")
     expect(cmdline).to_contain_text("--api-key '***'")
     assert secret not in cmdline.inner_text()
     assert field.get_attribute("type") == "password"  # the daemon said it holds a secret

@@ -79,8 +79,9 @@ def _plan_view(plan: dict) -> dict:
     out = dict(plan)
     if "argv" in out:
         out["argv"] = redact_argv(out["argv"])
-    if isinstance(out.get("flags"), list) and all(isinstance(p, (list, tuple)) for p in out["flags"]):
-        out["flags"] = redact_pairs(out["flags"])
+    flags = out.get("flags")
+    if isinstance(flags, list) and all(isinstance(p, (list, tuple)) for p in flags):
+        out["flags"] = redact_pairs(flags)
     if isinstance(out.get("env"), dict):
         out["env"] = redact_env(out["env"])
     out["secret_flags"] = sorted(SECRET_FLAGS)
