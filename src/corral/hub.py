@@ -37,6 +37,11 @@ DEFAULT_QUANT = "Q4_K_M"
 MAX_RETRY_AFTER = 300.0  # longer waits fail the pull with the Hub's figure instead
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf\Z", re.IGNORECASE)
+#: Most repos one search answers (the Hub pages beyond; the CLI and API cap here).
+SEARCH_LIMIT = 100
+#: A branch, tag or commit (one path segment here: ``org/repo@REV``); always .fullmatch.
+REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+QUANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # Q4_K_M, UD-Q4_K_XL; .fullmatch
 REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # .fullmatch
 HOSTS = ("hf.co", "huggingface.co", "www.huggingface.co")
 
@@ -101,6 +106,12 @@ def parse_ref(text: str) -> ModelRef:
 def _checked(ref: ModelRef, text: str) -> ModelRef:
     if not REPO_RE.fullmatch(ref.repo):
         raise UsageError(f"{text!r}: {ref.repo!r} is not a valid repo id")
+    if not REVISION_RE.fullmatch(ref.revision):
+        raise UsageError(f"{text!r}: {ref.revision!r} is not a valid revision")
+    if ref.quant is not None and not QUANT_RE.fullmatch(ref.quant):
+        raise UsageError(f"{text!r}: {ref.quant!r} is not a quant name (like Q4_K_M)")
+    if ref.filename and any(ord(c) < 0x20 or ord(c) == 0x7F for c in ref.filename):
+        raise UsageError(f"{text!r}: a file name may not hold control characters")
     if ref.filename and (".." in ref.filename.split("/") or ref.filename.startswith("/")):
         raise UsageError(f"{text!r}: file paths may not leave the repo")
     return ref
@@ -210,7 +221,10 @@ class Hub:
 
     # -- metadata -----------------------------------------------------------------
     def search(self, text: str, limit: int = 20) -> list[dict]:
-        """GGUF repos matching ``text``, most downloaded first."""
+        """GGUF repos matching ``text``, most downloaded first (1..SEARCH_LIMIT of them)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) \
+                or not 1 <= limit <= SEARCH_LIMIT:
+            raise UsageError(f"limit must be from 1 to {SEARCH_LIMIT}, got {str(limit)[:40]}")
         with _hub_errors(text):
             found = self.api.list_models(search=text, filter="gguf", sort="downloads",
                                          limit=limit)

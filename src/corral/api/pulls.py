@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from corral.api.deps import Daemon, get_daemon
 from corral.api.sse import job_stream
+from corral.hub import SEARCH_LIMIT
 
 router = APIRouter(tags=["models"])
 
@@ -50,7 +51,7 @@ async def pull_events(pull_id: str, d: Daemon = Depends(get_daemon)) -> Streamin
 
 @router.get("/api/v1/hub/search")
 async def hub_search(q: str = Query(min_length=1, max_length=200),
-                     limit: int = Query(20, ge=1, le=100),
+                     limit: int = Query(20, ge=1, le=SEARCH_LIMIT),
                      d: Daemon = Depends(get_daemon)) -> list[dict]:
     hub = d.pulls.hub_factory()
     return await asyncio.to_thread(hub.search, q, limit)

@@ -73,6 +73,13 @@ def make_request(from_: str, backend: str, version: str | None, source: str | No
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if from_ == "source" and not source:
         raise UsageError("from=source needs a source: a directory, a tarball URL or a tag")
+    if from_ == "release" and version:
+        from corral.builds.release import VERSION_RE
+
+        if not VERSION_RE.fullmatch(version):
+            raise UsageError(f"{version[:60]!r} is not a release tag (like b6000)")
+    if source is not None and "\0" in source:
+        raise UsageError("a source may not hold a NUL byte")
     return UpdateRequest(from_=from_, backend=backend,
                          version=(version or None) if from_ == "release" else None,
                          source=source if from_ == "source" else None, force=bool(force))
