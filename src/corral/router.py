@@ -247,8 +247,11 @@ class Router:
         self._waiting[qkey] = waiting + 1
         self.metrics.queue_depth.labels(target.label).set(waiting + 1)
         try:
-            coro = self._await_ready(rec, target)
-            return await asyncio.wait_for(coro, self.settings.router_queue_timeout), target.label
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose the caller's
+            # cancellation (a client that left) when the load completes at that moment.
+            async with asyncio.timeout(self.settings.router_queue_timeout):
+                ready = await self._await_ready(rec, target)
+            return ready, target.label
         except TimeoutError:
             raise Busy(f"{target.label!r} is still loading after "
                        f"{self.settings.router_queue_timeout:g} s; try again later",
