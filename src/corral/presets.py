@@ -51,6 +51,7 @@ from typing import Callable, Iterable
 
 import yaml
 
+from corral import redact
 from corral.builds.catalog import Flag, FlagCatalog
 from corral.builds.resolve import check_build_id
 from corral.errors import Conflict, CorralError, NotFound, OwnedFlag, UsageError
@@ -99,8 +100,48 @@ _SPEC_FIELDS = tuple(f.name for f in fields(Preset) if f.name != "name")
 
 
 def preset_view(preset: Preset) -> dict:
-    """The public (API, ``--json``) shape of a preset."""
-    return asdict(preset)
+    """The public (API, ``--json``) shape of a preset: secrets (``--api-key K``,
+    ``LLAMA_API_KEY``) shown as ``***``. Export keeps them: it is the preset itself."""
+    view = asdict(preset)
+    view["flags"] = redact.redact_argv(preset.flags)
+    view["env"] = redact.redact_env(preset.env)
+    return view
+
+
+def keep_secrets(new: Preset, old: Preset | None) -> Preset:
+    """``new`` with every ``***`` it was shown put back from ``old``: a preset read
+    from the API (masked) and saved back keeps its real key."""
+    flags, i = list(new.flags), 0
+    while i < len(flags):
+        name, eq, value = flags[i].partition("=")
+        if redact.is_secret_flag(name):
+            at = i if eq else i + 1
+            shown = value if eq else (flags[at] if at < len(flags) else None)
+            if shown == redact.MASK:
+                real = _token_value(old.flags if old else [], name)
+                if real is None:
+                    raise UsageError(f"preset {new.name}: {name} is {redact.MASK}; "
+                                     "give the key itself")
+                flags[at] = f"{name}={real}" if eq else real
+        i += 1
+    env = dict(new.env)
+    for key, value in env.items():
+        if value == redact.MASK and key in redact.SECRET_ENV:
+            if old is None or key not in old.env:
+                raise UsageError(f"preset {new.name}: env {key} is {redact.MASK}; give the value")
+            env[key] = old.env[key]
+    new.flags, new.env = flags, env
+    return new
+
+
+def _token_value(tokens: list[str], flag: str) -> str | None:
+    """The value ``flag`` has in ``tokens`` (``--f V`` or ``--f=V``; the last wins)."""
+    found = None
+    for i, tok in enumerate(tokens):
+        name, eq, value = tok.partition("=")
+        if name == flag:
+            found = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else None)
+    return found
 
 
 # -- validation ------------------------------------------------------------------------

@@ -214,3 +214,27 @@ def test_plan_shows_the_merged_command_line_and_runs_nothing(daemon, model_file,
     assert "did you mean --ctx-size" in assert_error(status, err, 400)["message"]
     assert api(daemon, "GET", "/api/v1/instances") == (200, [])
     assert not fake_processes(fake_binary, model=model_file)
+
+
+def test_api_key_in_preset_masked_in_views_and_kept_when_saved_back(daemon, model_file):
+    """Issue 10: secrets in flags are *** wherever corral shows them; a preset is shown
+    too (GET, preset ls), and the UI saving back what it was shown keeps the real key."""
+    body = {"model": str(model_file), "flags": ["-c", "2048", "--api-key", "sk-preset-0123456789"],
+            "env": {"LLAMA_API_KEY": "sk-env-0123456789", "CUDA_VISIBLE_DEVICES": "0"}}
+    status, answer = api(daemon, "PUT", "/api/v1/presets/keyed", body)
+    assert status == 201
+    shown = api(daemon, "GET", "/api/v1/presets/keyed")[1]
+    assert shown["flags"] == ["-c", "2048", "--api-key", "***"]
+    assert shown["env"] == {"LLAMA_API_KEY": "***", "CUDA_VISIBLE_DEVICES": "0"}
+    assert "sk-preset" not in json.dumps(api(daemon, "GET", "/api/v1/presets")[1])
+    assert "sk-preset" not in json.dumps(answer)
+    # Saved back as shown (with one change): the real key stays.
+    status, _ = api(daemon, "PUT", "/api/v1/presets/keyed",
+                    {**shown, "flags": ["-c", "4096", "--api-key", "***"]})
+    assert status == 200
+    export = api(daemon, "GET", "/api/v1/presets/keyed/export")[1]["text"]
+    assert "sk-preset-0123456789" in export and "sk-env-0123456789" in export
+    assert "4096" in export
+    # A new preset cannot be given *** for a key it never had.
+    assert_error(*api(daemon, "PUT", "/api/v1/presets/fresh",
+                      {"model": str(model_file), "flags": ["--api-key", "***"]}), 400)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
 
+from corral import redact
 from corral.api.deps import Daemon, get_daemon
 from corral.builds.resolve import MAX_BUILD_ID
 
@@ -19,4 +20,5 @@ async def flags(q: str | None = Query(None, max_length=200),
     catalog = await d.supervisor.catalog(None, build)
     found = catalog.search(q) if q else catalog.flags
     return {"version": catalog.version, "sections": catalog.sections, "count": len(found),
-            "flags": [f.to_dict() for f in found]}
+            "flags": [f.to_dict() for f in found],
+            "secret_flags": sorted(redact.SECRET_FLAGS)}  # the UI masks these as typed

@@ -150,6 +150,7 @@ async def put_preset(name: str, body: PresetBody, response: Response,
     warnings: list[str] = []
     catalog = await _catalog(d, preset.build, warnings)
     created = not _exists(d, name)
+    lib.keep_secrets(preset, None if created else lib.get(d.store, name))
     saved = lib.save(d.store, preset, catalog)
     d.router.forget_routes()
     response.status_code = 201 if created else 200

@@ -7,6 +7,7 @@ import sys
 import click
 
 from corral.cli.common import ago, print_json, settings, table
+from corral.cli.terminal import printable
 from corral.errors import NotFound, UsageError
 
 # corral's own options of `run`, also recognised after MODEL (llama flags come there too).
@@ -188,7 +189,8 @@ def ps(as_json: bool) -> None:
     if not items:
         click.echo("no instances (start one with: corral run MODEL.gguf)", err=True)
         return
-    rows = [[i["name"], i["state"], i["pid"] or "-", i["port"], i["model"].rsplit("/", 1)[-1],
+    rows = [[i["name"], i["state"], i["pid"] or "-", i["port"],
+             printable(i["model"].rsplit("/", 1)[-1]),  # a file name: anyone's text
              i["restarts"], ago(i["ready_at"] if i["state"] == "ready" else None)] for i in items]
     click.echo(table(rows, ["NAME", "STATE", "PID", "PORT", "MODEL", "RESTARTS", "UP"]))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import logging
 import re
 import sqlite3
@@ -505,7 +506,7 @@ class Supervisor:
         for flag, value in pairs:
             role = owned.get(flag)
             if role == "--host":
-                host = value or host
+                host = _check_host(value or host)
             elif role == "--model":
                 raise OwnedFlag("corral sets --model itself: give the model as MODEL")
             elif role == "--port":
@@ -901,6 +902,19 @@ async def _run_to_end(coro, name: str):
     task = asyncio.create_task(coro, name=name)
     task.add_done_callback(_retrieve)
     return await asyncio.shield(task)
+
+
+def _check_host(value: str) -> str:
+    """An IP address for ``--host`` ('localhost' is 127.0.0.1). A host *name* is refused:
+    resolving it would make a launch depend on (and send queries to) a DNS server, and
+    llama-server's unix-socket form (``*.sock``) cannot be probed or routed."""
+    if value == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise UsageError(f"--host must be an IP address of this machine (127.0.0.1, 0.0.0.0, "
+                         f"::1 ...), not {value[:100]!r}") from None
 
 
 def _refuse_nul(pairs: list) -> None:
