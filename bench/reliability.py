@@ -77,6 +77,18 @@ def fake_model(home: Path, name: str, **knobs) -> Path:
     return path
 
 
+def start(c: C.Corral) -> None:
+    """Start the daemon; when it refuses, show why (its log goes with the temp home)."""
+    try:
+        c.start_daemon()
+    except RuntimeError:
+        tail = []
+        for name in ("bench-daemon.log", "daemon.log"):
+            log = c.home / "logs" / name
+            tail += log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        raise RuntimeError("daemon did not start:\n" + "\n".join(tail)) from None
+
+
 def fake_servers(c: C.Corral, binary: Path) -> list[psutil.Process]:
     """Fake llama-servers whose environment carries this corral's CORRAL_HOME."""
     out = []
@@ -93,7 +105,7 @@ def fake_servers(c: C.Corral, binary: Path) -> list[psutil.Process]:
 def cycles(binary: Path, n: int, rng: random.Random) -> dict:
     times: dict[str, list[float]] = {}
     with C.isolated_corral("rel-cycles", binary, extra_env=FAST) as c:
-        c.start_daemon()
+        start(c)
         names = ["alpha", "beta"]
         models = {nm: fake_model(c.home, nm, load_seconds=0.6) for nm in names}
         alive = set()
@@ -155,7 +167,7 @@ def kills(binary: Path, rounds: int, rng: random.Random) -> dict:
         c.env["HF_HOME"] = str(c.home / "hf")
         models = {nm: fake_model(c.home, nm, load_seconds=0.3) for nm in ("k1", "k2", "k3")}
         for r in range(rounds):
-            c.start_daemon()
+            start(c)
             insts = {i["name"]: i for i in c.instances()}
             nm = rng.choice(list(models) + ["pull"])
             if nm == "pull":
@@ -183,7 +195,7 @@ def kills(binary: Path, rounds: int, rng: random.Random) -> dict:
             c.daemon = None
             C.wait_port_free(c.port)
             # A new daemon re-adopts; give it time to settle (loads take 0.3 s).
-            c.start_daemon()
+            start(c)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 insts = c.instances()
@@ -206,7 +218,7 @@ def kills(binary: Path, rounds: int, rng: random.Random) -> dict:
                 worst.append(f"round {r} ({op}): {dup} duplicate(s)")
             c.stop_daemon_only()
         # Every pull killed mid-way: a new pull resumes, verifies and indexes once.
-        c.start_daemon()
+        start(c)
         status, job = call(c.port, "POST", "/api/v1/pulls", {"ref": f"{PULL_REPO}:Q4_K_M"})
         deadline = time.monotonic() + 120
         while status < 400 and time.monotonic() < deadline:
@@ -228,7 +240,7 @@ def kills(binary: Path, rounds: int, rng: random.Random) -> dict:
 
 def growth(binary: Path, n: int) -> dict:
     with C.isolated_corral("rel-mem", binary, extra_env=FAST) as c:
-        c.start_daemon()
+        start(c)
         model = fake_model(c.home, "mem", load_seconds=0.1, tokens=4, token_delay=0)
         status, _ = call(c.port, "POST", "/api/v1/instances",
                          {"model": str(model), "name": "mem", "wait": True})
