@@ -1,0 +1,423 @@
+"""The memory planner on simulated devices.
+
+Until the estimator (``corral.fit.estimate``) lands, the plans are made against
+:class:`StandIn`, an estimator with the same interface and llama.cpp's placement
+rules (the last ``-ngl`` layers offloaded, the output layer with them when all are,
+layers split by cumulative ``--tensor-split`` fractions, the experts of the first
+``--n-cpu-moe`` layers on the host, the input embedding on the host). The properties
+asserted hold for any estimator: nothing past free − margin, user flags unchanged,
+context >= 4096 unless asked, experts before dense layers, the shortfall message.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from corral.builds.catalog import FlagCatalog
+from corral.fit import planner
+from corral.fit.devices import GiB, MiB, Devices, detect_devices, parse_spec
+
+HELP = Path(__file__).resolve().parents[1] / "fakes" / "llama-server-help.txt"
+CATALOG = FlagCatalog.parse(HELP.read_text())
+
+# --------------------------------------------------------------------------- stand-in
+
+_KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
+             "q4_1": 20 / 32, "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+
+
+@dataclass
+class Options:
+    ctx: int = 0
+    n_parallel: int = 1
+    kv_unified: bool = True
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: str = "auto"
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_gpu_layers: int = -1
+    tensor_split: list[float] | None = None
+    n_cpu_moe: int = 0
+    swa_full: bool = False
+    mmproj: str | None = None
+    draft: str | None = None
+    loras: list[str] = field(default_factory=list)
+    no_kv_offload: bool = False
+
+    @classmethod
+    def from_pairs(cls, pairs, catalog=None) -> "Options":
+        o = cls()
+        for name, value in pairs:
+            if name == "--ctx-size":
+                o.ctx = int(value)
+            elif name == "--cache-type-k":
+                o.cache_type_k = value
+            elif name == "--cache-type-v":
+                o.cache_type_v = value
+            elif name == "--flash-attn":
+                o.flash_attn = value
+            elif name == "--gpu-layers":
+                o.n_gpu_layers = -1 if value in ("all", "auto") else int(value)
+            elif name == "--tensor-split":
+                o.tensor_split = [float(x) for x in re.split(r"[,/]", value)]
+            elif name == "--n-cpu-moe":
+                o.n_cpu_moe = int(value)
+        return o
+
+
+@dataclass
+class DeviceUse:
+    id: str
+    layers: int = 0
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    output_bytes: int = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.output_bytes
+
+
+@dataclass
+class Projection:
+    devices: list[DeviceUse]
+    context: int
+    n_parallel: int
+    cache_type_k: str
+    cache_type_v: str
+    flash_attn: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Shape:
+    """A model as the stand-in sees it: per-layer bytes, no tensor table."""
+
+    n_layer: int
+    n_ctx_train: int
+    dense_bytes: int  # attention + norms (+ a dense FFN) per layer
+    expert_bytes: int = 0  # the experts of one layer
+    n_expert: int = 0
+    kv_per_token: int = 2 * 8 * 128  # K+V elements per token per layer
+    embd_bytes: int = 500 * MiB
+    output_bytes: int = 500 * MiB
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_expert > 0
+
+
+class StandIn:
+    """The estimator's interface with llama.cpp's placement rules and round numbers."""
+
+    Options = Options
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def project(self, m: Shape, o: Options, gpus: int) -> Projection:
+        self.calls += 1
+        ngl = o.n_gpu_layers if gpus else 0
+        ngl = m.n_layer + 1 if ngl < 0 else min(ngl, m.n_layer + 1)
+        start = max(m.n_layer - ngl, 0)  # the first offloaded layer (llama-model.cpp)
+        n_off = ngl  # act_gpu_layers: the output layer counts as one
+        split = list(o.tensor_split or [1.0] * gpus)[:gpus]
+        split += [0.0] * (gpus - len(split))
+        total = sum(split) or 1.0
+        cum = [sum(split[:i + 1]) / total for i in range(gpus)]
+        use = {f"gpu{i}": DeviceUse(f"gpu{i}") for i in range(gpus)}
+        host = DeviceUse("host", weights_bytes=m.embd_bytes)
+        kv_layer = int(o.ctx * m.kv_per_token / 2 * (_KV_BYTES[o.cache_type_k]
+                                                    + _KV_BYTES[o.cache_type_v]))
+        for il in range(m.n_layer):
+            if il >= start and gpus:
+                at = min(bisect.bisect_right(cum, (il - start) / max(n_off, 1)), gpus - 1)
+                dev = use[f"gpu{at}"]
+            else:
+                dev = host
+            dev.layers += 1
+            dev.weights_bytes += m.dense_bytes
+            dev.kv_bytes += kv_layer
+            (host if il < o.n_cpu_moe else dev).weights_bytes += m.expert_bytes
+        last = next((use[f"gpu{i}"] for i in reversed(range(gpus)) if use[f"gpu{i}"].layers),
+                    None)
+        if ngl > m.n_layer and last is not None:
+            last.output_bytes = m.output_bytes
+        else:
+            host.output_bytes = m.output_bytes
+        fa = o.flash_attn == "on"
+        for d in use.values():
+            if d.layers or d is last:
+                d.compute_bytes = 300 * MiB + o.ctx * (8 if fa else 32) * 1024 // 1024
+        host.compute_bytes = 64 * MiB
+        return Projection(devices=[*use.values(), host], context=o.ctx, n_parallel=1,
+                          cache_type_k=o.cache_type_k, cache_type_v=o.cache_type_v,
+                          flash_attn=fa)
+
+
+# Shapes like the issue's models, in round numbers (a 14B Q4_K_M is ~8.4 GiB).
+DENSE_14B = Shape(n_layer=48, n_ctx_train=131072, dense_bytes=165 * MiB,
+                  kv_per_token=2 * 8 * 128)
+MOE_30B = Shape(n_layer=48, n_ctx_train=262144, dense_bytes=25 * MiB, expert_bytes=330 * MiB,
+                n_expert=128, kv_per_token=2 * 4 * 128)
+SMALL = Shape(n_layer=24, n_ctx_train=2048, dense_bytes=10 * MiB, embd_bytes=100 * MiB,
+              output_bytes=100 * MiB)
+
+
+def devices(spec: str, host: str = "64GiB") -> Devices:
+    return detect_devices(f"{spec},host={host}" if spec != "none" else f"none,host={host}")
+
+
+def make(model: Shape, spec: str, flags: list[str] = (), host: str = "64GiB", **kw):
+    pairs = CATALOG.normalize(list(flags))
+    est = StandIn()
+    result = planner.plan(model, pairs, devices(spec, host), catalog=CATALOG, estimator=est,
+                          **kw)
+    return result, pairs, est
+
+
+def flag(plan, name: str) -> str | None:
+    pairs = CATALOG.normalize(plan.flags)
+    long = CATALOG.lookup(name).long
+    values = [v for n, v in pairs if n == long]
+    return values[-1] if values else None
+
+
+def assert_within(plan, margin=1 * GiB, committed=None):
+    """The property every plan that fits must have: nothing past free − margin."""
+    committed = committed or {}
+    for d in plan.devices:
+        limit = d.device.free_bytes - margin - committed.get(d.device.id, 0)
+        assert d.used_bytes <= limit, (d.device.id, d.used_bytes, limit, plan.notes)
+
+
+# --------------------------------------------------------------------------- golden plans
+
+
+def test_dense_14b_on_one_24gib_card_gets_everything():
+    plan, _, _ = make(DENSE_14B, "24GiB")
+    assert plan.fits
+    assert_within(plan)
+    assert flag(plan, "-ngl") == "49"
+    assert flag(plan, "-ctk") is None and flag(plan, "-ts") is None
+    assert plan.devices[0].layers == 48 and plan.devices[0].output_bytes > 0
+    assert plan.context >= 4096
+
+
+def test_dense_14b_on_12_plus_8_splits_by_usable_memory():
+    plan, _, _ = make(DENSE_14B, "12GiB,8GiB")
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    ts = [float(x) for x in flag(plan, "-ts").split(",")]
+    assert ts[0] > ts[1] > 0
+    gpu0, gpu1, host = plan.devices
+    assert gpu0.layers > gpu1.layers > 0 and host.layers == 0
+    assert flag(plan, "--device") is None  # both cards are used
+
+
+def test_fits_on_one_card_alone_leaves_the_others_out():
+    plan, _, _ = make(SMALL, "4x8GiB")
+    assert plan.fits
+    assert flag(plan, "--device") == "CUDA0"
+    assert [d.layers for d in plan.devices[:4]] == [24, 0, 0, 0]
+    assert any("alone" in n for n in plan.notes)
+
+
+def test_context_shrinks_to_fit_never_below_4096():
+    plan, _, _ = make(DENSE_14B, "12GiB")  # 8.2 GiB weights + 11 GiB usable: little KV room
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    assert 4096 <= plan.context < DENSE_14B.n_ctx_train
+    assert plan.context % 1024 == 0
+    assert flag(plan, "-c") == str(plan.context)
+    assert any(n.startswith(f"context 131072 → {plan.context} to fit gpu0") for n in plan.notes)
+    assert flag(plan, "-ctk") is None  # f16 fits the floor: no quantization
+    # One step more would not fit: the context is the largest, not merely one that fits.
+    bigger, _, _ = make(DENSE_14B, "12GiB", ["-c", str(plan.context + 1024)])
+    assert flag(bigger, "-ctk") == "q8_0" or not bigger.fits
+
+
+def test_quantized_kv_with_flash_attention_when_that_makes_the_context_fit():
+    plan, pairs, _ = make(DENSE_14B, "12GiB", ["-c", "32768"])
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    assert plan.context == 32768 and flag(plan, "-c") == "32768"
+    assert plan.cache_type_k == plan.cache_type_v and plan.cache_type_k in ("q8_0", "q4_0")
+    assert flag(plan, "-fa") == "on"
+    assert any("KV cache" in n and "does not fit context 32768" in n for n in plan.notes)
+    assert flag(plan, "-ngl") == "49"  # quantizing is cheaper than offloading layers
+
+
+def test_q8_0_before_q4_0():
+    # Pick a context where q8_0 fits and f16 does not.
+    plan, _, _ = make(DENSE_14B, "12GiB", ["-c", "16384"])
+    assert plan.cache_type_k == "q8_0"
+
+
+def test_user_fixed_flags_are_kept_as_given():
+    flags = ["-c", "65536", "-ctk", "f16", "-ctv", "f16", "-fa", "off", "-ngl", "30",
+             "-ts", "1,1"]
+    plan, pairs, _ = make(DENSE_14B, "12GiB,8GiB", flags)
+    got = CATALOG.normalize(plan.flags)
+    for pair in pairs:
+        assert pair in got
+    for name, value in (("-c", "65536"), ("-ctk", "f16"), ("-ctv", "f16"), ("-fa", "off"),
+                        ("-ngl", "30"), ("-ts", "1,1")):
+        assert flag(plan, name) == value
+    assert plan.context == 65536
+    assert len([n for n, _ in got if n == "--ctx-size"]) == 1
+
+
+def test_user_device_choice_is_kept():
+    plan, _, _ = make(DENSE_14B, "12GiB,8GiB", ["--device", "CUDA1"])
+    assert flag(plan, "--device") == "CUDA1"
+    assert plan.devices[0].used_bytes == 0 and plan.devices[1].layers > 0
+
+
+def test_a_fixed_flash_attention_off_never_gets_a_quantized_v_cache():
+    plan, _, _ = make(DENSE_14B, "12GiB", ["-c", "32768", "-fa", "off"])
+    assert plan.cache_type_v == "f16"
+    assert flag(plan, "-fa") == "off"
+
+
+def test_moe_experts_leave_the_gpu_before_dense_layers():
+    plan, _, _ = make(MOE_30B, "12GiB,8GiB")
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    n = int(flag(plan, "--n-cpu-moe"))
+    assert 0 < n < 48
+    assert flag(plan, "-ngl") == "49"  # every dense layer stays on a GPU
+    assert plan.devices[2].layers == 0
+    # and n is the fewest: one layer fewer of experts on the CPU does not fit
+    fewer, _, _ = make(MOE_30B, "12GiB,8GiB", ["--n-cpu-moe", str(n - 1), "-ngl", "49",
+                                               "-c", "4096",
+                                               "-ctk", plan.cache_type_k,
+                                               "-ctv", plan.cache_type_v])
+    assert not fewer.fits
+
+
+def test_dense_layers_leave_when_all_experts_are_on_the_cpu_and_it_still_does_not_fit():
+    plan, _, _ = make(MOE_30B, "6GiB")  # 5 GiB usable: 48 × 25 MiB dense fits, experts do not
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    assert flag(plan, "--n-cpu-moe") == "48" or int(flag(plan, "-ngl")) <= 49
+    huge = Shape(n_layer=48, n_ctx_train=8192, dense_bytes=200 * MiB, expert_bytes=100 * MiB,
+                 n_expert=64)
+    plan, _, _ = make(huge, "6GiB")
+    assert plan.fits
+    assert_within(plan)
+    assert flag(plan, "--n-cpu-moe") == "48"
+    assert 0 < int(flag(plan, "-ngl")) < 48
+
+
+def test_a_card_too_small_moves_layers_to_the_cpu():
+    plan, _, _ = make(DENSE_14B, "6GiB")
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    ngl = int(flag(plan, "-ngl"))
+    assert 0 < ngl < 48
+    assert plan.devices[1].layers == 48 - ngl
+    assert any(f"{ngl} of 49 layers on the GPU" in n for n in plan.notes)
+
+
+def test_no_gpu_puts_everything_on_the_host():
+    plan, _, _ = make(DENSE_14B, "none")
+    assert plan.fits
+    assert [d.device.id for d in plan.devices] == ["host"]
+    assert plan.devices[0].layers == 48
+    assert flag(plan, "-ngl") is None and flag(plan, "--device") is None
+    view = plan.view()
+    assert view["devices"][0]["id"] == "host" and view["devices"][0]["kind"] == "host"
+
+
+def test_nothing_fits_says_by_how_much():
+    plan, _, _ = make(DENSE_14B, "none", host="6GiB")
+    assert not plan.fits
+    # 5 GiB usable, ~8.2 GiB of weights and more: the miss is reported in full.
+    short = plan.short_bytes["host"]
+    used = plan.devices[0].used_bytes
+    assert short == used - (6 * GiB - 1 * GiB)
+    assert plan.notes[0].startswith("does not fit by ")
+    assert "on host" in plan.notes[0]
+
+
+def test_committed_bytes_of_other_instances_count():
+    alone, _, _ = make(DENSE_14B, "24GiB")
+    shared, _, _ = make(DENSE_14B, "24GiB", committed={"gpu0": 10 * GiB})
+    assert_within(shared, committed={"gpu0": 10 * GiB})
+    assert shared.context < alone.context
+    assert any("committed" in n for n in shared.notes)
+
+
+def test_margin_is_honoured():
+    plan, _, _ = make(DENSE_14B, "12GiB", margin=3 * GiB)
+    assert_within(plan, margin=3 * GiB)
+    via_flag, _, _ = make(DENSE_14B, "12GiB", ["--fit-target", "3072"])
+    assert via_flag.context == plan.context
+
+
+def test_fit_ctx_lowers_the_floor():
+    tight, _, _ = make(DENSE_14B, "10GiB")
+    low, _, _ = make(DENSE_14B, "10GiB", ["--fit-ctx", "1024"])
+    assert tight.context >= 4096
+    assert low.context >= 1024
+
+
+def test_training_context_below_4096_is_the_ceiling():
+    plan, _, _ = make(SMALL, "8GiB")
+    assert plan.context == 2048
+
+
+def test_a_gpu_without_room_is_not_used():
+    devs = Devices(gpus=parse_spec("12GiB,1GiB")[0], host=devices("none").host)
+    plan = planner.plan(DENSE_14B, [], devs, catalog=CATALOG, estimator=StandIn())
+    assert flag(plan, "--device") == "CUDA0"
+    assert any(n.startswith("gpu1:") and "not used" in n for n in plan.notes)
+
+
+def test_deterministic_and_bounded():
+    a, _, est = make(MOE_30B, "12GiB,8GiB")
+    b, _, _ = make(MOE_30B, "12GiB,8GiB")
+    assert a.view() == b.view()
+    assert est.calls == a.projections <= 300
+
+
+@pytest.mark.parametrize("model", [DENSE_14B, MOE_30B, SMALL], ids=["14b", "moe", "small"])
+@pytest.mark.parametrize("spec", ["12GiB,8GiB", "24GiB", "4x8GiB", "6GiB", "none"])
+def test_golden_properties(model, spec):
+    plan, _, est = make(model, spec)
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    assert plan.context >= min(4096, model.n_ctx_train)
+    assert sum(d.layers for d in plan.devices) == model.n_layer
+    assert est.calls <= 300
+    view = plan.view()
+    assert set(view) == {"fits", "flags", "context", "cache_type_k", "cache_type_v",
+                         "devices", "notes"}
+    for d in view["devices"]:
+        assert set(d) == {"id", "name", "kind", "total_bytes", "free_bytes", "layers",
+                          "weights_bytes", "kv_bytes", "compute_bytes", "used_bytes"}
+    CATALOG.normalize(plan.flags)  # valid for the build
+
+
+def test_no_catalog_uses_todays_names():
+    plan = planner.plan(DENSE_14B, [], devices("12GiB,8GiB"), estimator=StandIn())
+    assert "--gpu-layers" in plan.flags and "--tensor-split" in plan.flags
+
+
+def test_the_stand_in_is_the_estimators_interface():
+    """Keeps the stand-in honest: once corral.fit.estimate exists, the names match."""
+    est = pytest.importorskip("corral.fit.estimate")
+    for name in ("Options", "DeviceUse", "Projection", "load_model", "project"):
+        assert hasattr(est, name)
+    fields = {f for f in est.Options.__dataclass_fields__}
+    assert set(Options.__dataclass_fields__) <= fields
+    _ = SimpleNamespace
