@@ -16,9 +16,11 @@ Decisions (the GGUF spec is silent or permissive here):
 * Strings are decoded as UTF-8 with ``errors="replace"``: llama.cpp does not validate
   UTF-8, so a stray byte in a metadata string must not make a loadable model unreadable.
 * A duplicate key is refused, as llama.cpp refuses it.
-* The tensor-info table is walked (names, dims, types, offsets) so that a file cut short
-  inside it is detected; the tensor data itself is only checked for a tensor whose offset
-  lies beyond the end of the file (sizes per ggml type are not modelled here).
+* The tensor-info table is kept: each tensor's name, ggml type id, dims and data offset
+  (:class:`TensorInfo`, in file order), so the memory estimator (``corral.fit``) can size
+  every weight without touching the data. A file cut short inside the table is detected;
+  the tensor data itself is only checked for a tensor whose offset lies beyond the end of
+  the file (byte sizes per ggml type live in ``corral.fit.ggml_types``).
 * Every problem is an :class:`~corral.errors.InvalidModelFile` with a one-line message
   ``"<path>: <what is wrong>"``; no other exception type escapes ``read_metadata``.
 """
@@ -31,7 +33,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from corral.errors import InvalidModelFile
 
@@ -40,6 +42,7 @@ __all__ = [
     "FILE_TYPES",
     "ArraySummary",
     "GGUFInfo",
+    "TensorInfo",
     "quant_from_filename",
     "quantization_name",
     "read_metadata",
@@ -93,6 +96,7 @@ _SCALAR = {t: struct.Struct(f) for t, f in _SCALAR_FMT.items()}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HEADER = struct.Struct("<4sIQQ")  # magic, version, tensor_count, kv_count
+_TYPE_OFFSET = struct.Struct("<IQ")  # a tensor info's ggml type and data offset
 #: Smallest encoding of one item of each type (bytes), for plausibility checks.
 _MIN_SIZE = {t: s.size for t, s in _SCALAR.items()}
 _MIN_SIZE[T_STRING] = 8
@@ -160,6 +164,20 @@ class ArraySummary:
         return {"type": self.type, "length": self.length}
 
 
+class TensorInfo(NamedTuple):
+    """One entry of the tensor-info table: name, ggml type id, dims (ne0 first), offset.
+
+    ``offset`` is relative to the start of the tensor data (``GGUFInfo.data_offset``), as
+    in the file. A NamedTuple keeps the table cheap to build (thousands of entries for a
+    MoE model) and immutable.
+    """
+
+    name: str
+    type: int
+    dims: tuple[int, ...]
+    offset: int
+
+
 @dataclass
 class GGUFInfo:
     """What ``read_metadata`` found in a GGUF file."""
@@ -171,6 +189,8 @@ class GGUFInfo:
     #: File offset where the tensor data starts (aligned).
     data_offset: int = 0
     file_size: int = 0
+    #: The tensor-info table in file order.
+    tensors: list[TensorInfo] = field(default_factory=list)
 
     # -- derived -------------------------------------------------------------
 
@@ -368,7 +388,7 @@ class _Parser:
         itype, n = self.array_header(what, depth)
         self.skip_items(itype, n, what, depth)
 
-    def parse(self) -> tuple[int, int, dict[str, Any], int]:
+    def parse(self) -> tuple[int, int, dict[str, Any], int, list[TensorInfo]]:
         if self.size < 4:
             if self.size == 0:
                 raise _Bad("empty file")
@@ -405,23 +425,53 @@ class _Parser:
             if key in kv:
                 raise _Bad(f"duplicate key {shown}")
             kv[key] = value
-        data_offset = self.tensor_infos(tensor_count, kv)
-        return version, tensor_count, kv, data_offset
+        data_offset, tensors = self.tensor_infos(tensor_count, kv)
+        return version, tensor_count, kv, data_offset, tensors
 
-    def tensor_infos(self, count: int, kv: dict[str, Any]) -> int:
+    def tensor_infos(self, count: int, kv: dict[str, Any]) -> tuple[int, list[TensorInfo]]:
         left = self.size - self.off
         if count * _MIN_TENSOR_INFO > left:
             raise _Bad(f"tensor count {count} is impossible for the {left} bytes left")
+        # The hot loop of a big MoE header (tens of thousands of tensors): locals only,
+        # one unpack per field group, no per-tensor method calls.
+        buf, size, off = self.buf, self.size, self.off
+        u64, u32 = _U64.unpack_from, _U32.unpack_from
+        dims_fmt = {n: struct.Struct(f"<{n}Q").unpack_from for n in range(1, MAX_TENSOR_DIMS + 1)}
+        type_off = _TYPE_OFFSET.unpack_from
+        tensors: list[TensorInfo] = []
+        append = tensors.append
         max_offset = -1
         for i in range(count):
-            what = f"tensor info #{i}"
-            self.string(f"{what} name")
-            n_dims = self.u32(f"{what} dimension count")
+            if off + 8 > size:
+                self.off = off
+                self.need(8, f"tensor info #{i} name length")
+            n = u64(buf, off)[0]
+            off += 8
+            if n > size - off:
+                raise _Bad(
+                    f"tensor info #{i} name length {n} at offset {off - 8}"
+                    f" exceeds the {size - off} bytes left"
+                )
+            name = bytes(buf[off : off + n]).decode("utf-8", errors="replace")
+            off += n
+            if off + 4 > size:
+                self.off = off
+                self.need(4, f"tensor info #{i} dimension count")
+            n_dims = u32(buf, off)[0]
+            off += 4
             if not 1 <= n_dims <= MAX_TENSOR_DIMS:
-                raise _Bad(f"{what}: {n_dims} dimensions (must be 1..{MAX_TENSOR_DIMS})")
-            self.need(8 * n_dims + 12, what)
-            self.off += 8 * n_dims + 4  # dims, ggml type
-            max_offset = max(max_offset, self.u64(f"{what} offset"))
+                raise _Bad(f"tensor info #{i}: {n_dims} dimensions (must be 1..{MAX_TENSOR_DIMS})")
+            if off + 8 * n_dims + 12 > size:
+                self.off = off
+                self.need(8 * n_dims + 12, f"tensor info #{i}")
+            dims = dims_fmt[n_dims](buf, off)
+            off += 8 * n_dims
+            ggml_type, t_off = type_off(buf, off)
+            off += 12
+            if t_off > max_offset:
+                max_offset = t_off
+            append(TensorInfo(name, ggml_type, dims, t_off))
+        self.off = off
         alignment = kv.get("general.alignment", DEFAULT_ALIGNMENT)
         valid = isinstance(alignment, int) and not isinstance(alignment, bool)
         if not valid or alignment <= 0 or alignment & (alignment - 1):
@@ -432,7 +482,7 @@ class _Parser:
                 f"truncated: tensor data at offset {data_offset + max_offset}"
                 f" is beyond the end of the file ({self.size} bytes)"
             )
-        return data_offset
+        return data_offset, tensors
 
 
 def read_metadata(path: str | os.PathLike[str]) -> GGUFInfo:
@@ -454,7 +504,7 @@ def read_metadata(path: str | os.PathLike[str]) -> GGUFInfo:
             try:
                 buf = mm if mm is not None else f.read()
                 size = len(buf)
-                version, tensor_count, kv, data_offset = _Parser(buf, size).parse()
+                version, tensor_count, kv, data_offset, tensors = _Parser(buf, size).parse()
             finally:
                 if mm is not None:
                     mm.close()
@@ -474,6 +524,7 @@ def read_metadata(path: str | os.PathLike[str]) -> GGUFInfo:
         kv=kv,
         data_offset=data_offset,
         file_size=size,
+        tensors=tensors,
     )
 
 
