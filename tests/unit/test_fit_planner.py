@@ -127,8 +127,9 @@ class StandIn:
         self.calls += 1
         ngl = o.n_gpu_layers if gpus else 0
         ngl = m.n_layer + 1 if ngl < 0 else min(ngl, m.n_layer + 1)
-        start = max(m.n_layer - ngl, 0)  # the first offloaded layer (llama-model.cpp)
-        n_off = ngl  # act_gpu_layers: the output layer counts as one
+        # b11434's llama-model.cpp: the last ngl of the n_layer + 1 layers (+1: output)
+        start = max(m.n_layer + 1 - ngl, 0)
+        n_off = ngl
         split = list(o.tensor_split or [1.0] * gpus)[:gpus]
         split += [0.0] * (gpus - len(split))
         total = sum(split) or 1.0
@@ -149,7 +150,7 @@ class StandIn:
             (host if il < o.n_cpu_moe else dev).weights_bytes += m.expert_bytes
         last = next((use[f"gpu{i}"] for i in reversed(range(gpus)) if use[f"gpu{i}"].layers),
                     None)
-        if ngl > m.n_layer and last is not None:
+        if ngl > 0 and last is not None:
             last.output_bytes = m.output_bytes
         else:
             host.output_bytes = m.output_bytes
@@ -324,7 +325,7 @@ def test_a_card_too_small_moves_layers_to_the_cpu():
     assert_within(plan)
     ngl = int(flag(plan, "-ngl"))
     assert 0 < ngl < 48
-    assert plan.devices[1].layers == 48 - ngl
+    assert plan.devices[1].layers == 48 - (ngl - 1)  # ngl counts the output layer
     assert any(f"{ngl} of 49 layers on the GPU" in n for n in plan.notes)
 
 

@@ -90,9 +90,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from corral.cli import builds, daemon, flags, hub, instances, keys, models, presets, system
+    from corral.cli import builds, daemon, fit, flags, hub, instances, keys, models, presets, system
 
-    for module in (daemon, instances, models, hub, flags, builds, presets, keys, system):
+    for module in (daemon, instances, models, hub, flags, builds, presets, keys, system, fit):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -55,7 +55,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from corral.fit.devices import DEFAULT_MARGIN, Device, Devices, MiB, human_bytes
+from corral.fit.devices import DEFAULT_MARGIN, Device, Devices, MiB, detect_devices, human_bytes
 
 #: The smallest context the planner chooses by itself (llama.cpp's --fit-ctx default).
 MIN_CONTEXT = 4096
@@ -580,3 +580,36 @@ def _tightest(search: _Search, cfg: _Config) -> str:
     result = search.evaluate(cfg)
     worst = max(result.placed, key=lambda d: (d.over_bytes, d.used_bytes - d.usable_bytes))
     return worst.device.id
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def owned_and_mmproj(catalog, pairs, mmproj: str | None) -> list:
+    """``pairs`` as a launch would pass them on: without the flags corral owns
+    (``--model``, ``--port``, ``--host``), with the model's vision projector unless the
+    user chose one (or ``--no-mmproj``), as the supervisor does."""
+    owned = {f.long for f in (catalog.lookup(n) for n in ("--model", "--port", "--host"))
+             if f is not None}
+    kept = [(n, v) for n, v in pairs if n not in owned]
+    mm = catalog.lookup("--mmproj")
+    names = {n for n, _ in kept}
+    if mmproj and mm is not None and mm.long not in names \
+            and not any(n.startswith("--no-mmproj") for n in names):
+        kept.append((mm.long, mmproj))
+    return kept
+
+
+def fit(model_path: str, pairs, *, catalog=None, devices_spec: str | None = None,
+        margin: int | None = None, committed: dict[str, int] | None = None, probe=None,
+        estimator: Any = None) -> tuple[Plan, Devices]:
+    """Plan ``model_path`` with these normalised flags on the devices detected now (or
+    simulated from ``devices_spec``). What ``corral fit`` and ``POST /api/v1/fit`` run."""
+    if estimator is None:
+        from corral.fit import estimate as estimator
+    devs = detect_devices(devices_spec, probe)
+    shape = estimator.load_model(str(model_path))
+    result = plan(shape, pairs, devs, catalog=catalog, margin=margin, committed=committed,
+                  estimator=estimator)
+    result.notes.extend(w for w in devs.warnings if w not in result.notes)
+    return result, devs

@@ -1,0 +1,178 @@
+"""corral fit — the memory plan of a launch, without launching (no daemon needed).
+
+Read-only: the model is resolved through the index as ``corral show`` does, the flags
+are validated by the catalog of the build ``run`` would use, and the ``*`` defaults
+preset applies as it does for a launch.
+"""
+
+from __future__ import annotations
+
+import click
+
+from corral.cli.common import print_json, settings, table
+from corral.cli.terminal import printable
+from corral.errors import UsageError
+
+# corral's own options of `fit`, also recognised after MODEL (llama flags come there too).
+FIT_VALUED = {"--devices", "--margin", "--binary", "--build"}
+FIT_SWITCHES = {"--json"}
+
+
+def _split_args(args: tuple[str, ...]) -> tuple[dict, list[str]]:
+    own: dict = {}
+    llama: list[str] = []
+    it = iter(args)
+    for token in it:
+        key, eq, value = token.partition("=")
+        if key in FIT_VALUED:
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise UsageError(f"{key} needs a value")
+            own[key] = value
+        elif token in FIT_SWITCHES:
+            own[token] = True
+        else:
+            llama.append(token)
+    return own, llama
+
+
+class _Local:
+    """What :func:`corral.presets.compose` asks of a supervisor, from the store alone."""
+
+    def __init__(self, s, store) -> None:
+        self.settings, self.store = s, store
+
+    def list(self) -> list:
+        return []
+
+    async def catalog(self, binary=None, build_id=None):
+        from corral.builds.catalog import load_catalog
+        from corral.builds.resolve import resolve_binary
+
+        resolved = resolve_binary(self.settings, self.store, binary, build_id)
+        return load_catalog(resolved.path, self.settings.cache_dir)
+
+
+def _resolve(store, text: str) -> tuple[str, str | None]:
+    """(GGUF path, its mmproj) for MODEL: a model of the index, else a .gguf path."""
+    from corral import models
+    from corral.errors import NotFound
+    from corral.supervisor.supervisor import check_model_file
+
+    try:
+        rec = models.resolve(store, text)
+    except NotFound:
+        if text.lower().endswith(".gguf"):
+            return str(check_model_file(text)), None
+        raise NotFound(f"no model {text!r}: not a file, and not in the index (corral ls)")
+    return str(check_model_file(rec.path)), rec.mmproj
+
+
+def plan_local(model: str, flags: list[str], *, devices: str | None, margin_mib: float | None,
+               binary: str | None = None, build: int | None = None, probe=None):
+    """(plan, devices) for ``corral fit``: store, catalog and planner, no daemon."""
+    import asyncio
+
+    from corral import presets
+    from corral.fit.devices import MiB
+    from corral.fit.planner import fit, owned_and_mmproj
+    from corral.store.db import Store
+
+    s = settings()
+    s.ensure_dirs()
+    store = Store(s.db_path)
+    try:
+        local = _Local(s, store)
+        spec = asyncio.run(presets.compose(local, model=model, flags=flags, binary=binary,
+                                           build_id=build))
+        catalog = asyncio.run(local.catalog(spec.binary, spec.build_id))
+        path, mmproj = _resolve(store, spec.model)
+    finally:
+        store.close()
+    pairs = owned_and_mmproj(catalog, catalog.normalize(list(spec.flags)), mmproj)
+    margin = None if margin_mib is None else int(margin_mib * MiB)
+    return fit(path, pairs, catalog=catalog, devices_spec=devices, margin=margin, probe=probe)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f}G" if n else "-"
+
+
+def render(plan) -> str:
+    """The table, the flags and the notes, as ``corral fit`` prints them."""
+    import shlex
+
+    rows = []
+    for d in plan.devices:
+        over = "  OVER" if d.over_bytes else ""
+        rows.append([printable(f"{d.device.id} {d.device.name}"), str(d.layers),
+                     _gib(d.weights_bytes), _gib(d.kv_bytes), _gib(d.compute_bytes),
+                     f"{_gib(d.used_bytes)} / {_gib(d.device.free_bytes)}{over}"])
+    out = [table(rows, ["DEVICE", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "USED/FREE"]), ""]
+    head = "fits" if plan.fits else "does not fit"
+    out.append(f"{head}: context {plan.context}, KV cache {plan.cache_type_k}/"
+               f"{plan.cache_type_v}")
+    out.append("flags: " + printable(" ".join(shlex.quote(f) for f in plan.flags)))
+    if plan.env:
+        out.append("or select the GPUs with: " + " ".join(f"{k}={v}" for k, v in plan.env.items())
+                   + " (instead of --device)")
+    out += [f"  - {printable(n)}" for n in plan.notes]
+    return "\n".join(out)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                                 "help_option_names": ["--help"]})
+@click.option("--devices", metavar="SPEC",
+              help="Simulate devices: 12GiB,8GiB | 4x8GiB | none (CPU only); "
+                   "host=64GiB sets the RAM. Default: the GPUs detected now.")
+@click.option("--margin", type=float, metavar="MiB",
+              help="Memory kept free on each device (default 1024, or --fit-target).")
+@click.option("--binary", help="llama-server whose flags to validate against.")
+@click.option("--build", type=int, help="Registered build id.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.argument("model")
+@click.argument("llama_flags", nargs=-1, type=click.UNPROCESSED)
+def fit(devices, margin, binary, build, as_json, model, llama_flags) -> None:
+    """Plan the memory of a launch: which GPUs, -ngl, -ts, context and KV cache fit.
+
+    MODEL is a GGUF path or a model of the index; the llama-server flags are those you
+    would give `corral run`. Flags you set (-ngl, -ts, --device, -c, -ctk, -ctv, -fa,
+    --n-cpu-moe) are kept as given; the rest is chosen to fit free memory minus a
+    margin on every device. Nothing is started and no daemon is needed.
+
+    \b
+    Examples:
+      corral fit qwen3-14b                     on the GPUs of this machine
+      corral fit model.gguf -c 32768           this context: KV type and layers to fit it
+      corral fit model.gguf --devices 12GiB,8GiB --json
+      corral fit model.gguf --devices none     CPU only
+    """
+    own, flags = _split_args(llama_flags)
+    devices = own.get("--devices", devices)
+    binary = own.get("--binary", binary)
+    as_json = bool(own.get("--json", as_json))
+    try:
+        margin = float(own["--margin"]) if "--margin" in own else margin
+        build = int(own["--build"]) if "--build" in own else build
+    except ValueError:
+        raise UsageError("--margin and --build need a number") from None
+    if margin is not None and not 0 <= margin <= 2**30:
+        raise UsageError("--margin is MiB from 0 up")
+    if model.startswith("-"):
+        raise UsageError("give MODEL first (a GGUF path or a model of the index)")
+    plan, _ = plan_local(_local_model(model), flags, devices=devices, margin_mib=margin,
+                         binary=binary, build=build)
+    if as_json:
+        print_json(plan.view())
+    else:
+        click.echo(render(plan))
+
+
+def _local_model(model: str) -> str:
+    from corral.cli.instances import _local_model as local
+
+    return local(model) or model
+
+
+COMMANDS = [fit]
