@@ -13,6 +13,7 @@ from corral import __version__
 from corral.api import builds, conversations, errors, events, flags, instances, keys, metrics
 from corral.api import presets as presets_api
 from corral.api import limits, security, web
+from corral.api import fit as fit_api
 from corral.api import settings as settings_api
 from corral.builds.jobs import BuildJobs
 from corral.api import models as models_api
@@ -99,5 +100,6 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
     for part in (instances, flags, builds, pulls_api, models_api, system_api, openai_api,
                  presets_api, keys, conversations, events, metrics, settings_api):
         app.include_router(part.router)
+    app.include_router(fit_api.router)
     web.install(app)  # last: the UI's static files at /
     return app
