@@ -565,3 +565,43 @@ def test_absurd_lengths_fail_without_allocating(tmp_path: Path) -> None:
         finally:
             tracemalloc.stop()
         assert peak < 1 << 20
+
+
+# -- the tensor-info table ---------------------------------------------------------------
+
+
+def test_tensor_table_matches_gguf_py(tmp_path: Path):
+    tensors = {
+        "a.weight": np.zeros((3, 8), dtype=np.float32),
+        "b.bias": np.zeros((5,), dtype=np.float16),
+        "c.weight": np.zeros((2, 3, 4), dtype=np.float32),
+    }
+    path = write_gguf(tmp_path / "t.gguf", lambda w: None, tensors=tensors)
+    info = read_metadata(path)
+    theirs = gguf_py.GGUFReader(str(path)).tensors
+    assert [(t.name, t.type, t.dims, t.offset) for t in info.tensors] == [
+        (t.name, int(t.tensor_type), tuple(int(d) for d in t.shape),
+         int(t.data_offset) - info.data_offset)
+        for t in theirs
+    ]
+    assert info.tensors[2].dims == (4, 3, 2)  # ne0 first, as ggml counts
+
+
+def test_tensor_table_of_the_real_model():
+    if not REAL_MODEL.is_file():
+        pytest.skip("the gemma model is not installed")
+    info = read_metadata(REAL_MODEL)
+    assert len(info.tensors) == info.tensor_count == 236
+    embd = next(t for t in info.tensors if t.name == "token_embd.weight")
+    assert (embd.type, embd.dims) == (8, (640, 262144))  # q8_0, n_embd x n_vocab
+
+
+def test_tensor_table_cut_short_is_refused(tmp_path: Path):
+    path = write_gguf(tmp_path / "t.gguf", lambda w: None,
+                      tensors={"a.weight": np.zeros((4, 8), dtype=np.float32)})
+    data = path.read_bytes()
+    info = read_metadata(path)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: info.data_offset - 20])
+    with pytest.raises(InvalidModelFile, match="truncated"):
+        read_metadata(cut)

@@ -161,8 +161,10 @@ class Options:
             for long, attr in _DEFAULTED.items():
                 flag = catalog.lookup(long)
                 if flag is not None and flag.default not in (None, ""):
+                    # "-1, -1 = auto" -> "-1"; "'auto'" -> "auto"
+                    value = flag.default.split(",")[0].strip().strip("'\"")
                     try:
-                        _apply(opts, attr, flag.default)
+                        _apply(opts, attr, value)
                     except FlagValueError:
                         pass  # a default such as "auto" where we expect a number
         for name, value in pairs:
