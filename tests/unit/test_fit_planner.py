@@ -15,7 +15,6 @@ import bisect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -421,4 +420,50 @@ def test_the_stand_in_is_the_estimators_interface():
         assert hasattr(est, name)
     fields = {f for f in est.Options.__dataclass_fields__}
     assert set(Options.__dataclass_fields__) <= fields
-    _ = SimpleNamespace
+
+
+# --------------------------------------------------------------------------- the real one
+
+
+@pytest.fixture(scope="module")
+def real_shapes(tmp_path_factory):
+    """The real estimator on GGUF headers (dense 14B, 30B MoE with 128 experts)."""
+    pytest.importorskip("gguf")
+    from corral.fit import estimate
+    from tests.integration.test_fit_api import write_header
+
+    d = tmp_path_factory.mktemp("shapes")
+    dense = write_header(d / "dense.gguf")
+    moe = write_header(d / "moe.gguf", n_embd=2048, n_head=32, n_kv=4, n_ff=6144, ctx=262144,
+                       n_expert=128)
+    return {"dense": estimate.load_model(str(dense)), "moe": estimate.load_model(str(moe))}
+
+
+@pytest.mark.parametrize("name", ["dense", "moe"])
+@pytest.mark.parametrize("spec", ["12GiB,8GiB", "24GiB", "4x8GiB", "6GiB", "none"])
+def test_golden_properties_with_the_real_estimator(real_shapes, name, spec):
+    from corral.fit import estimate
+
+    model = real_shapes[name]
+    plan = planner.plan(model, [], devices(spec), catalog=CATALOG, estimator=estimate)
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    assert plan.context >= 4096
+    assert sum(d.layers for d in plan.devices) == model.n_layer
+    assert plan.projections <= 300
+    if name == "moe" and spec == "6GiB":
+        assert flag(plan, "--n-cpu-moe") is not None
+        assert flag(plan, "-ngl") == "49"  # experts leave before any dense layer
+    CATALOG.normalize(plan.flags)
+
+
+def test_real_estimator_6gib_dense_and_the_shortfall(real_shapes):
+    from corral.fit import estimate
+
+    plan = planner.plan(real_shapes["dense"], [], devices("6GiB"), catalog=CATALOG,
+                        estimator=estimate)
+    assert plan.fits and 0 < int(flag(plan, "-ngl")) < 49
+    miss = planner.plan(real_shapes["dense"], [], devices("none", host="4GiB"),
+                        catalog=CATALOG, estimator=estimate)
+    assert not miss.fits and miss.short_bytes["host"] > 0
+    assert miss.notes[0].startswith("does not fit by ")

@@ -523,15 +523,15 @@ def _finish(chosen: _Result | None, search: _Search, devices: Devices, usable, p
     if c.split is not None and "ts" not in given and len(used_gpus) >= 2:
         split = ",".join(f"{x:g}" for x in c.split)
         added.append((names["ts"], split))
+        minus = " − committed" if any(d.committed_bytes for d in result.placed) else ""
         notes.append(f"tensor split {split}: in proportion to usable memory (GiB free − "
-                     f"margin{' − committed' if any(d.committed_bytes for d in result.placed) else ''}"
-                     f" − compute buffers)")
+                     f"margin{minus} − compute buffers)")
     # context
     if "ctx" not in given:
         added.append((names["ctx"], str(c.ctx)))
         if c.ctx < target:
-            notes.append(f"context {target} → {c.ctx} to fit "
-                         f"{_tightest(search, dataclasses.replace(c, ctx=min(target, c.ctx + CTX_STEP)))}")
+            up = dataclasses.replace(c, ctx=min(target, c.ctx + CTX_STEP))
+            notes.append(f"context {target} → {c.ctx} to fit {_tightest(search, up)}")
         else:
             notes.append(f"context {c.ctx}: the model's training context")
     elif c.ctx < MIN_CONTEXT:
@@ -551,8 +551,9 @@ def _finish(chosen: _Result | None, search: _Search, devices: Devices, usable, p
     if c.ncmoe and "ncmoe" not in given and "cmoe" not in given:
         added.append((names["ncmoe"], str(c.ncmoe)))
         if c.ngl < 0:
+            fewer = dataclasses.replace(c, ncmoe=max(0, c.ncmoe - 1))
             notes.append(f"experts of the first {c.ncmoe} of {n_layer} layers on the CPU: "
-                         f"all of them do not fit {_tightest(search, dataclasses.replace(c, ncmoe=max(0, c.ncmoe - 1)))}"
+                         f"all of them do not fit {_tightest(search, fewer)}"
                          "; every dense layer stays on the GPU")
         else:
             notes.append(f"experts of all {n_layer} layers on the CPU, and still not enough room")
