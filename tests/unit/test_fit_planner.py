@@ -467,3 +467,22 @@ def test_real_estimator_6gib_dense_and_the_shortfall(real_shapes):
                         catalog=CATALOG, estimator=estimate)
     assert not miss.fits and miss.short_bytes["host"] > 0
     assert miss.notes[0].startswith("does not fit by ")
+
+
+@pytest.mark.parametrize("spec", ["12GiB,8GiB", "24GiB", "4x8GiB", "6GiB", "none"])
+@pytest.mark.parametrize("shape", ["dense_14b", "moe_30b", "gemma3_4b", "deepseek_mla",
+                                   "mamba2", "hybrid_jamba"])
+def test_golden_properties_on_the_estimators_shapes(tmp_path, shape, spec):
+    """The estimator engineer's shapes (tests/fakes/gguf_shapes.py), the real estimator."""
+    shapes = pytest.importorskip("tests.fakes.gguf_shapes")
+    from corral.fit import estimate
+
+    model = estimate.load_model(str(shapes.SHAPES[shape](tmp_path / f"{shape}.gguf")))
+    plan = planner.plan(model, [], devices(spec), catalog=CATALOG, estimator=estimate)
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    assert plan.context >= min(4096, model.n_ctx_train or 4096)
+    assert plan.projections <= 300
+    if model.n_expert and flag(plan, "--n-cpu-moe") is not None:
+        assert flag(plan, "-ngl") == str(model.n_layer + 1)  # experts before dense layers
+    CATALOG.normalize(plan.flags)
