@@ -143,7 +143,10 @@ class DaemonProcess:
 
 @pytest.fixture
 def daemon_env(corral_home: Path, fake_binary: Path) -> dict[str, str]:
-    corral_home.mkdir(parents=True, exist_ok=True)
+    # 0700 as corral makes it: a looser home gets a "made CORRAL_HOME private" line once
+    # (tested on its own in test_hardening_store), which would be noise in every test here.
+    corral_home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    corral_home.chmod(0o700)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "FAKE_LLAMA_"))}
     env.update(FAST)

@@ -182,13 +182,10 @@ def _to_error(status: int, payload: Any) -> errors.CorralError:
     return cls(message, detail=err.get("detail"))
 
 
-#: The error class a refusing daemon's exit code stands for (the base of each family).
-_BY_EXIT = {}
-for _cls in _BY_CODE.values():
-    if _cls.exit_code not in (1, errors.DaemonUnavailable.exit_code):
-        _BY_EXIT.setdefault(_cls.exit_code, _cls)
-for _cls in (errors.UsageError, errors.StoreError, errors.DiskFull):  # families' bases win
-    _BY_EXIT[_cls.exit_code] = _cls
+#: A daemon that refuses to start with one of these exit codes says the home itself is
+#: unusable (corrupt or read-only store, full disk): the CLI reports that, not "daemon
+#: unavailable". Any other refusal (its port taken...) stays exit 7.
+_BY_EXIT = {cls.exit_code: cls for cls in (errors.StoreError, errors.DiskFull)}
 
 
 def start_daemon(settings: Settings, wait: float = 20.0) -> None:
@@ -215,8 +212,8 @@ def start_daemon(settings: Settings, wait: float = 20.0) -> None:
     tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
     refused = _BY_EXIT.get(proc.returncode) if proc.poll() is not None else None
     if refused is not None and tail and tail[0].startswith("error: "):
-        # The daemon refused to start for a reason of its own (a corrupt or read-only
-        # store, bad settings): that error, with its exit code, not "unreachable".
+        # The daemon refused to start because the home is unusable: that error, with
+        # its exit code, not "unreachable".
         raise refused(tail[0].removeprefix("error: "))
     raise errors.DaemonUnavailable(
         f"could not start the daemon ({tail[0] if tail else 'no output'}); see {log_path}")
