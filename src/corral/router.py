@@ -10,9 +10,21 @@ errors keep their status and body.
 
 Instances the router started are ephemeral: stopped and forgotten after ``idle_ttl``
 unused, or evicted least-recently-used when the cap (``router_max_instances``) or the
-memory budget would be exceeded. Pinned instances and instances with requests in flight
-are never evicted; instances the user launched are never evicted and idle out only when
-they were given their own ``idle_ttl``.
+host-RAM budget (``router_memory_budget``) would be exceeded, or when the memory planner
+finds no room for a start. Pinned instances and instances with requests in flight (or
+still loading) are never evicted; instances the user launched are never evicted and idle
+out only when they were given their own ``idle_ttl``.
+
+Memory. Every launch is planned by the supervisor against the devices' free memory minus
+what the other instances commit; a start that does not fit raises NoRoom with the bytes
+missing per device. The router then stops the least recently used router instance whose
+plan holds memory on one of those devices (never one that holds nothing there), plans
+again, and repeats until the start fits. When evicting every such instance would not
+cover the shortfall, nothing is stopped and the answer is 503 with Retry-After, naming
+the short devices and what holds them (busy, pinned, loading, a user's); when nothing
+corral runs holds memory there, the model does not fit this machine and the 409
+``no_room`` stands. The budget counts an instance's host bytes from its plan (the file
+size when it was not planned: it fixed its own ``-ngl``/``-ts``/``--device``).
 
 Who may start what. A request's caller is ``admin`` or ``inference`` (the guard puts it in
 the ASGI scope, :func:`caller_scope`). Anyone may have the router start what is meant
@@ -37,7 +49,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import CorralError, Forbidden, LaunchFailed, NotFound
+from corral.errors import CorralError, Forbidden, LaunchFailed, NoRoom, NotFound
 from corral.events import Broadcaster
 from corral.redact import first_api_key, first_key_line
 from corral.supervisor.states import RESTING, State
@@ -292,15 +304,18 @@ class Router:
         if target.key.startswith("instance:"):
             name = target.key.split(":", 1)[1]
             self._idled.discard(name)  # running again; idle it out again to earn it back
-            rec = await self.supervisor.start_instance(name)
+            async with self._evict_lock:
+                rec = await self._launch_with_room(
+                    lambda: self.supervisor.start_instance(name), target.label)
         else:
             spec = await presets.compose(self.supervisor, preset=target.preset,
                                          model=target.model, origin="router")
             if spec.name is None:
                 spec.name = self._free_name(target.label)
-            needed = self._model_bytes(spec.model) if self.settings.router_memory_budget else 0
-            await self._make_room(needed)
-            rec = await self.supervisor.launch(spec)
+            async with self._evict_lock:  # room made and taken in one step
+                await self._make_room(await self._host_need(spec))
+                rec = await self._launch_with_room(lambda: self.supervisor.launch(spec),
+                                                   target.label)
             self._queue_alias[f"instance:{rec.name}"] = target.key
         self._publish("starting", rec.name, target.label)
         try:
@@ -331,6 +346,24 @@ class Router:
         except (CorralError, OSError):
             return 0
 
+    async def _host_need(self, spec) -> int:
+        """Host RAM the launch of ``spec`` will hold, for ``router_memory_budget``: its
+        plan's host bytes, or (not planned) its model file's size. 0 without a budget."""
+        if not self.settings.router_memory_budget:
+            return 0
+        plan_fit = getattr(self.supervisor, "plan_fit", None)
+        plan = None
+        if plan_fit is not None:
+            try:
+                plan = await plan_fit(spec)
+            except CorralError:
+                plan = None  # the launch itself will say what is wrong
+        if plan is not None:
+            host = [d.used_bytes for d in plan.devices if d.device.kind == "host"]
+            if host:
+                return host[0]
+        return self._model_bytes(spec.model)
+
     # -- eviction and idle TTL ----------------------------------------------------------
     def _router_live(self) -> list:
         return [r for r in self.supervisor.list()
@@ -345,25 +378,70 @@ class Router:
         return sorted(out, key=lambda r: self._last_used.get(r.name, 0.0))
 
     async def _make_room(self, needed_bytes: int) -> None:
-        """Evict LRU router instances until the cap and the memory budget allow one more."""
-        async with self._evict_lock:
-            cap = self.settings.router_max_instances
-            budget = self.settings.router_memory_budget
-            while True:
-                live = self._router_live()
-                over_cap = cap > 0 and len(live) >= cap
-                # a live instance's model is a resolved path already: stat it, no lookup
-                over_budget = budget > 0 and live and \
-                    sum(_file_bytes(r.model) for r in live) + needed_bytes > budget
-                if not over_cap and not over_budget:
-                    return
-                victims = self.evictable()
-                if not victims:
-                    why = (f"all {len(live)} router-started instances are busy, pinned or loading "
-                           f"(cap {cap})" if over_cap else
-                           f"the memory budget ({budget} bytes) is held by busy instances")
-                    raise Busy(why + "; try again shortly", retry_after=10)
-                await self._retire(victims[0], "evicted (least recently used)")
+        """Evict LRU router instances until the cap and the host-RAM budget allow one more
+        (the caller holds ``_evict_lock``)."""
+        cap = self.settings.router_max_instances
+        budget = self.settings.router_memory_budget
+        while True:
+            live = self._router_live()
+            over_cap = cap > 0 and len(live) >= cap
+            over_budget = budget > 0 and live and \
+                sum(_host_bytes(r) for r in live) + needed_bytes > budget
+            if not over_cap and not over_budget:
+                return
+            victims = self.evictable()
+            if not victims:
+                why = (f"all {len(live)} router-started instances are busy, pinned or loading "
+                       f"(cap {cap})" if over_cap else
+                       f"the memory budget ({budget} bytes) is held by busy instances")
+                raise Busy(why + "; try again shortly", retry_after=10)
+            await self._retire(victims[0], "evicted (least recently used)")
+
+    async def _launch_with_room(self, launch, label: str):
+        """``launch()``; while it finds no room (NoRoom), evict the least recently used
+        router instance holding memory on a device that is short, and try again.
+
+        The planner says what is missing per device (``short_bytes``, for the placement
+        that came closest); each eviction is followed by a new plan, which may place the
+        launch elsewhere, so no more is evicted than needed. Nothing is evicted when all
+        that could be would not cover the shortfall: Busy (503) then, naming the devices
+        and what holds them. When nothing corral runs holds memory there, the model does
+        not fit this machine at all: the NoRoom (409) stands.
+        """
+        tried: set[str] = set()
+        while True:
+            try:
+                return await launch()
+            except NoRoom as exc:
+                short = {dev: n for dev, n in exc.short_bytes.items() if n > 0}
+                victim = self._memory_victim(short, label, exc, tried)
+            tried.add(victim.name)
+            where = ", ".join(sorted(dev for dev in short if _held_on(victim, dev)))
+            await self._retire(victim, f"evicted (least recently used on {where})")
+
+    def _memory_victim(self, short: dict[str, int], label: str, exc: NoRoom, tried: set[str]):
+        """The LRU evictable router instance holding memory on a ``short`` device, or a
+        Busy saying why there is none worth stopping (see :meth:`_launch_with_room`)."""
+        holders = [r for r in self.supervisor.list()
+                   if r.desired == "running" and any(_held_on(r, d) for d in short)]
+        if not short or not holders:
+            raise exc
+        candidates = [r for r in self.evictable()
+                      if r.name not in tried and any(_held_on(r, d) for d in short)]
+        freeable = sum(_held_on(r, d) for r in candidates for d in short)
+        if candidates and freeable >= sum(short.values()):
+            return candidates[0]
+        from corral.fit.devices import human_bytes
+
+        missing = ", ".join(f"{dev} is short {human_bytes(n)}" for dev, n in sorted(short.items()))
+        kept = [r for r in holders if r not in candidates]
+        why = ", ".join(f"{r.name} ({_keep_reason(r, self._usage)})" for r in kept)
+        raise Busy(f"no room for {label!r}: {missing}"
+                   + (f", held by {why}" if why else "")
+                   + ("" if not candidates else
+                      f"; evicting {', '.join(r.name for r in candidates)} would free only "
+                      f"{human_bytes(freeable)}")
+                   + "; try again shortly", retry_after=10)
 
     async def _retire(self, rec, reason: str) -> None:
         """Stop a router instance and forget it (its log is kept); user ones are only stopped."""
@@ -591,6 +669,37 @@ def _file_bytes(path: str) -> int:
         return Path(path).stat().st_size
     except OSError:
         return 0
+
+
+def _held_on(rec, device_id: str) -> int:
+    """Bytes ``rec``'s memory plan puts on ``device_id`` (0 when it was not planned)."""
+    for use in (getattr(rec, "placement", None) or {}).get("devices", ()):
+        if use.get("id") == device_id:
+            return int(use.get("used_bytes") or 0)
+    return 0
+
+
+def _host_bytes(rec) -> int:
+    """Host RAM a router instance counts against ``router_memory_budget``: what its plan
+    puts on the host, or (not planned) its model file's size."""
+    placement = getattr(rec, "placement", None)
+    if placement and any(d.get("kind") == "host" for d in placement.get("devices", ())):
+        return sum(int(d.get("used_bytes") or 0) for d in placement["devices"]
+                   if d.get("kind") == "host")
+    return _file_bytes(rec.model)  # a resolved path already: stat it, no lookup
+
+
+def _keep_reason(rec, usage: dict) -> str:
+    """Why eviction leaves ``rec`` alone."""
+    if rec.origin != "router":
+        return "launched by a user"
+    if rec.pinned:
+        return "pinned"
+    if State(rec.state) is State.STARTING:
+        return "loading"
+    if (usage.get(rec.name) or Usage()).in_flight:
+        return "busy"
+    return "already evicted"
 
 
 def usage_from(data: bytes) -> tuple[int, int, float | None] | None:
