@@ -4,6 +4,17 @@ Each daemon (and each test app) has its own registry, so nothing leaks between t
 Instance state, restarts, load time and GPU memory are not tracked as they change:
 a collector reads them from the supervisor and the GPU probe when ``/metrics`` is
 scraped.
+
+Memory per device (the planner's ids: ``gpu0``, ``gpu1``, ..., ``host``):
+
+* ``corral_instance_projected_bytes{instance,device}`` -- what the memory plan of each
+  instance's launch puts on each device; ``corral_instance_real_bytes{instance,device}``
+  what llama-server reported once loaded (when it did).
+* ``corral_device_projected_bytes{device}`` -- the sum over live instances.
+* ``corral_device_used_bytes{device}`` / ``corral_device_total_bytes{device}`` -- what
+  the driver says (NVML, else nvidia-smi / rocm-smi), read at most every
+  ``GPU_CACHE_SECONDS``; absent on a machine without GPU figures. The ids are numbered as
+  :func:`corral.fit.devices.detect_devices` numbers them, so they match the plans.
 """
 
 from __future__ import annotations
@@ -114,6 +125,45 @@ class _LiveCollector:
                 used.add_metric([str(g.index), g.name], float(g.vram_total - g.vram_free))
         yield used
         yield total
+        yield from self._device_families()
+
+    def _device_families(self):
+        projected = GaugeMetricFamily("corral_instance_projected_bytes",
+                                      "Bytes the memory plan of a live instance puts on a device",
+                                      labels=["instance", "device"])
+        real = GaugeMetricFamily("corral_instance_real_bytes",
+                                 "Bytes llama-server reported on a device once loaded",
+                                 labels=["instance", "device"])
+        per_device = GaugeMetricFamily("corral_device_projected_bytes",
+                                       "Sum of the plans of the live instances on a device",
+                                       labels=["device"])
+        from corral.supervisor.states import ALIVE
+
+        sums: dict[str, float] = {}
+        for rec in self.supervisor.list():
+            placement = getattr(rec, "placement", None)
+            if rec.state not in ALIVE or not isinstance(placement, dict):
+                continue  # a stopped instance holds no memory; an unplanned one is unknown
+            for device, used in _planned_bytes(placement).items():
+                projected.add_metric([rec.name, device], used)
+                sums[device] = sums.get(device, 0.0) + used
+            for device, n in (placement.get("real") or {}).items():
+                if isinstance(n, (int, float)):
+                    real.add_metric([rec.name, str(device)], float(n))
+        for device, n in sorted(sums.items()):
+            per_device.add_metric([device], n)
+        used = GaugeMetricFamily("corral_device_used_bytes",
+                                 "Memory in use on a GPU, as its driver reports it",
+                                 labels=["device"])
+        total = GaugeMetricFamily("corral_device_total_bytes", "Memory size of a GPU",
+                                  labels=["device"])
+        # numbered as fit.devices.detect_devices numbers them: GPUs without figures skipped
+        gpus = [g for g in self._gpus[1] if g.vram_total is not None]
+        for n, g in enumerate(gpus):
+            total.add_metric([f"gpu{n}"], float(g.vram_total))
+            if g.vram_free is not None:
+                used.add_metric([f"gpu{n}"], float(g.vram_total - g.vram_free))
+        yield from (projected, real, per_device, used, total)
 
     def refresh_gpus(self) -> None:
         """GPUs, re-detected at most every few seconds (nvidia-smi is not free)."""
@@ -127,3 +177,13 @@ class _LiveCollector:
         except Exception:  # a broken driver must not break /metrics
             gpus = []
         self._gpus = (time.monotonic(), gpus)
+
+
+def _planned_bytes(placement: dict) -> dict[str, float]:
+    """device id -> projected bytes of a placement (devices it puts nothing on left out)."""
+    out: dict[str, float] = {}
+    for dev in placement.get("devices") or []:
+        used = dev.get("used_bytes") if isinstance(dev, dict) else None
+        if isinstance(used, (int, float)) and used > 0:
+            out[str(dev.get("id"))] = float(used)
+    return out

@@ -16,7 +16,9 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", response_class=Response)
 async def metrics(d: Daemon = Depends(get_daemon)) -> Response:
     """Per model/instance requests, errors, TTFT and latency histograms, tokens, tok/s,
-    load time, restarts, state, queue depth; per GPU memory used/total."""
+    load time, restarts, state, queue depth; per GPU memory used/total; per instance and
+    device the projected bytes of its memory plan (and llama-server's real figures once
+    loaded); per device (``gpu0``..., ``host``) the projected sum and the driver's use."""
     await asyncio.to_thread(d.router.metrics.refresh_gpus)  # may run nvidia-smi
     return Response(d.router.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
