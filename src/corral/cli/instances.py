@@ -14,7 +14,7 @@ from corral.errors import NotFound, UsageError
 RUN_VALUED = {"--name", "--port", "--restart", "--binary", "--build", "--timeout", "--preset",
               "--env", "--idle-ttl"}
 RUN_REPEATED = {"--env"}
-RUN_SWITCHES = {"--detach", "--json", "--pin"}
+RUN_SWITCHES = {"--detach", "--json", "--pin", "--no-fit"}
 
 
 def Client(s):  # noqa: N802 - lazy: `corral --help` must not pay for the client
@@ -104,11 +104,13 @@ def _number(own: dict, key: str, kind: type, default):
               help="Stop after this long unused (0 = never).")
 @click.option("--detach", is_flag=True, help="Return once spawned, without waiting for ready.")
 @click.option("--timeout", type=float, help="Seconds to wait for ready (default: load_timeout).")
+@click.option("--no-fit", "no_fit", is_flag=True,
+              help="Launch exactly the flags given: no memory plan, nothing added.")
 @click.option("--json", "as_json", is_flag=True, help="Print the instance as JSON.")
 @click.argument("model", required=False)
 @click.argument("llama_flags", nargs=-1, type=click.UNPROCESSED)
-def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, timeout, as_json,
-        model, llama_flags) -> None:
+def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, timeout, no_fit,
+        as_json, model, llama_flags) -> None:
     """Launch llama-server on MODEL with any llama-server flags.
 
     MODEL is a GGUF path, or a model of the index (`corral ls`): its id, short name,
@@ -120,6 +122,11 @@ def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, 
     --host 127.0.0.1 unless you pass --host. The defaults preset ('*'), then --preset,
     then the flags given here apply: for each flag the later value wins.
 
+    Unless you fix -ngl, -ts or --device yourself, the launch is planned on the
+    devices' free memory (see `corral fit`): the flags the plan adds are shown as
+    `placed: ...` on stderr; a launch that does not fit is refused (exit 4).
+    --no-fit launches exactly what you typed.
+
     \b
     Examples:
       corral run ./gemma-3-270m-Q4_K_M.gguf
@@ -127,6 +134,7 @@ def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, 
       corral run model.gguf --name chat -c 8192 -ngl 99 -fa on
       corral run model.gguf --port 8090 --restart always --ctx-size=4096
       corral run --preset chat -c 2048 --env CUDA_VISIBLE_DEVICES=1
+      corral run model.gguf --no-fit -ngl 0
     """
     if model is not None and model.startswith("-"):
         # `run --preset P -c 2048`: no MODEL, the first token is already a llama flag.
@@ -145,6 +153,7 @@ def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, 
     timeout = _number(own, "--timeout", float, timeout)
     detach = bool(own.get("--detach", detach))
     as_json = bool(own.get("--json", as_json))
+    no_fit = bool(own.get("--no-fit", no_fit))
     if model is None and preset is None:
         raise UsageError("give MODEL (a GGUF path or a model of the index), or --preset NAME")
     from pathlib import Path
@@ -154,13 +163,47 @@ def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, 
             "port": port, "restart": restart, "env": env_pairs([*env, *own.get("--env", [])]),
             "pinned": pin, "idle_ttl": idle_ttl,
             "binary": str(Path(binary).expanduser().resolve()) if binary else None,
-            "build": build, "wait": not detach, "timeout": timeout}
+            "build": build, "wait": not detach, "timeout": timeout, "fit": not no_fit}
     inst = client.request("POST", "/api/v1/instances", body, timeout=None)
     if as_json:
         print_json(inst)
         return
     state = inst["state"]
     click.echo(f"{inst['name']}  {state}  port {inst['port']}  {inst['url']}")
+    line = placement_line(inst)
+    if line:  # stderr: stdout stays the one line scripts read
+        click.echo(line, err=True)
+
+
+# --------------------------------------------------------------------------- placement
+
+def _gib(n) -> str:
+    return f"{n / 2**30:.1f}G"
+
+
+def _placed_devices(placement: dict) -> list[dict]:
+    """The devices a plan puts something on (a device with nothing on it is left out)."""
+    devices = placement.get("devices") if isinstance(placement, dict) else None
+    return [d for d in devices or [] if isinstance(d, dict) and (d.get("used_bytes") or 0) > 0]
+
+
+def placement_line(inst: dict) -> str | None:
+    """``placed: gpu0 18 layers 2.1 GiB, host 0.3 GiB (ctx 32768, KV f16/f16)``; None when
+    the launch was not planned (``--no-fit``, -ngl/-ts/--device fixed, model not estimable)."""
+    placement = inst.get("placement")
+    if not isinstance(placement, dict):
+        return None
+    from corral.fit.placement import summary
+
+    return printable(f"placed: {summary(placement)}")
+
+
+def devices_cell(placement) -> str:
+    """``gpu0:2.1G,host:0.3G`` (projected bytes per device) for ``ps``; ``-`` when unplanned."""
+    if not isinstance(placement, dict):
+        return "-"
+    cells = [f"{d.get('id', '?')}:{_gib(d['used_bytes'])}" for d in _placed_devices(placement)]
+    return printable(",".join(cells)) or "-"
 
 
 def _instances() -> list[dict]:
@@ -178,12 +221,16 @@ def _instances() -> list[dict]:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ps(as_json: bool) -> None:
-    """List instances: name, state, pid, port, model, restarts, uptime."""
+    """List instances: name, state, pid, port, model, devices, restarts, uptime.
+
+    DEVICES is the memory plan of the launch, projected bytes per device
+    (``gpu0:2.1G,host:0.3G``); ``-`` when it was not planned. ``--json`` has the whole
+    ``placement`` (and ``placement.real``: what llama-server reported once loaded)."""
     items = _instances()
     if as_json:
         keys = ("name", "state", "pid", "port", "url", "model", "build", "version", "flags",
-                "restarts",
-                "started_at", "ready_at", "restart_policy", "last_error")
+                "restarts", "started_at", "ready_at", "restart_policy", "last_error",
+                "placement")
         print_json([{k: i.get(k) for k in keys} for i in items])
         return
     if not items:
@@ -191,8 +238,9 @@ def ps(as_json: bool) -> None:
         return
     rows = [[i["name"], i["state"], i["pid"] or "-", i["port"],
              printable(i["model"].rsplit("/", 1)[-1]),  # a file name: anyone's text
+             devices_cell(i.get("placement")),
              i["restarts"], ago(i["ready_at"] if i["state"] == "ready" else None)] for i in items]
-    click.echo(table(rows, ["NAME", "STATE", "PID", "PORT", "MODEL", "RESTARTS", "UP"]))
+    click.echo(table(rows, ["NAME", "STATE", "PID", "PORT", "MODEL", "DEVICES", "RESTARTS", "UP"]))
 
 
 def _target_names(client, targets: tuple[str, ...], all_: bool) -> list[str]:
