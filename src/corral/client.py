@@ -33,7 +33,7 @@ _BY_CODE = {
         errors.InvalidModelFile, errors.NotFound, errors.Conflict, errors.PortInUse,
         errors.BinaryError, errors.LaunchFailed, errors.DaemonUnavailable, errors.HubError,
         errors.HubAuthError, errors.DownloadCorrupt, errors.Cancelled, errors.TooLarge,
-        errors.Forbidden, errors.StoreError, errors.DiskFull,
+        errors.Forbidden, errors.StoreError, errors.DiskFull, errors.NoRoom,
     )
 }
 

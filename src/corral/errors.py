@@ -10,7 +10,8 @@
     ├── Forbidden                    403, exit 10  the key's scope may not do that
     ├── NotFound                     404, exit 3   instance, build, model unknown
     ├── Conflict                     409, exit 4   name or port taken, already running
-    │   └── PortInUse                409
+    │   ├── PortInUse                409
+    │   └── NoRoom                   409           the memory plan says it does not fit
     ├── BinaryError                  424, exit 5   no llama-server, or it does not run
     ├── LaunchFailed                 502, exit 6   the process exited or timed out while loading
     ├── DaemonUnavailable            503, exit 7   the CLI could not reach or start the daemon
@@ -114,6 +115,19 @@ class PortInUse(Conflict):
     """The requested port is already bound by another process."""
 
     code = "port_in_use"
+
+
+class NoRoom(Conflict):
+    """The launch does not fit in the devices' free memory (with what already runs).
+
+    ``short_bytes`` says what is missing per device id (``gpu0``, ``host``)."""
+
+    code = "no_room"
+
+    def __init__(self, message: str, *, detail: str | None = None,
+                 short_bytes: dict[str, int] | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.short_bytes = dict(short_bytes or {})
 
 
 class BinaryError(CorralError):

@@ -293,6 +293,32 @@ def _nvml_gpus(nvml: Any) -> list[GPU]:
             pass
 
 
+NVIDIA_SMI_APPS = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory",
+                   "--format=csv,noheader,nounits"]
+
+
+def parse_nvidia_apps(rc: int, out: str) -> dict[tuple[str, int], int]:
+    """``{(gpu uuid, pid): bytes}`` from ``nvidia-smi --query-compute-apps`` (MiB)."""
+    if rc != 0:
+        return {}
+    found: dict[tuple[str, int], int] = {}
+    for row in csv.reader(io.StringIO(out), skipinitialspace=True):
+        if len(row) != 3:
+            continue
+        uuid, pid, used = (c.strip() for c in row)
+        mib = _int(_na(used) or "")
+        if pid.isdigit() and mib is not None:
+            found[(uuid, int(pid))] = found.get((uuid, int(pid)), 0) + mib * MiB
+    return found
+
+
+def nvidia_process_memory(probe: Probe | None = None) -> dict[tuple[str, int], int]:
+    """GPU memory each process holds, per GPU uuid (empty without NVIDIA tools)."""
+    probe = probe or RealProbe()
+    rc, out = probe.run(NVIDIA_SMI_APPS, TIMEOUT)
+    return parse_nvidia_apps(rc, out)
+
+
 def detect_nvidia(probe: Probe) -> tuple[list[GPU], list[str]]:
     nvml = probe.nvml()
     if nvml is not None:

@@ -124,6 +124,10 @@ class Settings:
     router_queue_limit: int = 256  # requests waiting for one loading model; more get 503
     router_queue_timeout: float = 600.0  # seconds a request waits for its model to load, then 503
     router_heartbeat: float = 5.0  # seconds between SSE comments sent to streaming clients while loading
+    # memory planning (see corral fit)
+    fit: bool = True  # plan every launch that does not fix -ngl/-ts/--device itself
+    fit_devices: str = ""  # simulate the devices ("12GiB,8GiB", "none"); empty = detect them
+    fit_margin_mib: int = 1024  # kept free on every device, like llama.cpp's --fit-target
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
 
@@ -188,6 +192,15 @@ def _coerce(name: str, value: object, typ: type) -> object:
             return int(value)  # type: ignore[arg-type]
         if typ is float:
             return float(value)  # type: ignore[arg-type]
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
         return str(value)
     except (TypeError, ValueError):
         raise UsageError(f"setting {name} has an invalid value {value!r}")
@@ -204,7 +217,7 @@ def load_settings(**overrides: object) -> Settings:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{config}: {exc}")
     types = {f.name: f.type for f in fields(Settings)}
-    typemap = {"Path": Path, "str": str, "int": int, "float": float}
+    typemap = {"Path": Path, "str": str, "int": int, "float": float, "bool": bool}
     for name in types:
         env = os.environ.get(f"CORRAL_{name.upper()}")
         if env is not None and env != "":

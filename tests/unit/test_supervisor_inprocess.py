@@ -201,7 +201,7 @@ def test_stop_abandons_a_task_that_ignores_cancellation_and_it_can_no_longer_act
         release = asyncio.Event()
         acted: list[str] = []
 
-        async def stubborn():
+        async def stubborn(_rt):
             while not release.is_set():
                 try:
                     await release.wait()
@@ -218,7 +218,7 @@ def test_stop_abandons_a_task_that_ignores_cancellation_and_it_can_no_longer_act
             except sup_mod._StaleTask:
                 acted.append("refused")
 
-        rig.sup._run_task(rt, stubborn())
+        rig.sup._run_task(rt, stubborn)
         await asyncio.sleep(0)
         async with asyncio.timeout(STOP_BOUND):
             await rig.sup.stop("one")
@@ -516,5 +516,84 @@ def test_deleted_db_under_running_supervisor_keeps_every_instance_listed(rig):
         assert set(rows) == {"one", "two"}
         assert rows["two"].state == "stopped" and rows["one"].state == "ready"
         assert rows["one"].pid == rig.sup.get("one").pid
+        await rig.sup.close()
+    run(main())
+
+
+# --------------------------------------------------------------------------- memory plan
+
+
+def _dense(rig) -> Path:
+    from tests.fakes.gguf_shapes import dense_14b
+
+    return dense_14b(rig.model.parent / "dense-14b.gguf")
+
+
+def test_launch_is_planned_and_records_its_placement(rig):
+    """Issue 11: every launch that does not fix -ngl/-ts/--device gets the planner's
+    flags, and the instance keeps its plan (devices and bytes per device)."""
+    rig.settings.fit_devices = "12GiB,8GiB,host=64GiB"
+
+    async def main():
+        model = _dense(rig)
+        rec = await rig.sup.launch(LaunchSpec(model=str(model), binary=str(rig.binary),
+                                              name="big", flags=["-c", "8192"]))
+        placement = rec.placement
+        assert placement and placement["fits"]
+        gpus = [d for d in placement["devices"] if d["kind"] == "gpu"]
+        assert sum(d["layers"] for d in gpus) > 0
+        for d in placement["devices"]:
+            assert d["used_bytes"] <= d["free_bytes"] - 1024**3  # the margin holds
+        assert "--gpu-layers" in rec.argv and rec.argv[rec.argv.index("--ctx-size") + 1] == "8192"
+        assert table.get(rig.store, "big").placement == placement  # persisted
+        await rig.sup.close()
+    run(main())
+
+
+def test_second_launch_counts_what_the_first_holds_and_is_refused_past_free_memory(rig):
+    """Two models never get placed on one card past its free memory: the first one's
+    projection counts before any driver shows it."""
+    from corral.errors import NoRoom
+
+    rig.settings.fit_devices = "12GiB,host=12GiB"
+
+    async def main():
+        model = _dense(rig)
+        spec = dict(model=str(model), binary=str(rig.binary), flags=["-c", "8192"])
+        first = await rig.sup.launch(LaunchSpec(name="a", **spec))
+        assert first.placement["fits"]
+        plan = await rig.sup.plan_fit(LaunchSpec(name="b", **spec))
+        assert plan is not None
+        with pytest.raises(NoRoom) as err:
+            await rig.sup.launch(LaunchSpec(name="b", **spec))
+        assert err.value.short_bytes and "does not fit" in err.value.message
+        assert table.find(rig.store, "b") is None
+        # --no-fit launches exactly what was typed, plan or not.
+        rec = await rig.sup.launch(LaunchSpec(name="c", fit=False, **spec))
+        assert rec.placement is None and "--gpu-layers" not in rec.argv
+        # Once the first is stopped its memory is free again.
+        await rig.sup.stop("a")
+        again = await rig.sup.launch(LaunchSpec(name="b", **spec))
+        assert again.placement["fits"]
+        await rig.sup.close()
+    run(main())
+
+
+def test_user_placed_launch_is_not_planned(rig):
+    rig.settings.fit_devices = "12GiB"
+
+    async def main():
+        rec = await rig.sup.launch(LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary),
+                                              name="mine", flags=["-ngl", "10"]))
+        assert rec.placement is None
+        assert rec.argv.count("--gpu-layers") + rec.argv.count("--n-gpu-layers") == 1
+        await rig.sup.close()
+    run(main())
+
+
+def test_model_that_cannot_be_estimated_launches_as_typed(rig):
+    async def main():
+        rec = await rig.launch("plain")  # a GGUF magic and nothing else
+        assert rec.placement is None and rig.state("plain") is State.STARTING
         await rig.sup.close()
     run(main())

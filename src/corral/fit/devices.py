@@ -55,10 +55,14 @@ class Device:
     free_bytes: int
     vendor: str | None = None  # "nvidia", "amd"; None when simulated
     index: int | None = None  # index within its vendor: what CUDA_VISIBLE_DEVICES counts
+    uuid: str | None = None  # the driver's id (matches per-process memory figures)
 
     @property
     def simulated(self) -> bool:
-        return self.kind == "gpu" and self.vendor is None
+        """Sizes from a ``--devices`` spec: its free figure never moves."""
+        if self.kind == "host":
+            return self.name.endswith("(simulated)")
+        return self.vendor is None
 
     def backend_name(self, position: int) -> str:
         """The llama.cpp device name (``CUDA1``, ``ROCm0``) for ``--device``.
@@ -176,5 +180,18 @@ def detect_devices(spec: str | None = None, probe=None) -> Devices:
         free = g.vram_free if g.vram_free is not None else g.vram_total
         found.append(Device(id=f"gpu{len(found)}", name=g.name, kind="gpu",
                             total_bytes=g.vram_total, free_bytes=free, vendor=g.vendor,
-                            index=g.index))
+                            index=g.index, uuid=g.uuid))
     return Devices(gpus=found, host=_host(info, None), warnings=warnings)
+
+
+def process_bytes(devices: Devices, probe=None) -> dict[tuple[str, int], int]:
+    """``{(device id, pid): bytes}`` the driver reports per process on the detected
+    NVIDIA GPUs (``nvidia-smi --query-compute-apps``); empty when it cannot tell."""
+    from corral import gpu
+
+    nvidia = [d for d in devices.gpus if d.vendor == "nvidia" and d.uuid]
+    if not nvidia:
+        return {}
+    by_uuid = {d.uuid: d.id for d in nvidia}
+    return {(by_uuid[uuid], pid): used
+            for (uuid, pid), used in gpu.nvidia_process_memory(probe).items() if uuid in by_uuid}

@@ -161,8 +161,13 @@ ALTER TABLE instances ADD COLUMN idle_ttl REAL;                       -- seconds
 ALTER TABLE instances ADD COLUMN aliases TEXT NOT NULL DEFAULT '[]';  -- JSON names it also answers to
 """
 
+M009_INSTANCE_PLACEMENT = """
+ALTER TABLE instances ADD COLUMN placement TEXT NOT NULL DEFAULT 'null';  -- JSON memory plan, or null
+"""
+
 MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION, M003_MODELS, M004_BUILD_NUMBER,
-                         M005_PRESETS, M006_API_KEYS, M007_CONVERSATIONS, M008_INSTANCE_ROUTING]
+                         M005_PRESETS, M006_API_KEYS, M007_CONVERSATIONS, M008_INSTANCE_ROUTING,
+                         M009_INSTANCE_PLACEMENT]
 
 
 #: Errors that are the caller's business (a broken constraint, a bug), not the store's health.

@@ -44,12 +44,15 @@ class InstanceRecord:
     pinned: int = 0
     idle_ttl: float | None = None
     aliases: list[str] = field(default_factory=list)
+    #: The memory plan it was launched with (devices and bytes per device, flags added,
+    #: notes) and, once loaded, what llama-server reported (``real``); None: not planned.
+    placement: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-_JSON_COLUMNS = ("flags", "argv", "env", "aliases")
+_JSON_COLUMNS = ("flags", "argv", "env", "aliases", "placement")
 _COLUMNS = tuple(InstanceRecord.__dataclass_fields__)
 
 
@@ -154,4 +157,5 @@ def view(rec: InstanceRecord) -> dict:
         "pinned": bool(rec.pinned),
         "idle_ttl": rec.idle_ttl,
         "aliases": rec.aliases,
+        "placement": rec.placement,
     }

@@ -28,6 +28,7 @@ from corral.errors import (
     Conflict,
     InvalidModelFile,
     LaunchFailed,
+    NoRoom,
     NotFound,
     OwnedFlag,
     PortInUse,
@@ -35,6 +36,7 @@ from corral.errors import (
     UsageError,
 )
 from corral.events import Broadcaster
+from corral.fit import placement as fit_placement
 from corral.settings import Settings
 from corral.store import instances as table
 from corral.store.db import Store
@@ -68,6 +70,8 @@ PROBE_GRACE = 1.0
 TASK_CANCEL_GRACE = 2.0
 #: Seconds to wait for a process group after SIGKILL.
 KILL_WAIT = 5.0
+#: Flags by which the user places a launch themselves: then it is not planned.
+_PLACEMENT_FLAGS = ("--n-gpu-layers", "--tensor-split", "--device")
 #: Seconds between retries of state writes the store refused (disk full).
 STORE_RETRY_INTERVAL = 1.0
 
@@ -89,6 +93,7 @@ class LaunchSpec:
     pinned: bool = False  # never stopped by idle TTL nor evicted
     idle_ttl: float | None = None  # None = settings.idle_ttl; 0 = never
     aliases: list[str] = field(default_factory=list)  # more names /v1/* requests may use
+    fit: bool = True  # plan memory (-ngl, -ts, --device, -c, KV) unless the flags fix it
 
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -292,7 +297,7 @@ class Supervisor:
                 self._apply(rt, Event.ADOPT)
                 log.info("adopted %s (pid %s, port %s)", rec.name, rec.pid, rec.port)
                 self._emit(rt, "adopted")
-                self._run_task(rt, self._supervise(rt))
+                self._run_task(rt, self._supervise)
             elif rt.state in ACTIVE:
                 # Gone while no daemon watched it: its restart policy decides, as for a
                 # crash we saw (the exit status is unknowable: it counts as a failure).
@@ -301,7 +306,7 @@ class Supervisor:
                             exit_code=None, last_error="process vanished while the daemon was down"
                             + ("" if restart else f"; restart policy {rec.restart_policy!r}"))
                 if restart:
-                    self._run_task(rt, self._resume_vanished(rt))
+                    self._run_task(rt, self._resume_vanished)
 
     # -- commands ----------------------------------------------------------------
     async def _prepare(self, spec: LaunchSpec):
@@ -330,6 +335,11 @@ class Supervisor:
         Same checks as a launch; the name and port are the ones free right now.
         """
         model, resolved, catalog, host, pairs, env = await self._prepare(spec)
+        fitted = await self._fit(spec, model, catalog, pairs)
+        placement = None
+        if fitted is not None:
+            placement = fit_placement.record(fitted)
+            pairs, env = pairs + list(fitted.added), {**fitted.env, **env}
         name = self._choose_name(spec.name, model)
         port = self._choose_port(spec.port, host)
         argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
@@ -337,13 +347,69 @@ class Supervisor:
                 "argv": argv + catalog.to_argv(pairs), "env": env, "restart": spec.restart,
                 "preset": spec.preset, "pinned": bool(spec.pinned), "idle_ttl": spec.idle_ttl,
                 "aliases": list(spec.aliases), "build": resolved.build_id,
-                "version": catalog.version}
+                "version": catalog.version, "placement": placement}
+
+    async def plan_fit(self, spec: LaunchSpec):
+        """The memory plan a launch of ``spec`` would get now (``fit.planner.Plan``), or
+        None when it would not be planned (``fit`` off, -ngl/-ts/--device given, a model
+        that cannot be estimated). Does not raise NoRoom: ``plan.fits`` says it."""
+        model, _, catalog, _, pairs, _ = await self._prepare(spec)
+        return await self._fit(spec, model, catalog, pairs, refuse=False)
+
+    def committed(self, devices, shown=None, exclude: str | None = None) -> dict[str, int]:
+        """Bytes per device that live instances hold beyond what the devices' free
+        figures show (see :func:`corral.fit.placement.committed`)."""
+        return fit_placement.committed(
+            (rt.rec for rt in self._rts.values() if rt.rec.name != exclude), devices, shown)
+
+    async def _fit(self, spec: LaunchSpec, model: Path, catalog: FlagCatalog, pairs: list,
+                   *, refuse: bool = True):
+        """Plan the launch's memory; None when not planned. NoRoom when it cannot fit."""
+        if not (spec.fit and self.settings.fit):
+            return None
+        fixed = {f.long for f in (catalog.lookup(n) for n in _PLACEMENT_FLAGS) if f is not None}
+        if any(flag in fixed for flag, _ in pairs):
+            return None  # the user placed it: launch exactly that
+        from corral.fit import devices as fit_devices
+        from corral.fit import estimate, planner
+
+        spec_text = self.settings.fit_devices.strip() or None
+        live = [rt.rec for rt in self._rts.values()]  # read on the loop, used in the thread
+
+        def work():
+            shape = estimate.load_model(str(model))
+            if shape.n_layer <= 0 or not shape.layers:
+                raise ValueError("the GGUF describes no layers")
+            devs = fit_devices.detect_devices(spec_text)
+            shown = fit_devices.process_bytes(devs) if spec_text is None else {}
+            committed = fit_placement.committed(live, devs, shown)
+            return planner.plan(shape, pairs, devs, catalog=catalog,
+                                margin=self.settings.fit_margin_mib * 1024 * 1024,
+                                committed=committed)
+
+        try:
+            plan = await asyncio.to_thread(work)
+        except UsageError:
+            raise  # the flags themselves are wrong (a quantized V cache without -fa ...)
+        except Exception as exc:  # noqa: BLE001 - a model it cannot read: launch as typed
+            log.info("no memory plan for %s: %s", model.name, exc)
+            return None
+        if refuse and not plan.fits:
+            raise NoRoom(f"{model.name} does not fit: {plan.notes[0] if plan.notes else ''}"
+                         " (corral fit shows the plan; --no-fit launches it anyway)",
+                         short_bytes=plan.short_bytes)
+        return plan
 
     async def launch(self, spec: LaunchSpec) -> InstanceRecord:
         """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input,
         and a launch that fails to spawn leaves no record behind."""
         model, resolved, catalog, host, pairs, env = await self._prepare(spec)
-        async with self._launch_lock:
+        async with self._launch_lock:  # plan and launch in one step: no double-counted bytes
+            fitted = await self._fit(spec, model, catalog, pairs)
+            placement = None
+            if fitted is not None:
+                placement = fit_placement.record(fitted)
+                pairs, env = pairs + list(fitted.added), {**fitted.env, **env}
             name = self._choose_name(spec.name, model)
             port = self._choose_port(spec.port, host)
             argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
@@ -354,7 +420,7 @@ class Supervisor:
                 version=catalog.version,
                 restart_policy=spec.restart, desired="running", state=State.STOPPED,
                 env=env, preset=spec.preset, origin=spec.origin, pinned=int(bool(spec.pinned)),
-                idle_ttl=spec.idle_ttl, aliases=list(spec.aliases),
+                idle_ttl=spec.idle_ttl, aliases=list(spec.aliases), placement=placement,
             )
             table.insert(self.store, rec)  # a full disk refuses the launch here (507)
             rt = Runtime(rec)
@@ -369,7 +435,7 @@ class Supervisor:
                 except StoreError as exc:
                     log.warning("could not remove the record of failed launch %s: %s", name, exc)
                 raise
-            self._run_task(rt, self._supervise(rt))
+            self._run_task(rt, self._supervise)
         return rec
 
     async def wait_ready(self, name: str, timeout: float | None = None) -> InstanceRecord:
@@ -446,7 +512,7 @@ class Supervisor:
             rt.ever_ready = False
             await self._cancel_task(rt)  # a task lingering after a crash loop ended
             self._spawn(rt, Event.START)
-            self._run_task(rt, self._supervise(rt))
+            self._run_task(rt, self._supervise)
         return rt.rec
 
     async def restart(self, name: str) -> InstanceRecord:
@@ -568,13 +634,16 @@ class Supervisor:
                     ready_at=rt.rec.ready_at if rt.ever_ready else None, **changes)
 
     # -- internals: the supervision loop -------------------------------------------
-    def _run_task(self, rt: Runtime, coro) -> None:
-        """Run ``coro`` as the instance's supervision task, under the instance's epoch."""
+    def _run_task(self, rt: Runtime, body: Callable[[Runtime], Awaitable[None]]) -> None:
+        """Run ``body(rt)`` as the instance's supervision task, under the instance's epoch.
+
+        The coroutine is made inside the task, so a task cancelled before it ever ran
+        leaves no never-awaited coroutine behind."""
         epoch = rt.epoch
 
         async def under_epoch():
             _EPOCH.set((id(rt), epoch))
-            await coro
+            await body(rt)
 
         rt.task = asyncio.create_task(under_epoch(), name=f"supervise-{rt.rec.name}")
         rt.task.add_done_callback(_retrieve)
