@@ -406,11 +406,13 @@ def delete(store: Store, name: str) -> None:
 
 async def compose(supervisor, *, model=None, preset=None, flags=(), name=None, port=None,
                   restart=None, env=None, pinned=None, idle_ttl=None, aliases=None,
-                  binary=None, build_id=None, origin="user") -> LaunchSpec:
+                  binary=None, build_id=None, origin="user", fit=True) -> LaunchSpec:
     """The LaunchSpec for a launch: '*' defaults < preset ``preset`` < the arguments.
 
     Every launch goes through here (API, ``corral run``, the router), so the defaults
     apply to all of them. Flags are merged with the catalog of the binary that will run.
+    ``fit=False`` (``--no-fit``) asks the supervisor to launch the flags as they are,
+    without a memory plan.
     """
     store = supervisor.store
     defaults = _find_exact(store, DEFAULTS) or Preset(DEFAULTS)
@@ -444,6 +446,7 @@ async def compose(supervisor, *, model=None, preset=None, flags=(), name=None, p
         idle_ttl=idle_ttl if idle_ttl is not None else _last(layers, "idle_ttl"),
         aliases=list(dict.fromkeys([*(chosen.aliases if chosen else []),
                                     *_aliases(aliases or [])])),
+        fit=fit,
     )
 
 

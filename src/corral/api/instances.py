@@ -50,6 +50,8 @@ class LaunchRequest(BaseModel):
     aliases: list[str] = Field(default_factory=list, max_length=32)
     binary: str | None = Field(default=None, max_length=4096)
     build: int | None = None
+    fit: bool = Field(default=True, description="plan memory (-ngl, -ts, -c, KV types) on the "
+                      "devices' free memory; false launches exactly the flags given")
     wait: bool = Field(default=False, description="answer only once the instance is ready")
     timeout: float | None = Field(default=None, gt=0, le=86400)
 
@@ -63,7 +65,8 @@ async def _spec(req: LaunchRequest, d: Daemon):
     return await presets.compose(
         d.supervisor, model=req.model, preset=req.preset, flags=req.flags, name=req.name,
         port=req.port, restart=req.restart, env=req.env, pinned=req.pinned,
-        idle_ttl=req.idle_ttl, aliases=req.aliases, binary=req.binary, build_id=req.build)
+        idle_ttl=req.idle_ttl, aliases=req.aliases, binary=req.binary, build_id=req.build,
+        fit=req.fit)
 
 
 @router.post("/plan")
