@@ -21,9 +21,9 @@ missing per device. The router then stops the least recently used router instanc
 plan holds memory on one of those devices (never one that holds nothing there), plans
 again, and repeats until the start fits. When evicting every such instance would not
 cover the shortfall, nothing is stopped and the answer is 503 with Retry-After, naming
-the short devices and what holds them (busy, pinned, loading, a user's); when nothing
-corral runs holds memory there, the model does not fit this machine and the 409
-``no_room`` stands. The budget counts an instance's host bytes from its plan (the file
+the short devices and what holds them (busy, pinned, loading, a user's); when not even
+everything corral runs there would cover it, the model does not fit this machine and
+the 409 ``no_room`` stands (retrying would not help). The budget counts an instance's host bytes from its plan (the file
 size when it was not planned: it fixed its own ``-ngl``/``-ts``/``--device``).
 
 Who may start what. A request's caller is ``admin`` or ``inference`` (the guard puts it in
@@ -405,8 +405,8 @@ class Router:
         that came closest); each eviction is followed by a new plan, which may place the
         launch elsewhere, so no more is evicted than needed. Nothing is evicted when all
         that could be would not cover the shortfall: Busy (503) then, naming the devices
-        and what holds them. When nothing corral runs holds memory there, the model does
-        not fit this machine at all: the NoRoom (409) stands.
+        and what holds them. When all that corral runs there would not cover it either,
+        the model does not fit this machine: the NoRoom (409) stands.
         """
         tried: set[str] = set()
         while True:
@@ -424,8 +424,8 @@ class Router:
         Busy saying why there is none worth stopping (see :meth:`_launch_with_room`)."""
         holders = [r for r in self.supervisor.list()
                    if r.desired == "running" and any(_held_on(r, d) for d in short)]
-        if not short or not holders:
-            raise exc
+        if sum(_held_on(r, d) for r in holders for d in short) < sum(short.values()):
+            raise exc  # not even with every instance gone: waiting will not help
         candidates = [r for r in self.evictable()
                       if r.name not in tried and any(_held_on(r, d) for d in short)]
         freeable = sum(_held_on(r, d) for r in candidates for d in short)
