@@ -1,5 +1,6 @@
 // Dashboard: the host (CPU, RAM) and each GPU's VRAM, live; every instance with its
-// state, model, port, uptime, restarts and tok/s, and the actions on it.
+// state, model, port, the devices its memory plan put it on (and, once loaded, what
+// llama-server really allocated there), uptime, restarts and tok/s, and the actions on it.
 //
 // Live: the daemon's event stream (/api/v1/events) triggers a refresh on every instance
 // event; a 3 s poll keeps memory figures current and covers daemons without events.
@@ -106,14 +107,38 @@ function renderInstances(box, instances, usage, ctx) {
         inst.last_error && !live ? h("span", { class: "sub", title: inst.last_error }, inst.last_error.split("\n")[0]) : null),
       h("td", {}, basename(inst.model), h("span", { class: "sub" }, inst.model)),
       h("td", { class: "num" }, inst.port),
+      devicesCell(inst.placement),
       h("td", { class: "num" }, uptime),
       h("td", { class: "num" }, inst.restarts),
       h("td", { class: "num" }, tokensPerSecond(usage, inst.name)),
       h("td", {}, actions(inst, live, ctx)));
   });
-  replace(box, table(["Name", "State", "Model", "Port", "Uptime", "Restarts", "tok/s", "Actions"], rows,
+  replace(box, table(["Name", "State", "Model", "Port", "Devices", "Uptime", "Restarts", "tok/s", "Actions"], rows,
     "No instances. Launch one, or send a chat request to a model: the router starts it."));
-  box.querySelectorAll("th").forEach((th, i) => { if (i >= 3 && i <= 6) th.classList.add("num"); });
+  box.querySelectorAll("th").forEach((th, i) => { if (i === 3 || (i >= 5 && i <= 7)) th.classList.add("num"); });
+}
+
+/**
+ * One line per device the plan uses: "gpu0 2.1 GB planned", and once llama-server has
+ * reported its buffers, "gpu0 2.0 GB real / 2.1 GB planned". "—" when not planned
+ * (--no-fit, -ngl/-ts/--device fixed by the user, or a model that cannot be estimated).
+ */
+function devicesCell(placement) {
+  const cell = h("td", { class: "devices-cell", "data-testid": "devices" });
+  if (!placement || typeof placement !== "object") { cell.textContent = "—"; return cell; }
+  const planned = new Map();
+  for (const d of placement.devices || []) if (d && Number(d.used_bytes) > 0) planned.set(String(d.id), d);
+  const real = placement.real && typeof placement.real === "object" ? placement.real : null;
+  const ids = [...new Set([...planned.keys(), ...Object.keys(real || {})])];
+  const lines = ids.map((id) => {
+    const d = planned.get(id);
+    const plannedText = d ? `${bytes(d.used_bytes)} planned` : "not planned";
+    const text = real && id in real ? `${id} ${bytes(real[id])} real / ${plannedText}` : `${id} ${plannedText}`;
+    return h("span", { class: "sub", "data-device": id, title: d && d.layers ? `${d.layers} layers` : null }, text);
+  });
+  if (placement.fits === false) lines.push(h("span", { class: "sub error-text" }, "does not fit"));
+  if (!lines.length) cell.textContent = "—"; else replace(cell, lines);
+  return cell;
 }
 
 function actions(inst, live, { refresh, go }) {

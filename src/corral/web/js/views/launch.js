@@ -1,10 +1,16 @@
 // Launch: model (or preset) and build, then the installed build's whole flag catalog as a
 // searchable, sectioned editor with typed inputs, inline validation, the resulting
 // command line, launching, and saving the set as a preset.
+//
+// Memory: as the form changes (debounced with the plan), POST /api/v1/fit answers where
+// the launch would go: a bar per device (planned use against free memory), the flags the
+// plan suggests (one click writes them into the form, which fixes them: the daemon plans
+// no more what the user set), and the planner's notes. Unchecking "Plan memory" launches
+// exactly the flags given (fit: false, as `corral run --no-fit`).
 
 import { api, get, seg } from "../api.js";
-import { h, replace, toast } from "../dom.js";
-import { redactArgv, shellQuote, shellSplit } from "../format.js";
+import { h, meter, replace, toast } from "../dom.js";
+import { bytes, redactArgv, shellQuote, shellSplit } from "../format.js";
 import * as flags from "../flags.js";
 
 /** Flags corral sets itself from the form (the daemon refuses them in the flag list). */
@@ -16,7 +22,7 @@ export async function mount(root, { go, query }) {
   // secret: flags whose value is a secret (the daemon's ``secret_flags``): masked in the
   // command line and typed into password fields.
   const state = { catalog: [], sections: [], values: {}, errors: {}, rows: new Map(), builds: [], presets: null,
-    secret: new Set() };
+    secret: new Set(), suggested: {} };
   const stop = new AbortController();
 
   const model = h("input", { type: "text", id: "launch-model", name: "model", list: "model-options", required: true,
@@ -51,6 +57,14 @@ export async function mount(root, { go, query }) {
   const onlySet = h("input", { type: "checkbox", id: "only-set" });
   const shown = h("span", { class: "muted small", role: "status" });
   const editor = h("div", { id: "flag-editor" }, h("p", { class: "loading" }, "Reading the flag catalog…"));
+  const fitOn = h("input", { type: "checkbox", id: "launch-fit", name: "fit", checked: true });
+  const fitStatus = h("p", { class: "small", id: "fit-status", role: "status" });
+  const fitBars = h("div", { class: "fit-bars", id: "fit-devices" });
+  const fitFlags = h("code", { class: "mono", id: "fit-flags" });
+  const fitApply = h("button", { type: "button", class: "btn btn-sm", id: "fit-apply" }, "Apply");
+  const fitSuggest = h("div", { class: "row fit-suggest hidden", id: "fit-suggest" },
+    h("span", { class: "field-label" }, "Suggested flags"), fitFlags, fitApply);
+  const fitNotes = h("ul", { class: "fit-notes small", id: "fit-notes" });
 
   const labelled = (id, text, control, extraNode) => h("div", { class: "field" },
     h("label", { class: "field-label", for: id }, text), control, extraNode || null);
@@ -72,6 +86,10 @@ export async function mount(root, { go, query }) {
       h("h2", {}, "Command line"), cmdline, planNote,
       h("div", { class: "row" }, launchBtn, h("span", { class: "spacer grow" }), presetName, saveBtn),
       launchError),
+    h("section", { class: "card", id: "fit-card", "aria-labelledby": "fit-title" },
+      h("div", { class: "card-head row" }, h("h2", { id: "fit-title" }, "Memory"),
+        h("label", { class: "row small" }, fitOn, "Plan memory (unchecked: launch exactly these flags, --no-fit)")),
+      fitStatus, fitBars, fitSuggest, fitNotes),
     h("section", { class: "card", "aria-labelledby": "flags-title" },
       h("div", { class: "flag-tools row" }, h("h2", { id: "flags-title" }, "Flags"), search,
         h("label", { class: "row small" }, onlySet, "only set"), shown),
@@ -135,9 +153,11 @@ export async function mount(root, { go, query }) {
   async function refreshPlan() {
     const body = planBody();
     const seq = ++planSeq;
-    if (!body) { planNote.textContent = ""; planNote.classList.remove("error-text"); return; }
+    if (!body) { planNote.textContent = ""; planNote.classList.remove("error-text"); showFit(null); return; }
+    if (!fitOn.checked) body.fit = false;
+    let plan;
     try {
-      const plan = await api("POST", "/api/v1/instances/plan", body);
+      plan = await api("POST", "/api/v1/instances/plan", body);
       if (seq !== planSeq || stop.signal.aborted) return;
       learnSecrets(plan.secret_flags);
       cmdline.textContent = redactArgv(plan.argv, state.secret).map(shellQuote).join(" ");
@@ -148,7 +168,96 @@ export async function mount(root, { go, query }) {
       if (seq !== planSeq || stop.signal.aborted) return;
       planNote.classList.add("error-text");
       planNote.textContent = err.message;
+      if (err.code === "no_room") await fitOf(body, seq, { refused: err }); // where it falls short
+      else showFit(null);
+      return;
     }
+    if (!fitOn.checked) { showFit({ off: true }); return; }
+    // The launch's own plan (other instances' memory counted) when the daemon plans it;
+    // else (-ngl/-ts/--device set here) what those flags would take, from /api/v1/fit.
+    if (plan.placement) { showFit({ fit: plan.placement, added: plan.placement.added || [] }); return; }
+    await fitOf(body, seq, { fixed: true });
+  }
+
+  /** The /api/v1/fit plan of ``body``, shown unless a newer form state superseded it. */
+  async function fitOf(body, seq, how) {
+    try {
+      const fit = await api("POST", "/api/v1/fit", body);
+      if (seq === planSeq && !stop.signal.aborted) showFit({ fit, ...how });
+    } catch (err) {
+      if (seq === planSeq && !stop.signal.aborted) showFit({ error: how.refused || err, refused: how.refused });
+    }
+  }
+
+  // -- memory plan --------------------------------------------------------------------------
+  /** The plan's flags that differ from what the form sets: {long: value}. */
+  function suggestions(planFlags) {
+    const planned = flags.fromTokens(state.catalog, planFlags).values;
+    const typed = { ...flags.fromTokens(state.catalog, extraTokens() || []).values, ...state.values };
+    return Object.fromEntries(Object.entries(planned).filter(([long, v]) => typed[long] !== v));
+  }
+
+  /**
+   * null: nothing to plan yet; {off}: --no-fit; {error}; {fit, added}: the launch's
+   * placement (``added``: the [flag, value] pairs it adds); {fit, fixed}: a /api/v1/fit
+   * plan of flags the user placed themselves (``fit.flags``: the whole list).
+   */
+  function showFit(result) {
+    state.suggested = {};
+    fitStatus.classList.remove("error-text", "ok-text");
+    fitSuggest.classList.add("hidden");
+    replace(fitBars);
+    replace(fitNotes);
+    if (!result) { fitStatus.textContent = "Choose a model to see where it goes."; return; }
+    if (result.off) { fitStatus.textContent = "Not planned: the launch runs exactly the flags given."; return; }
+    if (result.error) {
+      fitStatus.classList.add("error-text");
+      fitStatus.textContent = `${result.refused ? "Refused" : "No memory plan"}: ${result.error.message}`;
+      return;
+    }
+    const fit = result.fit;
+    const fits = fit.fits && !result.refused;
+    fitStatus.classList.add(fits ? "ok-text" : "error-text");
+    fitStatus.textContent = result.refused ? `Refused: ${result.refused.message}`
+      : `${fits ? "Fits" : "Does not fit"}: context ${fit.context}, KV cache ${fit.cache_type_k}/${fit.cache_type_v}` +
+        (result.fixed ? " (placed by your flags: the daemon adds nothing)." : ".");
+    replace(fitBars, (fit.devices || []).map(deviceBar));
+    state.suggested = !fits ? {} : suggestions(result.added ? result.added.flat()
+      .filter((t) => t !== null && t !== undefined).map(String) : fit.flags || []);
+    const tokens = flags.toTokens(state.catalog, state.suggested);
+    if (tokens.length) {
+      fitFlags.textContent = redactArgv(tokens, state.secret).map(shellQuote).join(" ");
+      fitSuggest.classList.remove("hidden");
+    }
+    replace(fitNotes, (fit.notes || []).map((n) => h("li", {}, String(n))));
+  }
+
+  function deviceBar(d) {
+    const used = Number(d.used_bytes) || 0;
+    const free = Number(d.free_bytes) || 0;
+    const frac = free ? used / free : used ? 1 : 0;
+    const layers = d.layers ? ` · ${d.layers} layers` : "";
+    return h("div", { class: "field fit-device", "data-device": String(d.id) },
+      h("span", { class: "field-label" }, `${d.id} · ${d.name}`),
+      meter(frac, `${bytes(used)} planned of ${bytes(free)} free${layers} (weights ${bytes(d.weights_bytes)}, ` +
+        `KV ${bytes(d.kv_bytes)}, compute ${bytes(d.compute_bytes)})`,
+      { name: `${d.id} memory`, class: used > free ? "full" : frac > 0.9 ? "hot" : "" }));
+  }
+
+  /** Write the suggested flags into the editor: set, they are the user's from now on. */
+  function applySuggested() {
+    const list = Object.entries(state.suggested || {});
+    if (!list.length) return;
+    const inExtra = flags.fromTokens(state.catalog, extraTokens() || []);
+    if (list.some(([long]) => long in inExtra.values)) {
+      // the flag is typed in Extra arguments: rewrite that text without it
+      extra.value = flags.toTokens(state.catalog, Object.fromEntries(Object.entries(inExtra.values)
+        .filter(([long]) => !(long in state.suggested)))).concat(inExtra.rest).map(shellQuote).join(" ");
+    }
+    for (const [long, v] of list) state.values[long] = v;
+    renderEditor();
+    updateCommand();
+    toast(`Applied ${list.map(([long]) => long).join(", ")}`, "ok");
   }
 
   /** Remember which flags hold secrets; their inputs become password fields. */
@@ -407,6 +516,7 @@ export async function mount(root, { go, query }) {
     const opts = options();
     if (!opts) return;
     const body = { ...opts, flags: argv };
+    if (!fitOn.checked) body.fit = false;
     if (model.value.trim()) body.model = model.value.trim();
     if (name.value.trim()) body.name = name.value.trim();
     if (port.value.trim()) {
@@ -450,7 +560,8 @@ export async function mount(root, { go, query }) {
   preset.addEventListener("change", () => applyPreset(preset.value));
   build.addEventListener("change", loadCatalog);
   for (const el of [model, port, extra, name]) el.addEventListener("input", updateCommand);
-  for (const el of [preset, build, restart]) el.addEventListener("change", schedulePlan);
+  for (const el of [preset, build, restart, fitOn]) el.addEventListener("change", schedulePlan);
+  fitApply.addEventListener("click", applySuggested);
   search.addEventListener("input", filter);
   onlySet.addEventListener("change", filter);
 
