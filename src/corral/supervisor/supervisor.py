@@ -389,6 +389,9 @@ class Supervisor:
 
         try:
             plan = await asyncio.to_thread(work)
+        except InvalidModelFile as exc:  # llama-server judges its own file format
+            log.info("no memory plan for %s: %s", model.name, exc)
+            return None
         except UsageError:
             raise  # the flags themselves are wrong (a quantized V cache without -fa ...)
         except Exception as exc:  # noqa: BLE001 - a model it cannot read: launch as typed
