@@ -27,7 +27,7 @@ from tests.integration.conftest import (
 )
 
 PS_JSON_KEYS = {"name", "state", "pid", "port", "model", "build", "version", "flags",
-                "restarts", "started_at"}
+                "restarts", "started_at", "placement"}
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -148,11 +148,13 @@ def test_ps_table_and_json(daemon, model_file):
     api(daemon, "POST", "/api/v1/instances/beta/stop")
 
     table = ok(daemon.cli("ps")).stdout.splitlines()
-    assert table[0].split() == ["NAME", "STATE", "PID", "PORT", "MODEL", "RESTARTS", "UP"]
+    assert table[0].split() == ["NAME", "STATE", "PID", "PORT", "MODEL", "DEVICES", "RESTARTS",
+                                "UP"]
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert set(rows) == {"alpha", "beta"}
     assert rows["alpha"][1:4] == ["ready", str(a["pid"]), str(a["port"])]
     assert rows["alpha"][4] == model_file.name
+    assert rows["alpha"][5] == "-"  # a header the estimator cannot read: not planned
     assert rows["beta"][1:3] == ["stopped", "-"]
 
     items = json.loads(ok(daemon.cli("ps", "--json")).stdout)
