@@ -40,7 +40,6 @@ Decisions where the issue is silent:
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -49,7 +48,6 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Iterable
 
-import yaml
 
 from corral import redact
 from corral.builds.catalog import Flag, FlagCatalog
@@ -59,7 +57,7 @@ from corral.store import builds as builds_table
 from corral.store import instances as instances_table
 from corral.store.db import Store
 from corral.supervisor.states import RESTART_POLICIES
-from corral.supervisor.supervisor import LaunchSpec, check_env
+from corral.launchspec import LaunchSpec, check_env
 
 __all__ = [
     "DEFAULTS", "Preset", "get", "find", "list_all", "save", "save_many", "delete", "compose",
@@ -496,6 +494,8 @@ def _free_name(supervisor, base: str) -> str:
 def to_yaml(presets: Iterable[Preset]) -> str:
     """``presets: {NAME: {...}}`` with only the fields each preset sets."""
     doc = {"presets": {p.name: _compact(p) for p in presets}}
+    import yaml  # lazily: ~40 ms, only export and import need it
+
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=None,
                           width=100)
 
@@ -513,6 +513,8 @@ def _unset(value) -> bool:
 
 def from_yaml(text: str) -> list[Preset]:
     """Presets from a YAML document (``yaml.safe_load``); UsageError naming the line/key."""
+    import yaml
+
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -541,6 +543,8 @@ def _from_mapping(name: str, data) -> Preset:
         raise UsageError(f"preset {name!r}: expected a mapping of settings, got {data!r}")
     unknown = [k for k in data if k not in _SPEC_FIELDS]
     if unknown:
+        import difflib
+
         hint = difflib.get_close_matches(str(unknown[0]), _SPEC_FIELDS, n=1)
         tail = f" (did you mean {hint[0]}?)" if hint else ""
         raise UsageError(f"preset {name!r}: unknown key {unknown[0]!r}{tail}")

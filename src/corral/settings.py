@@ -120,7 +120,8 @@ class Settings:
     crash_window: float = 300.0
     idle_ttl: float = 1800.0  # seconds an instance may sit unused before it is stopped; 0 = never
     router_max_instances: int = 4  # router-started instances running at once; LRU beyond; 0 = no cap
-    router_memory_budget: int = 0  # bytes of model files router-started instances may hold; 0 = none
+    # host RAM router-started instances may hold (planned host bytes, else file size); 0 = none
+    router_memory_budget: int = 0
     router_queue_limit: int = 256  # requests waiting for one loading model; more get 503
     router_queue_timeout: float = 600.0  # seconds a request waits for its model to load, then 503
     router_heartbeat: float = 5.0  # seconds between SSE comments sent to streaming clients while loading

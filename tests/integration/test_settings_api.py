@@ -24,7 +24,7 @@ EDITABLE = {"idle_ttl", "router_max_instances", "router_memory_budget", "router_
             "router_queue_timeout", "port_range", "probe_interval", "probe_timeout",
             "probe_failures", "load_timeout", "stop_timeout", "backoff_initial", "backoff_max",
             "crash_limit", "crash_window", "log_max_bytes", "log_backups", "hf_endpoint",
-            "releases_url"}
+            "releases_url", "fit_devices", "fit_margin_mib"}
 TOKEN = "hf_very_secret_token_123"
 CONFIG_TEXT = f'# my corral settings\nhf_token = "{TOKEN}"\nidle_ttl = 900  # 15 minutes\n'
 

@@ -8,8 +8,6 @@ answer is ``corral fit --json``'s. Secret flag values come back masked.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends
 from pydantic import Field
 
@@ -34,27 +32,20 @@ class FitRequest(LaunchRequest):
 @router.post("/fit")
 async def fit(req: FitRequest, d: Daemon = Depends(get_daemon)) -> dict:
     """Which GPUs, ``-ngl``, ``-ts``, context and KV cache fit this launch (see
-    ``corral fit``); nothing is started."""
+    ``corral fit``), counting what the running instances hold; nothing is started.
+    Flags the user gave (``-ngl`` included) are kept and planned around."""
+    from corral.errors import UsageError
     from corral.fit.devices import MiB
-    from corral.fit.planner import fit as plan_fit
 
     spec = await presets.compose(
         d.supervisor, model=req.model, preset=req.preset, flags=req.flags, name=req.name,
         port=req.port, restart=req.restart, env=req.env, pinned=req.pinned,
         idle_ttl=req.idle_ttl, aliases=req.aliases, binary=req.binary, build_id=req.build)
-    launch = await d.supervisor.plan(spec)  # the command line a launch would run
-    catalog = await d.supervisor.catalog(spec.binary, spec.build_id)
-    pairs = _launch_pairs(catalog, launch["argv"][1:])
     margin = None if req.margin_mib is None else int(req.margin_mib * MiB)
-    plan, _ = await asyncio.to_thread(plan_fit, launch["model"], pairs, catalog=catalog,
-                                      devices_spec=req.devices, margin=margin)
+    plan = await d.supervisor.plan_fit(spec, devices=req.devices, margin=margin, always=True)
+    if plan is None:
+        raise UsageError(f"{req.model or req.preset}: no memory plan can be made for this "
+                         "model (its GGUF header describes no layers, or cannot be read)")
     view = plan.view()
     view["flags"] = redact_argv(view["flags"])
     return view
-
-
-def _launch_pairs(catalog, argv: list[str]) -> list:
-    """The flags of a launch's argv, without the ones corral owns (model, host, port)."""
-    owned = {f.long for f in (catalog.lookup(n) for n in ("--model", "--port", "--host"))
-             if f is not None}
-    return [(n, v) for n, v in catalog.normalize(argv) if n not in owned]

@@ -65,8 +65,11 @@ KNOBS: dict[str, Knob] = {
                          zero_ok=True),
     "router_max_instances": Knob("router-started instances running at once (LRU beyond); "
                                  "0 = no cap", low=0, high=1000),
-    "router_memory_budget": Knob("bytes of model files router-started instances may hold; "
-                                 "0 = no budget", low=0, high=2**60),
+    "router_memory_budget": Knob("bytes of host RAM router-started instances may hold "
+                                 "(planned host bytes, else file size); 0 = no budget",
+                                 low=0, high=2**60),
+    "fit_devices": Knob("devices the planner assumes (12GiB,8GiB / none); empty = detect"),
+    "fit_margin_mib": Knob("MiB the planner keeps free on every device", low=0, high=2**20),
     "router_queue_limit": Knob("requests that may wait for one loading model; more get 503",
                                low=1, high=1_000_000),
     "router_queue_timeout": _seconds("seconds a request waits for its model to load, then 503"),

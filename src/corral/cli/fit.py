@@ -58,7 +58,7 @@ def _resolve(store, text: str) -> tuple[str, str | None]:
     """(GGUF path, its mmproj) for MODEL: a model of the index, else a .gguf path."""
     from corral import models
     from corral.errors import NotFound
-    from corral.supervisor.supervisor import check_model_file
+    from corral.launchspec import check_model_file
 
     try:
         rec = models.resolve(store, text)

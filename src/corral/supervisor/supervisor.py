@@ -36,6 +36,7 @@ from corral.errors import (
     UsageError,
 )
 from corral.events import Broadcaster
+from corral.launchspec import ENV_NAME_RE, LaunchSpec, check_env, check_model_file  # noqa: F401
 from corral.fit import placement as fit_placement
 from corral.settings import Settings
 from corral.store import instances as table
@@ -77,46 +78,6 @@ STORE_RETRY_INTERVAL = 1.0
 
 
 @dataclass
-class LaunchSpec:
-    """What a user asks for: a model, flags, and optionally a name, port, policy, binary."""
-
-    model: str
-    flags: list[str] = field(default_factory=list)
-    name: str | None = None
-    port: int | None = None
-    restart: str = "on-failure"
-    binary: str | None = None
-    build_id: int | None = None
-    env: dict[str, str] = field(default_factory=dict)  # extra environment (CUDA_VISIBLE_DEVICES...)
-    preset: str | None = None  # the preset it came from (recorded, shown)
-    origin: str = "user"  # 'router' when started on demand by /v1/*
-    pinned: bool = False  # never stopped by idle TTL nor evicted
-    idle_ttl: float | None = None  # None = settings.idle_ttl; 0 = never
-    aliases: list[str] = field(default_factory=list)  # more names /v1/* requests may use
-    fit: bool = True  # plan memory (-ngl, -ts, --device, -c, KV) unless the flags fix it
-
-
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-
-
-def check_env(env: dict) -> dict[str, str]:
-    """Environment additions as str->str; a bad name or value is a UsageError."""
-    if not isinstance(env, dict):
-        raise UsageError("env must be a mapping of NAME to value")
-    out = {}
-    for key, value in env.items():
-        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
-            raise UsageError(f"invalid environment variable name {key!r}")
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise UsageError(f"environment variable {key} needs a string value")
-        value = str(value)
-        if "\0" in value:
-            raise UsageError(f"environment variable {key} holds a NUL byte")
-        out[key] = value
-    return out
-
-
-@dataclass
 class Runtime:
     """In-memory companion of one instance record."""
 
@@ -133,30 +94,6 @@ class Runtime:
     @property
     def state(self) -> State:
         return State(self.rec.state)
-
-
-def check_model_file(model: str) -> Path:
-    """A GGUF path that exists and starts with the GGUF magic, else InvalidModelFile."""
-    try:
-        path = Path(model).expanduser()
-    except RuntimeError as exc:  # "~nosuchuser/..."
-        raise InvalidModelFile(f"model path {model!r}: {exc}")
-    if "\0" in model:
-        raise InvalidModelFile("model path holds a NUL byte")
-    try:
-        found = path.is_file()
-    except OSError as exc:  # e.g. a name too long for the filesystem
-        raise InvalidModelFile(f"model path {model[:200]!r}: {exc.strerror}") from None
-    if not found:
-        raise InvalidModelFile(f"model file not found: {path}")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise InvalidModelFile(f"cannot read {path}: {exc.strerror}")
-    if magic != b"GGUF":
-        raise InvalidModelFile(f"{path} is not a GGUF file (bad magic {magic!r})")
-    return path.resolve()
 
 
 def describe_exit(code: int | None) -> str:
@@ -349,12 +286,16 @@ class Supervisor:
                 "aliases": list(spec.aliases), "build": resolved.build_id,
                 "version": catalog.version, "placement": placement}
 
-    async def plan_fit(self, spec: LaunchSpec):
-        """The memory plan a launch of ``spec`` would get now (``fit.planner.Plan``), or
-        None when it would not be planned (``fit`` off, -ngl/-ts/--device given, a model
-        that cannot be estimated). Does not raise NoRoom: ``plan.fits`` says it."""
+    async def plan_fit(self, spec: LaunchSpec, *, devices: str | None = None,
+                       margin: int | None = None, always: bool = False):
+        """The memory plan a launch of ``spec`` would get now (``fit.planner.Plan``),
+        counting what the other instances hold; None when it would not be planned
+        (``fit`` off, -ngl/-ts/--device given, a model that cannot be estimated) unless
+        ``always`` (``POST /api/v1/fit``: a plan around the user's own flags). Never
+        raises NoRoom: ``plan.fits`` says it. ``devices``/``margin`` override settings."""
         model, _, catalog, _, pairs, _ = await self._prepare(spec)
-        return await self._fit(spec, model, catalog, pairs, refuse=False)
+        return await self._fit(spec, model, catalog, pairs, refuse=False, always=always,
+                               devices=devices, margin=margin)
 
     def committed(self, devices, shown=None, exclude: str | None = None) -> dict[str, int]:
         """Bytes per device that live instances hold beyond what the devices' free
@@ -363,17 +304,21 @@ class Supervisor:
             (rt.rec for rt in self._rts.values() if rt.rec.name != exclude), devices, shown)
 
     async def _fit(self, spec: LaunchSpec, model: Path, catalog: FlagCatalog, pairs: list,
-                   *, refuse: bool = True):
+                   *, refuse: bool = True, always: bool = False, devices: str | None = None,
+                   margin: int | None = None):
         """Plan the launch's memory; None when not planned. NoRoom when it cannot fit."""
-        if not (spec.fit and self.settings.fit):
-            return None
-        fixed = {f.long for f in (catalog.lookup(n) for n in _PLACEMENT_FLAGS) if f is not None}
-        if any(flag in fixed for flag, _ in pairs):
-            return None  # the user placed it: launch exactly that
+        if not always:
+            if not (spec.fit and self.settings.fit):
+                return None
+            fixed = {f.long for f in (catalog.lookup(n) for n in _PLACEMENT_FLAGS)
+                     if f is not None}
+            if any(flag in fixed for flag, _ in pairs):
+                return None  # the user placed it: launch exactly that
         from corral.fit import devices as fit_devices
         from corral.fit import estimate, planner
 
-        spec_text = self.settings.fit_devices.strip() or None
+        spec_text = (devices or self.settings.fit_devices).strip() or None
+        margin = self.settings.fit_margin_mib * 1024 * 1024 if margin is None else margin
         live = [rt.rec for rt in self._rts.values()]  # read on the loop, used in the thread
 
         def work():
@@ -383,9 +328,10 @@ class Supervisor:
             devs = fit_devices.detect_devices(spec_text)
             shown = fit_devices.process_bytes(devs) if spec_text is None else {}
             committed = fit_placement.committed(live, devs, shown)
-            return planner.plan(shape, pairs, devs, catalog=catalog,
-                                margin=self.settings.fit_margin_mib * 1024 * 1024,
-                                committed=committed)
+            found = planner.plan(shape, pairs, devs, catalog=catalog, margin=margin,
+                                 committed=committed)
+            found.notes.extend(w for w in devs.warnings if w not in found.notes)
+            return found
 
         try:
             plan = await asyncio.to_thread(work)
