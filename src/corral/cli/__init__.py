@@ -75,7 +75,8 @@ def cli() -> None:
       corral pull org/repo:Q4_K_M        download a GGUF from HuggingFace (resumable)
       corral import ~/models             register GGUFs you already have, in place
       corral ls                          the local models, with their GGUF metadata
-      corral run MODEL -c 4096           launch llama-server with any of its flags
+      corral fit MODEL --devices 12GiB,8GiB   memory plan: GPUs, -ngl, -ts, context, KV
+      corral run MODEL -c 4096           launch llama-server with any of its flags (planned)
       corral ps                          what runs, on which port, in which state
       corral logs NAME -f                follow an instance's log
       corral stop NAME | --all           stop instances (they survive daemon restarts)
