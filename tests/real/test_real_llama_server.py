@@ -151,3 +151,28 @@ def test_doctor_passes_with_the_real_build(real_daemon_env):
     assert checks["llama-server"]["status"] == "ok"
     assert checks["libraries"]["status"] == "ok"
     assert checks["devices"]["status"] == "ok"  # CPU-only build, CPU-only host
+
+
+def test_planned_launch_reads_back_what_the_real_server_allocated(real_daemon_env, real_model):
+    """Issue 11 (learning from reality): a planned launch runs at --verbosity 4, and the
+    buffer sizes llama-server prints per device land in placement.real, within 15 % of
+    the plan (else a mismatch is listed)."""
+    d = DaemonProcess(real_daemon_env).start()
+    try:
+        res = d.cli("run", str(real_model), "--name", "planned", "-c", "4096", "-t", "2",
+                    timeout=180)
+        assert res.returncode == 0, res.stderr
+        assert "placed:" in res.stderr
+        inst = wait_for(lambda: (lambda i: i if (i["placement"] or {}).get("real") else None)(
+            d.client.request("GET", "/api/v1/instances/planned")), timeout=30)
+        placement = inst["placement"]
+        assert "--verbosity" in inst["argv"]
+        host = next(x for x in placement["devices"] if x["id"] == "host")
+        real = placement["real"]["host"]
+        assert abs(real - host["used_bytes"]) <= 0.15 * host["used_bytes"], (real, host)
+        assert placement["mismatch"] == []
+    finally:
+        d.stop()
+        from corral.supervisor.offline import stop_all_offline
+
+        stop_all_offline(d.settings, timeout=5)

@@ -597,3 +597,71 @@ def test_model_that_cannot_be_estimated_launches_as_typed(rig):
         assert rec.placement is None and rig.state("plain") is State.STARTING
         await rig.sup.close()
     run(main())
+
+
+def _spawn_printing(rig, scale: float):
+    """FakeOps.spawn that writes llama-server's buffer lines: ``scale`` x the plan."""
+    real_spawn = rig.ops.spawn
+
+    def spawn(argv, env, log_path):
+        handle = real_spawn(argv, env, log_path)
+        rec = next(rt.rec for rt in rig.sup._rts.values() if rt.rec.argv == argv)
+        lines = ["--- corral 2026-12-02 00:00:00: " + " ".join(argv)]
+        for d in rec.placement["devices"]:
+            buf = "CPU" if d["id"] == "host" else f"CUDA{d['id'][3:]}"
+            mib = d["used_bytes"] * scale / 2**20
+            lines.append(f"0.01 I load_tensors:   {buf} model buffer size = {mib:.2f} MiB")
+        log_path.write_text("old launch noise\n" + "\n".join(lines) + "\n")
+        return handle
+
+    rig.ops.spawn = spawn
+
+
+def test_real_allocation_is_read_back_after_load(rig):
+    """Issue 11 part 6: what llama-server reports it allocated lands in the placement."""
+    rig.settings.fit_devices = "12GiB,8GiB,host=64GiB"
+    _spawn_printing(rig, 1.0)
+
+    async def main():
+        rec = await rig.sup.launch(LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary),
+                                              name="big", flags=["-c", "8192"]))
+        assert rec.argv[-2:] == ["--verbosity", "4"] or "--verbosity" in rec.argv
+        await rig.sup.wait_ready("big", timeout=5)
+        await rig.until(lambda: (rig.sup.get("big").placement or {}).get("real"), "real read")
+        placement = rig.sup.get("big").placement
+        for d in placement["devices"]:
+            if d["used_bytes"]:
+                assert abs(placement["real"][d["id"]] - d["used_bytes"]) < 2**20
+        assert placement["mismatch"] == []
+        assert table.get(rig.store, "big").placement["real"] == placement["real"]
+        await rig.sup.close()
+    run(main())
+
+
+def test_real_allocation_far_from_the_plan_is_a_warning(rig, caplog):
+    rig.settings.fit_devices = "12GiB,8GiB,host=64GiB"
+    _spawn_printing(rig, 1.5)
+
+    async def main():
+        await rig.sup.launch(LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary),
+                                        name="big", flags=["-c", "8192"]))
+        await rig.sup.wait_ready("big", timeout=5)
+        await rig.until(lambda: (rig.sup.get("big").placement or {}).get("real"), "real read")
+        mismatch = rig.sup.get("big").placement["mismatch"]
+        assert mismatch and all(m["real_bytes"] > m["projected_bytes"] for m in mismatch)
+        await rig.sup.close()
+    with caplog.at_level("WARNING", logger="corral.supervisor"):
+        run(main())
+    assert any("the plan said" in r.getMessage() for r in caplog.records)
+
+
+def test_user_verbosity_is_kept(rig):
+    rig.settings.fit_devices = "12GiB"
+
+    async def main():
+        rec = await rig.sup.launch(LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary),
+                                              name="quiet", flags=["-lv", "1"]))
+        assert rec.argv.count("--verbosity") + rec.argv.count("-lv") == 1
+        assert rec.argv[rec.argv.index("--verbosity") + 1] == "1"
+        await rig.sup.close()
+    run(main())

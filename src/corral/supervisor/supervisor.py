@@ -71,6 +71,8 @@ PROBE_GRACE = 1.0
 TASK_CANCEL_GRACE = 2.0
 #: Seconds to wait for a process group after SIGKILL.
 KILL_WAIT = 5.0
+#: How far llama-server's own figure may be from the plan before it is a warning.
+MISMATCH = 0.15
 #: Flags by which the user places a launch themselves: then it is not planned.
 _PLACEMENT_FLAGS = ("--n-gpu-layers", "--tensor-split", "--device")
 #: Seconds between retries of state writes the store refused (disk full).
@@ -277,6 +279,7 @@ class Supervisor:
         if fitted is not None:
             placement = fit_placement.record(fitted)
             pairs, env = pairs + list(fitted.added), {**fitted.env, **env}
+            pairs = self._with_memory_report(catalog, pairs)
         name = self._choose_name(spec.name, model)
         port = self._choose_port(spec.port, host)
         argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
@@ -359,6 +362,7 @@ class Supervisor:
             if fitted is not None:
                 placement = fit_placement.record(fitted)
                 pairs, env = pairs + list(fitted.added), {**fitted.env, **env}
+                pairs = self._with_memory_report(catalog, pairs)
             name = self._choose_name(spec.name, model)
             port = self._choose_port(spec.port, host)
             argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
@@ -530,6 +534,49 @@ class Supervisor:
                 kept.append((flag, value))
         return host, kept
 
+    def _with_memory_report(self, catalog: FlagCatalog, pairs: list) -> list:
+        """``pairs`` plus ``--verbosity 4`` when the user set no verbosity: at that level
+        llama-server prints its buffer sizes per device, which :meth:`_learn` reads back
+        (setting ``fit_learn``; the log grows by ~40 lines per request)."""
+        if not self.settings.fit_learn:
+            return pairs
+        lv = catalog.lookup("--verbosity") or catalog.lookup("-lv")
+        chosen = {f.long for f in (catalog.lookup(n) for n in ("--verbosity", "-lv", "--verbose",
+                                                                "--log-disable"))
+                  if f is not None}
+        if lv is None or any(flag in chosen for flag, _ in pairs):
+            return pairs
+        return pairs + [(lv.long, "4")]
+
+    async def _learn(self, rt: Runtime) -> None:
+        """After a planned instance loaded: what llama-server says it allocated per device
+        (its buffer lines) goes into ``placement["real"]``; a device more than 15 % off
+        the projection is logged as a warning and listed in ``placement["mismatch"]``."""
+        placement = rt.rec.placement
+        if not placement:
+            return
+        text = await asyncio.to_thread(_this_launch_log, self.log_path(rt.rec.name))
+        from corral.fit import breakdown
+
+        per = breakdown.parse_log(text).per_device()
+        if not per:
+            return  # nothing printed (verbosity below 4): nothing learnt
+        real = {dev: sum(kinds.values()) for dev, kinds in per.items()}
+        mismatch = []
+        for d in placement.get("devices", ()):
+            projected, got = int(d.get("used_bytes") or 0), real.get(d.get("id"), 0)
+            if (projected or got) and abs(got - projected) > MISMATCH * max(projected, 1):
+                mismatch.append({"id": d.get("id"), "projected_bytes": projected,
+                                 "real_bytes": got})
+        if mismatch:
+            log.warning("%s: llama-server allocated %s, the plan said %s (over %d %% apart)",
+                        rt.rec.name,
+                        ", ".join(f"{m['id']} {m['real_bytes'] >> 20} MiB" for m in mismatch),
+                        ", ".join(f"{m['projected_bytes'] >> 20} MiB" for m in mismatch),
+                        int(MISMATCH * 100))
+        self._persist(rt, {"placement": {**placement, "real": real, "mismatch": mismatch}})
+        self._emit(rt, "placement")
+
     def _choose_name(self, wanted: str | None, model: Path) -> str:
         taken = set(self._rts) | {r.name for r in table.list_all(self.store)}
         if wanted is None:
@@ -606,6 +653,11 @@ class Supervisor:
                     if outcome == "ready":
                         rt.ever_ready = True
                         self._apply(rt, Event.HEALTH_OK, ready_at=self.clock(), last_error=None)
+                        try:
+                            await self._learn(rt)
+                        except (OSError, ValueError) as exc:  # never a reason to stop watching
+                            log.warning("reading the memory report of %s failed: %s",
+                                        rt.rec.name, exc)
                         continue
                     if outcome == "timeout":
                         await self._terminate(rt)
@@ -933,6 +985,23 @@ def _check_host(value: str) -> str:
     except ValueError:
         raise UsageError(f"--host must be an IP address of this machine (127.0.0.1, 0.0.0.0, "
                          f"::1 ...), not {value[:100]!r}") from None
+
+
+def _this_launch_log(path: Path, limit: int = 2 * 1024 * 1024) -> str:
+    """The instance's log since its last launch header (``--- corral ...``), at most
+    the last ``limit`` bytes (the buffer lines come right after the header)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            data = fh.read()
+    except FileNotFoundError:
+        return ""
+    at = data.rfind(b"\n--- corral ")
+    if at < 0 and data.startswith(b"--- corral "):
+        at = 0
+    return data[at:].decode("utf-8", errors="replace") if at >= 0 else ""
 
 
 def _refuse_nul(pairs: list) -> None:
