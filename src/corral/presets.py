@@ -54,14 +54,15 @@ from corral.builds.catalog import Flag, FlagCatalog
 from corral.builds.resolve import check_build_id
 from corral.errors import Conflict, CorralError, NotFound, OwnedFlag, UsageError
 from corral.store import builds as builds_table
-from corral.store import instances as instances_table
 from corral.store.db import Store
-from corral.supervisor.states import RESTART_POLICIES
 from corral.launchspec import LaunchSpec, check_env
+
+# corral.supervisor.states and corral.store.instances are imported where they are used:
+# `corral fit` composes through here and needs neither.
 
 __all__ = [
     "DEFAULTS", "Preset", "get", "find", "list_all", "save", "save_many", "delete", "compose",
-    "validate", "to_yaml", "from_yaml", "to_ini", "from_ini", "preset_view",
+    "compose_sync", "validate", "to_yaml", "from_yaml", "to_ini", "from_ini", "preset_view",
 ]
 
 #: Name of the row holding the defaults applied to every launch.
@@ -232,6 +233,8 @@ def _env(value) -> dict[str, str]:
 
 
 def _restart(value) -> str | None:
+    from corral.supervisor.states import RESTART_POLICIES
+
     if value is None:
         return None
     if value not in RESTART_POLICIES:
@@ -412,40 +415,78 @@ async def compose(supervisor, *, model=None, preset=None, flags=(), name=None, p
     ``fit=False`` (``--no-fit``) asks the supervisor to launch the flags as they are,
     without a memory plan.
     """
-    store = supervisor.store
-    defaults = _find_exact(store, DEFAULTS) or Preset(DEFAULTS)
-    chosen = _named(store, preset)
-    layers = [defaults] + ([chosen] if chosen else [])
-    model = model or (chosen.model if chosen else None)
-    if not model:
-        raise UsageError(f"preset {preset!r} names no model: give MODEL" if chosen
-                         else "a model is required (MODEL, or a preset that names one)")
-    if build_id is None and not binary:
-        build_id = _last(layers, "build")
-    catalog = await supervisor.catalog(binary, build_id)
-    pairs = [_normalized(catalog, p) for p in layers]
-    pairs.append(catalog.normalize(list(flags)))
-    merged_env: dict[str, str] = {}
-    for layer in layers:
-        merged_env.update(layer.env)
-    merged_env.update(env or {})
-    return LaunchSpec(
-        model=model,
-        flags=catalog.to_argv(catalog.merge(*pairs)),
-        name=name or (_free_name(supervisor, chosen.name) if chosen else None),
-        port=port,
-        restart=restart or _last(layers, "restart") or "on-failure",
-        binary=binary,
-        build_id=build_id,
-        env=merged_env,
-        preset=chosen.name if chosen else None,
-        origin=origin,
-        pinned=bool(pinned) if pinned is not None else any(p.pinned for p in layers),
-        idle_ttl=idle_ttl if idle_ttl is not None else _last(layers, "idle_ttl"),
-        aliases=list(dict.fromkeys([*(chosen.aliases if chosen else []),
-                                    *_aliases(aliases or [])])),
-        fit=fit,
-    )
+    layers = _Layers.read(supervisor.store, model, preset, binary, build_id)
+    catalog = await supervisor.catalog(binary, layers.build_id)
+    return layers.spec(supervisor, catalog, flags=flags, name=name, port=port,
+                       restart=restart, env=env, pinned=pinned, idle_ttl=idle_ttl,
+                       aliases=aliases, binary=binary, origin=origin, fit=fit)
+
+
+def compose_sync(supervisor, *, model=None, preset=None, flags=(), name=None, port=None,
+                 restart=None, env=None, pinned=None, idle_ttl=None, aliases=None,
+                 binary=None, build_id=None, origin="user", fit=True) -> LaunchSpec:
+    """:func:`compose` for a caller whose ``supervisor.catalog`` is a plain function.
+
+    ``corral fit`` composes from the store alone, with no event loop: importing asyncio
+    to run :func:`compose` costs ~30 ms of a command that should take well under 150.
+    """
+    layers = _Layers.read(supervisor.store, model, preset, binary, build_id)
+    catalog = supervisor.catalog(binary, layers.build_id)
+    return layers.spec(supervisor, catalog, flags=flags, name=name, port=port,
+                       restart=restart, env=env, pinned=pinned, idle_ttl=idle_ttl,
+                       aliases=aliases, binary=binary, origin=origin, fit=fit)
+
+
+class _Layers:
+    """The presets a launch stacks ('*' defaults, then the named one), with the model and
+    build they give: what :func:`compose` reads before it asks for a catalog."""
+
+    def __init__(self, defaults: Preset, chosen: Preset | None, model: str,
+                 build_id: int | None) -> None:
+        self.chosen = chosen
+        self.all = [defaults] + ([chosen] if chosen else [])
+        self.model, self.build_id = model, build_id
+
+    @classmethod
+    def read(cls, store: Store, model, preset, binary, build_id) -> _Layers:
+        defaults = _find_exact(store, DEFAULTS) or Preset(DEFAULTS)
+        chosen = _named(store, preset)
+        model = model or (chosen.model if chosen else None)
+        if not model:
+            raise UsageError(f"preset {preset!r} names no model: give MODEL" if chosen
+                             else "a model is required (MODEL, or a preset that names one)")
+        layers = cls(defaults, chosen, model, build_id)
+        if build_id is None and not binary:
+            layers.build_id = _last(layers.all, "build")
+        return layers
+
+    def spec(self, supervisor, catalog: FlagCatalog, *, flags, name, port, restart, env,
+             pinned, idle_ttl, aliases, binary, origin, fit) -> LaunchSpec:
+        """The LaunchSpec: the layers' flags merged through ``catalog``, then the arguments."""
+        layers, chosen = self.all, self.chosen
+        pairs = [_normalized(catalog, p) for p in layers]
+        pairs.append(catalog.normalize(list(flags)))
+        merged_env: dict[str, str] = {}
+        for layer in layers:
+            merged_env.update(layer.env)
+        merged_env.update(env or {})
+        return LaunchSpec(
+            model=self.model,
+            flags=catalog.to_argv(catalog.merge(*pairs)),
+            name=name or (_free_name(supervisor, chosen.name) if chosen else None),
+            port=port,
+            restart=restart or _last(layers, "restart") or "on-failure",
+            binary=binary,
+            build_id=self.build_id,
+            env=merged_env,
+            preset=chosen.name if chosen else None,
+            origin=origin,
+            pinned=bool(pinned) if pinned is not None else any(p.pinned for p in layers),
+            idle_ttl=idle_ttl if idle_ttl is not None else _last(layers, "idle_ttl"),
+            aliases=list(dict.fromkeys([*(chosen.aliases if chosen else []),
+                                        *_aliases(aliases or [])])),
+            fit=fit,
+        )
 
 
 def _find_exact(store: Store, name: str) -> Preset | None:
@@ -479,6 +520,8 @@ def _last(layers: list[Preset], attr: str):
 
 def _free_name(supervisor, base: str) -> str:
     """``base``, or ``base-2``, ``base-3``... the first no instance has."""
+    from corral.store import instances as instances_table
+
     taken = {r.name for r in supervisor.list()} | \
         {r.name for r in instances_table.list_all(supervisor.store)}
     name, n = base, 2
