@@ -18,6 +18,19 @@ def settings() -> Settings:
     return s
 
 
+def local_model(model: str | None) -> str | None:
+    """An existing path made absolute (the daemon has another cwd); anything else as is."""
+    from pathlib import Path
+
+    if model is None:
+        return None
+    try:
+        local = Path(model).expanduser()
+        return str(local.resolve()) if local.exists() else model
+    except RuntimeError:
+        return model
+
+
 def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 

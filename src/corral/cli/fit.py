@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from corral.cli.common import print_json, settings, table
+from corral.cli.common import local_model, print_json, settings, table
 from corral.cli.terminal import printable
 from corral.errors import UsageError
 
@@ -38,20 +38,25 @@ def _split_args(args: tuple[str, ...]) -> tuple[dict, list[str]]:
 
 
 class _Local:
-    """What :func:`corral.presets.compose` asks of a supervisor, from the store alone."""
+    """What :func:`corral.presets.compose_sync` asks of a supervisor, from the store alone."""
 
     def __init__(self, s, store) -> None:
         self.settings, self.store = s, store
+        self._catalogs: dict[tuple, object] = {}
 
     def list(self) -> list:
         return []
 
-    async def catalog(self, binary=None, build_id=None):
+    def catalog(self, binary=None, build_id=None):
+        """The flag catalog of that build, read once (compose asks, then the planner)."""
         from corral.builds.catalog import load_catalog
         from corral.builds.resolve import resolve_binary
 
-        resolved = resolve_binary(self.settings, self.store, binary, build_id)
-        return load_catalog(resolved.path, self.settings.cache_dir)
+        key = (binary, build_id)
+        if key not in self._catalogs:
+            resolved = resolve_binary(self.settings, self.store, binary, build_id)
+            self._catalogs[key] = load_catalog(resolved.path, self.settings.cache_dir)
+        return self._catalogs[key]
 
 
 def _resolve(store, text: str) -> tuple[str, str | None]:
@@ -72,8 +77,6 @@ def _resolve(store, text: str) -> tuple[str, str | None]:
 def plan_local(model: str, flags: list[str], *, devices: str | None, margin_mib: float | None,
                binary: str | None = None, build: int | None = None, probe=None):
     """(plan, devices) for ``corral fit``: store, catalog and planner, no daemon."""
-    import asyncio
-
     from corral import presets
     from corral.fit.devices import MiB
     from corral.fit.planner import fit, owned_and_mmproj
@@ -84,9 +87,9 @@ def plan_local(model: str, flags: list[str], *, devices: str | None, margin_mib:
     store = Store(s.db_path)
     try:
         local = _Local(s, store)
-        spec = asyncio.run(presets.compose(local, model=model, flags=flags, binary=binary,
-                                           build_id=build))
-        catalog = asyncio.run(local.catalog(spec.binary, spec.build_id))
+        spec = presets.compose_sync(local, model=model, flags=flags, binary=binary,
+                                    build_id=build)
+        catalog = local.catalog(spec.binary, spec.build_id)
         path, mmproj = _resolve(store, spec.model)
     finally:
         store.close()
@@ -161,18 +164,12 @@ def fit(devices, margin, binary, build, as_json, model, llama_flags) -> None:
         raise UsageError("--margin is MiB from 0 up")
     if model.startswith("-"):
         raise UsageError("give MODEL first (a GGUF path or a model of the index)")
-    plan, _ = plan_local(_local_model(model), flags, devices=devices, margin_mib=margin,
+    plan, _ = plan_local(local_model(model) or model, flags, devices=devices, margin_mib=margin,
                          binary=binary, build=build)
     if as_json:
         print_json(plan.view())
     else:
         click.echo(render(plan))
-
-
-def _local_model(model: str) -> str:
-    from corral.cli.instances import _local_model as local
-
-    return local(model) or model
 
 
 COMMANDS = [fit]
