@@ -34,18 +34,17 @@ Decisions:
 
 from __future__ import annotations
 
-import csv
-import ctypes.util
-import glob as _glob
 import io
 import json
 import os
 import platform as _platform
 import re
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+# csv, ctypes, glob and subprocess are imported where they are used: a simulated
+# `corral fit --devices 12GiB,8GiB` reads /proc/meminfo only.
 
 TIMEOUT = 5.0
 #: Return codes RealProbe.run uses for failures that have no process status.
@@ -97,6 +96,8 @@ class RealProbe:
 
     def run(self, argv: list[str], timeout: float = TIMEOUT) -> tuple[int, str]:
         """(returncode, stdout); 127 when not installed, 124 on timeout."""
+        import subprocess
+
         env = dict(os.environ, LC_ALL="C")
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
@@ -117,10 +118,14 @@ class RealProbe:
             return None
 
     def glob(self, pattern: str) -> list[str]:
-        return sorted(_glob.glob(pattern))
+        import glob
+
+        return sorted(glob.glob(pattern))
 
     def find_library(self, name: str) -> str | None:
         try:
+            import ctypes.util
+
             return ctypes.util.find_library(name)
         except Exception:  # noqa: BLE001 - find_library shells out; never fail detection
             return None
@@ -235,6 +240,8 @@ def parse_nvidia_smi(rc: int, out: str) -> tuple[list[GPU], list[str]]:
         return [], []
     if rc != 0:
         return [], [_tool_failed("nvidia-smi", rc, out)]
+    import csv
+
     gpus: list[GPU] = []
     try:
         for row in csv.reader(io.StringIO(out), skipinitialspace=True):
@@ -301,6 +308,8 @@ def parse_nvidia_apps(rc: int, out: str) -> dict[tuple[str, int], int]:
     """``{(gpu uuid, pid): bytes}`` from ``nvidia-smi --query-compute-apps`` (MiB)."""
     if rc != 0:
         return {}
+    import csv
+
     found: dict[tuple[str, int], int] = {}
     for row in csv.reader(io.StringIO(out), skipinitialspace=True):
         if len(row) != 3:

@@ -32,20 +32,23 @@ Decisions made here (the map is silent on them):
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import json
 import logging
 import os
 import re
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from corral.errors import BinaryError, FlagValueError, UnknownFlag, UsageError
+
+if TYPE_CHECKING:
+    import subprocess
+
+# difflib, subprocess and tempfile are imported where they are used: a command that loads
+# a cached catalog (`corral fit`, `corral run`) needs none of them (~10 ms of imports).
 
 __all__ = ["Flag", "FlagCatalog", "load_catalog"]
 
@@ -245,6 +248,8 @@ class FlagCatalog:
 
     def suggest(self, name: str, n: int = 3) -> list[str]:
         """Up to ``n`` printed spellings closest to ``name``, best first."""
+        import difflib
+
         return difflib.get_close_matches(_spelling(name), list(self._index), n=n, cutoff=0.6)
 
     def canonical(self, name: str) -> str:
@@ -569,6 +574,8 @@ def _read_cache(path: Path, key: str) -> FlagCatalog | None:
 
 
 def _write_cache(path: Path, key: str, catalog: FlagCatalog) -> None:
+    import tempfile
+
     payload = json.dumps({"key": key, "catalog": catalog.to_dict()})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -602,6 +609,8 @@ def _version(binary: Path) -> str | None:
 
 
 def _run(binary: Path, arg: str) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     env = dict(os.environ)
     # Builds ship their libllama/libggml .so files beside the binary.
     libs = [str(binary.parent)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]

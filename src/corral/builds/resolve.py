@@ -8,8 +8,6 @@ Order (first hit wins): ``--binary PATH`` on the command, ``--build ID``,
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +76,8 @@ def resolve_binary(settings: Settings, store: Store | None, binary: str | None =
         rec = builds_table.default(store)
         if rec is not None:
             return _checked(rec.path, "default-build", rec.id)
+    import shutil
+
     found = shutil.which("llama-server")
     if found:
         return _checked(found, "path")
@@ -95,6 +95,8 @@ def binary_env(binary: Path, base: dict[str, str] | None = None) -> dict[str, st
 
 def binary_version(binary: Path, timeout: float = 30) -> str:
     """The first lines of ``binary --version`` (llama-server prints them on stderr)."""
+    import subprocess
+
     try:
         out = subprocess.run(
             [str(binary), "--version"], capture_output=True, text=True, timeout=timeout,
