@@ -38,9 +38,9 @@ class LazyGroup(click.Group):
     """A group whose commands are imported when one runs or ``--help`` lists them
     (click's documented lazy-loading pattern: ``list_commands`` + ``get_command``)."""
 
-    def __init__(self, *args, lazy: dict[str, str], **kwargs) -> None:
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.lazy = lazy
+        self.lazy = dict(lazy or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *self.lazy})
