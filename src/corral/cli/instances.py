@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from corral.cli.common import ago, print_json, settings, table
+from corral.cli.common import ago, local_model, print_json, settings, table
 from corral.cli.terminal import printable
 from corral.errors import NotFound, UsageError
 
@@ -64,19 +64,6 @@ def env_pairs(items) -> dict[str, str]:
             raise UsageError(f"--env takes NAME=VALUE, got {item!r}")
         env[key] = value
     return env
-
-
-def _local_model(model: str | None) -> str | None:
-    """An existing path made absolute (the daemon has another cwd); anything else as is."""
-    from pathlib import Path
-
-    if model is None:
-        return None
-    try:
-        local = Path(model).expanduser()
-        return str(local.resolve()) if local.exists() else model
-    except RuntimeError:
-        return model
 
 
 def _number(own: dict, key: str, kind: type, default):
@@ -159,7 +146,7 @@ def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, 
     from pathlib import Path
 
     client = ensure_daemon(settings())
-    body = {"model": _local_model(model), "preset": preset, "flags": flags, "name": name,
+    body = {"model": local_model(model), "preset": preset, "flags": flags, "name": name,
             "port": port, "restart": restart, "env": env_pairs([*env, *own.get("--env", [])]),
             "pinned": pin, "idle_ttl": idle_ttl,
             "binary": str(Path(binary).expanduser().resolve()) if binary else None,

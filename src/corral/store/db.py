@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
-from corral.errors import DiskFull, StoreError
+from corral.errors import DiskFull, StoreError, UsageError
 
 log = logging.getLogger("corral.store")
 
@@ -218,6 +218,10 @@ def translated(path: Path | str) -> Iterator[None]:
         yield
     except (sqlite3.Error, OSError) as exc:
         _raise_translated(exc, path)
+    except UnicodeEncodeError:
+        # A lone surrogate (a file name's undecodable byte, surrogateescape) cannot be
+        # stored as UTF-8: the caller's bad text, not a store failure.
+        raise UsageError("the text holds characters that are not valid Unicode") from None
 
 
 # Held while a store is rebuilt: no connection of this process may open the file meanwhile.
