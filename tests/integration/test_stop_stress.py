@@ -114,7 +114,7 @@ def test_stop_never_hangs_under_random_stop_start_restart_delete(tmp_path, fake_
                 spawned.add(rt.rec.pid)
             await timed("stop", sup.stop(name))
             assert sup.get(name).state == "stopped"
-        assert getattr(sup, "abandoned", []) == []  # no task ignored its cancellation
+        assert sup.abandoned == []  # no task ignored its cancellation
         await sup.close()
 
     try:

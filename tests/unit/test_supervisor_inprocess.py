@@ -20,7 +20,6 @@ from corral.settings import load_settings
 from corral.store import instances as table
 from corral.store.db import Store
 from corral.supervisor import supervisor as sup_mod
-from corral.supervisor.process import UNKNOWN_EXIT
 from corral.supervisor.states import Event, InvalidTransition, State
 from corral.supervisor.supervisor import LaunchSpec, Supervisor
 
@@ -490,11 +489,6 @@ def test_transition_is_the_only_writer_of_state():
     # launch() creates the record at rest (STOPPED) before the START event.
     offenders = [o for o in offenders if " in launch (state=)" not in o]
     assert offenders == []
-
-
-def test_unknown_exit_counts_as_failure_for_on_failure():
-    from corral.supervisor.states import should_restart
-    assert should_restart("on-failure", UNKNOWN_EXIT) and not should_restart("never", UNKNOWN_EXIT)
 
 
 def test_deleted_db_under_running_supervisor_keeps_every_instance_listed(rig):

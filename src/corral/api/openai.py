@@ -148,11 +148,7 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
             try:
                 rec, label = waiting.result()
             except CorralError as exc:
-                rt.metrics.rejected.labels(exc.code).inc()
-                if started:
-                    await send({"type": "http.response.body", "body": _sse_error(exc)})
-                else:
-                    await _send_error(send, exc)
+                await _reject(rt, exc, started, send)
                 return
         await _relay(rt, rec, label, endpoint, scope, body, t0, gone, send, started, stream)
     finally:
@@ -223,6 +219,16 @@ def _retrieve(fut: asyncio.Future) -> None:
         fut.exception()
 
 
+async def _reject(rt: Router, exc: CorralError, started: bool, send) -> None:
+    """Count a refused request and answer it: an SSE error event once heartbeats have
+    started the stream, else an error response."""
+    rt.metrics.rejected.labels(exc.code).inc()
+    if started:
+        await send({"type": "http.response.body", "body": _sse_error(exc)})
+    else:
+        await _send_error(send, exc)
+
+
 async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes, t0: float,
                  gone: _Gone, send, started: bool, stream: bool) -> None:
     """Forward to the instance and stream its answer back, counting it afterwards."""
@@ -231,11 +237,7 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
     try:
         key = rt.upstream_key(rec)
     except UpstreamError as exc:
-        rt.metrics.rejected.labels(exc.code).inc()
-        if started:
-            await send({"type": "http.response.body", "body": _sse_error(exc)})
-        else:
-            await _send_error(send, exc)
+        await _reject(rt, exc, started, send)
         return
     if key is not None:
         headers.append((b"authorization", b"Bearer " + key.encode()))

@@ -52,3 +52,33 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
+
+
+def split_own_options(args, valued: set[str], switches: set[str],
+                      repeated: set[str] = frozenset()) -> tuple[dict, list[str]]:
+    """corral's own options out of the tokens after MODEL; the rest are llama flags.
+
+    ``--opt V`` and ``--opt=V`` for ``valued``; options in ``repeated`` collect a list.
+    """
+    from corral.errors import UsageError
+
+    own: dict = {}
+    llama: list[str] = []
+    it = iter(args)
+    for token in it:
+        key, eq, value = token.partition("=")
+        if key in valued:
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise UsageError(f"{key} needs a value")
+            if key in repeated:
+                own.setdefault(key, []).append(value)
+            else:
+                own[key] = value
+        elif token in switches:
+            own[token] = True
+        else:
+            llama.append(token)
+    return own, llama
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from corral.cli.common import local_model, print_json, settings, table
+from corral.cli.common import local_model, print_json, settings, split_own_options, table
 from corral.cli.terminal import printable
 from corral.errors import UsageError
 
@@ -19,22 +19,7 @@ FIT_SWITCHES = {"--json"}
 
 
 def _split_args(args: tuple[str, ...]) -> tuple[dict, list[str]]:
-    own: dict = {}
-    llama: list[str] = []
-    it = iter(args)
-    for token in it:
-        key, eq, value = token.partition("=")
-        if key in FIT_VALUED:
-            if not eq:
-                value = next(it, None)
-                if value is None:
-                    raise UsageError(f"{key} needs a value")
-            own[key] = value
-        elif token in FIT_SWITCHES:
-            own[token] = True
-        else:
-            llama.append(token)
-    return own, llama
+    return split_own_options(args, FIT_VALUED, FIT_SWITCHES)
 
 
 class _Local:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from corral.cli.common import ago, local_model, print_json, settings, table
+from corral.cli.common import ago, local_model, print_json, settings, split_own_options, table
 from corral.cli.terminal import printable
 from corral.errors import NotFound, UsageError
 
@@ -30,29 +30,8 @@ def ensure_daemon(s):
 
 
 def _split_run_args(args: tuple[str, ...]) -> tuple[dict, list[str]]:
-    """Pull corral's own options out of the tokens after MODEL; the rest are llama flags.
-
-    Repeatable options (``--env``) collect into a list.
-    """
-    own: dict = {}
-    llama: list[str] = []
-    it = iter(args)
-    for token in it:
-        key, eq, value = token.partition("=")
-        if key in RUN_VALUED:
-            if not eq:
-                value = next(it, None)
-                if value is None:
-                    raise UsageError(f"{key} needs a value")
-            if key in RUN_REPEATED:
-                own.setdefault(key, []).append(value)
-            else:
-                own[key] = value
-        elif token in RUN_SWITCHES:
-            own[token] = True
-        else:
-            llama.append(token)
-    return own, llama
+    """Pull corral's own options out of the tokens after MODEL (``--env`` repeats)."""
+    return split_own_options(args, RUN_VALUED, RUN_SWITCHES, RUN_REPEATED)
 
 
 def env_pairs(items) -> dict[str, str]:

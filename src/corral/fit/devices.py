@@ -56,13 +56,7 @@ class Device:
     vendor: str | None = None  # "nvidia", "amd"; None when simulated
     index: int | None = None  # index within its vendor: what CUDA_VISIBLE_DEVICES counts
     uuid: str | None = None  # the driver's id (matches per-process memory figures)
-
-    @property
-    def simulated(self) -> bool:
-        """Sizes from a ``--devices`` spec: its free figure never moves."""
-        if self.kind == "host":
-            return self.name.endswith("(simulated)")
-        return self.vendor is None
+    simulated: bool = False  # sizes from a --devices spec: the free figure never moves
 
     def backend_name(self, position: int) -> str:
         """The llama.cpp device name (``CUDA1``, ``ROCm0``) for ``--device``.
@@ -136,7 +130,7 @@ def parse_spec(spec: str) -> tuple[list[Device], int | None]:
                 raise UsageError("--devices: at most 64 GPUs")
             for _ in range(count):
                 gpus.append(Device(id=f"gpu{len(gpus)}", name=f"simulated {human_bytes(n)}",
-                                   kind="gpu", total_bytes=n, free_bytes=n))
+                                   kind="gpu", total_bytes=n, free_bytes=n, simulated=True))
     return gpus, host
 
 
@@ -144,7 +138,8 @@ def _host(info, ram: int | None) -> Device:
     total = ram if ram is not None else info.ram_total
     free = ram if ram is not None else (info.ram_free or info.ram_total)
     name = "host RAM" + (" (simulated)" if ram is not None else f" ({info.cpu_model})")
-    return Device(id="host", name=name, kind="host", total_bytes=total, free_bytes=free)
+    return Device(id="host", name=name, kind="host", total_bytes=total, free_bytes=free,
+                  simulated=ram is not None)
 
 
 def _host_info(probe):
