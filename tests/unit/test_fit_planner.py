@@ -1,7 +1,8 @@
 """The memory planner on simulated devices.
 
-Until the estimator (``corral.fit.estimate``) lands, the plans are made against
-:class:`StandIn`, an estimator with the same interface and llama.cpp's placement
+Besides the golden plans on the real estimator (``test_golden_properties``), the precise cases
+are planned against :class:`StandIn`: round numbers, so "the largest context that fits"
+can be checked by hand, with the real estimator's result types and llama.cpp's placement
 rules (the last ``-ngl`` layers offloaded, the output layer with them when all are,
 layers split by cumulative ``--tensor-split`` fractions, the experts of the first
 ``--n-cpu-moe`` layers on the host, the input embedding on the host). The properties
@@ -21,6 +22,7 @@ import pytest
 from corral.builds.catalog import FlagCatalog
 from corral.fit import planner
 from corral.fit.devices import GiB, MiB, Devices, detect_devices, parse_spec
+from corral.fit.estimate import DeviceUse, Projection
 
 HELP = Path(__file__).resolve().parents[1] / "fakes" / "llama-server-help.txt"
 CATALOG = FlagCatalog.parse(HELP.read_text())
@@ -69,31 +71,6 @@ class Options:
             elif name == "--n-cpu-moe":
                 o.n_cpu_moe = int(value)
         return o
-
-
-@dataclass
-class DeviceUse:
-    id: str
-    layers: int = 0
-    weights_bytes: int = 0
-    kv_bytes: int = 0
-    compute_bytes: int = 0
-    output_bytes: int = 0
-
-    @property
-    def used_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.output_bytes
-
-
-@dataclass
-class Projection:
-    devices: list[DeviceUse]
-    context: int
-    n_parallel: int
-    cache_type_k: str
-    cache_type_v: str
-    flash_attn: bool
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -160,7 +137,7 @@ class StandIn:
         host.compute_bytes = 64 * MiB
         return Projection(devices=[*use.values(), host], context=o.ctx, n_parallel=1,
                           cache_type_k=o.cache_type_k, cache_type_v=o.cache_type_v,
-                          flash_attn=fa)
+                          flash_attn=fa, notes=[])
 
 
 # Shapes like the issue's models, in round numbers (a 14B Q4_K_M is ~8.4 GiB).
