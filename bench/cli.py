@@ -40,8 +40,12 @@ def fake_binary(directory: Path) -> Path:
     return make_fake_binary(directory)
 
 
-def interleaved(cmds: dict[str, list[str]], env: dict[str, str], runs: int,
-                check: dict[str, object] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    cmds: dict[str, list[str]],
+    env: dict[str, str],
+    runs: int,
+    check: dict[str, object] | None = None,
+) -> dict[str, list[float]]:
     """Each command ``runs`` times, round-robin; one untimed warm-up round first."""
     times: dict[str, list[float]] = {k: [] for k in cmds}
     for i in range(runs + 1):
@@ -60,8 +64,12 @@ def import_time(env: dict[str, str], runs: int = 5) -> float:
     """Median cumulative import time of corral.cli, seconds."""
     vals = []
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import corral.cli"],
-                              env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import corral.cli"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         for line in proc.stderr.splitlines():
             m = re.match(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|\s*(\S+)$", line)
             if m and m.group(3) == "corral.cli":
@@ -94,9 +102,11 @@ def run(runs: int = 15, n_instances: int = 20, verbose: bool = True) -> dict:
                 break
             bad = [i for i in insts if i["state"] in ("failed", "exited")]
             if time.monotonic() > deadline or bad:
-                detail = "; ".join(f"{i['name']}: {i['state']}: {i['last_error']}\n"
-                                   + (corral.home / "logs" / f"{i['name']}.log").read_text()[-1500:]
-                                   for i in bad)
+                detail = "; ".join(
+                    f"{i['name']}: {i['state']}: {i['last_error']}\n"
+                    + (corral.home / "logs" / f"{i['name']}.log").read_text()[-1500:]
+                    for i in bad
+                )
                 raise RuntimeError(f"instances not ready: {states}\n{detail}")
             time.sleep(0.1)
 
@@ -107,18 +117,27 @@ def run(runs: int = 15, n_instances: int = 20, verbose: bool = True) -> dict:
 
         py = [sys.executable, "-c", "pass"]
         say(f"cli: timing with the daemon up ({runs} runs each)")
-        up = interleaved({
-            "corral ps": [corral.exe, "ps"],
-            "curl instances": ["curl", "-s", "-f", f"{corral.url}/api/v1/instances"],
-            "corral --help": [corral.exe, "--help"],
-            "python -c pass": py,
-        }, corral.env, runs, check={"corral ps": ps_lists_all})
+        up = interleaved(
+            {
+                "corral ps": [corral.exe, "ps"],
+                "curl instances": ["curl", "-s", "-f", f"{corral.url}/api/v1/instances"],
+                "corral --help": [corral.exe, "--help"],
+                "python -c pass": py,
+            },
+            corral.env,
+            runs,
+            check={"corral ps": ps_lists_all},
+        )
         imports = import_time(corral.env)
 
         say("cli: stopping the daemon only (instances keep running); timing ps from the store")
         corral.stop_daemon_only()
-        down = interleaved({"corral ps (no daemon)": [corral.exe, "ps"], "python -c pass": py},
-                           corral.env, runs, check={"corral ps (no daemon)": ps_lists_all})
+        down = interleaved(
+            {"corral ps (no daemon)": [corral.exe, "ps"], "python -c pass": py},
+            corral.env,
+            runs,
+            check={"corral ps (no daemon)": ps_lists_all},
+        )
         say("cli: corral down")
     return {
         "bench": "cli",
@@ -137,8 +156,12 @@ def table(res: dict) -> str:
     rows = [
         ("`corral ps`", up["corral ps"], "`curl -s .../api/v1/instances`", up["curl instances"]),
         ("`corral --help`", up["corral --help"], "`python -c pass`", up["python -c pass"]),
-        ("`corral ps`, no daemon (store + pid checks)", down["corral ps (no daemon)"],
-         "`python -c pass`", down["python -c pass"]),
+        (
+            "`corral ps`, no daemon (store + pid checks)",
+            down["corral ps (no daemon)"],
+            "`python -c pass`",
+            down["python -c pass"],
+        ),
     ]
     lines = [
         f"CLI wall time with {res['instances']} instances (fake llama-server), "
@@ -150,11 +173,16 @@ def table(res: dict) -> str:
     ]
     for label, s, ref_label, r in rows:
         ok = "yes" if s["median"] < 0.150 and s["p90"] < 0.150 else "no"
-        lines.append(f"| {label} | {C.ms(s['median'])} | {C.ms(s['p90'])} | {ref_label} | "
-                     f"{C.ms(r['median'])} | {C.ms(r['p90'])} | {s['median'] / r['median']:.1f}x | "
-                     f"+{C.ms(s['median'] - r['median'])} | {ok} |")
-    lines += ["", f"`import corral.cli` (cumulative, `python -X importtime`, median of 5): "
-                  f"{C.ms(res['import_corral_cli'])}"]
+        lines.append(
+            f"| {label} | {C.ms(s['median'])} | {C.ms(s['p90'])} | {ref_label} | "
+            f"{C.ms(r['median'])} | {C.ms(r['p90'])} | {s['median'] / r['median']:.1f}x | "
+            f"+{C.ms(s['median'] - r['median'])} | {ok} |"
+        )
+    lines += [
+        "",
+        f"`import corral.cli` (cumulative, `python -X importtime`, median of 5): "
+        f"{C.ms(res['import_corral_cli'])}",
+    ]
     return "\n".join(lines)
 
 

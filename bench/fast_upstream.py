@@ -71,14 +71,22 @@ def _sse_chunk(obj: object) -> bytes:
 
 
 def _head(status: str, ctype: bytes, extra: bytes = b"") -> bytes:
-    return (b"HTTP/1.1 " + status.encode() + b"\r\nServer: llama.cpp\r\nContent-Type: " + ctype
-            + b"\r\nKeep-Alive: timeout=5, max=100000\r\n" + extra)
+    return (
+        b"HTTP/1.1 "
+        + status.encode()
+        + b"\r\nServer: llama.cpp\r\nContent-Type: "
+        + ctype
+        + b"\r\nKeep-Alive: timeout=5, max=100000\r\n"
+        + extra
+    )
 
 
 def _json_answer(obj: object, status: str = "200 OK") -> bytes:
     body = json.dumps(obj, separators=(",", ":")).encode()
-    return _head(status, b"application/json; charset=utf-8",
-                 b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    return (
+        _head(status, b"application/json; charset=utf-8", b"Content-Length: %d\r\n\r\n" % len(body))
+        + body
+    )
 
 
 class Answers:
@@ -90,41 +98,74 @@ class Answers:
         self.health = _json_answer({"status": "ok"})
         self.not_found = _json_answer(
             {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}},
-            "404 Not Found")
+            "404 Not Found",
+        )
         self.bad_request = _json_answer(
             {"error": {"code": 400, "message": "bad request", "type": "invalid_request_error"}},
-            "400 Bad Request")
-        self.models = _json_answer({"object": "list", "data": [
-            {"id": model, "object": "model", "created": int(time.time()), "owned_by": "llamacpp"}]})
+            "400 Bad Request",
+        )
+        self.models = _json_answer(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": model,
+                        "object": "model",
+                        "created": int(time.time()),
+                        "owned_by": "llamacpp",
+                    }
+                ],
+            }
+        )
 
     def _base(self, obj: str) -> dict:
-        return {"id": "chatcmpl-fastupstream", "created": int(time.time()), "model": self.model,
-                "system_fingerprint": "b0-fast", "object": obj}
+        return {
+            "id": "chatcmpl-fastupstream",
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": "b0-fast",
+            "object": obj,
+        }
 
-    @functools.lru_cache(maxsize=64)
+    @functools.lru_cache(maxsize=64)  # noqa: B019 -- one upstream per process
     def stream(self, n: int) -> bytes:
         def delta(d: dict, finish: str | None = None) -> dict:
-            return {"choices": [{"finish_reason": finish, "index": 0, "delta": d}],
-                    **self._base("chat.completion.chunk")}
+            return {
+                "choices": [{"finish_reason": finish, "index": 0, "delta": d}],
+                **self._base("chat.completion.chunk"),
+            }
 
-        parts = [_head("200 OK", b"text/event-stream",
-                       b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
-                       b"Transfer-Encoding: chunked\r\n\r\n"),
-                 _sse_chunk(delta({"role": "assistant", "content": None}))]
+        parts = [
+            _head(
+                "200 OK",
+                b"text/event-stream",
+                b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n",
+            ),
+            _sse_chunk(delta({"role": "assistant", "content": None})),
+        ]
         parts += [_sse_chunk(delta({"content": WORDS[i % len(WORDS)]})) for i in range(n)]
         last = delta({}, "stop" if n == self.tokens else "length")
         last["usage"] = {"completion_tokens": n, "prompt_tokens": 1, "total_tokens": n + 1}
         parts += [_sse_chunk(last), b"e\r\ndata: [DONE]\n\n\r\n", b"0\r\n\r\n"]
         return b"".join(parts)
 
-    @functools.lru_cache(maxsize=64)
+    @functools.lru_cache(maxsize=64)  # noqa: B019 -- one upstream per process
     def complete(self, n: int) -> bytes:
         text = "".join(WORDS[i % len(WORDS)] for i in range(n))
-        return _json_answer({
-            "choices": [{"finish_reason": "stop" if n == self.tokens else "length", "index": 0,
-                         "message": {"role": "assistant", "content": text}}],
-            "usage": {"completion_tokens": n, "prompt_tokens": 1, "total_tokens": n + 1},
-            **self._base("chat.completion")})
+        return _json_answer(
+            {
+                "choices": [
+                    {
+                        "finish_reason": "stop" if n == self.tokens else "length",
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                    }
+                ],
+                "usage": {"completion_tokens": n, "prompt_tokens": 1, "total_tokens": n + 1},
+                **self._base("chat.completion"),
+            }
+        )
 
     def chat(self, body: bytes) -> bytes:
         try:
@@ -168,8 +209,9 @@ def _route(answers: Answers, method: bytes, path: bytes, body: bytes) -> bytes:
     return answers.not_found
 
 
-async def serve_connection(answers: Answers, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> None:
+async def serve_connection(
+    answers: Answers, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     """Answer requests on one keep-alive connection until the client closes it."""
     try:
         while True:
@@ -200,8 +242,9 @@ async def serve(host: str, port: int, answers: Answers) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await asyncio.start_server(functools.partial(serve_connection, answers), host, port,
-                                        backlog=4096, reuse_address=True)
+    server = await asyncio.start_server(
+        functools.partial(serve_connection, answers), host, port, backlog=4096, reuse_address=True
+    )
     bound = server.sockets[0].getsockname()[1]
     fake.srv("llama_server", "model loaded")
     fake.srv("llama_server", f"listening on http://{host}:{bound}")

@@ -60,17 +60,23 @@ def _stats(xs: list[float]) -> tuple[float, float]:
 
 
 def timing(runs: int) -> dict:
+    from tests.fakes.gguf_shapes import dense_14b
+
     from corral.fit.estimate import Options, load_model, project, shape_from_info
     from corral.gguf import read_metadata
-    from tests.fakes.gguf_shapes import dense_14b
 
     with tempfile.TemporaryDirectory() as d:
         path = dense_14b(Path(d) / "qwen2-14b-shape.gguf")
         info = read_metadata(path)
         shape = shape_from_info(info)
         load_model(str(path))
-        opts = Options(ctx=32768, tensor_split=[3.0, 1.0], cache_type_k="q8_0",
-                       cache_type_v="q8_0", flash_attn="on")
+        opts = Options(
+            ctx=32768,
+            tensor_split=[3.0, 1.0],
+            cache_type_k="q8_0",
+            cache_type_v="q8_0",
+            flash_attn="on",
+        )
         project(shape, opts, 2)
         parse, cached, proj = [], [], []
         for _ in range(runs):
@@ -84,8 +90,14 @@ def timing(runs: int) -> dict:
             parse.append(t1 - t0)
             cached.append(t2 - t1)
             proj.append(t3 - t2)
-    return {"tensors": len(info.tensors), "layers": shape.n_layer, "runs": runs,
-            "parse": _stats(parse), "cached": _stats(cached), "project": _stats(proj)}
+    return {
+        "tensors": len(info.tensors),
+        "layers": shape.n_layer,
+        "runs": runs,
+        "parse": _stats(parse),
+        "cached": _stats(cached),
+        "project": _stats(proj),
+    }
 
 
 def _llama_server() -> Path:
@@ -110,22 +122,30 @@ def end_to_end(runs: int) -> dict:
     out = {"runs": runs}
     with tempfile.TemporaryDirectory() as d:
         header = dense_14b(Path(d) / "dense-14b-shape.gguf")
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith("CORRAL_") and k not in ("PYTHONDONTWRITEBYTECODE",
-                                                             "PYTHONPYCACHEPREFIX")}
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CORRAL_")
+            and k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+        }
         base.update(CORRAL_HOME=str(Path(d) / "home"), CORRAL_LLAMA_SERVER=str(binary))
         fit_cmd = [C.corral_exe(), "fit", str(header), "--devices", "12GiB,8GiB", "--json"]
         ref_cmd = [sys.executable, "-c", "pass"]
-        for label, extra in (("bytecode", {"PYTHONPYCACHEPREFIX": str(Path(d) / "pyc")}),
-                             ("source", {"PYTHONDONTWRITEBYTECODE": "1"})):
+        for label, extra in (
+            ("bytecode", {"PYTHONPYCACHEPREFIX": str(Path(d) / "pyc")}),
+            ("source", {"PYTHONDONTWRITEBYTECODE": "1"}),
+        ):
             env = dict(base, **extra)
             _timed(fit_cmd, env, d)  # warm-up: the flag catalog, the bytecode caches
             ref, fit = [], []
             for _ in range(runs):
                 ref.append(_timed(ref_cmd, env, d))
                 fit.append(_timed(fit_cmd, env, d))
-            out[label] = {"fit": statistics.median(fit), "fit_best": min(fit),
-                          "ref": statistics.median(ref)}
+            out[label] = {
+                "fit": statistics.median(fit),
+                "fit_best": min(fit),
+                "ref": statistics.median(ref),
+            }
     return out
 
 
@@ -148,8 +168,10 @@ def accuracy(say=print) -> list:
     for i, flags in enumerate(CASES):
         m = measure(binary, model, flags)
         out.append(m)
-        say(f"fit: {i + 1}/{len(CASES)} {' '.join(flags)}: total "
-            f"{m.error(m.est_total, m.real_total):+.1%}")
+        say(
+            f"fit: {i + 1}/{len(CASES)} {' '.join(flags)}: total "
+            f"{m.error(m.est_total, m.real_total):+.1%}"
+        )
     return out
 
 
@@ -210,18 +232,23 @@ def render(t: dict, e2e: dict | None, acc: list | None) -> str:
         ]
         worst = 0.0
         for m in acc:
-            errs = (m.error(m.est_weights, m.real_weights), m.error(m.est_context, m.real_context),
-                    m.error(m.est_total, m.real_total))
+            errs = (
+                m.error(m.est_weights, m.real_weights),
+                m.error(m.est_context, m.real_context),
+                m.error(m.est_total, m.real_total),
+            )
             worst = max(worst, abs(errs[1]), abs(errs[2]))
             lines.append(
                 f"| `{' '.join(m.flags)}` | {m.real_weights / MiB:.2f} MiB "
                 f"| {m.real_context / MiB:.2f} MiB | {m.real_total / MiB:.2f} MiB "
-                f"| {m.est_total / MiB:.2f} MiB | {errs[0]:+.2%} | {errs[1]:+.2%} | {errs[2]:+.2%} |")
+                f"| {m.est_total / MiB:.2f} MiB "
+                f"| {errs[0]:+.2%} | {errs[1]:+.2%} | {errs[2]:+.2%} |"
+            )
         lines += [
             "",
             f"- worst context/total error: {worst:.2%} (**{'met' if worst <= 0.10 else 'not met'}**"
             " against ±10 %)",
-            "- `-ctk q4_0 -ctv q4_0 -fa off`: refused by llama.cpp (\"quantized V cache requires "
+            '- `-ctk q4_0 -ctv q4_0 -fa off`: refused by llama.cpp ("quantized V cache requires '
             "flash_attn\") and by corral's estimator alike.",
             "",
         ]
@@ -247,8 +274,9 @@ def write(section: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--e2e-runs", type=int, default=10,
-                    help="runs of `corral fit` end to end (0: skip)")
+    ap.add_argument(
+        "--e2e-runs", type=int, default=10, help="runs of `corral fit` end to end (0: skip)"
+    )
     ap.add_argument("--accuracy", action="store_true", help="also run the real llama-server")
     ap.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
     args = ap.parse_args()

@@ -130,8 +130,9 @@ def ls(runs: int = 10, count: int = 200) -> dict:
         first = subprocess.run(cmds["ls"], env=env, capture_output=True, text=True)
         listed = len(first.stdout.strip().splitlines()) - 1
         if first.returncode != 0 or listed != count:
-            raise RuntimeError(f"corral ls listed {listed} models (want {count}): "
-                               f"{first.stderr[-300:]}")
+            raise RuntimeError(
+                f"corral ls listed {listed} models (want {count}): {first.stderr[-300:]}"
+            )
         for argv in cmds.values():  # untimed round
             C.run_timed(argv, env)
         samples: dict[str, list[float]] = {k: [] for k in cmds}
@@ -141,15 +142,25 @@ def ls(runs: int = 10, count: int = 200) -> dict:
                 if proc.returncode != 0:
                     raise RuntimeError(f"{argv} exited {proc.returncode}: {proc.stderr[-300:]!r}")
                 samples[key].append(t)
-        return {"models": count, "runs": runs, "populate": populate_time,
-                "sqlite3": bool(sqlite),
-                **{k: C.summary(v) for k, v in samples.items()}}
+        return {
+            "models": count,
+            "runs": runs,
+            "populate": populate_time,
+            "sqlite3": bool(sqlite),
+            **{k: C.summary(v) for k, v in samples.items()},
+        }
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run(meta_runs: int = 20, reader_runs: int = 1, ls_runs: int = 10, count: int = 200,
-        model: Path | None = None, verbose: bool = True) -> dict:
+def run(
+    meta_runs: int = 20,
+    reader_runs: int = 1,
+    ls_runs: int = 10,
+    count: int = 200,
+    model: Path | None = None,
+    verbose: bool = True,
+) -> dict:
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if verbose else (lambda *a: None)
     model = Path(model or C.real_model()).resolve()
     if not model.is_file():
@@ -159,12 +170,17 @@ def run(meta_runs: int = 20, reader_runs: int = 1, ls_runs: int = 10, count: int
     meta = metadata(model, meta_runs, reader_runs, say)
     say(f"models: corral ls with {count} models")
     listing = ls(ls_runs, count)
-    return {"bench": "models", "metadata": meta, "ls": listing, "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg()}
+    return {
+        "bench": "models",
+        "metadata": meta,
+        "ls": listing,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+    }
 
 
 def table(res: dict) -> str:
-    m, l = res["metadata"], res["ls"]
+    m, ls_ = res["metadata"], res["ls"]
     ms1 = lambda x: f"{x * 1000:.1f} ms"  # noqa: E731
     lines = [
         f"GGUF metadata of `{Path(m['model']).name}` ({m['size'] / 1e6:.0f} MB, "
@@ -179,38 +195,54 @@ def table(res: dict) -> str:
         "",
         f"corral is **{m['ratio']:.0f}x** faster than gguf-py (ratio of medians).",
         "",
-        f"`corral ls` with {l['models']} models in the index (small GGUFs registered with "
-        f"`register_local`), CLI subprocess fork to exit, {l['runs']} interleaved runs each, "
+        f"`corral ls` with {ls_['models']} models in the index (small GGUFs registered with "
+        f"`register_local`), CLI subprocess fork to exit, {ls_['runs']} interleaved runs each, "
         "no daemon",
         "",
         "| command | median | p90 | vs `python -c pass` |",
         "|---|---:|---:|---:|",
     ]
-    floor = l["python"]["median"]
-    rows = [("ls", "`corral ls`"), ("ls_json", "`corral ls --json`"),
-            ("python", "`python -c pass` (interpreter floor)")]
-    if l.get("sqlite3"):
-        rows.append(("sqlite3", "`sqlite3 corral.db 'SELECT * FROM models'` (same rows, no Python)"))
+    floor = ls_["python"]["median"]
+    rows = [
+        ("ls", "`corral ls`"),
+        ("ls_json", "`corral ls --json`"),
+        ("python", "`python -c pass` (interpreter floor)"),
+    ]
+    if ls_.get("sqlite3"):
+        rows.append(
+            ("sqlite3", "`sqlite3 corral.db 'SELECT * FROM models'` (same rows, no Python)")
+        )
     for key, label in rows:
-        s = l[key]
-        lines.append(f"| {label} | {C.ms(s['median'])} | {C.ms(s['p90'])} | "
-                     f"{(s['median'] - floor) * 1000:+.0f} ms |")
+        s = ls_[key]
+        lines.append(
+            f"| {label} | {C.ms(s['median'])} | {C.ms(s['p90'])} | "
+            f"{(s['median'] - floor) * 1000:+.0f} ms |"
+        )
     goal = 0.150
-    ok = l["ls"]["median"] < goal
-    lines += ["", f"Goal: `corral ls` well under 150 ms: {C.ms(l['ls']['median'])} "
-              f"(**{'met' if ok else 'NOT met'}**). Writing and registering the {l['models']} "
-              f"files took {l['populate']:.1f} s (not timed above)."]
+    ok = ls_["ls"]["median"] < goal
+    lines += [
+        "",
+        f"Goal: `corral ls` well under 150 ms: {C.ms(ls_['ls']['median'])} "
+        f"(**{'met' if ok else 'NOT met'}**). Writing and registering the {ls_['models']} "
+        f"files took {ls_['populate']:.1f} s (not timed above).",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--meta-runs", type=int, default=20, help="read_metadata calls (default 20)")
-    ap.add_argument("--reader-runs", type=int, default=1,
-                    help="GGUFReader constructions (default 1; each takes seconds)")
+    ap.add_argument(
+        "--reader-runs",
+        type=int,
+        default=1,
+        help="GGUFReader constructions (default 1; each takes seconds)",
+    )
     ap.add_argument("--ls-runs", type=int, default=10, help="runs per command (default 10)")
     ap.add_argument("--models", type=int, default=200, help="models in the index (default 200)")
-    ap.add_argument("--model", type=Path, help="GGUF (default CORRAL_TEST_MODEL or the gemma cache)")
+    ap.add_argument(
+        "--model", type=Path, help="GGUF (default CORRAL_TEST_MODEL or the gemma cache)"
+    )
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = ap.parse_args(argv)
     C.sigterm_as_interrupt()

@@ -110,9 +110,14 @@ def make_file(path: Path, size_mb: int) -> None:
 
 def start_fakehub(src: Path, procs: list[subprocess.Popen]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(C.REPO))
-    proc = subprocess.Popen([sys.executable, "-c", FAKEHUB_SCRIPT, REPO_ID, FILENAME, str(src)],
-                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            start_new_session=True, cwd=str(C.REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FAKEHUB_SCRIPT, REPO_ID, FILENAME, str(src)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        cwd=str(C.REPO),
+    )
     procs.append(proc)
     line = proc.stdout.readline()
     if not line:
@@ -120,8 +125,7 @@ def start_fakehub(src: Path, procs: list[subprocess.Popen]) -> dict:
     return json.loads(line)
 
 
-def start_nginx(prefix: Path, src: Path, commit: str,
-                procs: list[subprocess.Popen]) -> str | None:
+def start_nginx(prefix: Path, src: Path, commit: str, procs: list[subprocess.Popen]) -> str | None:
     exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if not exe:
         return None
@@ -139,15 +143,21 @@ def start_nginx(prefix: Path, src: Path, commit: str,
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(prefix=prefix, port=port))
     log = open(prefix / "stderr.log", "ab")
-    proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "-p", str(prefix), "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     log.close()
     procs.append(proc)
     deadline = time.monotonic() + 10
     while C.http_status(port, "/") is None:
         if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited {proc.returncode}: "
-                               f"{(prefix / 'stderr.log').read_text()[-500:]}")
+            raise RuntimeError(
+                f"nginx exited {proc.returncode}: {(prefix / 'stderr.log').read_text()[-500:]}"
+            )
         if time.monotonic() > deadline:
             raise RuntimeError("nginx did not answer within 10 s")
         time.sleep(0.05)
@@ -199,8 +209,11 @@ def corral_once(hub, plan, dest: Path, phases: dict | None = None) -> dict:
     f = plan.files[0]
     if len(out) != 1 or out[0].stat().st_size != f.size:
         raise RuntimeError(f"corral download produced {out}")
-    res = {"total": t1 - t0, "fetch": marks["fetch1"] - marks["fetch0"],
-           "verify": t1 - marks["fetch1"]}
+    res = {
+        "total": t1 - t0,
+        "fetch": marks["fetch1"] - marks["fetch0"],
+        "verify": t1 - marks["fetch1"],
+    }
     shutil.rmtree(dest, ignore_errors=True)
     return res
 
@@ -212,8 +225,9 @@ def curl_once(url: str, out: Path, sha: str | None = None) -> dict:
     if sha is not None:
         cmd += f" && sha256sum {out}"
     t0 = time.perf_counter()
-    proc = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["sh", "-c", cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd}: exit {proc.returncode}: {proc.stderr[-300:]}")
@@ -235,7 +249,7 @@ def profile_once(hub, plan, dest: Path, top: int = 12) -> dict:
     shutil.rmtree(dest, ignore_errors=True)
     st = pstats.Stats(prof)
     rows = []
-    for (file, line, func), (cc, nc, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
+    for (file, line, func), (_cc, nc, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
         short = f"{Path(file).name}:{line}({func})" if file != "~" else func
         rows.append({"func": short, "ncalls": nc, "tottime": tt, "cumtime": ct})
     rows.sort(key=lambda r: r["tottime"], reverse=True)
@@ -244,8 +258,13 @@ def profile_once(hub, plan, dest: Path, top: int = 12) -> dict:
 
 
 # -- the benchmark --------------------------------------------------------------------------
-def run(runs: int = 3, size_mb: int = 1024, servers: tuple[str, ...] = ("fakehub", "nginx"),
-        profile: bool = True, verbose: bool = True) -> dict:
+def run(
+    runs: int = 3,
+    size_mb: int = 1024,
+    servers: tuple[str, ...] = ("fakehub", "nginx"),
+    profile: bool = True,
+    verbose: bool = True,
+) -> dict:
     from huggingface_hub import hf_hub_url
 
     from corral.hub import Hub, parse_ref
@@ -257,8 +276,13 @@ def run(runs: int = 3, size_mb: int = 1024, servers: tuple[str, ...] = ("fakehub
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-pull-"))
     procs: list[subprocess.Popen] = []
     size = size_mb * MIB
-    results: dict = {"bench": "pull", "runs": runs, "size_mb": size_mb, "servers": {},
-                     "skipped": {}}
+    results: dict = {
+        "bench": "pull",
+        "runs": runs,
+        "size_mb": size_mb,
+        "servers": {},
+        "skipped": {},
+    }
     try:
         src = tmp / "src.gguf"
         say(f"pull: writing a {size_mb} MiB file")
@@ -278,8 +302,10 @@ def run(runs: int = 3, size_mb: int = 1024, servers: tuple[str, ...] = ("fakehub
             else:
                 endpoints["nginx"] = url
         hubs = {name: Hub(endpoint=url) for name, url in endpoints.items()}
-        urls = {name: hf_hub_url(plan.repo, f.path, revision=plan.revision, endpoint=url)
-                for name, url in endpoints.items()}
+        urls = {
+            name: hf_hub_url(plan.repo, f.path, revision=plan.revision, endpoint=url)
+            for name, url in endpoints.items()
+        }
         results["urls"] = urls
         dest, out = tmp / "dl-corral", tmp / "dl-curl.gguf"
         sides = {
@@ -290,15 +316,17 @@ def run(runs: int = 3, size_mb: int = 1024, servers: tuple[str, ...] = ("fakehub
         samples = {name: {side: [] for side in sides} for name in endpoints}
         say("pull: warm-up (one of each)")
         for name in endpoints:
-            for side, fn in sides.items():
+            for fn in sides.values():
                 fn(name)
         for i in range(runs):
             for name in endpoints:
                 got = {side: fn(name) for side, fn in sides.items()}
                 for side, r in got.items():
                     samples[name][side].append(r)
-                say(f"pull: {name} round {i + 1}/{runs}: " + "  ".join(
-                    f"{side} {r['total']:.2f} s" for side, r in got.items()))
+                say(
+                    f"pull: {name} round {i + 1}/{runs}: "
+                    + "  ".join(f"{side} {r['total']:.2f} s" for side, r in got.items())
+                )
         for name, s in samples.items():
             res = {side: C.summary([r["total"] for r in rs]) for side, rs in s.items()}
             res["corral_fetch"] = C.summary([r["fetch"] for r in s["corral"]])
@@ -311,6 +339,7 @@ def run(runs: int = 3, size_mb: int = 1024, servers: tuple[str, ...] = ("fakehub
             results["servers"][name] = res
         # sha256 alone in this process, on the file (page cache warm), for the breakdown.
         from corral.hub import sha256_file
+
         hs = []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -342,40 +371,58 @@ def table(res: dict) -> str:
         "| server | client | median | p90 | MiB/s | corral / this (throughput) |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    labels = {"corral": "corral `Hub.download` (stream + sha256 verify + move)",
-              "corral_fetch": "... of which fetch (stream to `.part`)",
-              "corral_verify": "... of which verify (sha256 of the file) + move",
-              "curl": "`curl -s -o FILE URL` (no verification)",
-              "curl_sha": "`curl -s -o FILE URL && sha256sum FILE`"}
+    labels = {
+        "corral": "corral `Hub.download` (stream + sha256 verify + move)",
+        "corral_fetch": "... of which fetch (stream to `.part`)",
+        "corral_verify": "... of which verify (sha256 of the file) + move",
+        "curl": "`curl -s -o FILE URL` (no verification)",
+        "curl_sha": "`curl -s -o FILE URL && sha256sum FILE`",
+    }
     server_names = {"fakehub": "fake Hub (Python, tests/fakes)", "nginx": "nginx (sendfile)"}
     for name, s in res["servers"].items():
         for side, label in labels.items():
             x = s[side]
             mibs = f"{x['mib_s']:.0f}" if "mib_s" in x else ""
-            ratio = {"curl": f"{s['ratio_curl']:.2f}x", "curl_sha": f"{s['ratio_curl_sha']:.2f}x"
-                     }.get(side, "")
-            lines.append(f"| {server_names.get(name, name)} | {label} | {x['median']:.2f} s | "
-                         f"{x['p90']:.2f} s | {mibs} | {ratio} |")
+            ratio = {
+                "curl": f"{s['ratio_curl']:.2f}x",
+                "curl_sha": f"{s['ratio_curl_sha']:.2f}x",
+            }.get(side, "")
+            lines.append(
+                f"| {server_names.get(name, name)} | {label} | {x['median']:.2f} s | "
+                f"{x['p90']:.2f} s | {mibs} | {ratio} |"
+            )
     sh = res["sha256_only"]
-    lines += ["", f"Python `hashlib.sha256` of the file alone (page cache warm, 8 MiB reads): "
-              f"{sh['median']:.2f} s, {sh['mib_s']:.0f} MiB/s."]
+    lines += [
+        "",
+        f"Python `hashlib.sha256` of the file alone (page cache warm, 8 MiB reads): "
+        f"{sh['median']:.2f} s, {sh['mib_s']:.0f} MiB/s.",
+    ]
     for name, why in res.get("skipped", {}).items():
         lines.append(f"\n{name}: skipped ({why}).")
     lines.append("")
     for name, s in res["servers"].items():
         verdict = "met" if s["ratio_curl"] >= goal else "NOT met"
-        lines.append(f"- {server_names.get(name, name)}: corral {s['ratio_curl']:.2f}x of plain "
-                     f"curl (goal >= {goal}x: **{verdict}**), {s['ratio_curl_sha']:.2f}x of "
-                     f"curl + sha256sum; corral's fetch phase alone "
-                     f"{s['ratio_fetch_curl']:.2f}x of curl.")
+        lines.append(
+            f"- {server_names.get(name, name)}: corral {s['ratio_curl']:.2f}x of plain "
+            f"curl (goal >= {goal}x: **{verdict}**), {s['ratio_curl_sha']:.2f}x of "
+            f"curl + sha256sum; corral's fetch phase alone "
+            f"{s['ratio_fetch_curl']:.2f}x of curl."
+        )
     prof = res.get("profile")
     if prof:
-        lines += ["", f"One corral download from {prof['server']} under cProfile "
-                  f"({prof['elapsed']:.2f} s with profiling overhead), top functions by own time:",
-                  "", "| function | calls | own time | share |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"One corral download from {prof['server']} under cProfile "
+            f"({prof['elapsed']:.2f} s with profiling overhead), top functions by own time:",
+            "",
+            "| function | calls | own time | share |",
+            "|---|---:|---:|---:|",
+        ]
         for r in prof["top"][:8]:
-            lines.append(f"| `{r['func']}` | {r['ncalls']} | {r['tottime']:.2f} s | "
-                         f"{100 * r['tottime'] / prof['total_tottime']:.0f}% |")
+            lines.append(
+                f"| `{r['func']}` | {r['ncalls']} | {r['tottime']:.2f} s | "
+                f"{100 * r['tottime'] / prof['total_tottime']:.0f}% |"
+            )
     return "\n".join(lines)
 
 
@@ -383,15 +430,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="interleaved runs of each (default 3)")
     ap.add_argument("--size-mb", type=int, default=1024, help="file size in MiB (default 1024)")
-    ap.add_argument("--servers", default="fakehub,nginx",
-                    help="comma-separated: fakehub, nginx (default both)")
+    ap.add_argument(
+        "--servers", default="fakehub,nginx", help="comma-separated: fakehub, nginx (default both)"
+    )
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile'd download")
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = ap.parse_args(argv)
     C.sigterm_as_interrupt()
     try:
-        res = run(args.runs, args.size_mb, tuple(s for s in args.servers.split(",") if s),
-                  profile=not args.no_profile)
+        res = run(
+            args.runs,
+            args.size_mb,
+            tuple(s for s in args.servers.split(",") if s),
+            profile=not args.no_profile,
+        )
     except KeyboardInterrupt:
         print("pull: interrupted; cleaned up", file=sys.stderr)
         return 130

@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _common as C  # noqa: E402
-
 from tests.fakes import make_fake_binary  # noqa: E402
 
 FAST = {
@@ -109,17 +108,25 @@ def cycles(binary: Path, n: int, rng: random.Random) -> dict:
         names = ["alpha", "beta"]
         models = {nm: fake_model(c.home, nm, load_seconds=0.6) for nm in names}
         alive = set()
-        for i in range(n):
+        for _i in range(n):
             nm = rng.choice(names)
             if nm not in alive:
-                op, req = "launch", ("POST", "/api/v1/instances",
-                                     {"model": str(models[nm]), "name": nm, "restart": "always"})
+                op, req = (
+                    "launch",
+                    (
+                        "POST",
+                        "/api/v1/instances",
+                        {"model": str(models[nm]), "name": nm, "restart": "always"},
+                    ),
+                )
             else:
                 op = rng.choices(["stop", "start", "restart", "delete"], [4, 3, 2, 1])[0]
-                req = {"stop": ("POST", f"/api/v1/instances/{nm}/stop", None),
-                       "start": ("POST", f"/api/v1/instances/{nm}/start", None),
-                       "restart": ("POST", f"/api/v1/instances/{nm}/restart", None),
-                       "delete": ("DELETE", f"/api/v1/instances/{nm}", None)}[op]
+                req = {
+                    "stop": ("POST", f"/api/v1/instances/{nm}/stop", None),
+                    "start": ("POST", f"/api/v1/instances/{nm}/start", None),
+                    "restart": ("POST", f"/api/v1/instances/{nm}/restart", None),
+                    "delete": ("DELETE", f"/api/v1/instances/{nm}", None),
+                }[op]
             t0 = time.monotonic()
             status, body = call(c.port, *req)
             took = time.monotonic() - t0
@@ -137,8 +144,10 @@ def cycles(binary: Path, n: int, rng: random.Random) -> dict:
             t0 = time.monotonic()
             call(c.port, "POST", f"/api/v1/instances/{nm}/stop")
             times.setdefault("stop", []).append(time.monotonic() - t0)
-    return {op: {"count": len(v), "median_s": statistics.median(v), "max_s": max(v)}
-            for op, v in sorted(times.items())}
+    return {
+        op: {"count": len(v), "median_s": statistics.median(v), "max_s": max(v)}
+        for op, v in sorted(times.items())
+    }
 
 
 PULL_REPO, PULL_FILE = "acme/kill-GGUF", "kill-Q4_K_M.gguf"
@@ -174,20 +183,28 @@ def kills(binary: Path, rounds: int, rng: random.Random) -> dict:
                 op, req = "pull", ("POST", "/api/v1/pulls", {"ref": f"{PULL_REPO}:Q4_K_M"})
                 pulls["started"] += 1
             elif nm not in insts:
-                op, req = "launch", ("POST", "/api/v1/instances",
-                                     {"model": str(models[nm]), "name": nm})
+                op, req = (
+                    "launch",
+                    ("POST", "/api/v1/instances", {"model": str(models[nm]), "name": nm}),
+                )
             else:
                 op = rng.choice(["stop", "start", "restart", "delete"])
-                req = {"stop": ("POST", f"/api/v1/instances/{nm}/stop", None),
-                       "start": ("POST", f"/api/v1/instances/{nm}/start", None),
-                       "restart": ("POST", f"/api/v1/instances/{nm}/restart", None),
-                       "delete": ("DELETE", f"/api/v1/instances/{nm}", None)}[op]
+                req = {
+                    "stop": ("POST", f"/api/v1/instances/{nm}/stop", None),
+                    "start": ("POST", f"/api/v1/instances/{nm}/start", None),
+                    "restart": ("POST", f"/api/v1/instances/{nm}/restart", None),
+                    "delete": ("DELETE", f"/api/v1/instances/{nm}", None),
+                }[op]
             ops_seen[op] = ops_seen.get(op, 0) + 1
             # Fire the request, and kill -9 the daemon a random moment later.
             conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=30)
             data = json.dumps(req[2]).encode() if req[2] is not None else None
-            conn.request(req[0], req[1], body=data,
-                         headers={"Content-Type": "application/json"} if data else {})
+            conn.request(
+                req[0],
+                req[1],
+                body=data,
+                headers={"Content-Type": "application/json"} if data else {},
+            )
             time.sleep(rng.uniform(0, 0.4))
             os.kill(c.daemon.pid, signal.SIGKILL)
             c.daemon.wait(10)
@@ -227,23 +244,31 @@ def kills(binary: Path, rounds: int, rng: random.Random) -> dict:
                 break
             time.sleep(0.2)
         files = [p for p in (c.home / "models").rglob(PULL_FILE)]
-        pulls["verified_after"] = job.get("state") == "done" and len(files) == 1 \
-            and files[0].read_bytes() == blob
+        pulls["verified_after"] = (
+            job.get("state") == "done" and len(files) == 1 and files[0].read_bytes() == blob
+        )
         pulls["partials_left"] = len(list((c.home / "models").rglob("*.part")))
         _, listed = call(c.port, "GET", "/api/v1/models")
         pulls["indexed"] = sum(1 for m in listed if PULL_FILE.split("-Q")[0] in m.get("name", ""))
         c.stop_daemon_only()
     hub.stop()
-    return {"rounds": rounds, "operations": ops_seen, "orphans": orphans,
-            "duplicates": duplicates, "pulls": pulls, "notes": worst[:10]}
+    return {
+        "rounds": rounds,
+        "operations": ops_seen,
+        "orphans": orphans,
+        "duplicates": duplicates,
+        "pulls": pulls,
+        "notes": worst[:10],
+    }
 
 
 def growth(binary: Path, n: int) -> dict:
     with C.isolated_corral("rel-mem", binary, extra_env=FAST) as c:
         start(c)
         model = fake_model(c.home, "mem", load_seconds=0.1, tokens=4, token_delay=0)
-        status, _ = call(c.port, "POST", "/api/v1/instances",
-                         {"model": str(model), "name": "mem", "wait": True})
+        status, _ = call(
+            c.port, "POST", "/api/v1/instances", {"model": str(model), "name": "mem", "wait": True}
+        )
         assert status == 201, status
         daemon = psutil.Process(c.daemon.pid)
 
@@ -252,16 +277,25 @@ def growth(binary: Path, n: int) -> dict:
 
         def load(k):
             for i in range(k):
-                call(c.port, "POST", "/v1/chat/completions",
-                     {"model": "mem", "messages": [{"role": "user", "content": f"hi {i}"}]})
+                call(
+                    c.port,
+                    "POST",
+                    "/v1/chat/completions",
+                    {"model": "mem", "messages": [{"role": "user", "content": f"hi {i}"}]},
+                )
                 call(c.port, "GET", "/api/v1/instances")
 
         load(100)  # warm-up: caches, pools, lazily imported modules
         rss0, fds0 = sample()
         load(n)
         rss1, fds1 = sample()
-    return {"requests": n * 2, "rss_before_mb": rss0 / 2**20, "rss_after_mb": rss1 / 2**20,
-            "fds_before": fds0, "fds_after": fds1}
+    return {
+        "requests": n * 2,
+        "rss_before_mb": rss0 / 2**20,
+        "rss_after_mb": rss1 / 2**20,
+        "fds_before": fds0,
+        "fds_after": fds1,
+    }
 
 
 def report(res: dict) -> str:
@@ -270,29 +304,41 @@ def report(res: dict) -> str:
     if cyc:
         total = sum(v["count"] for v in cyc.values())
         stop = cyc.get("stop", {})
-        lines.append(f"| stop/start/restart/delete cycles while loading | {total} operations; "
-                     f"slowest stop {stop.get('max_s', 0):.2f} s (median "
-                     f"{stop.get('median_s', 0) * 1000:.0f} ms, goal < 15 s) |")
+        lines.append(
+            f"| stop/start/restart/delete cycles while loading | {total} operations; "
+            f"slowest stop {stop.get('max_s', 0):.2f} s (median "
+            f"{stop.get('median_s', 0) * 1000:.0f} ms, goal < 15 s) |"
+        )
         for op, v in cyc.items():
-            lines.append(f"| &nbsp;&nbsp;{op} | {v['count']}×, median {v['median_s'] * 1000:.0f} ms, "
-                         f"max {v['max_s'] * 1000:.0f} ms |")
+            lines.append(
+                f"| &nbsp;&nbsp;{op} | {v['count']}×, median {v['median_s'] * 1000:.0f} ms, "
+                f"max {v['max_s'] * 1000:.0f} ms |"
+            )
     k = res.get("kills")
     if k:
         ops = ", ".join(f"{o} {n}" for o, n in sorted(k["operations"].items()))
-        lines.append(f"| kill -9 of the daemon at random moments | {k['rounds']} rounds ({ops}): "
-                     f"{k['orphans']} orphans, {k['duplicates']} duplicates (goal 0, 0) |")
+        lines.append(
+            f"| kill -9 of the daemon at random moments | {k['rounds']} rounds ({ops}): "
+            f"{k['orphans']} orphans, {k['duplicates']} duplicates (goal 0, 0) |"
+        )
         p = k.get("pulls")
         if p and p["started"]:
-            lines.append(f"| &nbsp;&nbsp;pulls killed mid-download, then pulled again | "
-                         f"{p['started']} killed; afterwards verified byte-exact: "
-                         f"{'yes' if p['verified_after'] else 'NO'}, indexed {p['indexed']}×, "
-                         f"partial files left {p['partials_left']} |")
+            lines.append(
+                f"| &nbsp;&nbsp;pulls killed mid-download, then pulled again | "
+                f"{p['started']} killed; afterwards verified byte-exact: "
+                f"{'yes' if p['verified_after'] else 'NO'}, indexed {p['indexed']}×, "
+                f"partial files left {p['partials_left']} |"
+            )
     g = res.get("growth")
     if g:
-        lines.append(f"| daemon RSS over {g['requests']} requests | {g['rss_before_mb']:.1f} MB → "
-                     f"{g['rss_after_mb']:.1f} MB |")
-        lines.append(f"| daemon open fds over {g['requests']} requests | {g['fds_before']} → "
-                     f"{g['fds_after']} |")
+        lines.append(
+            f"| daemon RSS over {g['requests']} requests | {g['rss_before_mb']:.1f} MB → "
+            f"{g['rss_after_mb']:.1f} MB |"
+        )
+        lines.append(
+            f"| daemon open fds over {g['requests']} requests | {g['fds_before']} → "
+            f"{g['fds_after']} |"
+        )
     return "\n".join(lines)
 
 

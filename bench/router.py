@@ -108,7 +108,7 @@ class SSECount:
             end = self.buf.find(b"\n\n")
             if end < 0:
                 return
-            event, self.buf = self.buf[:end], self.buf[end + 2:]
+            event, self.buf = self.buf[:end], self.buf[end + 2 :]
             if event.startswith(b"data: [DONE]"):
                 self.done = True
             elif b'"content":"' in event:  # the role delta has "content":null
@@ -132,11 +132,18 @@ class Batch:
 
 
 def request_bytes(port: int, model: str) -> bytes:
-    body = json.dumps({"model": model, "stream": True,
-                       "messages": [{"role": "user", "content": "Say something."}]}).encode()
-    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    body = json.dumps(
+        {
+            "model": model,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Say something."}],
+        }
+    ).encode()
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 async def _read_stream(reader: asyncio.StreamReader, count: SSECount) -> tuple[int, bool]:
@@ -187,8 +194,13 @@ class RawWorker:
             t0 = time.perf_counter()
             self.writer.write(self.request)
             status, reusable = await _read_stream(self.reader, count)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError, IndexError) as exc:
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            IndexError,
+        ) as exc:
             self.close()
             return Result(None, count.tokens, type(exc).__name__)
         if not reusable:
@@ -205,8 +217,9 @@ def _check(status: int, count: SSECount, t0: float, tokens: int) -> Result:
     return Result(ttft, count.tokens)
 
 
-async def _raw_batch(port: int, request: bytes, tokens: int, concurrency: int,
-                     n: int) -> tuple[list[Result], float]:
+async def _raw_batch(
+    port: int, request: bytes, tokens: int, concurrency: int, n: int
+) -> tuple[list[Result], float]:
     workers = [RawWorker(port, request, tokens) for _ in range(concurrency)]
     await asyncio.gather(*(w.connect() for w in workers))
     left = [n]
@@ -225,8 +238,9 @@ async def _raw_batch(port: int, request: bytes, tokens: int, concurrency: int,
     return results, wall
 
 
-async def _httpx_batch(port: int, request: bytes, tokens: int, concurrency: int,
-                       n: int) -> tuple[list[Result], float]:
+async def _httpx_batch(
+    port: int, request: bytes, tokens: int, concurrency: int, n: int
+) -> tuple[list[Result], float]:
     import httpx
 
     head, body = request.split(b"\r\n\r\n", 1)
@@ -234,6 +248,7 @@ async def _httpx_batch(port: int, request: bytes, tokens: int, concurrency: int,
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
         async def one() -> Result:
             count = SSECount()
             t0 = time.perf_counter()
@@ -292,8 +307,9 @@ class Target:
 
 
 def nginx_exe() -> str | None:
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                     else None)
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
 
 
 def start_nginx(prefix: Path, upstream: int, procs: list[subprocess.Popen]) -> tuple[int, int]:
@@ -309,15 +325,20 @@ def start_nginx(prefix: Path, upstream: int, procs: list[subprocess.Popen]) -> t
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, upstream=upstream))
     with open(prefix / "stderr.log", "ab") as log:
-        proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [exe, "-p", str(prefix), "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     procs.append(proc)
     deadline = time.monotonic() + 10
     while C.http_status(port, "/health") != 200:
         if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited {proc.returncode}: "
-                               f"{(prefix / 'stderr.log').read_text()[-500:]}")
+            raise RuntimeError(
+                f"nginx exited {proc.returncode}: {(prefix / 'stderr.log').read_text()[-500:]}"
+            )
         if time.monotonic() > deadline:
             raise RuntimeError("nginx did not answer within 10 s")
         time.sleep(0.05)
@@ -400,20 +421,31 @@ def upstream_files(tmp: Path, tokens: int) -> tuple[Path, Path]:
     return binary, model
 
 
-def measure_level(targets: dict[str, Target], concurrency: int, per_round: int, rounds: int,
-                  tokens: int, client: str) -> dict:
+def measure_level(
+    targets: dict[str, Target],
+    concurrency: int,
+    per_round: int,
+    rounds: int,
+    tokens: int,
+    client: str,
+) -> dict:
     """One concurrency level: rounds of every target in rotated order, then the summary."""
     batches: dict[str, list[Batch]] = {name: [] for name in TARGETS}
     for r in range(rounds):
-        for name in TARGETS[r % 3:] + TARGETS[:r % 3]:
+        for name in TARGETS[r % 3 :] + TARGETS[: r % 3]:
             batches[name].append(run_batch(targets[name], concurrency, per_round, tokens, client))
     level = {name: summarize(b) for name, b in batches.items()}
     compare(level)
     return level
 
 
-def run(tokens: int = 32, scale: float = 1.0, levels: tuple[int, ...] = (1, 16, 64, 256),
-        client: str = "raw", verbose: bool = True) -> dict:
+def run(
+    tokens: int = 32,
+    scale: float = 1.0,
+    levels: tuple[int, ...] = (1, 16, 64, 256),
+    client: str = "raw",
+    verbose: bool = True,
+) -> dict:
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if verbose else (lambda *a: None)
     if nginx_exe() is None:
         raise SystemExit("bench: nginx not found (apt-get install nginx-light)")
@@ -434,19 +466,25 @@ def run(tokens: int = 32, scale: float = 1.0, levels: tuple[int, ...] = (1, 16, 
                 "corral": Target("corral", corral.port, NAME, [corral.daemon.pid]),
                 "nginx": Target("nginx", nginx_port, NAME, [nginx_pid]),
             }
-            say(f"router: upstream pid {inst['pid']} port {inst['port']}, corral daemon pid "
-                f"{corral.daemon.pid}, nginx worker pid {nginx_pid}; {tokens} tokens/response")
+            say(
+                f"router: upstream pid {inst['pid']} port {inst['port']}, corral daemon pid "
+                f"{corral.daemon.pid}, nginx worker pid {nginx_pid}; {tokens} tokens/response"
+            )
             for t in targets.values():  # warm-up: pools, keep-alive upstreams, code paths
                 warm = run_batch(t, 16, 160, tokens, client)
                 bad = [r.error for r in warm.results if r.error]
                 if bad:
                     raise RuntimeError(f"warm-up against {t.name} failed: {bad[:3]}")
             for c, (per_round, rounds) in plan.items():
-                level = levels_out[c] = measure_level(targets, c, per_round, rounds, tokens,
-                                                      client)
-                say(f"router: c={c}: " + "  ".join(
-                    f"{n} p50 {C.ms(s['ttft_p50'] or 0)} {s['tokens_per_s']:.0f} tok/s "
-                    f"{s['errors']} err" for n, s in level.items()))
+                level = levels_out[c] = measure_level(targets, c, per_round, rounds, tokens, client)
+                say(
+                    f"router: c={c}: "
+                    + "  ".join(
+                        f"{n} p50 {C.ms(s['ttft_p50'] or 0)} {s['tokens_per_s']:.0f} tok/s "
+                        f"{s['errors']} err"
+                        for n, s in level.items()
+                    )
+                )
     finally:
         for proc in procs:
             stop_proc(proc)
@@ -479,13 +517,23 @@ def verdicts(res: dict) -> list[tuple[str, bool | None, str]]:
     c1 = lv.get(1, lv.get("1"))
     if c1:
         a = c1["corral"].get("added_p50")
-        out.append(("added TTFT p50 <= 2 ms at concurrency 1",
-                    a is not None and a <= GOALS["added_p50_c1"], _added(a)))
+        out.append(
+            (
+                "added TTFT p50 <= 2 ms at concurrency 1",
+                a is not None and a <= GOALS["added_p50_c1"],
+                _added(a),
+            )
+        )
     c64 = lv.get(64, lv.get("64"))
     if c64:
         r = c64["corral"].get("ratio")
-        out.append((">= 0.9x direct tokens/s at concurrency 64",
-                    r is not None and r >= GOALS["ratio_c64"], f"{r:.2f}x" if r else "?"))
+        out.append(
+            (
+                ">= 0.9x direct tokens/s at concurrency 64",
+                r is not None and r >= GOALS["ratio_c64"],
+                f"{r:.2f}x" if r else "?",
+            )
+        )
     c256 = lv.get(256, lv.get("256"))
     if c256:
         e = c256["corral"]["errors"]
@@ -515,7 +563,8 @@ def table(res: dict) -> str:
                 f"| {c} | {labels.get(name, name)} | {s['requests']} | {_ms(s['ttft_p50'])} | "
                 f"{_ms(s['ttft_p99'])} | {_added(s.get('added_p50'))} | "
                 f"{_added(s.get('added_p99'))} | {s['tokens_per_s']:.0f} | {ratio} | "
-                f"{s['errors']} | {whose} {s['cpu_per_request'] * 1e6:.0f} us |")
+                f"{s['errors']} | {whose} {s['cpu_per_request'] * 1e6:.0f} us |"
+            )
     lines += [
         "",
         "CPU / request: user+system CPU time of the proxy process (corral's daemon, nginx's "
@@ -536,14 +585,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=32, help="tokens per response (default 32)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
     ap.add_argument("--levels", default="1,16,64,256", help="concurrency levels")
-    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
-                    help="load generator HTTP client (default raw asyncio sockets)")
+    ap.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="load generator HTTP client (default raw asyncio sockets)",
+    )
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = ap.parse_args(argv)
     C.sigterm_as_interrupt()
     try:
-        res = run(args.tokens, args.scale, tuple(int(x) for x in args.levels.split(",") if x),
-                  args.client)
+        res = run(
+            args.tokens, args.scale, tuple(int(x) for x in args.levels.split(",") if x), args.client
+        )
     except KeyboardInterrupt:
         print("router: interrupted; cleaned up", file=sys.stderr)
         return 130

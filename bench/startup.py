@@ -43,8 +43,13 @@ NAME = "bench-startup"
 def corral_once(corral: C.Corral, model: Path, flags: list[str]) -> dict:
     wall0 = time.time()
     t0 = time.perf_counter()
-    proc = subprocess.run([corral.exe, "run", str(model), *flags, "--name", NAME],
-                          env=corral.env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [corral.exe, "run", str(model), *flags, "--name", NAME],
+        env=corral.env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     elapsed = time.perf_counter() - t0
     wall1 = time.time()
     if proc.returncode != 0 or " ready " not in proc.stdout:
@@ -57,18 +62,31 @@ def corral_once(corral: C.Corral, model: Path, flags: list[str]) -> dict:
     corral.cli("delete", NAME)
     rm_time = time.perf_counter() - t_rm
     C.wait_port_free(inst["port"])
-    return {"total": elapsed, "cli_to_spawn": started - wall0, "spawn_to_ready": ready - started,
-            "ready_to_exit": wall1 - ready, "rm": rm_time, "argv": inst["argv"],
-            "port": inst["port"]}
+    return {
+        "total": elapsed,
+        "cli_to_spawn": started - wall0,
+        "spawn_to_ready": ready - started,
+        "ready_to_exit": wall1 - ready,
+        "rm": rm_time,
+        "argv": inst["argv"],
+        "port": inst["port"],
+    }
 
 
-def direct_once(argv: list[str], port: int, env: dict[str, str], log_path: Path,
-                started: list[subprocess.Popen]) -> dict:
+def direct_once(
+    argv: list[str], port: int, env: dict[str, str], log_path: Path, started: list[subprocess.Popen]
+) -> dict:
     with open(log_path, "ab", buffering=0) as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
         spawned = time.perf_counter() - t0
     started.append(proc)
     try:
@@ -99,16 +117,23 @@ def stop_direct(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             continue
 
 
-def run(runs: int = 10, binary: Path | None = None, model: Path | None = None,
-        flags: list[str] | None = None, verbose: bool = True) -> dict:
+def run(
+    runs: int = 10,
+    binary: Path | None = None,
+    model: Path | None = None,
+    flags: list[str] | None = None,
+    verbose: bool = True,
+) -> dict:
     binary = Path(binary or C.real_binary()).resolve()
     model = Path(model or C.real_model()).resolve()
     flags = flags if flags is not None else ["-c", "2048", "-t", "2"]
     for path, what in ((binary, "llama-server"), (model, "model")):
         if not path.is_file():
-            raise SystemExit(f"bench: no {what} at {path} "
-                             "(set CORRAL_TEST_LLAMA_SERVER / CORRAL_TEST_MODEL, "
-                             "or make test-assets)")
+            raise SystemExit(
+                f"bench: no {what} at {path} "
+                "(set CORRAL_TEST_LLAMA_SERVER / CORRAL_TEST_MODEL, "
+                "or make test-assets)"
+            )
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if verbose else (lambda *a: None)
     load_before = os.getloadavg()
     direct_procs: list[subprocess.Popen] = []
@@ -134,8 +159,10 @@ def run(runs: int = 10, binary: Path | None = None, model: Path | None = None,
                 d = direct_once(argv, port, direct_env, direct_log, direct_procs)
                 c_runs.append(c)
                 d_runs.append(d)
-                say(f"startup: pair {i + 1}/{runs}: corral {C.ms(c['total'])}  "
-                    f"direct {C.ms(d['total'])}")
+                say(
+                    f"startup: pair {i + 1}/{runs}: corral {C.ms(c['total'])}  "
+                    f"direct {C.ms(d['total'])}"
+                )
 
             # Small costs on the corral path, measured in the same run.
             rtt = []
@@ -148,7 +175,7 @@ def run(runs: int = 10, binary: Path | None = None, model: Path | None = None,
                 stop_direct(proc)
     ct = [c["total"] for c in c_runs]
     dt = [d["total"] for d in d_runs]
-    diffs = [c - d for c, d in zip(ct, dt)]
+    diffs = [c - d for c, d in zip(ct, dt, strict=False)]
     return {
         "bench": "startup",
         "runs": runs,
@@ -160,13 +187,16 @@ def run(runs: int = 10, binary: Path | None = None, model: Path | None = None,
         "direct": C.summary(dt),
         "added": C.summary(diffs),
         "ratio": C.median(ct) / C.median(dt),
-        "breakdown": {k: C.summary([c[k] for c in c_runs])
-                      for k in ("cli_to_spawn", "spawn_to_ready", "ready_to_exit", "rm")},
+        "breakdown": {
+            k: C.summary([c[k] for c in c_runs])
+            for k in ("cli_to_spawn", "spawn_to_ready", "ready_to_exit", "rm")
+        },
         # What corral adds outside the model load itself (no load noise in it).
         "fixed": C.summary([c["cli_to_spawn"] + c["ready_to_exit"] for c in c_runs]),
         # The load phase as corral sees it minus the direct run of the same pair.
-        "load_vs_direct": C.summary([c["spawn_to_ready"] - d["total"]
-                                     for c, d in zip(c_runs, d_runs)]),
+        "load_vs_direct": C.summary(
+            [c["spawn_to_ready"] - d["total"] for c, d in zip(c_runs, d_runs, strict=False)]
+        ),
         "direct_spawn": C.summary([d["spawn"] for d in d_runs]),
         "daemon_rtt": C.summary(rtt),
         "loadavg_before": load_before,
@@ -208,31 +238,42 @@ def table(res: dict) -> str:
         "| phase | median | p90 |",
         "|---|---:|---:|",
     ]
-    names = {"cli_to_spawn": "CLI start -> llama-server spawned (CLI import, /healthz, POST, "
-                             "validation, spawn)",
-             "spawn_to_ready": "spawned -> daemon sees /health 200 (model load + 10 ms poll)",
-             "ready_to_exit": "ready -> CLI exits (HTTP answer, CLI exit)",
-             "rm": "`corral delete` (not part of startup; SIGTERM + wait)"}
+    names = {
+        "cli_to_spawn": "CLI start -> llama-server spawned (CLI import, /healthz, POST, "
+        "validation, spawn)",
+        "spawn_to_ready": "spawned -> daemon sees /health 200 (model load + 10 ms poll)",
+        "ready_to_exit": "ready -> CLI exits (HTTP answer, CLI exit)",
+        "rm": "`corral delete` (not part of startup; SIGTERM + wait)",
+    }
     for key, label in names.items():
         s = res["breakdown"][key]
         lines.append(f"| {label} | {C.ms(s['median'])} | {C.ms(s['p90'])} |")
-    lines.append(f"| direct: fork+exec of llama-server (Popen) | "
-                 f"{C.ms(res['direct_spawn']['median'])} | {C.ms(res['direct_spawn']['p90'])} |")
-    lines.append(f"| daemon `/healthz` HTTP round trip (in-process client) | "
-                 f"{res['daemon_rtt']['median'] * 1000:.1f} ms | "
-                 f"{res['daemon_rtt']['p90'] * 1000:.1f} ms |")
+    lines.append(
+        f"| direct: fork+exec of llama-server (Popen) | "
+        f"{C.ms(res['direct_spawn']['median'])} | {C.ms(res['direct_spawn']['p90'])} |"
+    )
+    lines.append(
+        f"| daemon `/healthz` HTTP round trip (in-process client) | "
+        f"{res['daemon_rtt']['median'] * 1000:.1f} ms | "
+        f"{res['daemon_rtt']['p90'] * 1000:.1f} ms |"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=10, help="interleaved pairs (default 10)")
-    ap.add_argument("--binary", type=Path,
-                    help="llama-server (default CORRAL_TEST_LLAMA_SERVER or the CI cache)")
-    ap.add_argument("--model", type=Path,
-                    help="GGUF (default CORRAL_TEST_MODEL or the gemma cache)")
-    ap.add_argument("--flags", default="-c 2048 -t 2",
-                    help="llama-server flags (default: -c 2048 -t 2)")
+    ap.add_argument(
+        "--binary",
+        type=Path,
+        help="llama-server (default CORRAL_TEST_LLAMA_SERVER or the CI cache)",
+    )
+    ap.add_argument(
+        "--model", type=Path, help="GGUF (default CORRAL_TEST_MODEL or the gemma cache)"
+    )
+    ap.add_argument(
+        "--flags", default="-c 2048 -t 2", help="llama-server flags (default: -c 2048 -t 2)"
+    )
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = ap.parse_args(argv)
     C.sigterm_as_interrupt()

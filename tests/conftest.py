@@ -105,8 +105,12 @@ class DaemonProcess:
     def start(self, timeout: float = 20.0) -> "DaemonProcess":
         with open(self.settings.home / "daemon-test.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "corral", "serve"], env=self.env, stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", "corral", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -137,8 +141,13 @@ class DaemonProcess:
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run the real ``corral`` CLI against this daemon."""
-        return subprocess.run([sys.executable, "-m", "corral", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "corral", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @pytest.fixture
@@ -150,14 +159,16 @@ def daemon_env(corral_home: Path, fake_binary: Path) -> dict[str, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "FAKE_LLAMA_"))}
     env.update(FAST)
-    env.update({
-        "CORRAL_HOME": str(corral_home),
-        "CORRAL_PORT": str(port),
-        "CORRAL_URL": f"http://127.0.0.1:{port}",
-        "CORRAL_PORT_RANGE": free_port_range(),
-        "CORRAL_LLAMA_SERVER": str(fake_binary),
-        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
+    env.update(
+        {
+            "CORRAL_HOME": str(corral_home),
+            "CORRAL_PORT": str(port),
+            "CORRAL_URL": f"http://127.0.0.1:{port}",
+            "CORRAL_PORT_RANGE": free_port_range(),
+            "CORRAL_LLAMA_SERVER": str(fake_binary),
+            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        }
+    )
     return env
 
 

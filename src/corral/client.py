@@ -29,11 +29,26 @@ TOKEN_FILE = "daemon.token"
 _BY_CODE = {
     cls.code: cls
     for cls in (
-        errors.UsageError, errors.UnknownFlag, errors.FlagValueError, errors.OwnedFlag,
-        errors.InvalidModelFile, errors.NotFound, errors.Conflict, errors.PortInUse,
-        errors.BinaryError, errors.LaunchFailed, errors.DaemonUnavailable, errors.HubError,
-        errors.HubAuthError, errors.DownloadCorrupt, errors.Cancelled, errors.TooLarge,
-        errors.Forbidden, errors.StoreError, errors.DiskFull, errors.NoRoom,
+        errors.UsageError,
+        errors.UnknownFlag,
+        errors.FlagValueError,
+        errors.OwnedFlag,
+        errors.InvalidModelFile,
+        errors.NotFound,
+        errors.Conflict,
+        errors.PortInUse,
+        errors.BinaryError,
+        errors.LaunchFailed,
+        errors.DaemonUnavailable,
+        errors.HubError,
+        errors.HubAuthError,
+        errors.DownloadCorrupt,
+        errors.Cancelled,
+        errors.TooLarge,
+        errors.Forbidden,
+        errors.StoreError,
+        errors.DiskFull,
+        errors.NoRoom,
     )
 }
 
@@ -52,14 +67,21 @@ class Client:
         headers = {"Accept": "application/json"}
         if body:
             headers["Content-Type"] = "application/json"
-        secret = self.settings.api_key or (read_token(self.settings) if _is_loopback(self.host)
-                                           else "")
+        secret = self.settings.api_key or (
+            read_token(self.settings) if _is_loopback(self.host) else ""
+        )
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
         return headers
 
-    def request(self, method: str, path: str, body: Any = None, params: dict | None = None,
-                timeout: float | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """Send one request; raise the matching CorralError for an error answer.
 
         ConnectionRefusedError (no daemon) propagates so callers can start one.
@@ -76,8 +98,9 @@ class Client:
             raise _to_error(status, payload)
         return payload
 
-    def _roundtrip(self, method: str, path: str, data: bytes | None,
-                   timeout: float) -> tuple[int, bytes]:
+    def _roundtrip(
+        self, method: str, path: str, data: bytes | None, timeout: float
+    ) -> tuple[int, bytes]:
         """One HTTP/1.1 exchange over a raw socket (``Connection: close``).
 
         http.client would cost ~17 ms of imports (ssl, email) on every CLI call.
@@ -86,7 +109,9 @@ class Client:
         headers["Host"] = f"{self.host}:{self.port}"
         headers["Connection"] = "close"
         headers["Content-Length"] = str(len(data or b""))
-        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = f"{method} {path} HTTP/1.1\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()
+        )
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
             sock.sendall(head.encode("latin-1") + b"\r\n" + (data or b""))
             chunks = []
@@ -164,7 +189,7 @@ def _dechunk(body: bytes) -> bytes:
         size = int(body[pos:end].split(b";")[0] or b"0", 16)
         if size == 0:
             break
-        out.append(body[end + 2:end + 2 + size])
+        out.append(body[end + 2 : end + 2 + size])
         pos = end + 2 + size + 2
     return b"".join(out)
 
@@ -173,9 +198,15 @@ def _to_error(status: int, payload: Any) -> errors.CorralError:
     err = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
     cls = _BY_CODE.get(err.get("code", ""))
     if cls is None:
-        cls = {404: errors.NotFound, 409: errors.Conflict, 400: errors.UsageError,
-               401: errors.UsageError, 403: errors.UsageError, 415: errors.UsageError,
-               422: errors.UsageError}.get(status, errors.CorralError)
+        cls = {
+            404: errors.NotFound,
+            409: errors.Conflict,
+            400: errors.UsageError,
+            401: errors.UsageError,
+            403: errors.UsageError,
+            415: errors.UsageError,
+            422: errors.UsageError,
+        }.get(status, errors.CorralError)
     message = err.get("message") or f"daemon answered HTTP {status}"
     if status == 401:
         message += "; set CORRAL_API_KEY (see `corral keys create`)"
@@ -194,13 +225,28 @@ def start_daemon(settings: Settings, wait: float = 20.0) -> None:
     log_path = settings.logs_dir / "daemon.log"
     env = dict(os.environ, CORRAL_HOME=str(settings.home))
     parts = urlsplit(settings.daemon_url)
-    argv = [sys.executable, "-m", "corral", "serve", "--host", parts.hostname or "127.0.0.1",
-            "--port", str(parts.port or 9380)]
+    argv = [
+        sys.executable,
+        "-m",
+        "corral",
+        "serve",
+        "--host",
+        parts.hostname or "127.0.0.1",
+        "--port",
+        str(parts.port or 9380),
+    ]
     import subprocess
 
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
     client = Client(settings)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -209,14 +255,17 @@ def start_daemon(settings: Settings, wait: float = 20.0) -> None:
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+    tail = (
+        log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+    )
     refused = _BY_EXIT.get(proc.returncode) if proc.poll() is not None else None
     if refused is not None and tail and tail[0].startswith("error: "):
         # The daemon refused to start because the home is unusable: that error, with
         # its exit code, not "unreachable".
         raise refused(tail[0].removeprefix("error: "))
     raise errors.DaemonUnavailable(
-        f"could not start the daemon ({tail[0] if tail else 'no output'}); see {log_path}")
+        f"could not start the daemon ({tail[0] if tail else 'no output'}); see {log_path}"
+    )
 
 
 def ensure_daemon(settings: Settings) -> Client:

@@ -42,8 +42,9 @@ def missing_libraries(binary: Path, env: dict[str, str] | None = None) -> list[s
     if not shutil.which("ldd"):
         return []
     try:
-        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=20,
-                             env=env)
+        out = subprocess.run(
+            ["ldd", str(binary)], capture_output=True, text=True, timeout=20, env=env
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.split("=>")[0].strip() for line in out.stdout.splitlines() if "not found" in line]
@@ -73,8 +74,12 @@ def _home(settings: Settings) -> Check:
         with tempfile.NamedTemporaryFile(dir=settings.home):
             pass
     except OSError as exc:
-        return Check("home", "fail", f"{settings.home} is not writable: {exc.strerror}",
-                     "set CORRAL_HOME to a writable directory")
+        return Check(
+            "home",
+            "fail",
+            f"{settings.home} is not writable: {exc.strerror}",
+            "set CORRAL_HOME to a writable directory",
+        )
     return Check("home", "ok", f"{settings.home} is writable")
 
 
@@ -98,10 +103,12 @@ def _binary(settings: Settings) -> tuple[Check, Path | None]:
             store.close()
         version = binary_version(resolved.path).splitlines()[0]
     except CorralError as exc:
-        return Check("llama-server", "fail", exc.message,
-                     "corral update (or corral builds add PATH)"), None
-    return Check("llama-server", "ok", f"{resolved.path} ({version}; from {resolved.source})"), \
-        resolved.path
+        return Check(
+            "llama-server", "fail", exc.message, "corral update (or corral builds add PATH)"
+        ), None
+    return Check(
+        "llama-server", "ok", f"{resolved.path} ({version}; from {resolved.source})"
+    ), resolved.path
 
 
 def _libraries(binary: Path) -> Check:
@@ -119,8 +126,13 @@ def _devices(binary: Path) -> Check:
     from corral.builds.resolve import binary_env
 
     try:
-        out = subprocess.run([str(binary), "--list-devices"], capture_output=True, text=True,
-                             timeout=60, env=binary_env(binary))
+        out = subprocess.run(
+            [str(binary), "--list-devices"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=binary_env(binary),
+        )
         text = (out.stdout + out.stderr).strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Check("devices", "warn", f"--list-devices failed: {exc}")
@@ -129,8 +141,12 @@ def _devices(binary: Path) -> Check:
     if host.gpus and not seen:
         names = ", ".join(g.name for g in host.gpus)
         backend, _ = gpu.best_backend(host)
-        return Check("devices", "warn", f"this build sees no GPU, but the host has {names}",
-                     f"corral update --backend {backend}")
+        return Check(
+            "devices",
+            "warn",
+            f"this build sees no GPU, but the host has {names}",
+            f"corral update --backend {backend}",
+        )
     if not seen:
         return Check("devices", "ok", "CPU-only build on a CPU-only host")
     return Check("devices", "ok", "the build sees: " + "; ".join(seen))
@@ -147,5 +163,9 @@ def _daemon(settings: Settings, alive: bool | None) -> Check:
         return Check("daemon", "fail", exc.message)
     if free:
         return Check("daemon", "ok", f"not running; port {settings.port} is free for it")
-    return Check("daemon", "fail", f"port {settings.port} is taken by another program",
-                 "set CORRAL_PORT to a free port")
+    return Check(
+        "daemon",
+        "fail",
+        f"port {settings.port} is taken by another program",
+        "set CORRAL_PORT to a free port",
+    )

@@ -124,8 +124,9 @@ class NoRoom(Conflict):
 
     code = "no_room"
 
-    def __init__(self, message: str, *, detail: str | None = None,
-                 short_bytes: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, message: str, *, detail: str | None = None, short_bytes: dict[str, int] | None = None
+    ) -> None:
         super().__init__(message, detail=detail)
         self.short_bytes = dict(short_bytes or {})
 

@@ -51,12 +51,19 @@ TIMEOUT = 5.0
 RC_NOT_INSTALLED = 127
 RC_TIMEOUT = 124
 
-NVIDIA_SMI_QUERY = ["nvidia-smi",
-                    "--query-gpu=index,name,memory.total,memory.free,compute_cap,"
-                    "driver_version,uuid",
-                    "--format=csv,noheader,nounits"]
-ROCM_SMI_QUERY = ["rocm-smi", "--showproductname", "--showmeminfo", "vram",
-                  "--showdriverversion", "--json"]
+NVIDIA_SMI_QUERY = [
+    "nvidia-smi",
+    "--query-gpu=index,name,memory.total,memory.free,compute_cap,driver_version,uuid",
+    "--format=csv,noheader,nounits",
+]
+ROCM_SMI_QUERY = [
+    "rocm-smi",
+    "--showproductname",
+    "--showmeminfo",
+    "vram",
+    "--showdriverversion",
+    "--json",
+]
 VULKANINFO = ["vulkaninfo", "--summary"]
 
 VENDOR_IDS = {"0x10de": "nvidia", "0x1002": "amd", "0x8086": "intel"}
@@ -65,10 +72,34 @@ GiB = 1024 * MiB
 
 #: /proc/cpuinfo flags that matter for llama.cpp builds (x86 and ARM spellings).
 INTERESTING_FLAGS = (
-    "sse3", "ssse3", "sse4_1", "sse4_2", "fma", "f16c", "avx", "avx2", "avx_vnni",
-    "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512vbmi", "amx_tile", "amx_int8", "amx_bf16",
-    "neon", "asimd", "asimddp", "asimdhp", "i8mm", "sve", "sve2", "bf16",
+    "sse3",
+    "ssse3",
+    "sse4_1",
+    "sse4_2",
+    "fma",
+    "f16c",
+    "avx",
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512cd",
+    "avx512dq",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512vbmi",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "neon",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "i8mm",
+    "sve",
+    "sve2",
+    "bf16",
 )
 
 
@@ -100,8 +131,15 @@ class RealProbe:
 
         env = dict(os.environ, LC_ALL="C")
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                                  timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
         except (FileNotFoundError, PermissionError, NotADirectoryError):
             return RC_NOT_INSTALLED, ""
         except subprocess.TimeoutExpired:
@@ -189,8 +227,14 @@ class HostInfo:
     def simd(self) -> str:
         """The best SIMD level, for one-line summaries."""
         flags = set(self.cpu_flags)
-        for flag, label in (("avx512f", "AVX512"), ("avx2", "AVX2"), ("avx", "AVX"),
-                            ("sve", "SVE"), ("asimd", "NEON"), ("neon", "NEON")):
+        for flag, label in (
+            ("avx512f", "AVX512"),
+            ("avx2", "AVX2"),
+            ("avx", "AVX"),
+            ("sve", "SVE"),
+            ("asimd", "NEON"),
+            ("neon", "NEON"),
+        ):
             if flag in flags:
                 return label
         return "no AVX"
@@ -255,12 +299,19 @@ def parse_nvidia_smi(rc: int, out: str) -> tuple[list[GPU], list[str]]:
             free_mib = _int(_na(free) or "")
             if _na(total) and total_mib is None:
                 raise ValueError(f"bad memory.total {total!r}")
-            gpus.append(GPU(
-                index=index, vendor="nvidia", name=name,
-                vram_total=total_mib * MiB if total_mib is not None else None,
-                vram_free=free_mib * MiB if free_mib is not None else None,
-                compute_capability=_na(cap), driver_version=_na(driver), uuid=_na(uuid),
-                source="nvidia-smi"))
+            gpus.append(
+                GPU(
+                    index=index,
+                    vendor="nvidia",
+                    name=name,
+                    vram_total=total_mib * MiB if total_mib is not None else None,
+                    vram_free=free_mib * MiB if free_mib is not None else None,
+                    compute_capability=_na(cap),
+                    driver_version=_na(driver),
+                    uuid=_na(uuid),
+                    source="nvidia-smi",
+                )
+            )
     except (ValueError, csv.Error) as exc:
         return [], [f"nvidia-smi output not understood: {exc}"]
     if not gpus and out.strip():
@@ -288,10 +339,19 @@ def _nvml_gpus(nvml: Any) -> list[GPU]:
                 uuid: str | None = text(nvml.nvmlDeviceGetUUID(h))
             except Exception:  # noqa: BLE001
                 uuid = None
-            gpus.append(GPU(index=i, vendor="nvidia", name=text(nvml.nvmlDeviceGetName(h)),
-                            vram_total=int(mem.total), vram_free=int(mem.free),
-                            compute_capability=cap, driver_version=driver, uuid=uuid,
-                            source="nvml"))
+            gpus.append(
+                GPU(
+                    index=i,
+                    vendor="nvidia",
+                    name=text(nvml.nvmlDeviceGetName(h)),
+                    vram_total=int(mem.total),
+                    vram_free=int(mem.free),
+                    compute_capability=cap,
+                    driver_version=driver,
+                    uuid=uuid,
+                    source="nvml",
+                )
+            )
         return gpus
     finally:
         try:
@@ -300,8 +360,11 @@ def _nvml_gpus(nvml: Any) -> list[GPU]:
             pass
 
 
-NVIDIA_SMI_APPS = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory",
-                   "--format=csv,noheader,nounits"]
+NVIDIA_SMI_APPS = [
+    "nvidia-smi",
+    "--query-compute-apps=gpu_uuid,pid,used_memory",
+    "--format=csv,noheader,nounits",
+]
 
 
 def parse_nvidia_apps(rc: int, out: str) -> dict[tuple[str, int], int]:
@@ -361,30 +424,38 @@ def parse_rocm_smi(rc: int, out: str) -> tuple[list[GPU], list[str]]:
     try:
         if start < 0 or end < start:
             raise ValueError("no JSON object")
-        data = json.loads(out[start:end + 1])
+        data = json.loads(out[start : end + 1])
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         system = data.get("system") if isinstance(data.get("system"), dict) else {}
         driver = _get(system, "Driver version")
         gpus = []
-        for key in sorted((k for k in data if re.fullmatch(r"card\d+", k)),
-                          key=lambda k: int(k[4:])):
+        for key in sorted(
+            (k for k in data if re.fullmatch(r"card\d+", k)), key=lambda k: int(k[4:])
+        ):
             card = data[key]
             if not isinstance(card, dict):
                 raise ValueError(f"{key} is not an object")
             total = _int(_get(card, "VRAM Total Memory (B)"))
             used = _int(_get(card, "VRAM Total Used Memory (B)"))
-            name = (_get(card, "Card Series", "Card SKU", "Marketing Name")
-                    or f"AMD GPU {_get(card, 'Card Model') or key}")
+            name = (
+                _get(card, "Card Series", "Card SKU", "Marketing Name")
+                or f"AMD GPU {_get(card, 'Card Model') or key}"
+            )
             gfx = _get(card, "GFX Version")
-            gpus.append(GPU(
-                index=len(gpus), vendor="amd", name=str(name).strip(),
-                vram_total=total,
-                vram_free=total - used if total is not None and used is not None else None,
-                gfx_target=str(gfx).strip() if gfx and str(gfx).startswith("gfx") else None,
-                driver_version=str(driver) if driver else None,
-                uuid=_get(card, "Unique ID", "GUID"),
-                source="rocm-smi"))
+            gpus.append(
+                GPU(
+                    index=len(gpus),
+                    vendor="amd",
+                    name=str(name).strip(),
+                    vram_total=total,
+                    vram_free=total - used if total is not None and used is not None else None,
+                    gfx_target=str(gfx).strip() if gfx and str(gfx).startswith("gfx") else None,
+                    driver_version=str(driver) if driver else None,
+                    uuid=_get(card, "Unique ID", "GUID"),
+                    source="rocm-smi",
+                )
+            )
     except (ValueError, TypeError, AttributeError) as exc:
         return [], [f"rocm-smi output not understood: {exc}"]
     return gpus, []
@@ -393,12 +464,20 @@ def parse_rocm_smi(rc: int, out: str) -> tuple[list[GPU], list[str]]:
 def _kfd_gfx_targets(probe: Probe) -> list[str]:
     """gfx targets of the GPU nodes of the KFD topology, in node order."""
     nodes = probe.glob("/sys/class/kfd/kfd/topology/nodes/*/properties")
-    nodes.sort(key=lambda p: int(re.search(r"/nodes/(\d+)/", p).group(1))  # type: ignore[union-attr]
-               if re.search(r"/nodes/(\d+)/", p) else 0)
+    nodes.sort(
+        key=lambda p: (
+            int(re.search(r"/nodes/(\d+)/", p).group(1))  # type: ignore[union-attr]
+            if re.search(r"/nodes/(\d+)/", p)
+            else 0
+        )
+    )
     targets = []
     for path in nodes:
-        props = dict(line.split(None, 1) for line in (probe.read(path) or "").splitlines()
-                     if len(line.split(None, 1)) == 2)
+        props = dict(
+            line.split(None, 1)
+            for line in (probe.read(path) or "").splitlines()
+            if len(line.split(None, 1)) == 2
+        )
         gfx = gfx_from_version(_int(props.get("gfx_target_version")) or 0)
         if gfx:
             targets.append(gfx)
@@ -421,22 +500,34 @@ def detect_sysfs(probe: Probe) -> tuple[list[GPU], list[GPU], list[str]]:
         device_id = (probe.read(f"{dev}/device") or "").strip()
         name = (probe.read(f"{dev}/product_name") or "").strip()
         if vendor == "amd":
-            total_s, used_s = probe.read(f"{dev}/mem_info_vram_total"), probe.read(
-                f"{dev}/mem_info_vram_used")
+            total_s, used_s = (
+                probe.read(f"{dev}/mem_info_vram_total"),
+                probe.read(f"{dev}/mem_info_vram_used"),
+            )
             total, used = _int(total_s), _int(used_s)
             if total_s is not None and total is None or used_s is not None and used is None:
                 warnings.append(f"{dev}: unreadable VRAM figures")
                 continue
-            amd.append(GPU(index=len(amd), vendor="amd",
-                           name=name or f"AMD GPU {device_id}".strip(),
-                           vram_total=total,
-                           vram_free=total - used if total is not None and used is not None
-                           else None,
-                           driver_version=driver, source="sysfs"))
+            amd.append(
+                GPU(
+                    index=len(amd),
+                    vendor="amd",
+                    name=name or f"AMD GPU {device_id}".strip(),
+                    vram_total=total,
+                    vram_free=total - used if total is not None and used is not None else None,
+                    driver_version=driver,
+                    source="sysfs",
+                )
+            )
         else:
-            other.append(GPU(index=len(other), vendor=vendor,
-                             name=name or f"{vendor.capitalize()} GPU {device_id}".strip(),
-                             source="sysfs"))
+            other.append(
+                GPU(
+                    index=len(other),
+                    vendor=vendor,
+                    name=name or f"{vendor.capitalize()} GPU {device_id}".strip(),
+                    source="sysfs",
+                )
+            )
     return amd, other, warnings
 
 
@@ -451,7 +542,7 @@ def detect_amd(probe: Probe) -> tuple[list[GPU], list[GPU], list[str]]:
         warnings += sys_warnings
     if any(g.gfx_target is None for g in amd):
         targets = _kfd_gfx_targets(probe)
-        for gpu, gfx in zip(amd, targets):
+        for gpu, gfx in zip(amd, targets, strict=False):
             gpu.gfx_target = gpu.gfx_target or gfx
     return amd, other, warnings
 
@@ -554,7 +645,8 @@ def detect(probe: Probe | None = None) -> HostInfo:
     probe = probe or RealProbe()
     warnings: list[str] = []
     os_name = {"linux": "linux", "darwin": "macos", "win32": "windows"}.get(
-        probe.platform, probe.platform)
+        probe.platform, probe.platform
+    )
 
     model, cores, threads, ram_total, ram_free, flags = "", 0, 0, 0, 0, []
     try:
@@ -594,10 +686,20 @@ def detect(probe: Probe | None = None) -> HostInfo:
     except Exception:  # noqa: BLE001
         vulkan = False
 
-    return HostInfo(os=os_name, arch=probe.machine, cpu_model=model or "unknown CPU",
-                    cores=cores, threads=threads, ram_total=ram_total, ram_free=ram_free,
-                    cpu_flags=flags, gpus=gpus, vulkan=vulkan,
-                    metal=probe.platform == "darwin", warnings=warnings)
+    return HostInfo(
+        os=os_name,
+        arch=probe.machine,
+        cpu_model=model or "unknown CPU",
+        cores=cores,
+        threads=threads,
+        ram_total=ram_total,
+        ram_free=ram_free,
+        cpu_flags=flags,
+        gpus=gpus,
+        vulkan=vulkan,
+        metal=probe.platform == "darwin",
+        warnings=warnings,
+    )
 
 
 def _labels(gpus: list[GPU]) -> str:
@@ -621,8 +723,11 @@ def best_backend(host: HostInfo) -> tuple[str, str]:
 
 def cuda_architectures(host: HostInfo) -> str:
     """CMAKE_CUDA_ARCHITECTURES for the NVIDIA GPUs present: "86;75" (unique, descending)."""
-    archs = {g.compute_capability.replace(".", "") for g in host.gpus
-             if g.vendor == "nvidia" and g.compute_capability}
+    archs = {
+        g.compute_capability.replace(".", "")
+        for g in host.gpus
+        if g.vendor == "nvidia" and g.compute_capability
+    }
     return ";".join(sorted(archs, key=lambda a: int(a) if a.isdigit() else 0, reverse=True))
 
 
@@ -633,5 +738,5 @@ def amdgpu_targets(host: HostInfo) -> str:
 
 
 def summary(host: HostInfo) -> str:
-    """"CPU-only host (AVX2, 2 cores, 23.4 GiB RAM)"-style description of the CPU side."""
+    """ "CPU-only host (AVX2, 2 cores, 23.4 GiB RAM)"-style description of the CPU side."""
     return f"{host.simd()}, {host.cores} cores, {host.ram_total / GiB:.1f} GiB RAM"

@@ -70,14 +70,16 @@ def parse_ref(text: str) -> ModelRef:
         parts = urlsplit(raw)
         segs = [s for s in parts.path.split("/") if s]
         if len(segs) >= 5 and segs[2] in ("resolve", "blob"):
-            return _checked(ModelRef(repo="/".join(segs[:2]), revision=segs[3],
-                                     filename="/".join(segs[4:])), text)
+            return _checked(
+                ModelRef(repo="/".join(segs[:2]), revision=segs[3], filename="/".join(segs[4:])),
+                text,
+            )
         if len(segs) == 2:
             return _checked(ModelRef(repo="/".join(segs), quant=DEFAULT_QUANT), text)
         raise UsageError(f"cannot read a model reference from URL {text!r}")
     for host in HOSTS:
         if raw.lower().startswith(host + "/"):
-            raw = raw[len(host) + 1:]
+            raw = raw[len(host) + 1 :]
             break
     quant = None
     head = raw
@@ -98,9 +100,15 @@ def parse_ref(text: str) -> ModelRef:
         raise UsageError(f"{text!r} names a file and a quant: give one of them")
     if filename and not filename.lower().endswith(".gguf"):
         raise UsageError(f"{filename!r} is not a .gguf file")
-    return _checked(ModelRef(repo=repo, revision=revision or "main",
-                             quant=None if filename else (quant or DEFAULT_QUANT),
-                             filename=filename), text)
+    return _checked(
+        ModelRef(
+            repo=repo,
+            revision=revision or "main",
+            quant=None if filename else (quant or DEFAULT_QUANT),
+            filename=filename,
+        ),
+        text,
+    )
 
 
 def _checked(ref: ModelRef, text: str) -> ModelRef:
@@ -136,8 +144,12 @@ class QuantGroup:
         return sum(f.size or 0 for f in self.files)
 
     def to_dict(self) -> dict:
-        return {"quant": self.quant, "size": self.total_size, "parts": len(self.files),
-                "files": [f.path for f in self.files]}
+        return {
+            "quant": self.quant,
+            "size": self.total_size,
+            "parts": len(self.files),
+            "files": [f.path for f in self.files],
+        }
 
 
 @dataclass
@@ -168,7 +180,9 @@ def group_quants(files: list[HubFile]) -> list[QuantGroup]:
         if not f.path.lower().endswith(".gguf") or is_mmproj(f.path):
             continue
         base = SPLIT_RE.sub("", f.path)
-        quant = quant_from_filename(os.path.basename(f.path)) or os.path.basename(base).removesuffix(".gguf")
+        quant = quant_from_filename(os.path.basename(f.path)) or os.path.basename(
+            base
+        ).removesuffix(".gguf")
         key = quant.upper()
         group = groups.setdefault(key, QuantGroup(quant=quant, files=[]))
         if group.files and SPLIT_RE.sub("", group.files[0].path) != base:
@@ -190,8 +204,10 @@ def check_split_complete(files: list[HubFile]) -> None:
     total = {int(m.group(2)) for m in nums}
     seen = sorted(int(m.group(1)) for m in nums)
     if len(total) != 1 or seen != list(range(1, total.pop() + 1)):
-        raise NotFound(f"{SPLIT_RE.sub('', files[0].path)}: the Hub lists parts {seen}, "
-                       "not a complete split model")
+        raise NotFound(
+            f"{SPLIT_RE.sub('', files[0].path)}: the Hub lists parts {seen}, "
+            "not a complete split model"
+        )
 
 
 def pick_mmproj(files: list[HubFile]) -> HubFile | None:
@@ -222,15 +238,19 @@ class Hub:
     # -- metadata -----------------------------------------------------------------
     def search(self, text: str, limit: int = 20) -> list[dict]:
         """GGUF repos matching ``text``, most downloaded first (1..SEARCH_LIMIT of them)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) \
-                or not 1 <= limit <= SEARCH_LIMIT:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT:
             raise UsageError(f"limit must be from 1 to {SEARCH_LIMIT}, got {str(limit)[:40]}")
         with _hub_errors(text):
-            found = self.api.list_models(search=text, filter="gguf", sort="downloads",
-                                         limit=limit)
-            return [{"id": m.id, "downloads": getattr(m, "downloads", None),
-                     "likes": getattr(m, "likes", None),
-                     "updated": _iso(getattr(m, "last_modified", None))} for m in found]
+            found = self.api.list_models(search=text, filter="gguf", sort="downloads", limit=limit)
+            return [
+                {
+                    "id": m.id,
+                    "downloads": getattr(m, "downloads", None),
+                    "likes": getattr(m, "likes", None),
+                    "updated": _iso(getattr(m, "last_modified", None)),
+                }
+                for m in found
+            ]
 
     def repo_files(self, repo: str, revision: str = "main") -> tuple[str, list[HubFile]]:
         """(commit sha, files with LFS sizes and sha256) of a repo at ``revision``."""
@@ -241,8 +261,9 @@ class Hub:
             lfs = getattr(s, "lfs", None)
             sha = getattr(lfs, "sha256", None) if lfs is not None else None
             size = getattr(lfs, "size", None) if lfs is not None else None
-            files.append(HubFile(path=s.rfilename, size=size if size is not None else s.size,
-                                 sha256=sha))
+            files.append(
+                HubFile(path=s.rfilename, size=size if size is not None else s.size, sha256=sha)
+            )
         return info.sha or revision, files
 
     def quants(self, repo: str, revision: str = "main") -> list[QuantGroup]:
@@ -261,11 +282,19 @@ class Hub:
             m = SPLIT_RE.search(chosen.path)
             if m:  # naming one part of a split model means the whole model
                 base = SPLIT_RE.sub("", chosen.path)
-                parts = sorted((f for f in files if SPLIT_RE.sub("", f.path) == base
-                                and SPLIT_RE.search(f.path)), key=lambda f: f.path)
+                parts = sorted(
+                    (
+                        f
+                        for f in files
+                        if SPLIT_RE.sub("", f.path) == base and SPLIT_RE.search(f.path)
+                    ),
+                    key=lambda f: f.path,
+                )
             check_split_complete(parts)
             quant = quant_from_filename(os.path.basename(chosen.path))
-            return PullPlan(ref.repo, commit, quant, parts, None if is_mmproj(chosen.path) else mmproj)
+            return PullPlan(
+                ref.repo, commit, quant, parts, None if is_mmproj(chosen.path) else mmproj
+            )
         groups = group_quants(files)
         if not groups:
             raise NotFound(f"{ref.repo} has no GGUF files")
@@ -278,8 +307,14 @@ class Hub:
         return PullPlan(ref.repo, commit, match[0].quant, match[0].files, mmproj)
 
     # -- download -------------------------------------------------------------------
-    def download(self, plan: PullPlan, dest: Path, progress: ProgressFn | None = None,
-                 cancel: threading.Event | None = None, retries: int = 5) -> list[Path]:
+    def download(
+        self,
+        plan: PullPlan,
+        dest: Path,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+        retries: int = 5,
+    ) -> list[Path]:
         """Download every file of ``plan`` into ``dest`` (resuming partials), verified."""
         check_disk_space(dest, plan, self._present_bytes(dest, plan))
         out = []
@@ -297,8 +332,15 @@ class Hub:
                 done += part_path(dest, f).stat().st_size
         return done
 
-    def _download_one(self, plan: PullPlan, f: HubFile, dest: Path, progress: ProgressFn | None,
-                      cancel: threading.Event | None, retries: int) -> Path:
+    def _download_one(
+        self,
+        plan: PullPlan,
+        f: HubFile,
+        dest: Path,
+        progress: ProgressFn | None,
+        cancel: threading.Event | None,
+        retries: int,
+    ) -> Path:
         """One file, resumed from its ``.part`` file, retried on transient faults, verified.
 
         huggingface_hub 2.x deletes its partial file when a download fails, so a pull
@@ -311,9 +353,16 @@ class Hub:
         with _file_lock(final):  # two pulls sharing a file (an mmproj) take turns
             return self._download_locked(plan, f, dest, final, progress, cancel, retries)
 
-    def _download_locked(self, plan: PullPlan, f: HubFile, dest: Path, final: Path,
-                         progress: ProgressFn | None, cancel: threading.Event | None,
-                         retries: int) -> Path:
+    def _download_locked(
+        self,
+        plan: PullPlan,
+        f: HubFile,
+        dest: Path,
+        final: Path,
+        progress: ProgressFn | None,
+        cancel: threading.Event | None,
+        retries: int,
+    ) -> Path:
         # A file already in place is trusted only when its bytes are the ones the Hub
         # names now (a newer commit may have the same size).
         if final.exists() and verify(final, f):
@@ -332,10 +381,14 @@ class Hub:
                 attempt = 1 if now > before else attempt + 1  # progress earns the retries back
                 if attempt > retries:
                     raise HubError(f"{f.path}: {exc.reason} (gave up after {retries} retries)")
-                delay = exc.retry_after if exc.retry_after is not None else min(30, 2 ** (attempt - 1))
+                delay = (
+                    exc.retry_after if exc.retry_after is not None else min(30, 2 ** (attempt - 1))
+                )
                 if delay > MAX_RETRY_AFTER:
-                    raise HubError(f"{f.path}: rate-limited by the Hub; it asks to retry in "
-                                   f"{delay:.0f} s: pull again later")
+                    raise HubError(
+                        f"{f.path}: rate-limited by the Hub; it asks to retry in "
+                        f"{delay:.0f} s: pull again later"
+                    )
                 if _sleep_or_cancel(delay, cancel):
                     raise Cancelled(f"pull of {f.path} cancelled")
         size_ok = f.size is None or part.stat().st_size == f.size
@@ -346,13 +399,20 @@ class Hub:
             os.replace(part, bad)  # keep the evidence out of the model's way
             raise DownloadCorrupt(
                 f"{f.path}: downloaded bytes do not match the Hub's size/sha256 "
-                f"(kept as {bad.name}); pull again to retry")
+                f"(kept as {bad.name}); pull again to retry"
+            )
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, final)
         return final
 
-    def _fetch(self, plan: PullPlan, f: HubFile, part: Path, progress: ProgressFn | None,
-               cancel: threading.Event | None) -> str:
+    def _fetch(
+        self,
+        plan: PullPlan,
+        f: HubFile,
+        part: Path,
+        progress: ProgressFn | None,
+        cancel: threading.Event | None,
+    ) -> str:
         """Stream the file into ``part`` from its current size (HTTP Range); its sha256.
 
         The hash is computed while the bytes arrive, in a second thread (hashlib releases
@@ -390,7 +450,9 @@ class Hub:
                         progress(f.path, done, f.size)
                     last = time.monotonic()
                     with open(part, "ab" if start else "wb") as out:
-                        for chunk in resp.iter_bytes():  # as it arrives: a drop loses nothing written
+                        for (
+                            chunk
+                        ) in resp.iter_bytes():  # as it arrives: a drop loses nothing written
                             if cancel is not None and cancel.is_set():
                                 raise Cancelled(f"pull of {f.path} cancelled")
                             out.write(chunk)
@@ -424,7 +486,9 @@ class Hub:
             raise _Transient(f"HTTP {code} from the Hub", float(after) if after.isdigit() else None)
         err = resp.headers.get("x-error-code", "")
         if err == "GatedRepo" or code in (401, 403):
-            raise HubAuthError(f"{plan.repo}: access denied (HTTP {code}); accept its terms and set HF_TOKEN")
+            raise HubAuthError(
+                f"{plan.repo}: access denied (HTTP {code}); accept its terms and set HF_TOKEN"
+            )
         if code == 404:
             raise NotFound(f"{plan.repo} has no file {f.path!r} at {plan.revision[:12]}")
         raise HubError(f"{f.path}: HTTP {code} from the Hub")
@@ -460,9 +524,11 @@ def _install_client_timeouts() -> None:
         from huggingface_hub.utils import _http
 
         def factory():
-            return httpx2.Client(event_hooks={"request": [_http.hf_request_event_hook]},
-                                 follow_redirects=True,
-                                 timeout=httpx2.Timeout(30.0, read=60.0))
+            return httpx2.Client(
+                event_hooks={"request": [_http.hf_request_event_hook]},
+                follow_redirects=True,
+                timeout=httpx2.Timeout(30.0, read=60.0),
+            )
 
         _http.set_client_factory(factory)
         _TIMEOUTS_SET = True
@@ -626,7 +692,9 @@ class _hub_errors:
 
         repo = self.repo
         if isinstance(exc, hf.GatedRepoError):
-            raise HubAuthError(f"{repo} is gated: accept its terms on the Hub and set HF_TOKEN") from None
+            raise HubAuthError(
+                f"{repo} is gated: accept its terms on the Hub and set HF_TOKEN"
+            ) from None
         if isinstance(exc, hf.RepositoryNotFoundError):
             raise NotFound(f"repo {repo} not found (or private: set HF_TOKEN)") from None
         if isinstance(exc, hf.RevisionNotFoundError):
@@ -639,11 +707,15 @@ class _hub_errors:
             status = exc.response.status_code
             if status == 429 or status >= 500:
                 after = exc.response.headers.get("retry-after")
-                raise _Transient(f"HTTP {status} from the Hub",
-                                 float(after) if after and after.isdigit() else None) from None
+                raise _Transient(
+                    f"HTTP {status} from the Hub",
+                    float(after) if after and after.isdigit() else None,
+                ) from None
             if status in (401, 403):
                 raise HubAuthError(f"{repo}: access denied (HTTP {status}); set HF_TOKEN") from None
             raise HubError(f"{repo}: HTTP {status} from the Hub") from None
         if isinstance(exc, _transport_errors(httpx)) and not isinstance(exc, FileNotFoundError):
-            raise _Transient(f"network error: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+            raise _Transient(
+                f"network error: {type(exc).__name__}: {exc}".splitlines()[0]
+            ) from None
         return False

@@ -62,7 +62,7 @@ def hash_secret(secret: str) -> str:
 
 
 def public_id(secret: str) -> str:
-    return ID_PREFIX + secret[len(PREFIX):len(PREFIX) + 8]
+    return ID_PREFIX + secret[len(PREFIX) : len(PREFIX) + 8]
 
 
 def _check(name: str, scope: str) -> str:
@@ -83,22 +83,28 @@ def create_key(store: Store, name: str, scope: str = "admin") -> tuple[ApiKey, s
         try:
             with store.tx() as conn:
                 conn.execute(
-                    "INSERT INTO api_keys (id, name, hash, scope, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (key.id, key.name, hash_secret(secret), key.scope, key.created_at))
+                    "INSERT INTO api_keys (id, name, hash, scope, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (key.id, key.name, hash_secret(secret), key.scope, key.created_at),
+                )
         except sqlite3.IntegrityError:  # a 48-bit id collision: draw again
             continue
         return key, secret
 
 
 def list_keys(store: Store) -> list[ApiKey]:
-    rows = store.query("SELECT id, name, scope, created_at, last_used_at, revoked_at "
-                       "FROM api_keys ORDER BY created_at, id")
+    rows = store.query(
+        "SELECT id, name, scope, created_at, last_used_at, revoked_at "
+        "FROM api_keys ORDER BY created_at, id"
+    )
     return [ApiKey(**dict(r)) for r in rows]
 
 
 def get_key(store: Store, key_id: str) -> ApiKey:
-    rows = store.query("SELECT id, name, scope, created_at, last_used_at, revoked_at "
-                       "FROM api_keys WHERE id = ?", (key_id,))
+    rows = store.query(
+        "SELECT id, name, scope, created_at, last_used_at, revoked_at FROM api_keys WHERE id = ?",
+        (key_id,),
+    )
     if not rows:
         raise NotFound(f"no API key {key_id!r} (see `corral keys ls`)")
     return ApiKey(**dict(rows[0]))
@@ -108,8 +114,10 @@ def revoke_key(store: Store, key_id: str) -> ApiKey:
     """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
     get_key(store, key_id)
     with store.tx() as conn:
-        conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                     (time.time(), key_id))
+        conn.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), key_id),
+        )
     return get_key(store, key_id)
 
 
@@ -175,13 +183,18 @@ class KeyRing:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._version:
                 return
-            rows = conn.execute("SELECT id, hash, scope, last_used_at FROM api_keys "
-                                      "WHERE revoked_at IS NULL").fetchall()
-        except (sqlite3.Error, StoreError) as exc:  # keep the last good view, not fail every request
+            rows = conn.execute(
+                "SELECT id, hash, scope, last_used_at FROM api_keys WHERE revoked_at IS NULL"
+            ).fetchall()
+        except (
+            sqlite3.Error,
+            StoreError,
+        ) as exc:  # keep the last good view, not fail every request
             log.warning("could not read the API keys: %s", exc)
             return
-        self._by_hash = {r["hash"]: (Grant(r["id"], r["scope"]), r["last_used_at"] or 0.0)
-                         for r in rows}
+        self._by_hash = {
+            r["hash"]: (Grant(r["id"], r["scope"]), r["last_used_at"] or 0.0) for r in rows
+        }
         self._version = version
 
     def any_active(self) -> bool:
@@ -208,7 +221,10 @@ class KeyRing:
     def _stamp(self, key_id: str, now: float) -> None:
         try:  # one autocommit statement: no transaction left open on failure
             self._open().execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
-        except (sqlite3.Error, StoreError):  # the store is busy (or worse): stamp on a later request
+        except (
+            sqlite3.Error,
+            StoreError,
+        ):  # the store is busy (or worse): stamp on a later request
             return
         # Our own commit does not move data_version: update the cached stamp ourselves.
         for digest, (grant, _) in self._by_hash.items():

@@ -31,42 +31,75 @@ LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 GPU_CACHE_SECONDS = 5.0
 
 
-
 class Metrics:
     """The router's metric objects, in a registry of their own."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self._live: _LiveCollector | None = None  # set by attach()
-        self.requests = Counter("corral_requests", "Requests routed to an instance",
-                                ["model", "instance", "endpoint", "status"], registry=r)
-        self.errors = Counter("corral_request_errors", "Routed requests answered with >= 400",
-                              ["model", "instance"], registry=r)
-        self.rejected = Counter("corral_requests_rejected", "Requests refused before routing",
-                                ["reason"], registry=r)
-        self.ttft = Histogram("corral_time_to_first_token_seconds",
-                              "Time from request to the first byte from upstream",
-                              ["model"], buckets=TTFT_BUCKETS, registry=r)
-        self.latency = Histogram("corral_request_duration_seconds",
-                                 "Time from request to the last byte", ["model"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens_in = Counter("corral_prompt_tokens", "Prompt tokens (from usage/timings)",
-                                 ["model"], registry=r)
-        self.tokens_out = Counter("corral_completion_tokens",
-                                  "Generated tokens (from usage/timings)", ["model"], registry=r)
-        self.tokens_per_second = Gauge("corral_tokens_per_second",
-                                       "Generation speed of the last response that reported it",
-                                       ["model", "instance"], registry=r)
-        self.load_seconds = Histogram("corral_model_load_seconds",
-                                      "On-demand starts: request to instance ready", ["model"],
-                                      buckets=LOAD_BUCKETS, registry=r)
-        self.load_failures = Counter("corral_model_load_failures", "On-demand starts that failed",
-                                     ["model"], registry=r)
-        self.queue_depth = Gauge("corral_queue_depth", "Requests waiting for a model to load",
-                                 ["model"], registry=r)
-        self.evictions = Counter("corral_instances_retired",
-                                 "Router-started instances stopped (evicted or idle)",
-                                 ["reason"], registry=r)
+        self.requests = Counter(
+            "corral_requests",
+            "Requests routed to an instance",
+            ["model", "instance", "endpoint", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "corral_request_errors",
+            "Routed requests answered with >= 400",
+            ["model", "instance"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "corral_requests_rejected", "Requests refused before routing", ["reason"], registry=r
+        )
+        self.ttft = Histogram(
+            "corral_time_to_first_token_seconds",
+            "Time from request to the first byte from upstream",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "corral_request_duration_seconds",
+            "Time from request to the last byte",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_in = Counter(
+            "corral_prompt_tokens", "Prompt tokens (from usage/timings)", ["model"], registry=r
+        )
+        self.tokens_out = Counter(
+            "corral_completion_tokens",
+            "Generated tokens (from usage/timings)",
+            ["model"],
+            registry=r,
+        )
+        self.tokens_per_second = Gauge(
+            "corral_tokens_per_second",
+            "Generation speed of the last response that reported it",
+            ["model", "instance"],
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "corral_model_load_seconds",
+            "On-demand starts: request to instance ready",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "corral_model_load_failures", "On-demand starts that failed", ["model"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "corral_queue_depth", "Requests waiting for a model to load", ["model"], registry=r
+        )
+        self.evictions = Counter(
+            "corral_instances_retired",
+            "Router-started instances stopped (evicted or idle)",
+            ["reason"],
+            registry=r,
+        )
 
     def attach(self, supervisor, gpu_probe=None) -> None:
         """Add the scrape-time collector of instance and GPU gauges."""
@@ -95,12 +128,19 @@ class _LiveCollector:
         return []
 
     def collect(self):
-        state = GaugeMetricFamily("corral_instance_state", "1 for the state the instance is in",
-                                  labels=["instance", "model", "state"])
-        restarts = GaugeMetricFamily("corral_instance_restarts", "Restarts of the instance",
-                                     labels=["instance"])
-        load = GaugeMetricFamily("corral_instance_load_seconds",
-                                 "Seconds from the last spawn to ready", labels=["instance"])
+        state = GaugeMetricFamily(
+            "corral_instance_state",
+            "1 for the state the instance is in",
+            labels=["instance", "model", "state"],
+        )
+        restarts = GaugeMetricFamily(
+            "corral_instance_restarts", "Restarts of the instance", labels=["instance"]
+        )
+        load = GaugeMetricFamily(
+            "corral_instance_load_seconds",
+            "Seconds from the last spawn to ready",
+            labels=["instance"],
+        )
         from corral.supervisor.states import State
 
         for rec in self.supervisor.list():
@@ -113,10 +153,12 @@ class _LiveCollector:
         yield state
         yield restarts
         yield load
-        used = GaugeMetricFamily("corral_gpu_memory_used_bytes", "VRAM in use",
-                                 labels=["gpu", "name"])
-        total = GaugeMetricFamily("corral_gpu_memory_total_bytes", "VRAM size",
-                                  labels=["gpu", "name"])
+        used = GaugeMetricFamily(
+            "corral_gpu_memory_used_bytes", "VRAM in use", labels=["gpu", "name"]
+        )
+        total = GaugeMetricFamily(
+            "corral_gpu_memory_total_bytes", "VRAM size", labels=["gpu", "name"]
+        )
         for g in self._gpus[1]:
             if g.vram_total is None:
                 continue
@@ -128,15 +170,21 @@ class _LiveCollector:
         yield from self._device_families()
 
     def _device_families(self):
-        projected = GaugeMetricFamily("corral_instance_projected_bytes",
-                                      "Bytes the memory plan of a live instance puts on a device",
-                                      labels=["instance", "device"])
-        real = GaugeMetricFamily("corral_instance_real_bytes",
-                                 "Bytes llama-server reported on a device once loaded",
-                                 labels=["instance", "device"])
-        per_device = GaugeMetricFamily("corral_device_projected_bytes",
-                                       "Sum of the plans of the live instances on a device",
-                                       labels=["device"])
+        projected = GaugeMetricFamily(
+            "corral_instance_projected_bytes",
+            "Bytes the memory plan of a live instance puts on a device",
+            labels=["instance", "device"],
+        )
+        real = GaugeMetricFamily(
+            "corral_instance_real_bytes",
+            "Bytes llama-server reported on a device once loaded",
+            labels=["instance", "device"],
+        )
+        per_device = GaugeMetricFamily(
+            "corral_device_projected_bytes",
+            "Sum of the plans of the live instances on a device",
+            labels=["device"],
+        )
         from corral.supervisor.states import ALIVE
 
         sums: dict[str, float] = {}
@@ -152,11 +200,14 @@ class _LiveCollector:
                     real.add_metric([rec.name, str(device)], float(n))
         for device, n in sorted(sums.items()):
             per_device.add_metric([device], n)
-        used = GaugeMetricFamily("corral_device_used_bytes",
-                                 "Memory in use on a GPU, as its driver reports it",
-                                 labels=["device"])
-        total = GaugeMetricFamily("corral_device_total_bytes", "Memory size of a GPU",
-                                  labels=["device"])
+        used = GaugeMetricFamily(
+            "corral_device_used_bytes",
+            "Memory in use on a GPU, as its driver reports it",
+            labels=["device"],
+        )
+        total = GaugeMetricFamily(
+            "corral_device_total_bytes", "Memory size of a GPU", labels=["device"]
+        )
         # numbered as fit.devices.detect_devices numbers them: GPUs without figures skipped
         gpus = [g for g in self._gpus[1] if g.vram_total is not None]
         for n, g in enumerate(gpus):

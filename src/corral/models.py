@@ -173,15 +173,19 @@ def _parts_of(path: str) -> list[str]:
         if not os.path.isfile(part):
             raise InvalidModelFile(
                 f"{part}: split part {parts.index(part) + 1} of {count} is missing"
-                f" (model {split_part_name(base, 1, count)})")
+                f" (model {split_part_name(base, 1, count)})"
+            )
     return parts
 
 
 def _pair_mmproj(model_path: str) -> str | None:
     directory = os.path.dirname(model_path)
     try:
-        candidates = sorted(e for e in os.listdir(directory) if is_mmproj(e)
-                            and os.path.isfile(os.path.join(directory, e)))
+        candidates = sorted(
+            e
+            for e in os.listdir(directory)
+            if is_mmproj(e) and os.path.isfile(os.path.join(directory, e))
+        )
     except OSError:
         return None
     if not candidates:
@@ -189,7 +193,7 @@ def _pair_mmproj(model_path: str) -> str | None:
     stem = base_name(model_path).lower()
 
     def shared(name: str) -> int:
-        rest = name.lower()[len("mmproj"):].lstrip("-_.")
+        rest = name.lower()[len("mmproj") :].lstrip("-_.")
         return len(os.path.commonprefix([rest, stem]))
 
     best = max(candidates, key=lambda c: (shared(c), -candidates.index(c)))
@@ -206,7 +210,7 @@ def hf_cache_info(path: str) -> tuple[str, str, str] | None:
         m = _HF_REPO_DIR.fullmatch(parts[i])
         if m and parts[i + 1] == "snapshots":
             repo = f"{m.group('org')}/{m.group('name')}"
-            return repo, parts[i + 2], "/".join(parts[i + 3:])
+            return repo, parts[i + 2], "/".join(parts[i + 3 :])
     return None
 
 
@@ -221,8 +225,9 @@ def _existing_for(store: Store, paths: list[str]) -> ModelRecord | None:
     return None
 
 
-def _insert_unique(store: Store, rec: ModelRecord, wanted: str, *,
-                   id_prefix: str | None) -> ModelRecord:
+def _insert_unique(
+    store: Store, rec: ModelRecord, wanted: str, *, id_prefix: str | None
+) -> ModelRecord:
     """Insert with the first free name (and ``id_prefix + name`` as id when given).
 
     Retries when another writer took the name between the check and the insert.
@@ -231,7 +236,7 @@ def _insert_unique(store: Store, rec: ModelRecord, wanted: str, *,
         taken = _taken_names(store)
         if id_prefix is not None:
             ids = {r.id for r in table.list_all(store)}
-            taken |= {i[len(id_prefix):] for i in ids if i.startswith(id_prefix)}
+            taken |= {i[len(id_prefix) :] for i in ids if i.startswith(id_prefix)}
         rec.name = _unique(wanted, taken)
         if id_prefix is not None:
             rec.id = id_prefix + rec.name
@@ -246,8 +251,9 @@ def _insert_unique(store: Store, rec: ModelRecord, wanted: str, *,
 # -- registration ----------------------------------------------------------------------
 
 
-def register_local(store: Store, path: str | os.PathLike[str], *,
-                   name: str | None = None) -> ModelRecord:
+def register_local(
+    store: Store, path: str | os.PathLike[str], *, name: str | None = None
+) -> ModelRecord:
     """Index a GGUF file in place (``owned=False``); return its record.
 
     ``path`` may be any part of a split model: the whole model (every part, in order) is
@@ -294,8 +300,13 @@ def register_local(store: Store, path: str | os.PathLike[str], *,
     return _insert_unique(store, rec, wanted, id_prefix="local/")
 
 
-def import_path(store: Store, path: str | os.PathLike[str], *, name: str | None = None,
-                problems: list[str] | None = None) -> list[ModelRecord]:
+def import_path(
+    store: Store,
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    problems: list[str] | None = None,
+) -> list[ModelRecord]:
     """Index a GGUF file, or every GGUF model under a directory (recursively), in place.
 
     Non-``.gguf`` files and mmproj files are skipped; in a directory, a broken GGUF or an
@@ -343,9 +354,16 @@ def import_path(store: Store, path: str | os.PathLike[str], *, name: str | None 
     return records
 
 
-def register_download(store: Store, *, repo: str, revision: str | None, filename: str,
-                      files: list[dict], mmproj: str | None = None,
-                      quant: str | None = None) -> ModelRecord:
+def register_download(
+    store: Store,
+    *,
+    repo: str,
+    revision: str | None,
+    filename: str,
+    files: list[dict],
+    mmproj: str | None = None,
+    quant: str | None = None,
+) -> ModelRecord:
     """Index a model the puller downloaded into ``models_dir`` (``source='hub'``, owned).
 
     ``files`` are the parts in order, ``{"path", "size"?, "sha256"?}``. The id is
@@ -359,13 +377,26 @@ def register_download(store: Store, *, repo: str, revision: str | None, filename
     for f in files:
         p = _abs(f["path"])
         size = f.get("size")
-        parts.append({"path": p, "size": int(size) if size is not None else _file_size(p),
-                      "sha256": f.get("sha256")})
+        parts.append(
+            {
+                "path": p,
+                "size": int(size) if size is not None else _file_size(p),
+                "sha256": f.get("sha256"),
+            }
+        )
     info = gguf.read_metadata(parts[0]["path"])
     model_id = f"{repo}:{quant}" if quant else f"{repo}/{filename}"
-    fields = dict(files=parts, size=sum(p["size"] for p in parts),
-                  mmproj=_abs(mmproj) if mmproj else None, repo=repo, revision=revision,
-                  filename=filename, owned=True, source="hub", metadata=_metadata(info))
+    fields = dict(
+        files=parts,
+        size=sum(p["size"] for p in parts),
+        mmproj=_abs(mmproj) if mmproj else None,
+        repo=repo,
+        revision=revision,
+        filename=filename,
+        owned=True,
+        source="hub",
+        metadata=_metadata(info),
+    )
     existing = table.find(store, model_id)
     if existing is not None:
         table.update(store, model_id, **fields)
@@ -395,14 +426,18 @@ def resolve(store: Store, text: str, *, prefix: bool = True) -> ModelRecord:
     low = text.lower()
     for key in (lambda r: [r.id], lambda r: [r.name], lambda r: r.aliases):
         for exact in (True, False):
-            hits = [r for r in recs
-                    if any((k == text) if exact else (k.lower() == low) for k in key(r))]
+            hits = [
+                r for r in recs if any((k == text) if exact else (k.lower() == low) for k in key(r))
+            ]
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
                 raise _ambiguous(text, hits)
-    hits = [r for r in recs if prefix
-            and (r.name.lower().startswith(low) or r.id.lower().startswith(low))]
+    hits = [
+        r
+        for r in recs
+        if prefix and (r.name.lower().startswith(low) or r.id.lower().startswith(low))
+    ]
     if len(hits) == 1:
         return hits[0]
     if hits:
@@ -446,8 +481,9 @@ def instances_using(store: Store, paths: list[str]) -> list[str]:
     return users
 
 
-def remove(store: Store, id_or_name: str, *, delete_files: bool, models_dir: Path,
-           force: bool = False) -> dict:
+def remove(
+    store: Store, id_or_name: str, *, delete_files: bool, models_dir: Path, force: bool = False
+) -> dict:
     """Forget a model; with ``delete_files``, delete its files if corral downloaded them.
 
     ``id_or_name`` must name the model exactly (id, name or alias; case aside): no
@@ -471,12 +507,14 @@ def remove(store: Store, id_or_name: str, *, delete_files: bool, models_dir: Pat
         if outside:
             raise UsageError(
                 f"refusing to delete {outside[0]}: it is outside the models directory {root}"
-                " (remove the model with its files kept)")
+                " (remove the model with its files kept)"
+            )
         users = [] if force else instances_using(store, paths)
         if users:
             raise Conflict(
                 f"the files of model {rec.name} are used by instance(s) {', '.join(users)}: "
-                "stop them first, keep the files, or force the removal")
+                "stop them first, keep the files, or force the removal"
+            )
         others = set()
         for other in table.list_all(store):
             if other.id != rec.id:
@@ -518,7 +556,8 @@ def _prune_empty_dirs(dirs: set[str], root: Path) -> None:
 def quant_of(rec: ModelRecord) -> str | None:
     """The quantization from the header, else from the file name."""
     return rec.metadata.get("quantization") or gguf.quant_from_filename(
-        rec.filename or os.path.basename(rec.path))
+        rec.filename or os.path.basename(rec.path)
+    )
 
 
 def model_view(rec: ModelRecord) -> dict:

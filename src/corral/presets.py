@@ -48,21 +48,34 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Iterable
 
-
 from corral import redact
 from corral.builds.catalog import Flag, FlagCatalog
 from corral.builds.resolve import check_build_id
 from corral.errors import Conflict, CorralError, NotFound, OwnedFlag, UsageError
+from corral.launchspec import LaunchSpec, check_env
 from corral.store import builds as builds_table
 from corral.store.db import Store
-from corral.launchspec import LaunchSpec, check_env
 
 # corral.supervisor.states and corral.store.instances are imported where they are used:
 # `corral fit` composes through here and needs neither.
 
 __all__ = [
-    "DEFAULTS", "Preset", "get", "find", "list_all", "save", "save_many", "delete", "compose",
-    "compose_sync", "validate", "to_yaml", "from_yaml", "to_ini", "from_ini", "preset_view",
+    "DEFAULTS",
+    "Preset",
+    "get",
+    "find",
+    "list_all",
+    "save",
+    "save_many",
+    "delete",
+    "compose",
+    "compose_sync",
+    "validate",
+    "to_yaml",
+    "from_yaml",
+    "to_ini",
+    "from_ini",
+    "preset_view",
 ]
 
 #: Name of the row holding the defaults applied to every launch.
@@ -84,12 +97,12 @@ class Preset:
     """A named flag set. Empty/None fields mean "not set here" (a lower layer decides)."""
 
     name: str
-    model: str | None = None          # model ref: index id/name/alias, or a GGUF path
-    build: int | None = None          # build id (corral builds ls)
-    flags: list[str] = field(default_factory=list)   # llama-server tokens
+    model: str | None = None  # model ref: index id/name/alias, or a GGUF path
+    build: int | None = None  # build id (corral builds ls)
+    flags: list[str] = field(default_factory=list)  # llama-server tokens
     env: dict[str, str] = field(default_factory=dict)
-    restart: str | None = None        # always|on-failure|never; None = default
-    idle_ttl: float | None = None     # seconds; None = daemon default; 0 = never
+    restart: str | None = None  # always|on-failure|never; None = default
+    idle_ttl: float | None = None  # seconds; None = daemon default; 0 = never
     aliases: list[str] = field(default_factory=list)
     pinned: bool = False
     description: str = ""
@@ -119,8 +132,9 @@ def keep_secrets(new: Preset, old: Preset | None) -> Preset:
             if shown == redact.MASK:
                 real = _token_value(old.flags if old else [], name)
                 if real is None:
-                    raise UsageError(f"preset {new.name}: {name} is {redact.MASK}; "
-                                     "give the key itself")
+                    raise UsageError(
+                        f"preset {new.name}: {name} is {redact.MASK}; give the key itself"
+                    )
                 flags[at] = f"{name}={real}" if eq else real
         i += 1
     env = dict(new.env)
@@ -154,8 +168,10 @@ def validate(preset: Preset, catalog: FlagCatalog | None = None) -> Preset:
     """
     name = preset.name
     if not isinstance(name, str) or not (name == DEFAULTS or NAME_RE.fullmatch(name)):
-        raise UsageError(f"invalid preset name {name!r}: use letters, digits, '.', '_' or '-' "
-                         f"(max 64), or '*' for the defaults")
+        raise UsageError(
+            f"invalid preset name {name!r}: use letters, digits, '.', '_' or '-' "
+            f"(max 64), or '*' for the defaults"
+        )
     try:
         checked = Preset(
             name=name,
@@ -170,8 +186,9 @@ def validate(preset: Preset, catalog: FlagCatalog | None = None) -> Preset:
             description=_description(preset.description),
         )
         if name == DEFAULTS and (checked.model or checked.aliases):
-            raise UsageError("the defaults ('*') apply to every launch: they may not name "
-                             "a model or aliases")
+            raise UsageError(
+                "the defaults ('*') apply to every launch: they may not name a model or aliases"
+            )
         if catalog is not None:
             _check_flags(catalog, checked.flags)
     except CorralError as exc:
@@ -190,8 +207,7 @@ def _about(name: str, exc: CorralError) -> CorralError:
 def _model(value) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_MODEL \
-            or "\0" in value:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_MODEL or "\0" in value:
         raise UsageError(f"model must be a model name or GGUF path (1-{MAX_MODEL} characters)")
     return value.strip()
 
@@ -245,8 +261,12 @@ def _restart(value) -> str | None:
 def _idle_ttl(value) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise UsageError(f"idle_ttl must be a number of seconds >= 0 (0 = never), got {value!r}")
     return float(value)
 
@@ -261,8 +281,9 @@ def _aliases(value) -> list[str]:
     out: list[str] = []
     for alias in value:
         if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias == DEFAULTS:
-            raise UsageError(f"invalid alias {alias!r}: 1-128 characters, no spaces or commas, "
-                             f"not '*'")
+            raise UsageError(
+                f"invalid alias {alias!r}: 1-128 characters, no spaces or commas, not '*'"
+            )
         if alias not in out:
             out.append(alias)
     return out
@@ -339,9 +360,13 @@ def save(store: Store, preset: Preset, catalog: FlagCatalog | None = None) -> Pr
     return save_many(store, [preset], catalog_for=lambda _build: catalog, replace=True)[0]
 
 
-def save_many(store: Store, presets: Iterable[Preset], *,
-              catalog_for: Callable[[int | None], FlagCatalog | None] = lambda _b: None,
-              replace: bool = False) -> list[Preset]:
+def save_many(
+    store: Store,
+    presets: Iterable[Preset],
+    *,
+    catalog_for: Callable[[int | None], FlagCatalog | None] = lambda _b: None,
+    replace: bool = False,
+) -> list[Preset]:
     """Validate every preset, then write them all in one transaction (or none).
 
     ``catalog_for(build)`` gives the catalog to check a preset's flags with (None: not
@@ -360,8 +385,10 @@ def save_many(store: Store, presets: Iterable[Preset], *,
         stored = {r["name"]: _from_row(r) for r in conn.execute("SELECT * FROM presets")}
         taken = sorted(set(names) & set(stored))
         if taken and not replace:
-            raise Conflict(f"preset{'s' if len(taken) > 1 else ''} {', '.join(taken)} "
-                           f"already exist{'' if len(taken) > 1 else 's'} (replace to overwrite)")
+            raise Conflict(
+                f"preset{'s' if len(taken) > 1 else ''} {', '.join(taken)} "
+                f"already exist{'' if len(taken) > 1 else 's'} (replace to overwrite)"
+            )
         others = [p for n, p in stored.items() if n not in names]
         _check_aliases(checked, others)
         for p in checked:
@@ -369,7 +396,8 @@ def save_many(store: Store, presets: Iterable[Preset], *,
                 "INSERT INTO presets (name, spec, created_at, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, "
                 "updated_at = excluded.updated_at",
-                (p.name, _spec(p), now, now))
+                (p.name, _spec(p), now, now),
+            )
     return checked
 
 
@@ -377,8 +405,9 @@ def _check_build(store: Store, preset: Preset) -> None:
     try:
         builds_table.get(store, preset.build)
     except NotFound:
-        raise UsageError(f"preset {preset.name!r}: no build with id {preset.build} "
-                         f"(corral builds ls)") from None
+        raise UsageError(
+            f"preset {preset.name!r}: no build with id {preset.build} (corral builds ls)"
+        ) from None
 
 
 def _check_aliases(new: list[Preset], others: list[Preset]) -> None:
@@ -391,8 +420,9 @@ def _check_aliases(new: list[Preset], others: list[Preset]) -> None:
             holder = owner.setdefault(alias, p.name)
             if holder != p.name:
                 what = "the name" if alias == holder else "an alias"
-                raise Conflict(f"alias {alias!r} of preset {p.name!r} is already {what} of "
-                               f"preset {holder!r}")
+                raise Conflict(
+                    f"alias {alias!r} of preset {p.name!r} is already {what} of preset {holder!r}"
+                )
 
 
 def delete(store: Store, name: str) -> None:
@@ -405,9 +435,24 @@ def delete(store: Store, name: str) -> None:
 # -- composing a launch ----------------------------------------------------------------
 
 
-async def compose(supervisor, *, model=None, preset=None, flags=(), name=None, port=None,
-                  restart=None, env=None, pinned=None, idle_ttl=None, aliases=None,
-                  binary=None, build_id=None, origin="user", fit=True) -> LaunchSpec:
+async def compose(
+    supervisor,
+    *,
+    model=None,
+    preset=None,
+    flags=(),
+    name=None,
+    port=None,
+    restart=None,
+    env=None,
+    pinned=None,
+    idle_ttl=None,
+    aliases=None,
+    binary=None,
+    build_id=None,
+    origin="user",
+    fit=True,
+) -> LaunchSpec:
     """The LaunchSpec for a launch: '*' defaults < preset ``preset`` < the arguments.
 
     Every launch goes through here (API, ``corral run``, the router), so the defaults
@@ -417,14 +462,41 @@ async def compose(supervisor, *, model=None, preset=None, flags=(), name=None, p
     """
     layers = _Layers.read(supervisor.store, model, preset, binary, build_id)
     catalog = await supervisor.catalog(binary, layers.build_id)
-    return layers.spec(supervisor, catalog, flags=flags, name=name, port=port,
-                       restart=restart, env=env, pinned=pinned, idle_ttl=idle_ttl,
-                       aliases=aliases, binary=binary, origin=origin, fit=fit)
+    return layers.spec(
+        supervisor,
+        catalog,
+        flags=flags,
+        name=name,
+        port=port,
+        restart=restart,
+        env=env,
+        pinned=pinned,
+        idle_ttl=idle_ttl,
+        aliases=aliases,
+        binary=binary,
+        origin=origin,
+        fit=fit,
+    )
 
 
-def compose_sync(supervisor, *, model=None, preset=None, flags=(), name=None, port=None,
-                 restart=None, env=None, pinned=None, idle_ttl=None, aliases=None,
-                 binary=None, build_id=None, origin="user", fit=True) -> LaunchSpec:
+def compose_sync(
+    supervisor,
+    *,
+    model=None,
+    preset=None,
+    flags=(),
+    name=None,
+    port=None,
+    restart=None,
+    env=None,
+    pinned=None,
+    idle_ttl=None,
+    aliases=None,
+    binary=None,
+    build_id=None,
+    origin="user",
+    fit=True,
+) -> LaunchSpec:
     """:func:`compose` for a caller whose ``supervisor.catalog`` is a plain function.
 
     ``corral fit`` composes from the store alone, with no event loop: importing asyncio
@@ -432,17 +504,30 @@ def compose_sync(supervisor, *, model=None, preset=None, flags=(), name=None, po
     """
     layers = _Layers.read(supervisor.store, model, preset, binary, build_id)
     catalog = supervisor.catalog(binary, layers.build_id)
-    return layers.spec(supervisor, catalog, flags=flags, name=name, port=port,
-                       restart=restart, env=env, pinned=pinned, idle_ttl=idle_ttl,
-                       aliases=aliases, binary=binary, origin=origin, fit=fit)
+    return layers.spec(
+        supervisor,
+        catalog,
+        flags=flags,
+        name=name,
+        port=port,
+        restart=restart,
+        env=env,
+        pinned=pinned,
+        idle_ttl=idle_ttl,
+        aliases=aliases,
+        binary=binary,
+        origin=origin,
+        fit=fit,
+    )
 
 
 class _Layers:
     """The presets a launch stacks ('*' defaults, then the named one), with the model and
     build they give: what :func:`compose` reads before it asks for a catalog."""
 
-    def __init__(self, defaults: Preset, chosen: Preset | None, model: str,
-                 build_id: int | None) -> None:
+    def __init__(
+        self, defaults: Preset, chosen: Preset | None, model: str, build_id: int | None
+    ) -> None:
         self.chosen = chosen
         self.all = [defaults] + ([chosen] if chosen else [])
         self.model, self.build_id = model, build_id
@@ -453,15 +538,33 @@ class _Layers:
         chosen = _named(store, preset)
         model = model or (chosen.model if chosen else None)
         if not model:
-            raise UsageError(f"preset {preset!r} names no model: give MODEL" if chosen
-                             else "a model is required (MODEL, or a preset that names one)")
+            raise UsageError(
+                f"preset {preset!r} names no model: give MODEL"
+                if chosen
+                else "a model is required (MODEL, or a preset that names one)"
+            )
         layers = cls(defaults, chosen, model, build_id)
         if build_id is None and not binary:
             layers.build_id = _last(layers.all, "build")
         return layers
 
-    def spec(self, supervisor, catalog: FlagCatalog, *, flags, name, port, restart, env,
-             pinned, idle_ttl, aliases, binary, origin, fit) -> LaunchSpec:
+    def spec(
+        self,
+        supervisor,
+        catalog: FlagCatalog,
+        *,
+        flags,
+        name,
+        port,
+        restart,
+        env,
+        pinned,
+        idle_ttl,
+        aliases,
+        binary,
+        origin,
+        fit,
+    ) -> LaunchSpec:
         """The LaunchSpec: the layers' flags merged through ``catalog``, then the arguments."""
         layers, chosen = self.all, self.chosen
         pairs = [_normalized(catalog, p) for p in layers]
@@ -483,8 +586,9 @@ class _Layers:
             origin=origin,
             pinned=bool(pinned) if pinned is not None else any(p.pinned for p in layers),
             idle_ttl=idle_ttl if idle_ttl is not None else _last(layers, "idle_ttl"),
-            aliases=list(dict.fromkeys([*(chosen.aliases if chosen else []),
-                                        *_aliases(aliases or [])])),
+            aliases=list(
+                dict.fromkeys([*(chosen.aliases if chosen else []), *_aliases(aliases or [])])
+            ),
             fit=fit,
         )
 
@@ -514,16 +618,16 @@ def _normalized(catalog: FlagCatalog, preset: Preset) -> list:
 
 def _last(layers: list[Preset], attr: str):
     """The value of the highest layer that sets ``attr``."""
-    return next((getattr(p, attr) for p in reversed(layers) if getattr(p, attr) is not None),
-                None)
+    return next((getattr(p, attr) for p in reversed(layers) if getattr(p, attr) is not None), None)
 
 
 def _free_name(supervisor, base: str) -> str:
     """``base``, or ``base-2``, ``base-3``... the first no instance has."""
     from corral.store import instances as instances_table
 
-    taken = {r.name for r in supervisor.list()} | \
-        {r.name for r in instances_table.list_all(supervisor.store)}
+    taken = {r.name for r in supervisor.list()} | {
+        r.name for r in instances_table.list_all(supervisor.store)
+    }
     name, n = base, 2
     while name in taken:
         suffix = f"-{n}"
@@ -539,8 +643,9 @@ def to_yaml(presets: Iterable[Preset]) -> str:
     doc = {"presets": {p.name: _compact(p) for p in presets}}
     import yaml  # lazily: ~40 ms, only export and import need it
 
-    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=None,
-                          width=100)
+    return yaml.safe_dump(
+        doc, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100
+    )
 
 
 def _compact(preset: Preset) -> dict:
@@ -592,8 +697,13 @@ def _from_mapping(name: str, data) -> Preset:
         tail = f" (did you mean {hint[0]}?)" if hint else ""
         raise UsageError(f"preset {name!r}: unknown key {unknown[0]!r}{tail}")
     values = dict(data)
-    for key, empty in (("flags", []), ("env", {}), ("aliases", []), ("pinned", False),
-                       ("description", "")):
+    for key, empty in (
+        ("flags", []),
+        ("env", {}),
+        ("aliases", []),
+        ("pinned", False),
+        ("description", ""),
+    ):
         if values.get(key, empty) is None:
             values[key] = empty
     return validate(Preset(name=name, **values))
@@ -628,15 +738,19 @@ def from_ini(text: str, catalog: FlagCatalog) -> tuple[list[Preset], list[str]]:
     for section, (header_line, items) in sections.items():
         name = _ini_name(section, header_line)
         if name in used:
-            raise UsageError(f"INI line {header_line}: section [{section}] would become preset "
-                             f"{name!r}, like the section on line {used[name]}")
+            raise UsageError(
+                f"INI line {header_line}: section [{section}] would become preset "
+                f"{name!r}, like the section on line {used[name]}"
+            )
         used[name] = header_line
         preset = Preset(name=name)
         if name != section:
             keep = bool(ALIAS_RE.fullmatch(section))
             preset.aliases = [section] if keep else []
-            warnings.append(f"[{section}] imported as preset {name!r}"
-                            + (f" answering to {section!r}" if keep else ""))
+            warnings.append(
+                f"[{section}] imported as preset {name!r}"
+                + (f" answering to {section!r}" if keep else "")
+            )
         chosen: dict[str, tuple[Flag, list[str]]] = {}
         for lineno, key, value in items:
             where = f"INI line {lineno}: [{section}] {key}"
@@ -657,14 +771,18 @@ def _ini_sections(text: str) -> dict[str, tuple[int, list[tuple[int, str, str]]]
         if header:
             current = header.group(1)
             if current in sections:
-                raise UsageError(f"INI line {lineno}: section [{current}] appears twice "
-                                 f"(first on line {sections[current][0]})")
+                raise UsageError(
+                    f"INI line {lineno}: section [{current}] appears twice "
+                    f"(first on line {sections[current][0]})"
+                )
             sections[current] = (lineno, [])
             continue
         kv = _KV_RE.fullmatch(line)
         if not kv:
-            raise UsageError(f"INI line {lineno}: expected [section], key = value or a "
-                             f"comment, got {line.strip()[:60]!r}")
+            raise UsageError(
+                f"INI line {lineno}: expected [section], key = value or a "
+                f"comment, got {line.strip()[:60]!r}"
+            )
         if kv.group(1) == "version":
             continue  # reserved by llama.cpp, skipped there too
         if current is None:
@@ -684,8 +802,16 @@ def _ini_name(section: str, lineno: int) -> str:
     return clean
 
 
-def _ini_item(catalog: FlagCatalog, env_index: dict[str, Flag], preset: Preset,
-              chosen: dict, where: str, key: str, value: str, warnings: list[str]) -> None:
+def _ini_item(
+    catalog: FlagCatalog,
+    env_index: dict[str, Flag],
+    preset: Preset,
+    chosen: dict,
+    where: str,
+    key: str,
+    value: str,
+    warnings: list[str],
+) -> None:
     """Apply one ``key = value`` of a section to ``preset`` (flags collect in ``chosen``)."""
     if key in _ROUTER_ONLY:
         warnings.append(f"{where}: a llama.cpp router option with no corral equivalent; ignored")
@@ -725,8 +851,11 @@ def _ini_tokens(flag: Flag, key: str, value: str, where: str) -> list[str]:
     return [flag.negation] if flag.negation else []  # llama.cpp drops a false switch
 
 
-def to_ini(presets: Iterable[Preset], catalog: FlagCatalog,
-           model_path: Callable[[str], str | None] | None = None) -> tuple[str, list[str]]:
+def to_ini(
+    presets: Iterable[Preset],
+    catalog: FlagCatalog,
+    model_path: Callable[[str], str | None] | None = None,
+) -> tuple[str, list[str]]:
     """A llama.cpp ``--models-preset`` file for ``presets``, and warnings for what INI
     cannot hold. ``model_path(ref)`` turns a model of the index into its file path, since
     llama-server needs a path."""
@@ -735,15 +864,19 @@ def to_ini(presets: Iterable[Preset], catalog: FlagCatalog,
     for p in presets:
         lines = [f"[{p.name}]"]
         if p.model:
-            lines.append(_ini_line(p.name, "model", (model_path and model_path(p.model))
-                                   or p.model, warnings))
+            lines.append(
+                _ini_line(
+                    p.name, "model", (model_path and model_path(p.model)) or p.model, warnings
+                )
+            )
         if p.aliases:
             lines.append(_ini_line(p.name, "alias", ",".join(p.aliases), warnings))
         lines += _ini_flag_lines(catalog, p, warnings)
         dropped = [k for k in _CORRAL_ONLY if not _unset(getattr(p, k))]
         if dropped:
-            warnings.append(f"preset {p.name!r}: {', '.join(dropped)} cannot be written to "
-                            f"INI; left out")
+            warnings.append(
+                f"preset {p.name!r}: {', '.join(dropped)} cannot be written to INI; left out"
+            )
         blocks.append("\n".join(line for line in lines if line is not None) + "\n")
     return "\n".join(blocks), warnings
 
@@ -757,8 +890,10 @@ def _ini_flag_lines(catalog: FlagCatalog, preset: Preset, warnings: list[str]) -
     lines = []
     for flag, items in grouped.values():
         if flag.nargs > 1:
-            warnings.append(f"preset {preset.name!r}: {flag.long} takes two values, which "
-                            f"llama.cpp presets cannot hold; left out")
+            warnings.append(
+                f"preset {preset.name!r}: {flag.long} takes two values, which "
+                f"llama.cpp presets cannot hold; left out"
+            )
         elif not flag.takes_value:
             on = items[-1][0] not in flag.negations
             lines.append(f"{_ini_key(flag)} = {'true' if on else 'false'}")
@@ -778,7 +913,9 @@ def _ini_line(name: str, key: str, value: str, warnings: list[str]) -> str | Non
     """``key = value``, or None (and a warning) when llama.cpp would cut the value short."""
     bad = set(";#\r\n") & set(value)
     if bad:
-        warnings.append(f"preset {name!r}: {key} = {value!r} holds {''.join(sorted(bad))!r}, "
-                        f"which an INI value cannot hold; left out")
+        warnings.append(
+            f"preset {name!r}: {key} = {value!r} holds {''.join(sorted(bad))!r}, "
+            f"which an INI value cannot hold; left out"
+        )
         return None
     return f"{key} = {value}"

@@ -43,10 +43,20 @@ class PullJob:
         eta = None
         if self.speed > 0 and self.total:
             eta = max(0.0, (self.total - self.done) / self.speed)
-        return {"id": self.id, "ref": self.ref, "state": self.state, "total": self.total,
-                "done": self.done, "speed": round(self.speed), "eta": eta,
-                "files": self.files, "error": self.error, "error_code": self.error_code,
-                "model": self.model_id, "created_at": self.created_at}
+        return {
+            "id": self.id,
+            "ref": self.ref,
+            "state": self.state,
+            "total": self.total,
+            "done": self.done,
+            "speed": round(self.speed),
+            "eta": eta,
+            "files": self.files,
+            "error": self.error,
+            "error_code": self.error_code,
+            "model": self.model_id,
+            "created_at": self.created_at,
+        }
 
 
 class PullManager:
@@ -56,7 +66,8 @@ class PullManager:
         self.settings = settings
         self.store = store
         self.hub_factory = hub_factory or (
-            lambda: hubmod.Hub(settings.hf_endpoint, settings.hf_token or None))
+            lambda: hubmod.Hub(settings.hf_endpoint, settings.hf_token or None)
+        )
         self.jobs: dict[str, PullJob] = {}
         self.events = Broadcaster()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,9 +80,16 @@ class PullManager:
             state = row["state"]
             if state in ACTIVE:  # the daemon died during it: the partial files remain
                 state = "interrupted"
-            job = PullJob(id=row["id"], ref=row["ref"], state=state, total=row["total"],
-                          done=row["done"], error=row["error"], model_id=row["model_id"],
-                          created_at=row["created_at"])
+            job = PullJob(
+                id=row["id"],
+                ref=row["ref"],
+                state=state,
+                total=row["total"],
+                done=row["done"],
+                error=row["error"],
+                model_id=row["model_id"],
+                created_at=row["created_at"],
+            )
             self.jobs[job.id] = job
 
     # -- API ---------------------------------------------------------------------------
@@ -87,8 +105,9 @@ class PullManager:
     async def start(self, ref_text: str) -> PullJob:
         """Start pulling ``ref_text``; an identical pull already running is returned."""
         ref = hubmod.parse_ref(ref_text)  # bad input fails here, before any job exists
-        ref = hubmod.ModelRef(ref.repo, ref.revision, ref.quant.upper() if ref.quant else None,
-                              ref.filename)
+        ref = hubmod.ModelRef(
+            ref.repo, ref.revision, ref.quant.upper() if ref.quant else None, ref.filename
+        )
         for job in self.jobs.values():
             if job.ref.lower() == str(ref).lower() and job.state in ACTIVE:
                 return job
@@ -157,19 +176,33 @@ class PullManager:
             if missing:  # e.g. `corral rm` of a model sharing this mmproj, mid-pull
                 raise hubmod.HubError(f"{missing[0].name} vanished during the pull; pull again")
             n = len(plan.files)
-            files = [{"path": str(p), "size": f.size, "sha256": f.sha256}
-                     for p, f in zip(paths[:n], plan.files)]
+            files = [
+                {"path": str(p), "size": f.size, "sha256": f.sha256}
+                for p, f in zip(paths[:n], plan.files, strict=False)
+            ]
             record = models.register_download(
-                self.store, repo=plan.repo, revision=plan.revision,
-                filename=plan.files[0].path, files=files,
-                mmproj=str(paths[n]) if plan.mmproj else None, quant=plan.quant)
+                self.store,
+                repo=plan.repo,
+                revision=plan.revision,
+                filename=plan.files[0].path,
+                files=files,
+                mmproj=str(paths[n]) if plan.mmproj else None,
+                quant=plan.quant,
+            )
             job.model_id, job.state, job.done = record.id, "done", job.total
         except Cancelled:
-            job.state, job.error = "cancelled", "cancelled; the partial download is kept for a resume"
+            job.state, job.error = (
+                "cancelled",
+                "cancelled; the partial download is kept for a resume",
+            )
         except CorralError as exc:
             job.state, job.error, job.error_code = "failed", exc.message, exc.code
         except Exception as exc:  # noqa: BLE001 - a job must end, whatever went wrong
-            job.state, job.error, job.error_code = "failed", f"{type(exc).__name__}: {exc}", "internal"
+            job.state, job.error, job.error_code = (
+                "failed",
+                f"{type(exc).__name__}: {exc}",
+                "internal",
+            )
         self._persist(job)
         self._emit(job)
 
@@ -180,15 +213,17 @@ class PullManager:
         self._last_persist[job.id] = now
         with self.store.tx() as conn:
             if insert:
-                conn.execute("INSERT INTO pulls (id, ref, state, total, done, created_at, updated_at)"
-                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (job.id, job.ref, job.state, job.total, job.done, job.created_at,
-                              time.time()))
+                conn.execute(
+                    "INSERT INTO pulls (id, ref, state, total, done, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job.id, job.ref, job.state, job.total, job.done, job.created_at, time.time()),
+                )
             else:
-                conn.execute("UPDATE pulls SET state=?, total=?, done=?, error=?, model_id=?, "
-                             "updated_at=? WHERE id=?",
-                             (job.state, job.total, job.done, job.error, job.model_id,
-                              time.time(), job.id))
+                conn.execute(
+                    "UPDATE pulls SET state=?, total=?, done=?, error=?, model_id=?, "
+                    "updated_at=? WHERE id=?",
+                    (job.state, job.total, job.done, job.error, job.model_id, time.time(), job.id),
+                )
 
     def _emit(self, job: PullJob) -> None:
         if self._loop is None:

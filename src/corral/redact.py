@@ -86,7 +86,7 @@ def first_api_key(value: str) -> str | None:
         elif ch == '"' and not quoted:
             field.append(ch)  # a quote inside an unquoted field is literal
         elif ch == '"':
-            if value[i + 1:i + 2] == '"':
+            if value[i + 1 : i + 2] == '"':
                 field.append('"')
                 i += 1
             else:

@@ -23,8 +23,9 @@ again, and repeats until the start fits. When evicting every such instance would
 cover the shortfall, nothing is stopped and the answer is 503 with Retry-After, naming
 the short devices and what holds them (busy, pinned, loading, a user's); when not even
 everything corral runs there would cover it, the model does not fit this machine and
-the 409 ``no_room`` stands (retrying would not help). The budget counts an instance's host bytes from its plan (the file
-size when it was not planned: it fixed its own ``-ngl``/``-ts``/``--device``).
+the 409 ``no_room`` stands (retrying would not help). The budget counts an instance's
+host bytes from its plan (the file size when it was not planned: it fixed its own
+``-ngl``/``-ts``/``--device``).
 
 Who may start what. A request's caller is ``admin`` or ``inference`` (the guard puts it in
 the ASGI scope, :func:`caller_scope`). Anyone may have the router start what is meant
@@ -59,9 +60,21 @@ from corral.upstream import Pool, UpstreamError
 log = logging.getLogger("corral.router")
 
 #: Headers not passed between client and upstream (hop-by-hop, or recomputed).
-HOP_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "content-length",
-               "authorization", "te", "trailer", "upgrade", "proxy-authorization", "origin",
-               "cookie", "expect"}  # expect: the daemon's server already answered 100-continue
+HOP_HEADERS = {
+    "host",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "origin",
+    "cookie",
+    "expect",
+}  # expect: the daemon's server already answered 100-continue
 #: States in which an instance is (or will shortly be) serving.
 LIVE = (State.READY, State.STARTING, State.UNHEALTHY, State.BACKOFF)
 #: How much of a response is kept to read its usage once the client has it all.
@@ -118,9 +131,15 @@ class Usage:
     in_flight: int = 0
 
     def to_dict(self) -> dict:
-        return {"requests": self.requests, "errors": self.errors, "tokens_in": self.tokens_in,
-                "tokens_out": self.tokens_out, "tokens_per_second": self.tokens_per_second,
-                "last_used_at": self.last_used_at, "in_flight": self.in_flight}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "tokens_per_second": self.tokens_per_second,
+            "last_used_at": self.last_used_at,
+            "in_flight": self.in_flight,
+        }
 
 
 @dataclass
@@ -228,7 +247,8 @@ class Router:
                     raise Forbidden(
                         f"instance {rec.name!r} is {rec.state} and was launched by a user; "
                         "only an admin key may start it again "
-                        f"(corral start {rec.name}, or POST /api/v1/instances/{rec.name}/start)")
+                        f"(corral start {rec.name}, or POST /api/v1/instances/{rec.name}/start)"
+                    )
                 return None, Target(key=f"instance:{rec.name}", label=rec.name)
         preset = presets.find(self.supervisor.store, model)
         if preset is not None:
@@ -238,8 +258,10 @@ class Router:
         try:
             entry = models.resolve(self.supervisor.store, model)
         except NotFound:
-            raise NotFound(f"model {model!r} is not running, not a preset and not in the index "
-                           "(GET /v1/models lists what can be used)") from None
+            raise NotFound(
+                f"model {model!r} is not running, not a preset and not in the index "
+                "(GET /v1/models lists what can be used)"
+            ) from None
         rec = self._live(lambda r: r.model == entry.path and r.preset is None)
         return rec, Target(key=f"model:{entry.path}", label=entry.name, model=entry.id)
 
@@ -250,12 +272,17 @@ class Router:
             return rec, target.label
         # Requests that found the instance already launched count against the same queue
         # as those that asked for its start (the start links the two keys).
-        qkey = self._queue_alias.get(f"instance:{rec.name}", f"instance:{rec.name}") \
-            if rec is not None else target.key
+        qkey = (
+            self._queue_alias.get(f"instance:{rec.name}", f"instance:{rec.name}")
+            if rec is not None
+            else target.key
+        )
         waiting = self._waiting.get(qkey, 0)
         if waiting >= self.settings.router_queue_limit:
-            raise Busy(f"{waiting} requests already wait for {target.label!r} to load; "
-                       "try again shortly", retry_after=5)
+            raise Busy(
+                f"{waiting} requests already wait for {target.label!r} to load; try again shortly",
+                retry_after=5,
+            )
         self._waiting[qkey] = waiting + 1
         self.metrics.queue_depth.labels(target.label).set(waiting + 1)
         try:
@@ -265,9 +292,11 @@ class Router:
                 ready = await self._await_ready(rec, target)
             return ready, target.label
         except TimeoutError:
-            raise Busy(f"{target.label!r} is still loading after "
-                       f"{self.settings.router_queue_timeout:g} s; try again later",
-                       retry_after=30) from None
+            raise Busy(
+                f"{target.label!r} is still loading after "
+                f"{self.settings.router_queue_timeout:g} s; try again later",
+                retry_after=30,
+            ) from None
         finally:
             left = self._waiting[qkey] - 1
             if left:
@@ -306,16 +335,19 @@ class Router:
             self._idled.discard(name)  # running again; idle it out again to earn it back
             async with self._evict_lock:
                 rec = await self._launch_with_room(
-                    lambda: self.supervisor.start_instance(name), target.label)
+                    lambda: self.supervisor.start_instance(name), target.label
+                )
         else:
-            spec = await presets.compose(self.supervisor, preset=target.preset,
-                                         model=target.model, origin="router")
+            spec = await presets.compose(
+                self.supervisor, preset=target.preset, model=target.model, origin="router"
+            )
             if spec.name is None:
                 spec.name = self._free_name(target.label)
             async with self._evict_lock:  # room made and taken in one step
                 await self._make_room(await self._host_need(spec))
-                rec = await self._launch_with_room(lambda: self.supervisor.launch(spec),
-                                                   target.label)
+                rec = await self._launch_with_room(
+                    lambda: self.supervisor.launch(spec), target.label
+                )
             self._queue_alias[f"instance:{rec.name}"] = target.key
         self._publish("starting", rec.name, target.label)
         try:
@@ -334,7 +366,8 @@ class Router:
         from corral.supervisor.supervisor import derive_name
 
         taken = {r.name for r in self.supervisor.list()} | {
-            r.name for r in inst_table.list_all(self.supervisor.store)}
+            r.name for r in inst_table.list_all(self.supervisor.store)
+        }
         return derive_name(Path(base), taken)
 
     def _model_bytes(self, model: str | None) -> int:
@@ -366,15 +399,22 @@ class Router:
 
     # -- eviction and idle TTL ----------------------------------------------------------
     def _router_live(self) -> list:
-        return [r for r in self.supervisor.list()
-                if r.origin == "router" and r.desired == "running" and State(r.state) in LIVE]
+        return [
+            r
+            for r in self.supervisor.list()
+            if r.origin == "router" and r.desired == "running" and State(r.state) in LIVE
+        ]
 
     def evictable(self) -> list:
         """Router-started instances that may be stopped now, least recently used first."""
         usage = self._usage
-        out = [r for r in self._router_live()
-               if not r.pinned and State(r.state) is not State.STARTING
-               and (usage.get(r.name) or Usage()).in_flight == 0]
+        out = [
+            r
+            for r in self._router_live()
+            if not r.pinned
+            and State(r.state) is not State.STARTING
+            and (usage.get(r.name) or Usage()).in_flight == 0
+        ]
         return sorted(out, key=lambda r: self._last_used.get(r.name, 0.0))
 
     async def _make_room(self, needed_bytes: int) -> None:
@@ -385,15 +425,19 @@ class Router:
         while True:
             live = self._router_live()
             over_cap = cap > 0 and len(live) >= cap
-            over_budget = budget > 0 and live and \
-                sum(_host_bytes(r) for r in live) + needed_bytes > budget
+            over_budget = (
+                budget > 0 and live and sum(_host_bytes(r) for r in live) + needed_bytes > budget
+            )
             if not over_cap and not over_budget:
                 return
             victims = self.evictable()
             if not victims:
-                why = (f"all {len(live)} router-started instances are busy, pinned or loading "
-                       f"(cap {cap})" if over_cap else
-                       f"the memory budget ({budget} bytes) is held by busy instances")
+                why = (
+                    f"all {len(live)} router-started instances are busy, pinned or loading "
+                    f"(cap {cap})"
+                    if over_cap
+                    else f"the memory budget ({budget} bytes) is held by busy instances"
+                )
                 raise Busy(why + "; try again shortly", retry_after=10)
             await self._retire(victims[0], "evicted (least recently used)")
 
@@ -422,12 +466,18 @@ class Router:
     def _memory_victim(self, short: dict[str, int], label: str, exc: NoRoom, tried: set[str]):
         """The LRU evictable router instance holding memory on a ``short`` device, or a
         Busy saying why there is none worth stopping (see :meth:`_launch_with_room`)."""
-        holders = [r for r in self.supervisor.list()
-                   if r.desired == "running" and any(_held_on(r, d) for d in short)]
+        holders = [
+            r
+            for r in self.supervisor.list()
+            if r.desired == "running" and any(_held_on(r, d) for d in short)
+        ]
         if sum(_held_on(r, d) for r in holders for d in short) < sum(short.values()):
             raise exc  # not even with every instance gone: waiting will not help
-        candidates = [r for r in self.evictable()
-                      if r.name not in tried and any(_held_on(r, d) for d in short)]
+        candidates = [
+            r
+            for r in self.evictable()
+            if r.name not in tried and any(_held_on(r, d) for d in short)
+        ]
         freeable = sum(_held_on(r, d) for r in candidates for d in short)
         if candidates and freeable >= sum(short.values()):
             return candidates[0]
@@ -436,12 +486,18 @@ class Router:
         missing = ", ".join(f"{dev} is short {human_bytes(n)}" for dev, n in sorted(short.items()))
         kept = [r for r in holders if r not in candidates]
         why = ", ".join(f"{r.name} ({_keep_reason(r, self._usage)})" for r in kept)
-        raise Busy(f"no room for {label!r}: {missing}"
-                   + (f", held by {why}" if why else "")
-                   + ("" if not candidates else
-                      f"; evicting {', '.join(r.name for r in candidates)} would free only "
-                      f"{human_bytes(freeable)}")
-                   + "; try again shortly", retry_after=10)
+        raise Busy(
+            f"no room for {label!r}: {missing}"
+            + (f", held by {why}" if why else "")
+            + (
+                ""
+                if not candidates
+                else f"; evicting {', '.join(r.name for r in candidates)} would free only "
+                f"{human_bytes(freeable)}"
+            )
+            + "; try again shortly",
+            retry_after=10,
+        )
 
     async def _retire(self, rec, reason: str) -> None:
         """Stop a router instance and forget it (its log is kept); user ones are only stopped."""
@@ -468,8 +524,11 @@ class Router:
         for key in [k for k in self._series if k[1] == instance]:
             del self._series[key]
             label, name, endpoint, status = key
-            for metric, labels in ((m.requests, (label, name, endpoint, str(status))),
-                                   (m.errors, (label, name)), (m.tokens_per_second, (label, name))):
+            for metric, labels in (
+                (m.requests, (label, name, endpoint, str(status))),
+                (m.errors, (label, name)),
+                (m.tokens_per_second, (label, name)),
+            ):
                 try:
                     metric.remove(*labels)
                 except KeyError:  # already removed through another key
@@ -505,8 +564,13 @@ class Router:
 
     async def _reap_idle(self) -> None:
         while True:
-            ttls = [t for t in (self.idle_ttl_of(r) for r in self.supervisor.list()
-                                if r.desired == "running") if t > 0]
+            ttls = [
+                t
+                for t in (
+                    self.idle_ttl_of(r) for r in self.supervisor.list() if r.desired == "running"
+                )
+                if t > 0
+            ]
             await asyncio.sleep(max(0.5, min([5.0] + [t / 4 for t in ttls])))
             try:
                 await self.reap_idle_once()
@@ -514,8 +578,9 @@ class Router:
                 log.exception("idle reaper")
 
     def _publish(self, kind: str, instance: str, model: str, **extra) -> None:
-        self.events.publish({"type": kind, "instance": instance, "model": model,
-                             "time": time.time(), **extra})
+        self.events.publish(
+            {"type": kind, "instance": instance, "model": model, "time": time.time(), **extra}
+        )
 
     # -- listing -------------------------------------------------------------------------
     def models(self) -> list[dict]:
@@ -525,9 +590,17 @@ class Router:
 
         out, running_paths, running_presets = [], set(), set()
         for rec in self.supervisor.list():
-            out.append({"id": rec.name, "object": "model", "owned_by": "corral",
-                        "kind": "instance", "state": rec.state, "model_path": rec.model,
-                        "aliases": rec.aliases})
+            out.append(
+                {
+                    "id": rec.name,
+                    "object": "model",
+                    "owned_by": "corral",
+                    "kind": "instance",
+                    "state": rec.state,
+                    "model_path": rec.model,
+                    "aliases": rec.aliases,
+                }
+            )
             if rec.desired == "running" and State(rec.state) in LIVE:
                 running_paths.add(rec.model)
                 if rec.preset:
@@ -535,13 +608,27 @@ class Router:
         for p in presets.list_all(self.supervisor.store):
             if p.name == "*":
                 continue
-            out.append({"id": p.name, "object": "model", "owned_by": "corral", "kind": "preset",
-                        "state": "running" if p.name in running_presets else "stopped",
-                        "aliases": p.aliases})
+            out.append(
+                {
+                    "id": p.name,
+                    "object": "model",
+                    "owned_by": "corral",
+                    "kind": "preset",
+                    "state": "running" if p.name in running_presets else "stopped",
+                    "aliases": p.aliases,
+                }
+            )
         for m in model_table.list_all(self.supervisor.store):
-            out.append({"id": m.name, "object": "model", "owned_by": "corral", "kind": "model",
-                        "state": "running" if m.path in running_paths else "stopped",
-                        "model_path": m.path})
+            out.append(
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "owned_by": "corral",
+                    "kind": "model",
+                    "state": "running" if m.path in running_paths else "stopped",
+                    "model_path": m.path,
+                }
+            )
         return out
 
     def usage(self) -> dict:
@@ -557,8 +644,10 @@ class Router:
             m.in_flight += u.in_flight
             if u.last_used_at and (m.last_used_at or 0) < u.last_used_at:
                 m.last_used_at, m.tokens_per_second = u.last_used_at, u.tokens_per_second
-        return {"instances": {k: v.to_dict() for k, v in self._usage.items()},
-                "models": {k: v.to_dict() for k, v in per_model.items()}}
+        return {
+            "instances": {k: v.to_dict() for k, v in self._usage.items()},
+            "models": {k: v.to_dict() for k, v in per_model.items()},
+        }
 
     # -- forwarding ------------------------------------------------------------------------
     def upstream_key(self, rec) -> str | None:
@@ -590,8 +679,10 @@ class Router:
     @staticmethod
     def _usable(instance: str, key: str, where: str) -> str:
         if any(c in key for c in "\r\n\0"):  # would break (or forge) the request's headers
-            raise UpstreamKeyError(f"instance {instance!r}: the API key in {where} holds a "
-                                   "line break or NUL, which no HTTP header can carry")
+            raise UpstreamKeyError(
+                f"instance {instance!r}: the API key in {where} holds a "
+                "line break or NUL, which no HTTP header can carry"
+            )
         return key
 
     def _key_from_file(self, instance: str, path: str) -> str:
@@ -604,12 +695,14 @@ class Router:
                 key = first_key_line(f.read(64 * 1024))
         except (OSError, UnicodeDecodeError) as exc:
             self._key_files.pop(path, None)
-            raise UpstreamKeyError(f"instance {instance!r} wants the API key in {path}, which "
-                                   f"cannot be read: {getattr(exc, 'strerror', None) or exc}") \
-                from None
+            raise UpstreamKeyError(
+                f"instance {instance!r} wants the API key in {path}, which "
+                f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
         if key is None:
-            raise UpstreamKeyError(f"instance {instance!r} wants the API key in {path}, which "
-                                   "holds no key line")
+            raise UpstreamKeyError(
+                f"instance {instance!r} wants the API key in {path}, which holds no key line"
+            )
         key = self._usable(instance, key, path)
         self._key_files[path] = (st.st_mtime_ns, st.st_size, key)
         return key
@@ -623,8 +716,18 @@ class Router:
         u.in_flight += 1
         return u
 
-    def end(self, rec, label: str, u: Usage, *, status: int, ttft: float | None,
-            elapsed: float, tail: bytes | None, endpoint: str) -> None:
+    def end(
+        self,
+        rec,
+        label: str,
+        u: Usage,
+        *,
+        status: int,
+        ttft: float | None,
+        elapsed: float,
+        tail: bytes | None,
+        endpoint: str,
+    ) -> None:
         """Record a finished request: counters, tokens from usage/timings, metrics."""
         u.in_flight -= 1
         u.requests += 1
@@ -639,9 +742,13 @@ class Router:
             m = self.metrics
             series = self._series[key] = (
                 m.requests.labels(label, rec.name, endpoint, str(status)),
-                m.errors.labels(label, rec.name), m.latency.labels(label),
-                m.ttft.labels(label), m.tokens_in.labels(label), m.tokens_out.labels(label),
-                m.tokens_per_second.labels(label, rec.name))
+                m.errors.labels(label, rec.name),
+                m.latency.labels(label),
+                m.ttft.labels(label),
+                m.tokens_in.labels(label),
+                m.tokens_out.labels(label),
+                m.tokens_per_second.labels(label, rec.name),
+            )
         requests, errors, latency, ttft_h, tokens_in, tokens_out, tps_g = series
         requests.inc()
         if error:
@@ -684,8 +791,9 @@ def _host_bytes(rec) -> int:
     puts on the host, or (not planned) its model file's size."""
     placement = getattr(rec, "placement", None)
     if placement and any(d.get("kind") == "host" for d in placement.get("devices", ())):
-        return sum(int(d.get("used_bytes") or 0) for d in placement["devices"]
-                   if d.get("kind") == "host")
+        return sum(
+            int(d.get("used_bytes") or 0) for d in placement["devices"] if d.get("kind") == "host"
+        )
     return _file_bytes(rec.model)  # a resolved path already: stat it, no lookup
 
 
@@ -743,7 +851,7 @@ def _object_after(data: bytes, marker: bytes) -> dict | None:
     at = data.rfind(marker)
     if at < 0:
         return None
-    window = data[at + len(marker):at + len(marker) + 8192].decode("utf-8", "replace")
+    window = data[at + len(marker) : at + len(marker) + 8192].decode("utf-8", "replace")
     rest = window.lstrip()
     if not rest.startswith(":"):
         return None
@@ -769,5 +877,5 @@ def parse_request(body: bytes) -> tuple[str, bool]:
         raise _BadRequest("request body must be a JSON object")
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise _BadRequest("request body needs a \"model\" (see GET /v1/models)")
+        raise _BadRequest('request body needs a "model" (see GET /v1/models)')
     return model, data.get("stream") is True

@@ -50,8 +50,14 @@ def private_umask() -> None:
 
 
 #: State files at the top of CORRAL_HOME that secure_home tightens, and folders it walks.
-_TOP_FILES = ("corral.db", "corral.db-wal", "corral.db-shm", "config.toml", "daemon.lock",
-              "daemon.token")
+_TOP_FILES = (
+    "corral.db",
+    "corral.db-wal",
+    "corral.db-shm",
+    "config.toml",
+    "daemon.lock",
+    "daemon.token",
+)
 _WALKED_DIRS = ("logs", "cache")
 
 
@@ -119,12 +125,16 @@ class Settings:
     crash_limit: int = 5
     crash_window: float = 300.0
     idle_ttl: float = 1800.0  # seconds an instance may sit unused before it is stopped; 0 = never
-    router_max_instances: int = 4  # router-started instances running at once; LRU beyond; 0 = no cap
+    router_max_instances: int = (
+        4  # router-started instances running at once; LRU beyond; 0 = no cap
+    )
     # host RAM router-started instances may hold (planned host bytes, else file size); 0 = none
     router_memory_budget: int = 0
     router_queue_limit: int = 256  # requests waiting for one loading model; more get 503
     router_queue_timeout: float = 600.0  # seconds a request waits for its model to load, then 503
-    router_heartbeat: float = 5.0  # seconds between SSE comments sent to streaming clients while loading
+    router_heartbeat: float = (
+        5.0  # seconds between SSE comments sent to streaming clients while loading
+    )
     # memory planning (see corral fit)
     fit: bool = True  # plan every launch that does not fix -ngl/-ts/--device itself
     fit_devices: str = ""  # simulate the devices ("12GiB,8GiB", "none"); empty = detect them

@@ -65,8 +65,18 @@ class _Events:
 class Response:
     """An upstream response whose body is read with :meth:`chunks`."""
 
-    __slots__ = ("status", "headers", "complete", "_conn", "_pool", "_key", "_parser",
-                 "_events", "_keep_alive", "_until_close")
+    __slots__ = (
+        "status",
+        "headers",
+        "complete",
+        "_conn",
+        "_pool",
+        "_key",
+        "_parser",
+        "_events",
+        "_keep_alive",
+        "_until_close",
+    )
 
     def __init__(self, status: int, conn, pool, key, parser, events: _Events) -> None:
         self.status = status
@@ -78,8 +88,10 @@ class Response:
         self._parser = parser
         self._events = events
         connection = self.header(b"connection") or b""
-        framed = self.header(b"content-length") is not None or \
-            b"chunked" in (self.header(b"transfer-encoding") or b"").lower()
+        framed = (
+            self.header(b"content-length") is not None
+            or b"chunked" in (self.header(b"transfer-encoding") or b"").lower()
+        )
         self._keep_alive = framed and b"close" not in connection.lower()
         self._until_close = not framed
 
@@ -172,8 +184,10 @@ class Pool:
                     async with asyncio.timeout(CONNECT_TIMEOUT):
                         conn = await asyncio.open_connection(host, port)
                 except (OSError, TimeoutError) as exc:
-                    raise UpstreamError(f"cannot connect to {host}:{port}: "
-                                        f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+                    raise UpstreamError(
+                        f"cannot connect to {host}:{port}: "
+                        f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+                    ) from None
             reader, writer = conn
             events = _Events()
             parser = events.parser = httptools.HttpResponseParser(events)
@@ -196,8 +210,9 @@ class Pool:
                 raise UpstreamError(f"{host}:{port} did not answer: {type(exc).__name__}") from None
             except httptools.HttpParserError as exc:
                 writer.transport.abort()
-                raise UpstreamError(f"{host}:{port} answered something that is not HTTP: "
-                                    f"{exc}") from None
+                raise UpstreamError(
+                    f"{host}:{port} answered something that is not HTTP: {exc}"
+                ) from None
             return Response(parser.get_status_code(), conn, self, key, parser, events)
         raise AssertionError("unreachable")
 

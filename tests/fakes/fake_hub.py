@@ -1,4 +1,4 @@
-"""A fake HuggingFace Hub: a real HTTP server on 127.0.0.1 that speaks what huggingface_hub 2.4.0 asks.
+"""A fake HuggingFace Hub: a real HTTP server on 127.0.0.1 speaking what huggingface_hub 2.4.0 asks.
 
 Usage::
 
@@ -8,12 +8,14 @@ Usage::
 
 Served endpoints (shapes copied from the real Hub / what the library parses):
 
-- ``GET /api/models`` (search, author, filter (repeatable), sort, direction, limit, cursor) → list of
-  model dicts; pages of ``page_size`` with a ``Link: <...>; rel="next"`` header when no limit is given.
+- ``GET /api/models`` (search, author, filter (repeatable), sort, direction, limit, cursor) → list
+  of model dicts; pages of ``page_size`` with a ``Link: <...>; rel="next"`` header when no limit
+  is given.
 - ``GET /api/models/{repo}`` and ``/api/models/{repo}/revision/{rev}`` → info with ``sha`` and
   ``siblings`` (``size``/``blobId``/``lfs`` only when ``blobs=true``, like the Hub).
 - ``GET /api/models/{repo}/tree/{rev}[/{path}]?recursive=`` → ``[{type, oid, size, path, lfs?}]``.
-- ``HEAD``/``GET /{repo}/resolve/{rev}/{file}`` → ETag (sha256 for LFS files, git blob sha1 otherwise),
+- ``HEAD``/``GET /{repo}/resolve/{rev}/{file}`` → ETag (sha256 for LFS files, git blob sha1
+  otherwise),
   X-Repo-Commit, X-Linked-Etag, X-Linked-Size, Content-Length, Accept-Ranges, Range → 206.
   With ``cdn=True`` LFS files answer ``302`` to a second server (another port = another origin, so
   the library does not follow the HEAD redirect and strips ``Authorization`` for the GET).
@@ -207,7 +209,9 @@ class _Handler(BaseHTTPRequestHandler):
             path=path,
             query=self._query,
             range=self.headers.get("Range"),
-            headers={"-".join(w.capitalize() for w in k.split("-")): v for k, v in self.headers.items()},
+            headers={
+                "-".join(w.capitalize() for w in k.split("-")): v for k, v in self.headers.items()
+            },
         )
         hub._record(self._entry)
         try:
@@ -233,7 +237,9 @@ class _Handler(BaseHTTPRequestHandler):
         h = {"Content-Type": "application/json; charset=utf-8", **(headers or {})}
         self._send(status, h, json.dumps(obj).encode())
 
-    def _error(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None) -> None:
+    def _error(
+        self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         h = {"X-Error-Message": message, **(headers or {})}
         if code:
             h["X-Error-Code"] = code
@@ -276,7 +282,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/api/whoami-v2",):
             token = self._token()
             if token and token in hub.valid_tokens:
-                return self._json({"type": "user", "name": "fake-user", "auth": {"type": "access_token"}})
+                return self._json(
+                    {"type": "user", "name": "fake-user", "auth": {"type": "access_token"}}
+                )
             return self._error(401, None, "Invalid credentials in Authorization header")
         self._error(404, None, "Not Found")
 
@@ -298,13 +306,14 @@ class _Handler(BaseHTTPRequestHandler):
             if not allowed:
                 if not authed:
                     msg = (
-                        f"Access to model {repo_id} is restricted. You must have access to it and be "
-                        "authenticated to access it. Please log in."
+                        f"Access to model {repo_id} is restricted. You must have access to it "
+                        "and be authenticated to access it. Please log in."
                     )
                     self._error(401, "GatedRepo", msg)
                 else:
                     msg = (
-                        f"Access to model {repo_id} is restricted and you are not in the authorized list. "
+                        f"Access to model {repo_id} is restricted and you are not in the "
+                        "authorized list. "
                         f"Visit https://huggingface.co/{repo_id} to ask for access."
                     )
                     self._error(403, "GatedRepo", msg)
@@ -340,7 +349,9 @@ class _Handler(BaseHTTPRequestHandler):
         sub = unquote("/".join(tail[2:])).strip("/")
         return self._tree(repo, rev, sub)
 
-    def _model_dict(self, repo: FakeRepo, rev: FakeRevision, *, blobs: bool, siblings: bool) -> dict:
+    def _model_dict(
+        self, repo: FakeRepo, rev: FakeRevision, *, blobs: bool, siblings: bool
+    ) -> dict:
         d: dict[str, Any] = {
             "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],
             "id": repo.repo_id,
@@ -366,7 +377,11 @@ class _Handler(BaseHTTPRequestHandler):
                     s["blobId"] = f.git_oid
                     s["size"] = f.size
                     if f.lfs:
-                        s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": LFS_POINTER_SIZE}
+                        s["lfs"] = {
+                            "sha256": f.sha256,
+                            "size": f.size,
+                            "pointerSize": LFS_POINTER_SIZE,
+                        }
                 sibs.append(s)
             d["siblings"] = sibs
             if blobs:
@@ -422,7 +437,8 @@ class _Handler(BaseHTTPRequestHandler):
             nq["cursor"] = [str(cursor + page_size)]
             headers["Link"] = f'<{hub.url}/api/models?{urlencode(nq, doseq=True)}>; rel="next"'
         self._json(
-            [self._model_dict(r, r.default, blobs=False, siblings=full) for r in page], headers=headers
+            [self._model_dict(r, r.default, blobs=False, siblings=full) for r in page],
+            headers=headers,
         )
 
     def _tree(self, repo: FakeRepo, rev: FakeRevision, sub: str) -> None:
@@ -430,8 +446,12 @@ class _Handler(BaseHTTPRequestHandler):
         prefix = sub + "/" if sub else ""
         files = [f for p, f in sorted(rev.files.items()) if p.startswith(prefix)]
         if sub and not files:
-            return self._error(404, "EntryNotFound", f"{sub} does not exist on \"{rev.name}\"",
-                               {"X-Repo-Commit": rev.commit})
+            return self._error(
+                404,
+                "EntryNotFound",
+                f'{sub} does not exist on "{rev.name}"',
+                {"X-Repo-Commit": rev.commit},
+            )
         entries: list[dict] = []
         seen_dirs: set[str] = set()
         for f in files:
@@ -443,8 +463,14 @@ class _Handler(BaseHTTPRequestHandler):
                 d = prefix + "/".join(dir_parts[: i + 1])
                 if d not in seen_dirs:
                     seen_dirs.add(d)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(),
-                                    "size": 0, "path": d})
+                    entries.append(
+                        {
+                            "type": "directory",
+                            "oid": hashlib.sha1(d.encode()).hexdigest(),
+                            "size": 0,
+                            "path": d,
+                        }
+                    )
             if dir_parts and not recursive:
                 continue
             e: dict[str, Any] = {"type": "file", "oid": f.git_oid, "size": f.size, "path": f.path}
@@ -459,7 +485,7 @@ class _Handler(BaseHTTPRequestHandler):
             "X-Repo-Commit": rev.commit,
             "ETag": f'"{etag}"',
             "Accept-Ranges": "bytes",
-            "Content-Disposition": f'inline; filename*=UTF-8\'\'{quote(f.path.split("/")[-1])}; '
+            "Content-Disposition": f"inline; filename*=UTF-8''{quote(f.path.split('/')[-1])}; "
             f'filename="{f.path.split("/")[-1]}";',
             "Content-Type": "application/octet-stream",
         }
@@ -478,18 +504,25 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev_name}")
         f = rev.files.get(file_path)
         if f is None:
-            return self._error(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": rev.commit})
+            return self._error(
+                404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": rev.commit}
+            )
         headers = self._file_headers(repo, rev, f)
         if hub.cdn and f.lfs:
             # Only status faults fire on the redirect; body faults wait for the CDN GET.
-            self._check_fault([f"{repo_id}/{file_path}", file_path, unquote(self._raw_path)], status_only=True)
+            self._check_fault(
+                [f"{repo_id}/{file_path}", file_path, unquote(self._raw_path)], status_only=True
+            )
             if self._entry.status is not None:
                 return
-            loc = f"{hub.cdn_url}/repos/{repo_id}/{rev.commit}/{quote(file_path)}?X-Amz-Signature=fake"
+            loc = f"{hub.cdn_url}/repos/{repo_id}/{rev.commit}/{quote(file_path)}"
+            loc += "?X-Amz-Signature=fake"
             headers["Location"] = loc
             # A redirect carries no body; Content-Length is that of the (empty) redirect body.
             return self._send(302, headers)
-        self._serve_bytes(f, headers, [f"{repo_id}/{file_path}", file_path, unquote(self._raw_path)])
+        self._serve_bytes(
+            f, headers, [f"{repo_id}/{file_path}", file_path, unquote(self._raw_path)]
+        )
 
     # -- bytes (hub direct or cdn) ---------------------------------------------------------
     def _serve_bytes(self, f: FakeFile, headers: dict[str, str], fault_keys: list[str]) -> None:
@@ -513,8 +546,13 @@ class _Handler(BaseHTTPRequestHandler):
                     start = int(first)
                     end = min(size, int(last) + 1) if last else size
                 if start >= size or start >= end:
-                    return self._send(416, {"Content-Range": f"bytes */{size}", **{
-                        k: v for k, v in headers.items() if k.startswith("X-")}})
+                    return self._send(
+                        416,
+                        {
+                            "Content-Range": f"bytes */{size}",
+                            **{k: v for k, v in headers.items() if k.startswith("X-")},
+                        },
+                    )
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
             except ValueError:
@@ -560,7 +598,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404)
         # /repos/{repo_id (1 or 2 parts)}/{commit}/{file...}
         parts = raw[len("/repos/") :].split("/")
-        idx = next((i for i, p in enumerate(parts) if len(p) == 40 and all(c in "0123456789abcdef" for c in p)), None)
+        idx = next(
+            (
+                i
+                for i, p in enumerate(parts)
+                if len(p) == 40 and all(c in "0123456789abcdef" for c in p)
+            ),
+            None,
+        )
         if idx is None:
             return self._send(404)
         repo_id = unquote("/".join(parts[:idx]))
@@ -606,8 +651,12 @@ class FakeHub:
         roles = ["hub"] + (["cdn"] if self.cdn else [])
         for role in roles:
             srv = _Server(self, role)
-            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
-                                 name=f"fake-hub-{role}", daemon=True)
+            t = threading.Thread(
+                target=srv.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"fake-hub-{role}",
+                daemon=True,
+            )
             t.start()
             self._servers.append((srv, t))
             url = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -657,8 +706,14 @@ class FakeHub:
         """
         built: dict[str, FakeFile] = {}
         for p, content in files.items():
-            is_lfs = (p in lfs) if lfs is not None else (Path(p).suffix.lower() not in NON_LFS_SUFFIXES
-                                                          and Path(p).name != ".gitattributes")
+            is_lfs = (
+                (p in lfs)
+                if lfs is not None
+                else (
+                    Path(p).suffix.lower() not in NON_LFS_SUFFIXES
+                    and Path(p).name != ".gitattributes"
+                )
+            )
             if isinstance(content, Path):
                 h = hashlib.sha256()
                 size = 0
@@ -673,13 +728,22 @@ class FakeHub:
             else:
                 data = content.encode() if isinstance(content, str) else bytes(content)
                 sha = hashlib.sha256(data).hexdigest()
-                ff = FakeFile(p, len(data), sha, _git_blob_sha1(data) if not is_lfs else "", is_lfs, data=data)
+                ff = FakeFile(
+                    p, len(data), sha, _git_blob_sha1(data) if not is_lfs else "", is_lfs, data=data
+                )
             if is_lfs:
-                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {ff.size}\n"
+                spec = "version https://git-lfs.github.com/spec/v1\n"
+                pointer = f"{spec}oid sha256:{sha}\nsize {ff.size}\n"
                 ff.git_oid = _git_blob_sha1(pointer.encode())
             built[p] = ff
         commit = hashlib.sha1(
-            (repo_id + "\0" + revision + "\0" + "".join(f"{p}:{f.sha256};" for p, f in sorted(built.items()))).encode()
+            (
+                repo_id
+                + "\0"
+                + revision
+                + "\0"
+                + "".join(f"{p}:{f.sha256};" for p, f in sorted(built.items()))
+            ).encode()
         ).hexdigest()
         if isinstance(last_modified, datetime):
             lm = _iso(last_modified)
@@ -723,7 +787,8 @@ class FakeHub:
         """Requests (hub resolve or CDN) whose path ends with /filename."""
         with self._lock:
             return [
-                e for e in self.log
+                e
+                for e in self.log
                 if e.path.endswith("/" + filename) and (method is None or e.method == method)
             ]
 

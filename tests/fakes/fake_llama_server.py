@@ -111,19 +111,75 @@ DEFAULTS: dict[str, object] = {
 # a value when the next token does not look like a flag. When the captured help text is
 # present, it is used instead (exact), see _flag_catalog().
 _SWITCH_HINT = {
-    "--embedding", "--embeddings", "--metrics", "--slots", "--no-slots", "--props",
-    "--verbose", "-v", "--log-verbose", "--no-mmap", "--mlock", "--cont-batching",
-    "--no-cont-batching", "-cb", "-nocb", "--jinja", "--no-jinja", "--flash-attn",
-    "--no-webui", "--webui", "--reranking", "--rerank", "--no-warmup", "--kv-unified",
-    "--log-disable", "--log-colors", "--log-prefix", "--log-timestamps", "--offline",
-    "--check-tensors", "--no-perf", "--perf", "--mmap", "--direct-io", "--no-direct-io",
-    "--cpu-strict", "--prio-batch", "--no-kv-offload", "-nkvo", "--context-shift",
-    "--no-context-shift", "--swa-full", "--special", "-sp", "--escape", "--no-escape",
-    "--lora-init-without-apply", "--cache-reuse-all", "--no-op-offload",
+    "--embedding",
+    "--embeddings",
+    "--metrics",
+    "--slots",
+    "--no-slots",
+    "--props",
+    "--verbose",
+    "-v",
+    "--log-verbose",
+    "--no-mmap",
+    "--mlock",
+    "--cont-batching",
+    "--no-cont-batching",
+    "-cb",
+    "-nocb",
+    "--jinja",
+    "--no-jinja",
+    "--flash-attn",
+    "--no-webui",
+    "--webui",
+    "--reranking",
+    "--rerank",
+    "--no-warmup",
+    "--kv-unified",
+    "--log-disable",
+    "--log-colors",
+    "--log-prefix",
+    "--log-timestamps",
+    "--offline",
+    "--check-tensors",
+    "--no-perf",
+    "--perf",
+    "--mmap",
+    "--direct-io",
+    "--no-direct-io",
+    "--cpu-strict",
+    "--prio-batch",
+    "--no-kv-offload",
+    "-nkvo",
+    "--context-shift",
+    "--no-context-shift",
+    "--swa-full",
+    "--special",
+    "-sp",
+    "--escape",
+    "--no-escape",
+    "--lora-init-without-apply",
+    "--cache-reuse-all",
+    "--no-op-offload",
 }
 
-_WORDS = ["Hello", ",", " I", " am", " a", " fake", " llama", " server", ".", " How",
-          " can", " I", " help", " you", " today", "?"]
+_WORDS = [
+    "Hello",
+    ",",
+    " I",
+    " am",
+    " a",
+    " fake",
+    " llama",
+    " server",
+    ".",
+    " How",
+    " can",
+    " I",
+    " help",
+    " you",
+    " today",
+    "?",
+]
 
 _LOG_LOCK = threading.Lock()
 _T0 = time.monotonic()
@@ -199,7 +255,7 @@ def load_config(model: str | None, environ: dict[str, str] | None = None) -> dic
                 cfg.update({str(k).lower(): v for k, v in data.items()})
     for key, raw in environ.items():
         if key.startswith("FAKE_LLAMA_"):
-            cfg[key[len("FAKE_LLAMA_"):].lower()] = _parse_env_value(raw)
+            cfg[key[len("FAKE_LLAMA_") :].lower()] = _parse_env_value(raw)
     return cfg
 
 
@@ -250,7 +306,7 @@ def _flag_catalog() -> dict[str, int] | None:
             if not m:
                 break
             names.append(m.group(1))
-            rest = rest[m.end():]
+            rest = rest[m.end() :]
             if not m.group(2):
                 break
         if rest and not rest.startswith(" "):  # not a flag line after all
@@ -312,7 +368,7 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Args:
         if eq:  # the real parser has no --flag=value form: strict mode rejects it
             a.unknown.append(tok)
 
-        def value() -> str | None:
+        def value(eq: str = eq, inline: str = inline) -> str | None:
             nonlocal i
             if eq:
                 return inline
@@ -491,8 +547,9 @@ def _error_body(message: str, type_: str, code: int) -> dict[str, object]:
 # The middleware answers (loading, 401, 404) use another key order: message, type, code.
 LOADING_BODY = {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
 NOT_FOUND_BODY = {"error": {"message": "File Not Found", "type": "not_found_error", "code": 404}}
-UNAUTHORIZED_BODY = {"error": {"message": "Invalid API Key", "type": "authentication_error",
-                               "code": 401}}
+UNAUTHORIZED_BODY = {
+    "error": {"message": "Invalid API Key", "type": "authentication_error", "code": 401}
+}
 
 
 def _count_tokens(value: object) -> int:
@@ -582,8 +639,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             data = json.loads(raw.decode("utf-8") if raw else "")
         except json.JSONDecodeError as e:
-            msg = (f"[json.exception.parse_error.101] parse error at line {e.lineno}, column "
-                   f"{e.colno}: syntax error while parsing value - {e.msg}")
+            msg = (
+                f"[json.exception.parse_error.101] parse error at line {e.lineno}, column "
+                f"{e.colno}: syntax error while parsing value - {e.msg}"
+            )
             self._exception(msg)
             return None
         except (ValueError, UnicodeDecodeError) as e:
@@ -654,7 +713,7 @@ class Handler(BaseHTTPRequestHandler):
         if st.args.api_keys and path not in ("/health", "/v1/health"):
             auth = self.headers.get("Authorization") or self.headers.get("X-Api-Key") or ""
             if auth.startswith("Bearer "):
-                auth = auth[len("Bearer "):]
+                auth = auth[len("Bearer ") :]
             if auth not in st.args.api_keys:
                 self._read_body()
                 self._send_json(401, UNAUTHORIZED_BODY)
@@ -677,8 +736,15 @@ class Handler(BaseHTTPRequestHandler):
         elif method == "GET" and path in ("/models", "/v1/models"):
             self._send_json(200, self._models())
         elif method == "GET" and path == "/props":
-            self._send_json(200, {"model_alias": st.model_name, "model_path": st.model_path or "",
-                                  "total_slots": 4, "build_info": st.fingerprint})
+            self._send_json(
+                200,
+                {
+                    "model_alias": st.model_name,
+                    "model_path": st.model_path or "",
+                    "total_slots": 4,
+                    "build_info": st.fingerprint,
+                },
+            )
         elif method == "GET" and path == "/":
             body = b"<!doctype html><title>llama.cpp (fake)</title>"
             self.send_response(200)
@@ -733,25 +799,49 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 size = 0
         return {
-            "models": [{
-                "name": st.model_name, "model": st.model_name, "modified_at": "", "size": "",
-                "digest": "", "type": "model", "description": "", "tags": [""],
-                "capabilities": ["completion"], "parameters": "",
-                "details": {"parent_model": "", "format": "gguf", "family": "", "families": [""],
-                            "parameter_size": "", "quantization_level": ""},
-            }],
+            "models": [
+                {
+                    "name": st.model_name,
+                    "model": st.model_name,
+                    "modified_at": "",
+                    "size": "",
+                    "digest": "",
+                    "type": "model",
+                    "description": "",
+                    "tags": [""],
+                    "capabilities": ["completion"],
+                    "parameters": "",
+                    "details": {
+                        "parent_model": "",
+                        "format": "gguf",
+                        "family": "",
+                        "families": [""],
+                        "parameter_size": "",
+                        "quantization_level": "",
+                    },
+                }
+            ],
             "object": "list",
-            "data": [{
-                "id": st.model_name,
-                "aliases": list(st.aliases),
-                "tags": [],
-                "object": "model",
-                "created": int(time.time()),
-                "owned_by": "llamacpp",
-                "meta": {"vocab_type": 1, "n_vocab": 32000, "n_ctx": 4096, "n_ctx_train": 32768,
-                         "n_embd": 640, "n_params": 268098176, "size": size,
-                         "ftype": "Q4_K - Medium"},
-            }],
+            "data": [
+                {
+                    "id": st.model_name,
+                    "aliases": list(st.aliases),
+                    "tags": [],
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "llamacpp",
+                    "meta": {
+                        "vocab_type": 1,
+                        "n_vocab": 32000,
+                        "n_ctx": 4096,
+                        "n_ctx_train": 32768,
+                        "n_embd": 640,
+                        "n_params": 268098176,
+                        "size": size,
+                        "ftype": "Q4_K - Medium",
+                    },
+                }
+            ],
         }
 
     def _completion(self, chat: bool) -> None:
@@ -767,7 +857,7 @@ class Handler(BaseHTTPRequestHandler):
             n_prompt = _count_tokens(msgs)
         else:
             if "prompt" not in body:
-                self._exception("\"prompt\" must be provided")
+                self._exception('"prompt" must be provided')
                 return
             n_prompt = _count_tokens(body.get("prompt"))
         n_natural = max(0, int(_num(st.cfg.get("tokens"), 8)))
@@ -790,11 +880,18 @@ class Handler(BaseHTTPRequestHandler):
 
         def done(n_done: int) -> None:
             t = timings(n_done)
-            slot("print_timing", task, f"       eval time = {t['predicted_ms']:10.2f} ms / "
-                 f"{n_done:5d} tokens ({t['predicted_per_token_ms']:8.2f} ms per token, "
-                 f"{t['predicted_per_second']:8.2f} tokens per second)")
-            slot("     release", task, f"stop processing: n_tokens = {n_prompt + n_done}, "
-                 "truncated = 0")
+            slot(
+                "print_timing",
+                task,
+                f"       eval time = {t['predicted_ms']:10.2f} ms / "
+                f"{n_done:5d} tokens ({t['predicted_per_token_ms']:8.2f} ms per token, "
+                f"{t['predicted_per_second']:8.2f} tokens per second)",
+            )
+            slot(
+                "     release",
+                task,
+                f"stop processing: n_tokens = {n_prompt + n_done}, truncated = 0",
+            )
 
         def timings(n_done: int) -> dict[str, object]:
             gen_ms = max((time.monotonic() - t0) * 1000.0, 1e-3)
@@ -811,13 +908,21 @@ class Handler(BaseHTTPRequestHandler):
             }
 
         def usage(n_done: int) -> dict[str, object]:
-            return {"completion_tokens": n_done, "prompt_tokens": n_prompt,
-                    "total_tokens": n_done + n_prompt,
-                    "prompt_tokens_details": {"cached_tokens": 0}}
+            return {
+                "completion_tokens": n_done,
+                "prompt_tokens": n_prompt,
+                "total_tokens": n_done + n_prompt,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            }
 
         def base(obj: str) -> dict[str, object]:
-            return {"created": int(time.time()), "id": cid, "model": model,
-                    "system_fingerprint": st.fingerprint, "object": obj}
+            return {
+                "created": int(time.time()),
+                "id": cid,
+                "model": model,
+                "system_fingerprint": st.fingerprint,
+                "object": obj,
+            }
 
         if not body.get("stream"):
             for _ in pieces:
@@ -828,17 +933,29 @@ class Handler(BaseHTTPRequestHandler):
                     with st.lock:
                         st.cancelled += 1
                     self.close_connection = True
-                    slot("     release", task, "stop processing: client disconnected, task cancelled")
+                    slot(
+                        "     release", task, "stop processing: client disconnected, task cancelled"
+                    )
                     return
             st.block_if_hung()
             text = "".join(pieces)
             if chat:
-                res = {"choices": [{"finish_reason": finish, "index": 0,
-                                    "message": {"role": "assistant", "content": text}}]}
+                res = {
+                    "choices": [
+                        {
+                            "finish_reason": finish,
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ]
+                }
                 res.update(base("chat.completion"))
             else:
-                res = {"choices": [{"text": text, "index": 0, "logprobs": None,
-                                    "finish_reason": finish}]}
+                res = {
+                    "choices": [
+                        {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+                    ]
+                }
                 res.update(base("text_completion"))
             res["usage"] = usage(n_gen)
             res["timings"] = timings(n_gen)
@@ -846,8 +963,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, res)
             return
 
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) \
-            if isinstance(body.get("stream_options"), dict) else False
+        include_usage = (
+            bool((body.get("stream_options") or {}).get("include_usage"))
+            if isinstance(body.get("stream_options"), dict)
+            else False
+        )
         self.send_response(200)
         self.send_header("X-Accel-Buffering", "no")
         self.send_header("Content-Type", "text/event-stream")
@@ -874,8 +994,11 @@ class Handler(BaseHTTPRequestHandler):
                         out += sse(chat_delta({"role": "assistant", "content": None}))
                     out += sse(chat_delta({"content": piece}))
                 else:
-                    d = {"choices": [{"text": piece, "index": 0, "logprobs": None,
-                                      "finish_reason": None}]}
+                    d = {
+                        "choices": [
+                            {"text": piece, "index": 0, "logprobs": None, "finish_reason": None}
+                        ]
+                    }
                     d.update(base("text_completion"))
                     out = sse(d)
                 self._chunk(out)
@@ -895,8 +1018,9 @@ class Handler(BaseHTTPRequestHandler):
                 finals[-1]["timings"] = timings(n_gen)
                 out = "".join(sse(f) for f in finals)
             else:
-                last = {"choices": [{"text": "", "index": 0, "logprobs": None,
-                                     "finish_reason": finish}]}
+                last = {
+                    "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": finish}]
+                }
                 last.update(base("text_completion"))
                 last["usage"] = usage(n_gen)
                 last["timings"] = timings(n_gen)
@@ -926,16 +1050,19 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         if not st.embeddings:
-            self._error("This server does not support embeddings. Start it with `--embeddings`",
-                        "not_supported_error", 501)
+            self._error(
+                "This server does not support embeddings. Start it with `--embeddings`",
+                "not_supported_error",
+                501,
+            )
             return
         inp = body.get("input", body.get("content"))
         if inp is None:
-            self._error("\"input\" or \"content\" must be provided", "invalid_request_error", 400)
+            self._error('"input" or "content" must be provided', "invalid_request_error", 400)
             return
         items = inp if isinstance(inp, list) and inp and not isinstance(inp[0], int) else [inp]
         if not items:
-            self._error("\"input\" must not be empty", "invalid_request_error", 400)
+            self._error('"input" must not be empty', "invalid_request_error", 400)
             return
         data = []
         n_tok = 0
@@ -945,9 +1072,15 @@ class Handler(BaseHTTPRequestHandler):
             vec = [round(((seed + k * 31) % 97) / 97.0 - 0.5, 6) for k in range(8)]
             data.append({"embedding": vec, "index": idx, "object": "embedding"})
             n_tok += _count_tokens(item)
-        self._send_json(200, {"model": body.get("model", st.model_name), "object": "list",
-                              "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok},
-                              "data": data})
+        self._send_json(
+            200,
+            {
+                "model": body.get("model", st.model_name),
+                "object": "list",
+                "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok},
+                "data": data,
+            },
+        )
 
 
 # --------------------------------------------------------------------------- process
@@ -991,12 +1124,18 @@ def _load_failure(model: str, first_error: str) -> None:
     """The real lines for a model that cannot be loaded (here: a missing file)."""
     for _ in range(2):  # the real one tries twice (fit params, then the real load)
         log(first_error, "E")
-        log(f"llama_model_load: error loading model: llama_model_loader: failed to load model "
-            f"from {model}", "E")
+        log(
+            f"llama_model_load: error loading model: llama_model_loader: failed to load model "
+            f"from {model}",
+            "E",
+        )
         log("llama_model_load_from_file_impl: failed to load model", "E")
         if _ == 0:
-            log("common_fit_params: encountered an error while trying to fit params to free "
-                "device memory: failed to load model", "E")
+            log(
+                "common_fit_params: encountered an error while trying to fit params to free "
+                "device memory: failed to load model",
+                "E",
+            )
     cmn("common_init_", f"failed to load model '{model}'", "E")
     srv("load_model", f"failed to load model, '{model}'", "E")
     _cleanup_line()
@@ -1017,8 +1156,12 @@ def _startup_lines(args: Args) -> None:
     srv("llama_server", "initializing ...")
     cmn("common_param", "common_params_print_info: verbosity = 3 (adjust with the `-lv N` CLI arg)")
     if not args.api_keys:
-        srv("llama_server", "security: no API key is set and CORS allows all origins "
-            "(see https://github.com/ggml-org/llama.cpp/pull/25655)", "W")
+        srv(
+            "llama_server",
+            "security: no API key is set and CORS allows all origins "
+            "(see https://github.com/ggml-org/llama.cpp/pull/25655)",
+            "W",
+        )
 
 
 def _loader(st: State) -> None:
@@ -1033,8 +1176,10 @@ def _loader(st: State) -> None:
         _exit_now(int(_num(exit_code, 1)))
     if st.model_path is not None and not os.path.isfile(st.model_path):
         time.sleep(min(load, 0.01))
-        _load_failure(model, f"gguf_init_from_file: failed to open GGUF file '{model}' "
-                      "(No such file or directory)")
+        _load_failure(
+            model,
+            f"gguf_init_from_file: failed to open GGUF file '{model}' (No such file or directory)",
+        )
         _exit_now(1)
     time.sleep(load)
     cmn("init", "llama threadpool init, n_threads = 2")
@@ -1051,13 +1196,20 @@ def _loader(st: State) -> None:
     shown = f"[{host}]" if ":" in host else host
     srv("llama_server", f"listening on http://{shown}:{st.port}")
     if st.port == 8080:
-        srv("llama_server", "notice: server default port will be changed to :9931 in a future "
-            "release (ref: https://github.com/ggml-org/llama.cpp/pull/26508)", "W")
+        srv(
+            "llama_server",
+            "notice: server default port will be changed to :9931 in a future "
+            "release (ref: https://github.com/ggml-org/llama.cpp/pull/26508)",
+            "W",
+        )
     crash_after = cfg.get("crash_after")
     if crash_after is not None and crash_after is not False:
         code = int(_num(cfg.get("crash_code"), 1))
-        _exit_soon(code, f"fake-llama: crash_after reached, exiting with {code}",
-                   delay=max(0.0, _num(crash_after, 0.0)))
+        _exit_soon(
+            code,
+            f"fake-llama: crash_after reached, exiting with {code}",
+            delay=max(0.0, _num(crash_after, 0.0)),
+        )
     if hang:
         if hang_after:
             time.sleep(hang_after)

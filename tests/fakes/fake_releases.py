@@ -142,9 +142,15 @@ def build_archive(entries: list[tuple], kind: str = "zip") -> bytes:
     return buf.getvalue()
 
 
-def make_release_archive(kind: str = "tar.gz", backend: str = "cpu", files: dict | None = None,
-                         *, build: int = 6000, server: bytes | None = None,
-                         prefix: str = "build/bin") -> bytes:
+def make_release_archive(
+    kind: str = "tar.gz",
+    backend: str = "cpu",
+    files: dict | None = None,
+    *,
+    build: int = 6000,
+    server: bytes | None = None,
+    prefix: str = "build/bin",
+) -> bytes:
     """A llama.cpp-like release archive: ``build/bin/llama-server`` + libs.
 
     ``files`` adds or replaces entries: ``{name: bytes}`` (mode 0o644, or 0o755 for
@@ -182,6 +188,7 @@ def make_hostile_archive(kind: str = "tar.gz", how: str = "dotdot") -> bytes:
 
 # --------------------------------------------------------------------------- default set
 
+
 def default_assets(tag: str) -> dict[str, bytes]:
     """The upstream-like asset set of one release (cached: archives are built once)."""
     return dict(_default_assets(tag))
@@ -211,9 +218,11 @@ def _build_default_assets(tag: str) -> dict[str, bytes]:
         f"{t}-win-hip-radeon-x64.zip": make_release_archive("zip", "hip", build=n),
         f"{t}-win-sycl-x64.zip": make_release_archive("zip", "sycl", build=n),
         "cudart-llama-bin-win-cuda-12.4-x64.zip": build_archive(
-            [("cudart64_12.dll", "file", b"MZ fake", 0o644)], "zip"),
+            [("cudart64_12.dll", "file", b"MZ fake", 0o644)], "zip"
+        ),
         f"llama-{tag}-xcframework.zip": build_archive(
-            [("llama.xcframework/Info.plist", "file", b"<plist/>", 0o644)], "zip"),
+            [("llama.xcframework/Info.plist", "file", b"<plist/>", 0o644)], "zip"
+        ),
     }
 
 
@@ -237,8 +246,9 @@ class FakeReleases:
     def add_asset(self, tag: str, name: str, data: bytes) -> None:
         self.releases.setdefault(tag, {})[name] = data
 
-    def add_release(self, tag: str, assets: dict[str, bytes] | None = None, *,
-                    newest: bool = True) -> None:
+    def add_release(
+        self, tag: str, assets: dict[str, bytes] | None = None, *, newest: bool = True
+    ) -> None:
         assets = default_assets(tag) if assets is None else assets
         if newest:
             self.releases = {tag: assets, **{k: v for k, v in self.releases.items() if k != tag}}
@@ -294,8 +304,13 @@ class FakeReleases:
             def log_message(self, *a):  # quiet
                 pass
 
-            def _send(self, code: int, body: bytes, ctype: str = "application/json",
-                      headers: dict | None = None) -> None:
+            def _send(
+                self,
+                code: int,
+                body: bytes,
+                ctype: str = "application/json",
+                headers: dict | None = None,
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -322,7 +337,7 @@ class FakeReleases:
                         return self._json(404, {"message": "Not Found"})
                     return self._json(200, fake.release_json(next(iter(fake.releases))))
                 if path.startswith(API_BASE + "/tags/"):
-                    tag = path[len(API_BASE + "/tags/"):]
+                    tag = path[len(API_BASE + "/tags/") :]
                     if tag not in fake.releases:
                         return self._json(404, {"message": "Not Found"})
                     return self._json(200, fake.release_json(tag))
@@ -333,8 +348,12 @@ class FakeReleases:
                     if data is None:
                         return self._send(404, b"Not Found", "text/plain")
                     if parts[0] == "download":
-                        return self._send(302, b"", "text/plain",
-                                          {"Location": f"{fake.host}/objects/{tag}/{name}"})
+                        return self._send(
+                            302,
+                            b"",
+                            "text/plain",
+                            {"Location": f"{fake.host}/objects/{tag}/{name}"},
+                        )
                     return self._object(name, data)
                 return self._json(404, {"message": "Not Found"})
 
@@ -351,11 +370,12 @@ class FakeReleases:
                     except ValueError:
                         start, end = 0, len(data) - 1
                     if start >= len(data):
-                        return self._send(416, b"", "text/plain",
-                                          {"Content-Range": f"bytes */{len(data)}"})
+                        return self._send(
+                            416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"}
+                        )
                     end = min(end, len(data) - 1)
                     headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-                    data, code = data[start:end + 1], 206
+                    data, code = data[start : end + 1], 206
                 with fake._lock:
                     drop = fake.drop.get(name)
                     if drop and drop[1] > 0:
@@ -370,7 +390,7 @@ class FakeReleases:
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data[:drop[0]])
+                self.wfile.write(data[: drop[0]])
                 self.wfile.flush()
                 self.close_connection = True
                 try:
@@ -381,8 +401,9 @@ class FakeReleases:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        daemon=True, name="fake-releases")
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), daemon=True, name="fake-releases"
+        )
         self._thread.start()
         return self
 

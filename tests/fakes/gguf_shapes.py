@@ -21,9 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import gguf as gguf_py
 import numpy as np
 
-import gguf as gguf_py
 from corral.fit.ggml_types import tensor_bytes
 
 F32, F16, Q4_K, Q5_0, Q6_K, Q8_0 = 0, 1, 12, 6, 14, 8
@@ -31,8 +31,9 @@ F32, F16, Q4_K, Q5_0, Q6_K, Q8_0 = 0, 1, 12, 6, 14, 8
 Tensor = tuple[str, tuple[int, ...], int]  # name, dims (ne0 first), ggml type
 
 
-def write_shape(path: Path, arch: str, kv: dict[str, Any], tensors: list[Tensor],
-                vocab: int) -> Path:
+def write_shape(
+    path: Path, arch: str, kv: dict[str, Any], tensors: list[Tensor], vocab: int
+) -> Path:
     """Write a GGUF with ``kv`` (keys without the ``arch.`` prefix where they start with
     ``.``) and the tensor table; the data region is sparse."""
     w = gguf_py.GGUFWriter(path, arch=arch)
@@ -53,14 +54,23 @@ def write_shape(path: Path, arch: str, kv: dict[str, Any], tensors: list[Tensor]
             raise TypeError(f"{key}: {type(value)}")
     # a real vocabulary is walked by the reader; keep it small on disk but long enough
     # to count (llama.cpp's n_vocab is the token list's length)
-    w.add_key_value("tokenizer.ggml.tokens", [""] * vocab, gguf_py.GGUFValueType.ARRAY,
-                    sub_type=gguf_py.GGUFValueType.STRING)
+    w.add_key_value(
+        "tokenizer.ggml.tokens",
+        [""] * vocab,
+        gguf_py.GGUFValueType.ARRAY,
+        sub_type=gguf_py.GGUFValueType.STRING,
+    )
     total = 0
     align = 32
     for name, dims, type_id in tensors:
         nbytes = tensor_bytes(type_id, dims)
-        w.add_tensor_info(name, list(reversed(dims)), np.dtype(np.float32), nbytes,
-                          raw_dtype=gguf_py.GGMLQuantizationType(type_id))
+        w.add_tensor_info(
+            name,
+            list(reversed(dims)),
+            np.dtype(np.float32),
+            nbytes,
+            raw_dtype=gguf_py.GGMLQuantizationType(type_id),
+        )
         total += -(-nbytes // align) * align
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -73,8 +83,15 @@ def write_shape(path: Path, arch: str, kv: dict[str, Any], tensors: list[Tensor]
     return path
 
 
-def _attn(i: int, n_embd: int, q: int, kv: int, out_type: int = Q4_K,
-          v_type: int = Q6_K, bias: bool = False) -> list[Tensor]:
+def _attn(
+    i: int,
+    n_embd: int,
+    q: int,
+    kv: int,
+    out_type: int = Q4_K,
+    v_type: int = Q6_K,
+    bias: bool = False,
+) -> list[Tensor]:
     t = [
         (f"blk.{i}.attn_norm.weight", (n_embd,), F32),
         (f"blk.{i}.attn_q.weight", (n_embd, q), Q4_K),
@@ -83,8 +100,11 @@ def _attn(i: int, n_embd: int, q: int, kv: int, out_type: int = Q4_K,
         (f"blk.{i}.attn_output.weight", (q, n_embd), out_type),
     ]
     if bias:
-        t += [(f"blk.{i}.attn_q.bias", (q,), F32), (f"blk.{i}.attn_k.bias", (kv,), F32),
-              (f"blk.{i}.attn_v.bias", (kv,), F32)]
+        t += [
+            (f"blk.{i}.attn_q.bias", (q,), F32),
+            (f"blk.{i}.attn_k.bias", (kv,), F32),
+            (f"blk.{i}.attn_v.bias", (kv,), F32),
+        ]
     return t
 
 
@@ -103,10 +123,17 @@ def dense_14b(path: Path) -> Path:
     for i in range(n_layer):
         tensors += _attn(i, n_embd, 40 * 128, 8 * 128, bias=True) + _ffn(i, n_embd, n_ff)
     tensors += [("output_norm.weight", (n_embd,), F32), ("output.weight", (n_embd, vocab), Q6_K)]
-    kv = {".context_length": 32768, ".block_count": n_layer, ".embedding_length": n_embd,
-          ".feed_forward_length": n_ff, ".attention.head_count": 40,
-          ".attention.head_count_kv": 8, ".rope.freq_base": 1000000.0,
-          ".attention.layer_norm_rms_epsilon": 1e-6, "general.file_type": 15}
+    kv = {
+        ".context_length": 32768,
+        ".block_count": n_layer,
+        ".embedding_length": n_embd,
+        ".feed_forward_length": n_ff,
+        ".attention.head_count": 40,
+        ".attention.head_count_kv": 8,
+        ".rope.freq_base": 1000000.0,
+        ".attention.layer_norm_rms_epsilon": 1e-6,
+        "general.file_type": 15,
+    }
     return write_shape(path, "qwen2", kv, tensors, vocab)
 
 
@@ -125,11 +152,20 @@ def moe_30b(path: Path) -> Path:
             (f"blk.{i}.ffn_down_exps.weight", (n_ff_exp, n_embd, n_exp), Q6_K),
         ]
     tensors += [("output_norm.weight", (n_embd,), F32), ("output.weight", (n_embd, vocab), Q6_K)]
-    kv = {".context_length": 40960, ".block_count": n_layer, ".embedding_length": n_embd,
-          ".feed_forward_length": 6144, ".attention.head_count": 32,
-          ".attention.head_count_kv": 4, ".attention.key_length": 128,
-          ".attention.value_length": 128, ".expert_count": n_exp, ".expert_used_count": 8,
-          ".expert_feed_forward_length": n_ff_exp, "general.file_type": 15}
+    kv = {
+        ".context_length": 40960,
+        ".block_count": n_layer,
+        ".embedding_length": n_embd,
+        ".feed_forward_length": 6144,
+        ".attention.head_count": 32,
+        ".attention.head_count_kv": 4,
+        ".attention.key_length": 128,
+        ".attention.value_length": 128,
+        ".expert_count": n_exp,
+        ".expert_used_count": 8,
+        ".expert_feed_forward_length": n_ff_exp,
+        "general.file_type": 15,
+    }
     return write_shape(path, "qwen3moe", kv, tensors, vocab)
 
 
@@ -138,16 +174,25 @@ def gemma3_4b(path: Path) -> Path:
     tensors: list[Tensor] = [("token_embd.weight", (n_embd, vocab), Q6_K)]
     for i in range(n_layer):
         tensors += _attn(i, n_embd, 8 * 256, 4 * 256) + _ffn(i, n_embd, n_ff)
-        tensors += [(f"blk.{i}.attn_q_norm.weight", (256,), F32),
-                    (f"blk.{i}.attn_k_norm.weight", (256,), F32),
-                    (f"blk.{i}.post_attention_norm.weight", (n_embd,), F32),
-                    (f"blk.{i}.post_ffw_norm.weight", (n_embd,), F32)]
+        tensors += [
+            (f"blk.{i}.attn_q_norm.weight", (256,), F32),
+            (f"blk.{i}.attn_k_norm.weight", (256,), F32),
+            (f"blk.{i}.post_attention_norm.weight", (n_embd,), F32),
+            (f"blk.{i}.post_ffw_norm.weight", (n_embd,), F32),
+        ]
     tensors += [("output_norm.weight", (n_embd,), F32)]  # tied: no output.weight
-    kv = {".context_length": 131072, ".block_count": n_layer, ".embedding_length": n_embd,
-          ".feed_forward_length": n_ff, ".attention.head_count": 8,
-          ".attention.head_count_kv": 4, ".attention.key_length": 256,
-          ".attention.value_length": 256, ".attention.sliding_window": 1024,
-          "general.file_type": 15}
+    kv = {
+        ".context_length": 131072,
+        ".block_count": n_layer,
+        ".embedding_length": n_embd,
+        ".feed_forward_length": n_ff,
+        ".attention.head_count": 8,
+        ".attention.head_count_kv": 4,
+        ".attention.key_length": 256,
+        ".attention.value_length": 256,
+        ".attention.sliding_window": 1024,
+        "general.file_type": 15,
+    }
     return write_shape(path, "gemma3", kv, tensors, vocab)
 
 
@@ -180,14 +225,26 @@ def deepseek_mla(path: Path) -> Path:
                 (f"blk.{i}.ffn_down_shexp.weight", (2 * n_ff_exp, n_embd), Q6_K),
             ]
     tensors += [("output_norm.weight", (n_embd,), F32), ("output.weight", (n_embd, vocab), Q6_K)]
-    kv = {".context_length": 163840, ".block_count": n_layer, ".embedding_length": n_embd,
-          ".feed_forward_length": n_ff, ".attention.head_count": n_head,
-          ".attention.head_count_kv": 1, ".attention.key_length": rank + rope,
-          ".attention.value_length": rank, ".attention.key_length_mla": nope + rope,
-          ".attention.value_length_mla": v_head, ".attention.kv_lora_rank": rank,
-          ".rope.dimension_count": rope, ".expert_count": n_exp, ".expert_used_count": 6,
-          ".expert_feed_forward_length": n_ff_exp, ".expert_shared_count": 2,
-          ".leading_dense_block_count": 1, "general.file_type": 15}
+    kv = {
+        ".context_length": 163840,
+        ".block_count": n_layer,
+        ".embedding_length": n_embd,
+        ".feed_forward_length": n_ff,
+        ".attention.head_count": n_head,
+        ".attention.head_count_kv": 1,
+        ".attention.key_length": rank + rope,
+        ".attention.value_length": rank,
+        ".attention.key_length_mla": nope + rope,
+        ".attention.value_length_mla": v_head,
+        ".attention.kv_lora_rank": rank,
+        ".rope.dimension_count": rope,
+        ".expert_count": n_exp,
+        ".expert_used_count": 6,
+        ".expert_feed_forward_length": n_ff_exp,
+        ".expert_shared_count": 2,
+        ".leading_dense_block_count": 1,
+        "general.file_type": 15,
+    }
     return write_shape(path, "deepseek2", kv, tensors, vocab)
 
 
@@ -212,10 +269,19 @@ def mamba2(path: Path) -> Path:
     for i in range(n_layer):
         tensors += _mamba_layer(i, n_embd, d_inner, d_state, 80)
     tensors += [("output_norm.weight", (n_embd,), F32)]
-    kv = {".context_length": 1048576, ".block_count": n_layer, ".embedding_length": n_embd,
-          ".feed_forward_length": 0, ".attention.head_count": 0,
-          ".ssm.conv_kernel": 4, ".ssm.inner_size": d_inner, ".ssm.state_size": d_state,
-          ".ssm.time_step_rank": 80, ".ssm.group_count": 1, "general.file_type": 7}
+    kv = {
+        ".context_length": 1048576,
+        ".block_count": n_layer,
+        ".embedding_length": n_embd,
+        ".feed_forward_length": 0,
+        ".attention.head_count": 0,
+        ".ssm.conv_kernel": 4,
+        ".ssm.inner_size": d_inner,
+        ".ssm.state_size": d_state,
+        ".ssm.time_step_rank": 80,
+        ".ssm.group_count": 1,
+        "general.file_type": 7,
+    }
     return write_shape(path, "mamba2", kv, tensors, vocab)
 
 
@@ -230,11 +296,19 @@ def hybrid_jamba(path: Path) -> Path:
             tensors += _mamba_layer(i, n_embd, d_inner, d_state, 64)
         tensors += _ffn(i, n_embd, n_ff)
     tensors += [("output_norm.weight", (n_embd,), F32), ("output.weight", (n_embd, vocab), Q8_0)]
-    kv = {".context_length": 262144, ".block_count": n_layer, ".embedding_length": n_embd,
-          ".feed_forward_length": n_ff, ".attention.head_count": 32,
-          ".attention.head_count_kv": heads_kv, ".ssm.conv_kernel": 4,
-          ".ssm.inner_size": d_inner, ".ssm.state_size": d_state, ".ssm.time_step_rank": 128,
-          "general.file_type": 7}
+    kv = {
+        ".context_length": 262144,
+        ".block_count": n_layer,
+        ".embedding_length": n_embd,
+        ".feed_forward_length": n_ff,
+        ".attention.head_count": 32,
+        ".attention.head_count_kv": heads_kv,
+        ".ssm.conv_kernel": 4,
+        ".ssm.inner_size": d_inner,
+        ".ssm.state_size": d_state,
+        ".ssm.time_step_rank": 128,
+        "general.file_type": 7,
+    }
     return write_shape(path, "jamba", kv, tensors, vocab)
 
 

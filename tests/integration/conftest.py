@@ -23,10 +23,17 @@ from tests.conftest import DaemonProcess, wait_for
 # --------------------------------------------------------------------------- HTTP
 
 
-def api(daemon: DaemonProcess, method: str, path: str, body: Any = None, *,
-        raw: bytes | None = None, headers: dict[str, str] | None = None,
-        timeout: float = 60.0) -> tuple[int, Any]:
-    """One request to the daemon; returns (status, decoded JSON or text). Never raises on 4xx/5xx."""
+def api(
+    daemon: DaemonProcess,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, Any]:
+    """One request to the daemon: (status, decoded JSON or text). Never raises on 4xx/5xx."""
     conn = http.client.HTTPConnection("127.0.0.1", daemon.settings.port, timeout=timeout)
     try:
         hdrs = {"Accept": "application/json"}
@@ -74,8 +81,9 @@ def get(daemon: DaemonProcess, name: str) -> dict:
     return payload
 
 
-def wait_state(daemon: DaemonProcess, name: str, *states: str, timeout: float = 20.0,
-               **where: Any) -> dict:
+def wait_state(
+    daemon: DaemonProcess, name: str, *states: str, timeout: float = 20.0, **where: Any
+) -> dict:
     """Poll the instance until its state is one of ``states`` (and fields match ``where``)."""
 
     def check():
@@ -111,8 +119,9 @@ def fake_post(port: int, path: str, timeout: float = 5.0) -> tuple[int, Any]:
 # --------------------------------------------------------------------------- processes
 
 
-def fake_processes(binary: Path, *, port: int | None = None, model: Path | str | None = None
-                   ) -> list[psutil.Process]:
+def fake_processes(
+    binary: Path, *, port: int | None = None, model: Path | str | None = None
+) -> list[psutil.Process]:
     """Live (non-zombie) fake llama-server processes, optionally for one port / model."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
@@ -133,7 +142,7 @@ def fake_processes(binary: Path, *, port: int | None = None, model: Path | str |
 
 
 def _has_pair(cmd: list[str], flag: str, value: str) -> bool:
-    return any(a == flag and b == value for a, b in zip(cmd, cmd[1:]))
+    return any(a == flag and b == value for a, b in zip(cmd, cmd[1:], strict=False))
 
 
 def group_gone(pgid: int) -> bool:
@@ -213,8 +222,12 @@ class Watch:
         return inst
 
     def until(self, pred, timeout: float = 30.0, message: str = "") -> dict:
-        return wait_for(lambda: (lambda i: i if pred(i) else None)(self.poll()), timeout,
-                        interval=0.01, message=message or f"{self.name}: {self.seen[-3:]}")
+        return wait_for(
+            lambda: (lambda i: i if pred(i) else None)(self.poll()),
+            timeout,
+            interval=0.01,
+            message=message or f"{self.name}: {self.seen[-3:]}",
+        )
 
     def states(self) -> list[str]:
         out: list[str] = []

@@ -70,10 +70,16 @@ def test_openapi_lists_the_instance_paths(daemon):
     status, spec = api(daemon, "GET", "/openapi.json")
     assert status == 200
     paths = spec["paths"]
-    for path in ("/api/v1/instances", "/api/v1/instances/{name}",
-                 "/api/v1/instances/{name}/stop", "/api/v1/instances/{name}/start",
-                 "/api/v1/instances/{name}/restart", "/api/v1/instances/{name}/logs",
-                 "/api/v1/flags", "/healthz"):
+    for path in (
+        "/api/v1/instances",
+        "/api/v1/instances/{name}",
+        "/api/v1/instances/{name}/stop",
+        "/api/v1/instances/{name}/start",
+        "/api/v1/instances/{name}/restart",
+        "/api/v1/instances/{name}/logs",
+        "/api/v1/flags",
+        "/healthz",
+    ):
         assert path in paths, sorted(paths)
     assert {"get", "post"} <= set(paths["/api/v1/instances"])
     assert {"get", "delete"} <= set(paths["/api/v1/instances/{name}"])
@@ -105,7 +111,7 @@ def test_launch_list_get(daemon, model_file):
     assert get(daemon, "one")["pid"] == inst["pid"]
     # The process really got the flags.
     cmdline = psutil.Process(inst["pid"]).cmdline()
-    assert cmdline[-len(argv) + 1:] == argv[1:]
+    assert cmdline[-len(argv) + 1 :] == argv[1:]
     assert "--ctx-size" in cmdline and "2048" in cmdline and "--metrics" in cmdline
 
 
@@ -121,9 +127,17 @@ def test_concurrent_launches_get_distinct_ports(daemon, model_file, fake_binary)
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(
-            lambda i: api(daemon, "POST", "/api/v1/instances",
-                          {"model": str(model_file), "name": f"c{i}", "wait": True}), range(4)))
+        results = list(
+            pool.map(
+                lambda i: api(
+                    daemon,
+                    "POST",
+                    "/api/v1/instances",
+                    {"model": str(model_file), "name": f"c{i}", "wait": True},
+                ),
+                range(4),
+            )
+        )
     assert [s for s, _ in results] == [201] * 4, results
     ports = {body["port"] for _, body in results}
     assert len(ports) == 4
@@ -131,22 +145,28 @@ def test_concurrent_launches_get_distinct_ports(daemon, model_file, fake_binary)
         assert len(fake_processes(fake_binary, port=port)) == 1
 
 
-@pytest.mark.parametrize("path", [
-    "/api/v1/instances/ghost",
-    "/api/v1/instances/ghost/logs",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/instances/ghost",
+        "/api/v1/instances/ghost/logs",
+    ],
+)
 def test_get_unknown_instance_is_404(daemon, path):
     err = assert_error(*api(daemon, "GET", path), 404, "not_found")
     assert "ghost" in err["message"]
 
 
-@pytest.mark.parametrize("method,path", [
-    ("DELETE", "/api/v1/instances/ghost"),
-    ("POST", "/api/v1/instances/ghost/stop"),
-    ("POST", "/api/v1/instances/ghost/start"),
-    ("POST", "/api/v1/instances/ghost/restart"),
-    ("POST", "/api/v1/instances/65000/stop"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("DELETE", "/api/v1/instances/ghost"),
+        ("POST", "/api/v1/instances/ghost/stop"),
+        ("POST", "/api/v1/instances/ghost/start"),
+        ("POST", "/api/v1/instances/ghost/restart"),
+        ("POST", "/api/v1/instances/65000/stop"),
+    ],
+)
 def test_commands_on_unknown_instance_are_404(daemon, method, path):
     assert_error(*api(daemon, method, path), 404, "not_found")
 
@@ -154,36 +174,42 @@ def test_commands_on_unknown_instance_are_404(daemon, method, path):
 # --------------------------------------------------------------------------- bad requests
 
 
-@pytest.mark.parametrize("raw", [
-    b"{not json",
-    b"",
-    b"[]",
-    b'"model"',
-    b"null",
-    b'{"model": "x.gguf"',
-    "{\"model\": \"\udcff\"}".encode("utf-8", "surrogatepass"),
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"",
+        b"[]",
+        b'"model"',
+        b"null",
+        b'{"model": "x.gguf"',
+        '{"model": "\udcff"}'.encode("utf-8", "surrogatepass"),
+    ],
+)
 def test_malformed_body_is_400_not_500(daemon, fake_binary, raw):
     assert_error(*api(daemon, "POST", "/api/v1/instances", raw=raw), 400)
     _nothing_spawned(daemon, fake_binary)
 
 
-@pytest.mark.parametrize("patch", [
-    {"model": 5},
-    {"model": ""},
-    {"model": None},
-    {"port": "eighty"},
-    {"port": 0},
-    {"port": 70000},
-    {"flags": "-c 4096"},
-    {"flags": [1, 2]},
-    {"flags": {"-c": 4096}},
-    {"restart": "sometimes"},
-    {"wait": "perhaps"},
-    {"timeout": -1},
-    {"name": ["a"]},
-    {"build": "latest"},
-])
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"model": 5},
+        {"model": ""},
+        {"model": None},
+        {"port": "eighty"},
+        {"port": 0},
+        {"port": 70000},
+        {"flags": "-c 4096"},
+        {"flags": [1, 2]},
+        {"flags": {"-c": 4096}},
+        {"restart": "sometimes"},
+        {"wait": "perhaps"},
+        {"timeout": -1},
+        {"name": ["a"]},
+        {"build": "latest"},
+    ],
+)
 def test_wrong_types_are_400_not_500(daemon, model_file, fake_binary, patch):
     body = {"model": str(model_file), "name": "typed", **patch}
     assert_error(*api(daemon, "POST", "/api/v1/instances", body), 400)
@@ -197,54 +223,74 @@ def test_bad_query_parameters_are_400(daemon, model_file, query):
 
 
 def test_missing_and_non_gguf_model_files_are_400(daemon, tmp_path, fake_binary):
-    err = assert_error(*api(daemon, "POST", "/api/v1/instances",
-                            {"model": str(tmp_path / "nope.gguf")}), 400, "invalid_model")
+    err = assert_error(
+        *api(daemon, "POST", "/api/v1/instances", {"model": str(tmp_path / "nope.gguf")}),
+        400,
+        "invalid_model",
+    )
     assert "nope.gguf" in err["message"]
     text = tmp_path / "notes.gguf"
     text.write_text("hello, not a model")
-    assert_error(*api(daemon, "POST", "/api/v1/instances", {"model": str(text)}), 400,
-                 "invalid_model")
+    assert_error(
+        *api(daemon, "POST", "/api/v1/instances", {"model": str(text)}), 400, "invalid_model"
+    )
     _nothing_spawned(daemon, fake_binary)
 
 
 def test_invalid_instance_name_is_400(daemon, model_file, fake_binary):
-    assert_error(*api(daemon, "POST", "/api/v1/instances",
-                      {"model": str(model_file), "name": "bad name/../x"}), 400)
+    assert_error(
+        *api(
+            daemon, "POST", "/api/v1/instances", {"model": str(model_file), "name": "bad name/../x"}
+        ),
+        400,
+    )
     _nothing_spawned(daemon, fake_binary)
 
 
 def test_unknown_flag_is_400_with_a_suggestion_and_spawns_nothing(daemon, model_file, fake_binary):
-    status, body = api(daemon, "POST", "/api/v1/instances",
-                       {"model": str(model_file), "name": "x", "flags": ["--ctx-sise", "4096"]})
+    status, body = api(
+        daemon,
+        "POST",
+        "/api/v1/instances",
+        {"model": str(model_file), "name": "x", "flags": ["--ctx-sise", "4096"]},
+    )
     err = assert_error(status, body, 400, "unknown_flag")
     assert "--ctx-sise" in err["message"]
     assert "did you mean --ctx-size" in err["message"]
     _nothing_spawned(daemon, fake_binary)
 
 
-@pytest.mark.parametrize("flags", [
-    ["--metrics=1"],  # a switch given a value
-    ["--metrics", "yes"],  # a switch followed by a stray value
-    ["--ctx-size"],  # a valued flag without its value
-    ["-c"],
-    ["--metrics", "-c"],
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--metrics=1"],  # a switch given a value
+        ["--metrics", "yes"],  # a switch followed by a stray value
+        ["--ctx-size"],  # a valued flag without its value
+        ["-c"],
+        ["--metrics", "-c"],
+    ],
+)
 def test_flag_value_errors_are_400_and_spawn_nothing(daemon, model_file, fake_binary, flags):
-    status, body = api(daemon, "POST", "/api/v1/instances",
-                       {"model": str(model_file), "name": "x", "flags": flags})
+    status, body = api(
+        daemon, "POST", "/api/v1/instances", {"model": str(model_file), "name": "x", "flags": flags}
+    )
     assert_error(status, body, 400, "flag_value")
     _nothing_spawned(daemon, fake_binary)
 
 
-@pytest.mark.parametrize("flags", [
-    ["--model", "/tmp/other.gguf"],
-    ["-m", "/tmp/other.gguf"],
-    ["--port", "9999"],
-    ["--port=9999"],
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--model", "/tmp/other.gguf"],
+        ["-m", "/tmp/other.gguf"],
+        ["--port", "9999"],
+        ["--port=9999"],
+    ],
+)
 def test_owned_flags_are_400_and_spawn_nothing(daemon, model_file, fake_binary, flags):
-    status, body = api(daemon, "POST", "/api/v1/instances",
-                       {"model": str(model_file), "name": "x", "flags": flags})
+    status, body = api(
+        daemon, "POST", "/api/v1/instances", {"model": str(model_file), "name": "x", "flags": flags}
+    )
     assert_error(status, body, 400, "owned_flag")
     _nothing_spawned(daemon, fake_binary)
 
@@ -258,12 +304,15 @@ def test_host_flag_is_taken_not_duplicated(daemon, model_file):
 # --------------------------------------------------------------------------- ports
 
 
-def test_explicit_port_bound_by_another_process_is_409_port_in_use(daemon, model_file,
-                                                                   fake_binary):
+def test_explicit_port_bound_by_another_process_is_409_port_in_use(daemon, model_file, fake_binary):
     with listening_socket() as sock:
         port = sock.getsockname()[1]
-        status, body = api(daemon, "POST", "/api/v1/instances",
-                           {"model": str(model_file), "name": "p", "port": port})
+        status, body = api(
+            daemon,
+            "POST",
+            "/api/v1/instances",
+            {"model": str(model_file), "name": "p", "port": port},
+        )
         err = assert_error(status, body, 409, "port_in_use")
         assert str(port) in err["message"]
     _nothing_spawned(daemon, fake_binary)
@@ -272,8 +321,12 @@ def test_explicit_port_bound_by_another_process_is_409_port_in_use(daemon, model
 def test_port_assigned_to_another_instance_is_409(daemon, model_file, fake_binary):
     first = launch(daemon, model_file, name="first")
     api(daemon, "POST", "/api/v1/instances/first/stop")  # port stays assigned to it
-    status, body = api(daemon, "POST", "/api/v1/instances",
-                       {"model": str(model_file), "name": "second", "port": first["port"]})
+    status, body = api(
+        daemon,
+        "POST",
+        "/api/v1/instances",
+        {"model": str(model_file), "name": "second", "port": first["port"]},
+    )
     assert_error(status, body, 409)
     assert [i["name"] for i in api(daemon, "GET", "/api/v1/instances")[1]] == ["first"]
     assert fake_processes(fake_binary) == []
@@ -281,8 +334,9 @@ def test_port_assigned_to_another_instance_is_409(daemon, model_file, fake_binar
 
 def test_duplicate_name_is_409(daemon, model_file, fake_binary):
     first = launch(daemon, model_file, name="dup")
-    status, body = api(daemon, "POST", "/api/v1/instances",
-                       {"model": str(model_file), "name": "dup"})
+    status, body = api(
+        daemon, "POST", "/api/v1/instances", {"model": str(model_file), "name": "dup"}
+    )
     assert_error(status, body, 409, "conflict")
     assert [p.pid for p in fake_processes(fake_binary)] == [first["pid"]]
 
@@ -472,27 +526,46 @@ def test_flags_search(daemon):
 def test_api_key_is_required_except_on_healthz(spawn_daemon, model_file):
     d = spawn_daemon(CORRAL_API_KEY="s3cret-key")
     assert api(d, "GET", "/healthz")[0] == 200
-    for method, path in (("GET", "/api/v1/instances"), ("GET", "/api/v1/flags"),
-                         ("POST", "/api/v1/instances/x/stop")):
+    for method, path in (
+        ("GET", "/api/v1/instances"),
+        ("GET", "/api/v1/flags"),
+        ("POST", "/api/v1/instances/x/stop"),
+    ):
         assert_error(*api(d, method, path), 401, "unauthorized")
-    assert_error(*api(d, "GET", "/api/v1/instances",
-                      headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
-    assert_error(*api(d, "GET", "/api/v1/instances",
-                      headers={"Authorization": "s3cret-key"}), 401, "unauthorized")
+    assert_error(
+        *api(d, "GET", "/api/v1/instances", headers={"Authorization": "Bearer wrong"}),
+        401,
+        "unauthorized",
+    )
+    assert_error(
+        *api(d, "GET", "/api/v1/instances", headers={"Authorization": "s3cret-key"}),
+        401,
+        "unauthorized",
+    )
     status, body = api(d, "POST", "/api/v1/instances", {"model": str(model_file)})
     assert_error(status, body, 401)
     good = {"Authorization": "Bearer s3cret-key"}
     assert api(d, "GET", "/api/v1/instances", headers=good) == (200, [])
-    status, inst = api(d, "POST", "/api/v1/instances",
-                       {"model": str(model_file), "name": "k", "wait": True}, headers=good)
+    status, inst = api(
+        d,
+        "POST",
+        "/api/v1/instances",
+        {"model": str(model_file), "name": "k", "wait": True},
+        headers=good,
+    )
     assert status == 201 and inst["state"] == "ready"
 
 
 def test_serve_on_all_interfaces_without_key_refuses(daemon_env):
     env = {**daemon_env, "CORRAL_PORT": str(free_port())}
     env.pop("CORRAL_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-m", "corral", "serve", "--host", "0.0.0.0"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "corral", "serve", "--host", "0.0.0.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -503,8 +576,13 @@ def test_serve_on_all_interfaces_without_key_refuses(daemon_env):
 def test_second_daemon_on_the_same_home_refuses(daemon, daemon_env):
     env = {**daemon_env, "CORRAL_PORT": str(free_port())}
     env["CORRAL_URL"] = f"http://127.0.0.1:{env['CORRAL_PORT']}"
-    proc = subprocess.run([sys.executable, "-m", "corral", "serve"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "corral", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "already runs" in proc.stderr
     assert str(daemon.proc.pid) in proc.stderr
@@ -514,8 +592,12 @@ def test_second_daemon_on_the_same_home_refuses(daemon, daemon_env):
 def test_launch_wait_timeout_keeps_the_instance(daemon, make_model):
     """``wait`` with a short ``timeout`` answers an error, but the instance keeps loading."""
     model = make_model("slow", load_seconds=3)
-    status, body = api(daemon, "POST", "/api/v1/instances",
-                       {"model": str(model), "name": "slow", "wait": True, "timeout": 0.3})
+    status, body = api(
+        daemon,
+        "POST",
+        "/api/v1/instances",
+        {"model": str(model), "name": "slow", "wait": True, "timeout": 0.3},
+    )
     err = assert_error(status, body, 502, "launch_failed")
     assert "still starting" in err["message"]
     assert wait_state(daemon, "slow", "ready")["restarts"] == 0
@@ -538,22 +620,29 @@ def test_port_range_exhausted_is_409(spawn_daemon, model_file, fake_binary):
 def test_limits_on_request_fields_are_400(daemon, model_file, tmp_path, fake_binary):
     base = {"model": str(model_file)}
     assert_error(*api(daemon, "POST", "/api/v1/instances", {**base, "name": "n" * 65}), 400)
-    assert_error(*api(daemon, "POST", "/api/v1/instances",
-                      {**base, "flags": ["--metrics"] * 513}), 400)
-    assert_error(*api(daemon, "POST", "/api/v1/instances", {"model": str(tmp_path)}), 400,
-                 "invalid_model")
+    assert_error(
+        *api(daemon, "POST", "/api/v1/instances", {**base, "flags": ["--metrics"] * 513}), 400
+    )
+    assert_error(
+        *api(daemon, "POST", "/api/v1/instances", {"model": str(tmp_path)}), 400, "invalid_model"
+    )
     _nothing_spawned(daemon, fake_binary)
 
 
 def test_missing_or_bogus_binary_is_424_not_500(daemon, model_file, tmp_path, fake_binary):
-    status, body = api(daemon, "POST", "/api/v1/instances",
-                       {"model": str(model_file), "binary": str(tmp_path / "nope")})
+    status, body = api(
+        daemon,
+        "POST",
+        "/api/v1/instances",
+        {"model": str(model_file), "binary": str(tmp_path / "nope")},
+    )
     assert_error(status, body, 424, "no_binary")
     bogus = tmp_path / "not-llama"
     bogus.write_text("#!/bin/sh\nexit 0\n")
     bogus.chmod(0o755)
-    status, body = api(daemon, "POST", "/api/v1/instances",
-                       {"model": str(model_file), "binary": str(bogus)})
+    status, body = api(
+        daemon, "POST", "/api/v1/instances", {"model": str(model_file), "binary": str(bogus)}
+    )
     assert_error(status, body, 424, "no_binary")
     # GET /flags never executes a path the caller names: the parameter is not accepted.
     marker = tmp_path / "ran"
@@ -608,23 +697,42 @@ def test_dns_rebinding_and_cross_origin_requests_are_refused(daemon, model_file)
     assert created["name"] == "victim"
     # A page on evil.example resolving to 127.0.0.1 sends its own Host: refused.
     assert _raw(daemon, "GET", "/api/v1/instances", {"Host": f"evil.example:{port}"}) == 403
-    assert _raw(daemon, "POST", "/api/v1/instances/victim/stop",
-                {"Host": f"evil.example:{port}"}) == 403
+    assert (
+        _raw(daemon, "POST", "/api/v1/instances/victim/stop", {"Host": f"evil.example:{port}"})
+        == 403
+    )
     # A cross-site form or fetch carries its Origin: refused, and nothing stops.
-    assert _raw(daemon, "POST", "/api/v1/instances/victim/stop",
-                {"Host": f"127.0.0.1:{port}", "Origin": "https://evil.example"}) == 403
+    assert (
+        _raw(
+            daemon,
+            "POST",
+            "/api/v1/instances/victim/stop",
+            {"Host": f"127.0.0.1:{port}", "Origin": "https://evil.example"},
+        )
+        == 403
+    )
     assert get(daemon, "victim")["state"] in ("starting", "ready")
     # The daemon's own names and same-origin pages pass.
     assert _raw(daemon, "GET", "/api/v1/instances", {"Host": f"localhost:{port}"}) == 200
-    assert _raw(daemon, "GET", "/api/v1/instances",
-                {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"}) == 200
+    assert (
+        _raw(
+            daemon,
+            "GET",
+            "/api/v1/instances",
+            {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"},
+        )
+        == 200
+    )
 
 
-@pytest.mark.parametrize("body,code", [
-    ({"model": "~nosuchuser-corral/m.gguf"}, "invalid_model"),
-    ({"binary": "~nosuchuser-corral/llama-server"}, "no_binary"),
-    ({"flags": ["--host", "bogus.invalid"]}, "bad_request"),
-])
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        ({"model": "~nosuchuser-corral/m.gguf"}, "invalid_model"),
+        ({"binary": "~nosuchuser-corral/llama-server"}, "no_binary"),
+        ({"flags": ["--host", "bogus.invalid"]}, "bad_request"),
+    ],
+)
 def test_odd_paths_and_hosts_are_4xx_not_500(daemon, model_file, fake_binary, body, code):
     req = {"model": str(model_file), **body}
     status, payload = api(daemon, "POST", "/api/v1/instances", req)

@@ -51,8 +51,7 @@ class Gate:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def host(self) -> str:
@@ -111,8 +110,11 @@ def job(d, job_id: str) -> dict:
 
 
 def ended(d, job_id: str, timeout: float = 60) -> dict:
-    return wait_for(lambda: (v := job(d, job_id))["state"] not in ACTIVE and v,
-                    timeout=timeout, message=f"build job {job_id} to end")
+    return wait_for(
+        lambda: (v := job(d, job_id))["state"] not in ACTIVE and v,
+        timeout=timeout,
+        message=f"build job {job_id} to end",
+    )
 
 
 def registered(d) -> list[dict]:
@@ -153,8 +155,9 @@ def test_a_release_job_streams_progress_and_registers_the_build(build_daemon, ga
 
         # While it runs: the same request joins it, another one is refused naming it.
         assert start(d, backend="cpu")["id"] == first["id"]
-        status, payload = api(d, "POST", "/api/v1/builds/update",
-                              {"from": "release", "backend": "vulkan"})
+        status, payload = api(
+            d, "POST", "/api/v1/builds/update", {"from": "release", "backend": "vulkan"}
+        )
         err = assert_error(status, payload, 409, "conflict")
         assert first["id"] in err["message"]
         assert [j["id"] for j in api(d, "GET", "/api/v1/builds/jobs")[1]] == [first["id"]]
@@ -168,8 +171,11 @@ def test_a_release_job_streams_progress_and_registers_the_build(build_daemon, ga
     assert final["state"] == "done", final
     asset = cpu_asset(releases)
     downloads = [e["progress"] for e in seen if e["progress"] and e["progress"]["unit"] == "bytes"]
-    assert downloads and downloads[-1] == {"done": asset["size"], "total": asset["size"],
-                                           "unit": "bytes"}
+    assert downloads and downloads[-1] == {
+        "done": asset["size"],
+        "total": asset["size"],
+        "unit": "bytes",
+    }
     assert "backend: cpu (asked for)" in final["log"]
     assert any(line.startswith("installed b6000-cpu") for line in final["log"])
     assert final["error"] is None and final["started_at"] <= final["ended_at"]
@@ -220,13 +226,16 @@ def test_cancel_stops_at_the_download_and_the_next_update_resumes(build_daemon, 
     assert [b["build"] for b in registered(d)] == ["b6000"]
 
 
-@pytest.mark.parametrize("body, words", [
-    ({"from": "git"}, "from"),
-    ({"from": "source"}, "needs a source"),
-    ({"backend": "opencl"}, "backend"),
-    ({"force": "yes please"}, "force"),
-    ({"colour": "blue"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"from": "git"}, "from"),
+        ({"from": "source"}, "needs a source"),
+        ({"backend": "opencl"}, "backend"),
+        ({"force": "yes please"}, "force"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
 def test_bad_update_requests_are_400_and_start_nothing(daemon, body, words):
     status, payload = api(daemon, "POST", "/api/v1/builds/update", body)
     err = assert_error(status, payload, 400)
@@ -235,7 +244,9 @@ def test_bad_update_requests_are_400_and_start_nothing(daemon, body, words):
 
 
 def test_unknown_jobs_are_404(daemon):
-    for method, path in (("GET", "/api/v1/builds/jobs/nope"),
-                         ("DELETE", "/api/v1/builds/jobs/nope"),
-                         ("GET", "/api/v1/builds/jobs/nope/events")):
+    for method, path in (
+        ("GET", "/api/v1/builds/jobs/nope"),
+        ("DELETE", "/api/v1/builds/jobs/nope"),
+        ("GET", "/api/v1/builds/jobs/nope/events"),
+    ):
         assert_error(*api(daemon, method, path), 404, "not_found")

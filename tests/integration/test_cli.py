@@ -26,12 +26,25 @@ from tests.integration.conftest import (
     wait_state,
 )
 
-PS_JSON_KEYS = {"name", "state", "pid", "port", "model", "build", "version", "flags",
-                "restarts", "started_at", "placement"}
+PS_JSON_KEYS = {
+    "name",
+    "state",
+    "pid",
+    "port",
+    "model",
+    "build",
+    "version",
+    "flags",
+    "restarts",
+    "started_at",
+    "placement",
+}
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    )
     return proc
 
 
@@ -49,8 +62,13 @@ def env_settings(env: dict[str, str]):
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "corral", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # --------------------------------------------------------------------------- run
@@ -71,8 +89,20 @@ def test_run_waits_and_prints_name_port_url(daemon, model_file, fake_binary):
 def test_run_options_after_the_model_are_corrals(daemon, model_file):
     low, high = (int(p) for p in daemon.env["CORRAL_PORT_RANGE"].split("-"))
     port = high
-    proc = ok(daemon.cli("run", str(model_file), "-c", "512", "--port", str(port),
-                         "--name=opts", "--restart", "always", "--json"))
+    proc = ok(
+        daemon.cli(
+            "run",
+            str(model_file),
+            "-c",
+            "512",
+            "--port",
+            str(port),
+            "--name=opts",
+            "--restart",
+            "always",
+            "--json",
+        )
+    )
     inst = json.loads(proc.stdout)
     assert inst["name"] == "opts" and inst["port"] == port
     assert inst["restart_policy"] == "always"
@@ -90,9 +120,14 @@ def test_run_detach_returns_before_ready(daemon, make_model):
 
 def test_run_relative_model_path_is_resolved(daemon, model_file):
     env = dict(daemon.env)
-    proc = subprocess.run([sys.executable, "-m", "corral", "run", model_file.name, "--name", "rel"],
-                          env=env, capture_output=True, text=True, timeout=60,
-                          cwd=model_file.parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "corral", "run", model_file.name, "--name", "rel"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=model_file.parent,
+    )
     ok(proc)
     assert get(daemon, "rel")["model"] == str(model_file.resolve())
 
@@ -148,8 +183,16 @@ def test_ps_table_and_json(daemon, model_file):
     api(daemon, "POST", "/api/v1/instances/beta/stop")
 
     table = ok(daemon.cli("ps")).stdout.splitlines()
-    assert table[0].split() == ["NAME", "STATE", "PID", "PORT", "MODEL", "DEVICES", "RESTARTS",
-                                "UP"]
+    assert table[0].split() == [
+        "NAME",
+        "STATE",
+        "PID",
+        "PORT",
+        "MODEL",
+        "DEVICES",
+        "RESTARTS",
+        "UP",
+    ]
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert set(rows) == {"alpha", "beta"}
     assert rows["alpha"][1:4] == ["ready", str(a["pid"]), str(a["port"])]
@@ -300,7 +343,8 @@ def test_builds_add_then_ls(daemon_env, fake_binary):
     assert table[1].split()[-1] == str(fake_binary.resolve())
     builds = json.loads(ok(cli(daemon_env, "builds", "ls", "--json")).stdout)
     assert [(b["id"], b["path"], b["is_default"]) for b in builds] == [
-        (1, str(fake_binary.resolve()), True)]
+        (1, str(fake_binary.resolve()), True)
+    ]
     # adding the same binary again does not duplicate it
     ok(cli(daemon_env, "builds", "add", str(fake_binary)))
     assert len(json.loads(ok(cli(daemon_env, "builds", "ls", "--json")).stdout)) == 1
@@ -410,9 +454,13 @@ def test_logs_follow_prints_new_lines(daemon, model_file):
 
     launch(daemon, model_file, name="tailme")
     path = daemon.settings.logs_dir / "tailme.log"
-    proc = subprocess.Popen([sys.executable, "-m", "corral", "logs", "tailme", "-f", "-n", "1"],
-                            env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "logs", "tailme", "-f", "-n", "1"],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         assert first.strip() == path.read_text().splitlines()[-1].strip()

@@ -46,12 +46,15 @@ def test_help_lists_what_an_eager_group_lists():
 def _loaded_after(env: dict, args: list[str]) -> dict:
     """Which corral.cli command modules (and asyncio) a fresh process imported to run
     ``corral ARGS``, and the command's output."""
-    code = ("import json, sys; from click.testing import CliRunner; from corral.cli import cli; "
-            f"r = CliRunner().invoke(cli, {args!r}); "
-            "print(json.dumps({'code': r.exit_code, 'output': r.output, 'modules': sorted("
-            "m for m in sys.modules if m.startswith('corral.cli.') or m == 'asyncio')}))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60)
+    code = (
+        "import json, sys; from click.testing import CliRunner; from corral.cli import cli; "
+        f"r = CliRunner().invoke(cli, {args!r}); "
+        "print(json.dumps({'code': r.exit_code, 'output': r.output, 'modules': sorted("
+        "m for m in sys.modules if m.startswith('corral.cli.') or m == 'asyncio')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -70,5 +73,6 @@ def test_help_of_one_command_imports_that_module_only(daemon_env):
     got = _loaded_after(daemon_env, ["ps", "--help"])
     assert got["code"] == 0 and "List instances" in got["output"]
     assert "corral.cli.instances" in got["modules"]
-    assert not {"corral.cli.fit", "corral.cli.hub", "corral.cli.builds", "asyncio"} \
-        & set(got["modules"])
+    assert not {"corral.cli.fit", "corral.cli.hub", "corral.cli.builds", "asyncio"} & set(
+        got["modules"]
+    )

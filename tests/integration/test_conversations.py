@@ -16,14 +16,23 @@ def create(daemon, **body) -> dict:
 
 
 def test_crud_round_trip(daemon):
-    conv = create(daemon, title="First", model="tiny", system="Be brief.",
-                  params={"temperature": 0.3, "max_tokens": 64},
-                  messages=[{"role": "user", "content": "hi <b>there</b>"},
-                            {"role": "assistant", "content": "Hello!", "tokens_per_second": 12.5}])
+    conv = create(
+        daemon,
+        title="First",
+        model="tiny",
+        system="Be brief.",
+        params={"temperature": 0.3, "max_tokens": 64},
+        messages=[
+            {"role": "user", "content": "hi <b>there</b>"},
+            {"role": "assistant", "content": "Hello!", "tokens_per_second": 12.5},
+        ],
+    )
     assert conv["title"] == "First" and conv["model"] == "tiny" and conv["system"] == "Be brief."
     assert conv["params"] == {"temperature": 0.3, "max_tokens": 64}
-    assert conv["messages"] == [{"role": "user", "content": "hi <b>there</b>"},
-                                {"role": "assistant", "content": "Hello!", "tokens_per_second": 12.5}]
+    assert conv["messages"] == [
+        {"role": "user", "content": "hi <b>there</b>"},
+        {"role": "assistant", "content": "Hello!", "tokens_per_second": 12.5},
+    ]
     assert conv["created_at"] == conv["updated_at"] > 0
 
     status, got = api(daemon, "GET", f"{BASE}/{conv['id']}")
@@ -36,8 +45,10 @@ def test_crud_round_trip(daemon):
     assert renamed["updated_at"] > conv["updated_at"]
 
     # a reply appended, stopped early
-    msgs = conv["messages"] + [{"role": "user", "content": "more"},
-                               {"role": "assistant", "content": "Hel", "stopped": True}]
+    msgs = conv["messages"] + [
+        {"role": "user", "content": "more"},
+        {"role": "assistant", "content": "Hel", "stopped": True},
+    ]
     status, longer = api(daemon, "PATCH", f"{BASE}/{conv['id']}", {"messages": msgs, "model": None})
     assert status == 200 and longer["messages"] == msgs and longer["model"] is None
     assert longer["title"] == "Renamed"
@@ -68,20 +79,35 @@ def test_conversations_survive_a_daemon_restart(daemon, spawn_daemon):
     assert status == 200 and got["messages"] == [{"role": "user", "content": "remember me"}]
 
 
-@pytest.mark.parametrize("body", [
-    {"title": "x" * 201},
-    {"messages": [{"role": "tool", "content": "x"}]},
-    {"messages": [{"role": "user"}]},
-    {"messages": [{"role": "user", "content": "x" * 100_001}]},
-    {"messages": [{"role": "user", "content": "x", "html": "<b>"}]},
-    {"messages": [{"role": "user", "content": "x"}] * 501},
-    {"params": {"temperature": 3}},
-    {"params": {"max_tokens": 0}},
-    {"params": {"seed": 1}},
-    {"system": "x" * 100_001},
-    {"owner": "me"},
-], ids=["long-title", "bad-role", "no-content", "huge-message", "extra-message-field",
-        "too-many-messages", "hot", "no-tokens", "unknown-param", "huge-system", "unknown-field"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": "x" * 201},
+        {"messages": [{"role": "tool", "content": "x"}]},
+        {"messages": [{"role": "user"}]},
+        {"messages": [{"role": "user", "content": "x" * 100_001}]},
+        {"messages": [{"role": "user", "content": "x", "html": "<b>"}]},
+        {"messages": [{"role": "user", "content": "x"}] * 501},
+        {"params": {"temperature": 3}},
+        {"params": {"max_tokens": 0}},
+        {"params": {"seed": 1}},
+        {"system": "x" * 100_001},
+        {"owner": "me"},
+    ],
+    ids=[
+        "long-title",
+        "bad-role",
+        "no-content",
+        "huge-message",
+        "extra-message-field",
+        "too-many-messages",
+        "hot",
+        "no-tokens",
+        "unknown-param",
+        "huge-system",
+        "unknown-field",
+    ],
+)
 def test_limits_are_one_line_400s(daemon, body):
     err = assert_error(*api(daemon, "POST", BASE, body), 400, "bad_request")
     assert "\n" not in err["message"]
@@ -91,7 +117,12 @@ def test_limits_are_one_line_400s(daemon, body):
 
 
 def test_bodies_must_be_json(daemon):
-    status, payload = api(daemon, "POST", BASE, raw=b"title=x",
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, payload = api(
+        daemon,
+        "POST",
+        BASE,
+        raw=b"title=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status in (400, 415), payload
     assert api(daemon, "GET", BASE)[1] == []

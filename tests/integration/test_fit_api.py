@@ -23,18 +23,45 @@ from tests.integration.conftest import api, assert_error  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 KEYS = {"fits", "flags", "context", "cache_type_k", "cache_type_v", "devices", "notes"}
-DEVICE_KEYS = {"id", "name", "kind", "total_bytes", "free_bytes", "layers", "weights_bytes",
-               "kv_bytes", "compute_bytes", "used_bytes"}
+DEVICE_KEYS = {
+    "id",
+    "name",
+    "kind",
+    "total_bytes",
+    "free_bytes",
+    "layers",
+    "weights_bytes",
+    "kv_bytes",
+    "compute_bytes",
+    "used_bytes",
+}
 
 
-def write_header(path: Path, *, n_layer=48, n_embd=5120, n_head=40, n_kv=8, n_ff=13824,
-                 vocab=152064, ctx=131072, n_expert=0, n_ff_exp=768, n_used=8) -> Path:
+def write_header(
+    path: Path,
+    *,
+    n_layer=48,
+    n_embd=5120,
+    n_head=40,
+    n_kv=8,
+    n_ff=13824,
+    vocab=152064,
+    ctx=131072,
+    n_expert=0,
+    n_ff_exp=768,
+    n_used=8,
+) -> Path:
     """A llama (or qwen3moe) GGUF header with every tensor listed, data left sparse."""
     arch = "qwen3moe" if n_expert else "llama"
     w = gguf.GGUFWriter(path, arch=arch)
-    for key, value in (("block_count", n_layer), ("context_length", ctx),
-                       ("embedding_length", n_embd), ("feed_forward_length", n_ff),
-                       ("attention.head_count", n_head), ("attention.head_count_kv", n_kv)):
+    for key, value in (
+        ("block_count", n_layer),
+        ("context_length", ctx),
+        ("embedding_length", n_embd),
+        ("feed_forward_length", n_ff),
+        ("attention.head_count", n_head),
+        ("attention.head_count_kv", n_kv),
+    ):
         w.add_uint32(f"{arch}.{key}", value)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
     if n_expert:
@@ -51,8 +78,9 @@ def write_header(path: Path, *, n_layer=48, n_embd=5120, n_head=40, n_kv=8, n_ff
         block, size = gguf.GGML_QUANT_SIZES[typ]
         byte_shape = list(reversed(dims))
         byte_shape[-1] = dims[0] // block * size
-        w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), elems // block * size,
-                          raw_dtype=typ)
+        w.add_tensor_info(
+            name, byte_shape, np.dtype(np.uint8), elems // block * size, raw_dtype=typ
+        )
 
     tensor("token_embd.weight", [n_embd, vocab], Q.Q6_K)
     for i in range(n_layer):
@@ -91,13 +119,25 @@ def dense(tmp_path) -> Path:
 
 @pytest.fixture
 def moe(tmp_path) -> Path:
-    return write_header(tmp_path / "moe-30b-a3b-Q4_K_M.gguf", n_embd=2048, n_head=32, n_kv=4,
-                        n_ff=6144, ctx=262144, n_expert=128)
+    return write_header(
+        tmp_path / "moe-30b-a3b-Q4_K_M.gguf",
+        n_embd=2048,
+        n_head=32,
+        n_kv=4,
+        n_ff=6144,
+        ctx=262144,
+        n_expert=128,
+    )
 
 
 def cli(env, *args, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "corral", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -123,8 +163,18 @@ def test_cli_fit_json_without_a_daemon(daemon_env, dense):
 
 
 def test_cli_fit_cpu_only_and_user_flags(daemon_env, dense):
-    out = cli(daemon_env, "fit", str(dense), "-c", "8192", "-ctk", "q8_0", "--devices",
-              "none,host=64GiB", "--json")
+    out = cli(
+        daemon_env,
+        "fit",
+        str(dense),
+        "-c",
+        "8192",
+        "-ctk",
+        "q8_0",
+        "--devices",
+        "none,host=64GiB",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     (host,) = plan["devices"]
@@ -159,11 +209,13 @@ def test_cli_fit_moe_keeps_dense_layers_on_the_gpu(daemon_env, moe):
 
 
 def test_cli_fit_bad_input_is_one_line(daemon_env, dense, tmp_path):
-    for args in (["fit", str(dense), "--devices", "12XB"],
-                 ["fit", str(dense), "--no-such-flag"],
-                 ["fit", str(tmp_path / "missing.gguf")],
-                 ["fit", "nosuchmodel"],
-                 ["fit", str(dense), "--margin", "lots"]):
+    for args in (
+        ["fit", str(dense), "--devices", "12XB"],
+        ["fit", str(dense), "--no-such-flag"],
+        ["fit", str(tmp_path / "missing.gguf")],
+        ["fit", "nosuchmodel"],
+        ["fit", str(dense), "--margin", "lots"],
+    ):
         out = cli(daemon_env, *args)
         assert out.returncode != 0, args
         last = out.stderr.strip().splitlines()[-1]
@@ -171,13 +223,16 @@ def test_cli_fit_bad_input_is_one_line(daemon_env, dense, tmp_path):
 
 
 def test_cli_fit_does_not_import_fastapi(daemon_env, dense):
-    code = ("import sys; from click.testing import CliRunner; from corral.cli import cli; "
-            f"r = CliRunner().invoke(cli, ['fit', {str(dense)!r}, '--devices', 'none', "
-            "'--json']); assert r.exit_code == 0, r.output; "
-            "print(sorted(m for m in ('fastapi', 'uvicorn', 'huggingface_hub', 'rich') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], env=daemon_env, capture_output=True,
-                         text=True, timeout=60)
+    code = (
+        "import sys; from click.testing import CliRunner; from corral.cli import cli; "
+        f"r = CliRunner().invoke(cli, ['fit', {str(dense)!r}, '--devices', 'none', "
+        "'--json']); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'huggingface_hub', 'rich') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=daemon_env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -190,8 +245,9 @@ def test_api_fit_answers_what_the_cli_prints(daemon, dense):
     status, plan = api(daemon, "POST", "/api/v1/fit", body)
     assert status == 200, plan
     assert set(plan) == KEYS
-    out = daemon.cli("fit", str(dense), "-c", "16384", "--devices", "12GiB,8GiB,host=64GiB",
-                     "--json")
+    out = daemon.cli(
+        "fit", str(dense), "-c", "16384", "--devices", "12GiB,8GiB,host=64GiB", "--json"
+    )
     assert json.loads(out.stdout) == plan
     assert plan["context"] == 16384
     assert "--ctx-size 16384 kept as given" in plan["notes"]
@@ -202,8 +258,12 @@ def test_api_fit_margin_and_defaults_preset(daemon, dense):
     if status == 405:
         status, _ = api(daemon, "POST", "/api/v1/presets", {"name": "*", "flags": ["-ngl", "20"]})
     assert status in (200, 201)
-    status, plan = api(daemon, "POST", "/api/v1/fit",
-                       {"model": str(dense), "devices": "24GiB,host=64GiB", "margin_mib": 4096})
+    status, plan = api(
+        daemon,
+        "POST",
+        "/api/v1/fit",
+        {"model": str(dense), "devices": "24GiB,host=64GiB", "margin_mib": 4096},
+    )
     assert status == 200, plan
     flags = plan["flags"]
     assert flags[flags.index("--gpu-layers") + 1] == "20"  # the '*' defaults apply
@@ -212,9 +272,11 @@ def test_api_fit_margin_and_defaults_preset(daemon, dense):
 
 
 def test_api_fit_bad_input(daemon, dense):
-    for body, want in (({"model": str(dense), "devices": "12XB"}, 400),
-                       ({"model": str(dense), "flags": ["--nope"]}, 400),
-                       ({"model": "nosuchmodel"}, 404),
-                       ({"model": str(dense), "margin_mib": -1}, 400)):
+    for body, want in (
+        ({"model": str(dense), "devices": "12XB"}, 400),
+        ({"model": str(dense), "flags": ["--nope"]}, 400),
+        ({"model": "nosuchmodel"}, 404),
+        ({"model": str(dense), "margin_mib": -1}, 400),
+    ):
         status, payload = api(daemon, "POST", "/api/v1/fit", body)
         assert_error(status, payload, want)

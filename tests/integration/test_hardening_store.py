@@ -34,15 +34,24 @@ def _mode(path: Path) -> int:
 
 
 def corral(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "corral", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, exit_code: int) -> str:
     """One ``error:`` line (besides ``corral: starting the daemon`` progress), no traceback."""
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines()
-             if not line.startswith("corral: starting the daemon")]
+    lines = [
+        line
+        for line in result.stderr.strip().splitlines()
+        if not line.startswith("corral: starting the daemon")
+    ]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert result.returncode == exit_code, (result.returncode, result.stderr)
     return lines[0]
@@ -57,17 +66,28 @@ def test_home_created_0700_and_files_0600(daemon_env, tmp_path):
     assert created.returncode == 0, created.stderr
     home = Path(env["CORRAL_HOME"])
     with running_daemon(env) as d:  # the daemon writes its logs, token, lock, -wal/-shm
-        status, _ = api(d, "PUT", "/api/v1/presets/chat", {"flags": ["-c", "512"]},
-                        headers={"Authorization": f"Bearer {created.stdout.split()[-1]}"})
+        status, _ = api(
+            d,
+            "PUT",
+            "/api/v1/presets/chat",
+            {"flags": ["-c", "512"]},
+            headers={"Authorization": f"Bearer {created.stdout.split()[-1]}"},
+        )
         assert status in (200, 201)
         assert _mode(home) == 0o700
         files = [p for p in home.rglob("*") if p.is_file()]
         assert {"corral.db", "corral.db-wal", "daemon.token"} <= {p.name for p in files}
-        loose = {str(p.relative_to(home)): oct(_mode(p)) for p in files
-                 if _mode(p) & 0o077 and p.name != "daemon-test.log"}  # the test's own log
+        loose = {
+            str(p.relative_to(home)): oct(_mode(p))
+            for p in files
+            if _mode(p) & 0o077 and p.name != "daemon-test.log"
+        }  # the test's own log
         assert loose == {}
-        dirs = {str(p.relative_to(home)): oct(_mode(p)) for p in home.rglob("*")
-                if p.is_dir() and _mode(p) & 0o077}
+        dirs = {
+            str(p.relative_to(home)): oct(_mode(p))
+            for p in home.rglob("*")
+            if p.is_dir() and _mode(p) & 0o077
+        }
         assert dirs == {}
 
 
@@ -160,9 +180,11 @@ def test_300mb_post_is_413_without_buffering(daemon):
     rss_before = proc.memory_info().rss
     # Declared: refused at once, the body never read.
     with socket.create_connection(("127.0.0.1", daemon.settings.port), timeout=30) as sock:
-        sock.sendall(b"PUT /api/v1/presets/big HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                     % (daemon.settings.port, 300 * 1024 * 1024))
+        sock.sendall(
+            b"PUT /api/v1/presets/big HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (daemon.settings.port, 300 * 1024 * 1024)
+        )
         sock.sendall(b"x" * 65536)
         head = _response_head(sock)
     assert head.startswith(b"HTTP/1.1 413"), head[:200]
@@ -171,9 +193,11 @@ def test_300mb_post_is_413_without_buffering(daemon):
     chunk = b"x" * (256 * 1024)
     frame = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
     with socket.create_connection(("127.0.0.1", daemon.settings.port), timeout=30) as sock:
-        sock.sendall(b"PUT /api/v1/presets/big HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     % daemon.settings.port)
+        sock.sendall(
+            b"PUT /api/v1/presets/big HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % daemon.settings.port
+        )
         sock.settimeout(0.0)
         head = b""
         while sent < 300 * 1024 * 1024 and not head:
@@ -197,16 +221,20 @@ def test_300mb_post_is_413_without_buffering(daemon):
     assert head.startswith(b"HTTP/1.1 413"), head[:200]
     assert sent < 300 * 1024 * 1024
     growth = proc.memory_info().rss - rss_before
-    print(f"daemon RSS before {rss_before >> 20} MiB, growth {growth >> 20} MiB, "
-          f"chunked bytes sent {sent >> 20} MiB")
+    print(
+        f"daemon RSS before {rss_before >> 20} MiB, growth {growth >> 20} MiB, "
+        f"chunked bytes sent {sent >> 20} MiB"
+    )
     assert growth < 64 * 1024 * 1024  # before the cap: +615 MB for this request
     # Just over the cap, declared: 413 in the error shape. The daemon may answer (and
     # close) before the whole body is sent, so send what it takes and read the answer.
     body = b'{"description": "' + b"x" * MANAGEMENT_MAX_BODY + b'"}'
     with socket.create_connection(("127.0.0.1", daemon.settings.port), timeout=30) as sock:
-        sock.sendall(b"PUT /api/v1/presets/big HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: %d\r\n"
-                     b"Connection: close\r\n\r\n" % (daemon.settings.port, len(body)))
+        sock.sendall(
+            b"PUT /api/v1/presets/big HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (daemon.settings.port, len(body))
+        )
         try:
             sock.sendall(body)
         except (BrokenPipeError, ConnectionResetError):
@@ -225,12 +253,20 @@ def test_300mb_post_is_413_without_buffering(daemon):
 # ---------------------------------------------------------------- a corrupt corral.db
 
 
-@pytest.mark.parametrize("args,code", [
-    (["ls"], 12), (["keys", "ls"], 12), (["builds", "ls"], 12), (["logs", "x"], 12),
-    (["serve"], 12), (["ps"], 12),
-    # daemon-backed: the CLI starts a daemon, which refuses with the store's own error;
-    # the client reports that error and its exit code (not 7, "daemon unavailable")
-    (["preset", "ls"], 12)])
+@pytest.mark.parametrize(
+    "args,code",
+    [
+        (["ls"], 12),
+        (["keys", "ls"], 12),
+        (["builds", "ls"], 12),
+        (["logs", "x"], 12),
+        (["serve"], 12),
+        (["ps"], 12),
+        # daemon-backed: the CLI starts a daemon, which refuses with the store's own error;
+        # the client reports that error and its exit code (not 7, "daemon unavailable")
+        (["preset", "ls"], 12),
+    ],
+)
 def test_corrupt_db_is_one_line_error_not_traceback(daemon_env, args, code):
     home = Path(daemon_env["CORRAL_HOME"])
     os.chmod(home, 0o700)  # as corral makes it (else the first line says it tightened it)
@@ -250,8 +286,11 @@ def tmpfs(tmp_path):
     """A 4 MB tmpfs at tmp_path/fs; remount(ro=True) makes it read-only."""
     mnt = tmp_path / "fs"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs CAP_SYS_ADMIN): {done.stderr.strip()}")
 
@@ -260,8 +299,7 @@ def tmpfs(tmp_path):
 
         @staticmethod
         def remount(ro: bool) -> None:
-            subprocess.run(["mount", "-o", f"remount,{'ro' if ro else 'rw'}", str(mnt)],
-                           check=True)
+            subprocess.run(["mount", "-o", f"remount,{'ro' if ro else 'rw'}", str(mnt)], check=True)
 
     try:
         yield Fs
@@ -299,16 +337,25 @@ def test_disk_full_is_507_not_500(daemon_env, tmpfs):
     log = tmpfs.path.parent / "daemon-test.log"  # outside the full disk
     d.log_text = lambda: log.read_text(errors="replace")  # type: ignore[method-assign]
     with open(log, "ab") as fh:
-        d.proc = subprocess.Popen([sys.executable, "-m", "corral", "serve"], env=env,
-                                  stdout=fh, stderr=fh, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)
+        d.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral", "serve"],
+            env=env,
+            stdout=fh,
+            stderr=fh,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         wait_for(lambda: d.client.alive(0.3), timeout=20, message="daemon up")
         filler = _fill(tmpfs.path)
         statuses = []
         for _ in range(50):  # SQLite may still have room in pages it holds: write until full
-            status, payload = api(d, "POST", "/api/v1/conversations", {
-                "title": "t", "messages": [{"role": "user", "content": "x" * 100000}]})
+            status, payload = api(
+                d,
+                "POST",
+                "/api/v1/conversations",
+                {"title": "t", "messages": [{"role": "user", "content": "x" * 100000}]},
+            )
             statuses.append(status)
             if status != 201:
                 break
@@ -362,9 +409,15 @@ def test_startup_line_names_the_real_bind_address(daemon_env):
     env = {**daemon_env, "CORRAL_API_KEY": uuid.uuid4().hex}
     os.chmod(daemon_env["CORRAL_HOME"], 0o700)
     port = daemon_env["CORRAL_PORT"]
-    script = ("ip link set lo up; " + f"exec {sys.executable} -m corral serve --host 0.0.0.0")
-    proc = subprocess.Popen(["unshare", "-n", "sh", "-c", script], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    script = "ip link set lo up; " + f"exec {sys.executable} -m corral serve --host 0.0.0.0"
+    proc = subprocess.Popen(
+        ["unshare", "-n", "sh", "-c", script],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stderr.readline()
     finally:

@@ -54,7 +54,10 @@ def ps_rows(daemon) -> dict[str, dict[str, str]]:
     """``corral ps`` parsed by its header: name -> {column: cell} (no cell holds spaces)."""
     lines = ok(daemon.cli("ps")).stdout.splitlines()
     head = lines[0].split()
-    return {cells[0]: dict(zip(head, cells)) for cells in (line.split() for line in lines[1:])}
+    return {
+        cells[0]: dict(zip(head, cells, strict=False))
+        for cells in (line.split() for line in lines[1:])
+    }
 
 
 def test_run_prints_the_placement_it_got_and_ps_shows_its_devices(daemon, model):
@@ -108,16 +111,19 @@ def test_api_fit_false_is_not_planned_and_the_default_is(daemon, model):
     body = {"model": str(model), "wait": True}
     status, planned = api(daemon, "POST", "/api/v1/instances", {**body, "name": "planned"})
     assert status == 201, planned
-    status, typed = api(daemon, "POST", "/api/v1/instances", {**body, "name": "as-typed",
-                                                              "fit": False})
+    status, typed = api(
+        daemon, "POST", "/api/v1/instances", {**body, "name": "as-typed", "fit": False}
+    )
     assert status == 201, typed
     assert planned["placement"] and planned["placement"]["devices"]
     assert typed["placement"] is None
-    status, plan = api(daemon, "POST", "/api/v1/instances/plan", {"model": str(model),
-                                                                  "fit": False})
+    status, plan = api(
+        daemon, "POST", "/api/v1/instances/plan", {"model": str(model), "fit": False}
+    )
     assert status == 200 and plan["placement"] is None, plan
-    status, payload = api(daemon, "POST", "/api/v1/instances",
-                          {**body, "name": "huge", "flags": TOO_BIG})
+    status, payload = api(
+        daemon, "POST", "/api/v1/instances", {**body, "name": "huge", "flags": TOO_BIG}
+    )
     err = assert_error(status, payload, 409, "no_room")
     assert "does not fit" in err["message"]
 
@@ -125,11 +131,15 @@ def test_api_fit_false_is_not_planned_and_the_default_is(daemon, model):
 def test_metrics_export_the_projected_bytes_of_each_instance_per_device(daemon, model):
     ok(daemon.cli("run", str(model), "--name", "metered"))
     ok(daemon.cli("run", str(model), "--name", "unplanned", "--no-fit"))
-    used = {d["id"]: d["used_bytes"] for d in get(daemon, "metered")["placement"]["devices"]
-            if d["used_bytes"]}
+    used = {
+        d["id"]: d["used_bytes"]
+        for d in get(daemon, "metered")["placement"]["devices"]
+        if d["used_bytes"]
+    }
     got = scrape(daemon)
     assert got["corral_instance_projected_bytes"] == {
-        (("device", dev), ("instance", "metered")): n for dev, n in used.items()}
+        (("device", dev), ("instance", "metered")): n for dev, n in used.items()
+    }
     assert got["corral_device_projected_bytes"] == {(("device", d),): n for d, n in used.items()}
     ok(daemon.cli("stop", "metered"))
     got = scrape(daemon)

@@ -33,23 +33,52 @@ def environ_of(pid: int) -> dict[str, str]:
 
 
 def test_run_with_a_preset_merges_flags_and_env(daemon, model_file):
-    proc = ok(daemon.cli("preset", "save", "chat", "--model", str(model_file), "-c", "4096",
-                         "-ngl", "3", "--env", "CUDA_VISIBLE_DEVICES=7", "--alias", "talk",
-                         "--restart", "always", "--description", "small chat"))
+    proc = ok(
+        daemon.cli(
+            "preset",
+            "save",
+            "chat",
+            "--model",
+            str(model_file),
+            "-c",
+            "4096",
+            "-ngl",
+            "3",
+            "--env",
+            "CUDA_VISIBLE_DEVICES=7",
+            "--alias",
+            "talk",
+            "--restart",
+            "always",
+            "--description",
+            "small chat",
+        )
+    )
     assert proc.stdout.strip() == "saved preset chat"
     proc = ok(daemon.cli("run", "--preset", "chat", "-c", "2048", "--env", "EXTRA_MARK=x"))
     assert proc.stdout.startswith("chat  ready  port ")
     inst = get(daemon, "chat")
     assert inst["argv"][OWNED:] == ["--ctx-size", "2048", "--gpu-layers", "3"]
     assert inst["argv"][1:3] == ["--model", str(model_file.resolve())]
-    assert (inst["preset"], inst["aliases"], inst["restart_policy"]) == ("chat", ["talk"],
-                                                                         "always")
+    assert (inst["preset"], inst["aliases"], inst["restart_policy"]) == ("chat", ["talk"], "always")
     assert inst["env"] == {"CUDA_VISIBLE_DEVICES": "7", "EXTRA_MARK": "x"}
     environ = environ_of(inst["pid"])
     assert environ["CUDA_VISIBLE_DEVICES"] == "7" and environ["EXTRA_MARK"] == "x"
     # corral's options after MODEL too; the instance name comes from the preset, then -2
-    ok(daemon.cli("run", "--env", "SECOND=2", str(model_file), "--preset", "chat", "--pin",
-                  "--idle-ttl", "0", "--no-warmup"))
+    ok(
+        daemon.cli(
+            "run",
+            "--env",
+            "SECOND=2",
+            str(model_file),
+            "--preset",
+            "chat",
+            "--pin",
+            "--idle-ttl",
+            "0",
+            "--no-warmup",
+        )
+    )
     second = get(daemon, "chat-2")
     assert second["argv"][OWNED:] == ["--ctx-size", "4096", "--gpu-layers", "3", "--no-warmup"]
     assert (second["pinned"], second["idle_ttl"]) == (True, 0)
@@ -70,14 +99,28 @@ def test_defaults_apply_to_every_launch(daemon, model_file):
 
 
 def test_preset_api(daemon, model_file, fake_binary):
-    body = {"model": str(model_file), "flags": ["-c", "8192"], "aliases": ["big"],
-            "env": {"CUDA_VISIBLE_DEVICES": "0"}, "idle_ttl": 600, "restart": "never"}
+    body = {
+        "model": str(model_file),
+        "flags": ["-c", "8192"],
+        "aliases": ["big"],
+        "env": {"CUDA_VISIBLE_DEVICES": "0"},
+        "idle_ttl": 600,
+        "restart": "never",
+    }
     status, answer = api(daemon, "PUT", "/api/v1/presets/p1", body)
     assert (status, answer["created"], answer["warnings"]) == (201, True, [])
-    assert answer["preset"] == {"name": "p1", "model": str(model_file), "build": None,
-                                "flags": ["-c", "8192"], "env": {"CUDA_VISIBLE_DEVICES": "0"},
-                                "restart": "never", "idle_ttl": 600.0, "aliases": ["big"],
-                                "pinned": False, "description": ""}
+    assert answer["preset"] == {
+        "name": "p1",
+        "model": str(model_file),
+        "build": None,
+        "flags": ["-c", "8192"],
+        "env": {"CUDA_VISIBLE_DEVICES": "0"},
+        "restart": "never",
+        "idle_ttl": 600.0,
+        "aliases": ["big"],
+        "pinned": False,
+        "description": "",
+    }
     status, answer = api(daemon, "PUT", "/api/v1/presets/p1", {**body, "pinned": True})
     assert (status, answer["created"], answer["preset"]["pinned"]) == (200, False, True)
     assert api(daemon, "GET", "/api/v1/presets/p1")[1]["pinned"] is True
@@ -85,8 +128,9 @@ def test_preset_api(daemon, model_file, fake_binary):
     assert [p["name"] for p in api(daemon, "GET", "/api/v1/presets")[1]] == ["*", "p1"]
     status, export = api(daemon, "GET", "/api/v1/presets/p1/export?format=ini")
     assert status == 200 and "[p1]\n" in export["text"] and "ctx-size = 8192\n" in export["text"]
-    assert export["warnings"] == ["preset 'p1': env, restart, idle_ttl, pinned cannot be "
-                                  "written to INI; left out"]
+    assert export["warnings"] == [
+        "preset 'p1': env, restart, idle_ttl, pinned cannot be written to INI; left out"
+    ]
     assert api(daemon, "DELETE", "/api/v1/presets/p1") == (200, {"removed": "p1"})
     assert_error(*api(daemon, "GET", "/api/v1/presets/p1"), 404, "not_found")
     assert_error(*api(daemon, "DELETE", "/api/v1/presets/p1"), 404, "not_found")
@@ -95,48 +139,102 @@ def test_preset_api(daemon, model_file, fake_binary):
 
 def test_preset_bad_input_is_4xx_never_500(daemon, model_file, fake_binary):
     put = "/api/v1/presets/"
-    err = assert_error(*api(daemon, "PUT", put + "x", {"flags": ["--ctx-sise", "1"]}), 400,
-                       "unknown_flag")
+    err = assert_error(
+        *api(daemon, "PUT", put + "x", {"flags": ["--ctx-sise", "1"]}), 400, "unknown_flag"
+    )
     assert "did you mean --ctx-size?" in err["message"]
     assert_error(*api(daemon, "PUT", put + "x", {"flags": ["--port", "1"]}), 400, "owned_flag")
     assert_error(*api(daemon, "PUT", put + "bad.name!", {}), 400)
     assert_error(*api(daemon, "PUT", put + "*", {"model": "m.gguf"}), 400)
     assert_error(*api(daemon, "PUT", put + "x", {"build": 99}), 400)
-    for patch in ({"flags": "-c 1"}, {"env": {"A": 1}}, {"env": {"1A": "x"}}, {"idle_ttl": -1},
-                  {"restart": "sometimes"}, {"aliases": ["a"] * 33}, {"pinned": "maybe"},
-                  {"description": "d" * 1025}, {"model": ""}, {"aliases": ["a b"]}):
+    for patch in (
+        {"flags": "-c 1"},
+        {"env": {"A": 1}},
+        {"env": {"1A": "x"}},
+        {"idle_ttl": -1},
+        {"restart": "sometimes"},
+        {"aliases": ["a"] * 33},
+        {"pinned": "maybe"},
+        {"description": "d" * 1025},
+        {"model": ""},
+        {"aliases": ["a b"]},
+    ):
         assert_error(*api(daemon, "PUT", put + "x", patch), 400)
     assert api(daemon, "PUT", put + "a", {"aliases": ["shared"]})[0] == 201
     assert_error(*api(daemon, "PUT", put + "b", {"aliases": ["shared"]}), 409, "conflict")
     assert_error(*api(daemon, "PUT", put + "shared", {}), 409, "conflict")
     # imports: malformed text names the line; all or nothing
-    err = assert_error(*api(daemon, "POST", "/api/v1/presets/import",
-                            {"format": "ini", "text": "[ok]\nc = 1\n[bad]\nnope = 1\n"}), 400)
+    err = assert_error(
+        *api(
+            daemon,
+            "POST",
+            "/api/v1/presets/import",
+            {"format": "ini", "text": "[ok]\nc = 1\n[bad]\nnope = 1\n"},
+        ),
+        400,
+    )
     assert err["message"].startswith("INI line 4: [bad] nope")
-    err = assert_error(*api(daemon, "POST", "/api/v1/presets/import",
-                            {"format": "yaml", "text": "presets: {x: [1"}), 400)
+    err = assert_error(
+        *api(
+            daemon, "POST", "/api/v1/presets/import", {"format": "yaml", "text": "presets: {x: [1"}
+        ),
+        400,
+    )
     assert err["message"].startswith("YAML line 1")
-    assert_error(*api(daemon, "POST", "/api/v1/presets/import",
-                      {"format": "toml", "text": ""}), 400)
+    assert_error(
+        *api(daemon, "POST", "/api/v1/presets/import", {"format": "toml", "text": ""}), 400
+    )
     assert [p["name"] for p in api(daemon, "GET", "/api/v1/presets")[1]] == ["a"]
     # launching from presets
     api(daemon, "PUT", put + "nomodel", {"flags": ["-c", "1"]})
     err = assert_error(*api(daemon, "POST", "/api/v1/instances", {"preset": "nomodel"}), 400)
     assert err["message"] == "preset 'nomodel' names no model: give MODEL"
-    assert_error(*api(daemon, "POST", "/api/v1/instances",
-                      {"preset": "ghost", "model": str(model_file)}), 404, "not_found")
-    assert_error(*api(daemon, "POST", "/api/v1/instances",
-                      {"model": str(model_file), "env": {"BAD-NAME": "1"}}), 400)
-    assert_error(*api(daemon, "POST", "/api/v1/instances",
-                      {"model": str(model_file), "aliases": ["a b"]}), 400)
+    assert_error(
+        *api(daemon, "POST", "/api/v1/instances", {"preset": "ghost", "model": str(model_file)}),
+        404,
+        "not_found",
+    )
+    assert_error(
+        *api(
+            daemon,
+            "POST",
+            "/api/v1/instances",
+            {"model": str(model_file), "env": {"BAD-NAME": "1"}},
+        ),
+        400,
+    )
+    assert_error(
+        *api(daemon, "POST", "/api/v1/instances", {"model": str(model_file), "aliases": ["a b"]}),
+        400,
+    )
     assert fake_processes(fake_binary) == []
 
 
 def test_export_import_through_the_cli(daemon, model_file, tmp_path):
     ok(daemon.cli("preset", "save", "*", "-fa", "on"))
-    ok(daemon.cli("preset", "save", "chat", "--model", str(model_file), "-c", "4096",
-                  "--no-jinja", "--lora", "a.gguf", "--lora", "b.gguf", "--alias", "talk",
-                  "--env", "CUDA_VISIBLE_DEVICES=0", "--idle-ttl", "300", "--pin"))
+    ok(
+        daemon.cli(
+            "preset",
+            "save",
+            "chat",
+            "--model",
+            str(model_file),
+            "-c",
+            "4096",
+            "--no-jinja",
+            "--lora",
+            "a.gguf",
+            "--lora",
+            "b.gguf",
+            "--alias",
+            "talk",
+            "--env",
+            "CUDA_VISIBLE_DEVICES=0",
+            "--idle-ttl",
+            "300",
+            "--pin",
+        )
+    )
     ok(daemon.cli("preset", "save", "raw", "-c", "1", "--", "--alias", "served-as"))
     before = json.loads(ok(daemon.cli("preset", "ls", "--json")).stdout)
     assert before[2]["flags"] == ["-c", "1", "--alias", "served-as"]
@@ -166,14 +264,18 @@ def test_export_import_through_the_cli(daemon, model_file, tmp_path):
     assert chat["flags"] == ["--ctx-size", "4096", "--no-jinja", "--lora", "a.gguf,b.gguf"]
     assert (chat["aliases"], chat["env"], chat["pinned"]) == (["talk"], {}, False)
     # and INI -> presets -> INI gives the same file back
-    ok(daemon.cli("preset", "export", "chat", "*", "--format", "ini", "-o",
-                  str(tmp_path / "again.ini")))
+    ok(
+        daemon.cli(
+            "preset", "export", "chat", "*", "--format", "ini", "-o", str(tmp_path / "again.ini")
+        )
+    )
     assert (tmp_path / "again.ini").read_text() == text
 
 
 def test_cli_errors_are_one_line(daemon, tmp_path):
-    assert "did you mean --ctx-size?" in failed(daemon.cli("preset", "save", "p", "--ctx-sise",
-                                                             "1"), 2)
+    assert "did you mean --ctx-size?" in failed(
+        daemon.cli("preset", "save", "p", "--ctx-sise", "1"), 2
+    )
     failed(daemon.cli("preset", "save", "p", "--env", "NOEQUALS"), 2)
     failed(daemon.cli("preset", "save", "p", "--idle-ttl", "soon"), 2)
     failed(daemon.cli("preset", "show", "ghost"), 3)
@@ -202,15 +304,20 @@ def test_without_a_binary_presets_save_unchecked(spawn_daemon, tmp_path):
 def test_plan_shows_the_merged_command_line_and_runs_nothing(daemon, model_file, fake_binary):
     ok(daemon.cli("preset", "save", "*", "-c", "1024", "--env", "FROM_DEFAULTS=1"))
     ok(daemon.cli("preset", "save", "chat", "--model", str(model_file), "-ngl", "3"))
-    status, plan = api(daemon, "POST", "/api/v1/instances/plan",
-                       {"preset": "chat", "flags": ["-c", "2048"]})
+    status, plan = api(
+        daemon, "POST", "/api/v1/instances/plan", {"preset": "chat", "flags": ["-c", "2048"]}
+    )
     assert status == 200, plan
     assert plan["argv"][OWNED:] == ["--ctx-size", "2048", "--gpu-layers", "3"]
     assert plan["name"] == "chat" and plan["env"] == {"FROM_DEFAULTS": "1"}
     assert plan["argv"][plan["argv"].index("--port") + 1] == str(plan["port"])
     # a bad flag is the launch's own one-line error; and nothing was ever started
-    status, err = api(daemon, "POST", "/api/v1/instances/plan",
-                      {"model": str(model_file), "flags": ["--ctx-sise", "8"]})
+    status, err = api(
+        daemon,
+        "POST",
+        "/api/v1/instances/plan",
+        {"model": str(model_file), "flags": ["--ctx-sise", "8"]},
+    )
     assert "did you mean --ctx-size" in assert_error(status, err, 400)["message"]
     assert api(daemon, "GET", "/api/v1/instances") == (200, [])
     assert not fake_processes(fake_binary, model=model_file)
@@ -219,8 +326,11 @@ def test_plan_shows_the_merged_command_line_and_runs_nothing(daemon, model_file,
 def test_api_key_in_preset_masked_in_views_and_kept_when_saved_back(daemon, model_file):
     """Issue 10: secrets in flags are *** wherever corral shows them; a preset is shown
     too (GET, preset ls), and the UI saving back what it was shown keeps the real key."""
-    body = {"model": str(model_file), "flags": ["-c", "2048", "--api-key", "sk-preset-0123456789"],
-            "env": {"LLAMA_API_KEY": "sk-env-0123456789", "CUDA_VISIBLE_DEVICES": "0"}}
+    body = {
+        "model": str(model_file),
+        "flags": ["-c", "2048", "--api-key", "sk-preset-0123456789"],
+        "env": {"LLAMA_API_KEY": "sk-env-0123456789", "CUDA_VISIBLE_DEVICES": "0"},
+    }
     status, answer = api(daemon, "PUT", "/api/v1/presets/keyed", body)
     assert status == 201
     shown = api(daemon, "GET", "/api/v1/presets/keyed")[1]
@@ -229,12 +339,23 @@ def test_api_key_in_preset_masked_in_views_and_kept_when_saved_back(daemon, mode
     assert "sk-preset" not in json.dumps(api(daemon, "GET", "/api/v1/presets")[1])
     assert "sk-preset" not in json.dumps(answer)
     # Saved back as shown (with one change): the real key stays.
-    status, _ = api(daemon, "PUT", "/api/v1/presets/keyed",
-                    {**shown, "flags": ["-c", "4096", "--api-key", "***"]})
+    status, _ = api(
+        daemon,
+        "PUT",
+        "/api/v1/presets/keyed",
+        {**shown, "flags": ["-c", "4096", "--api-key", "***"]},
+    )
     assert status == 200
     export = api(daemon, "GET", "/api/v1/presets/keyed/export")[1]["text"]
     assert "sk-preset-0123456789" in export and "sk-env-0123456789" in export
     assert "4096" in export
     # A new preset cannot be given *** for a key it never had.
-    assert_error(*api(daemon, "PUT", "/api/v1/presets/fresh",
-                      {"model": str(model_file), "flags": ["--api-key", "***"]}), 400)
+    assert_error(
+        *api(
+            daemon,
+            "PUT",
+            "/api/v1/presets/fresh",
+            {"model": str(model_file), "flags": ["--api-key", "***"]},
+        ),
+        400,
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DaemonProcess, running_daemon, wait_for
-from tests.fakes.fake_hub import Fault, FakeHub
+from tests.fakes.fake_hub import FakeHub, Fault
 
 REPO = "acme/tiny-GGUF"
 
@@ -34,26 +34,38 @@ def gguf_bytes(tmp_path: Path, name: str, size: int, file_type: int = 15) -> byt
 @pytest.fixture
 def hub(tmp_path):
     with FakeHub(cdn=True, chunk_size=64 * 1024) as h:
-        h.add_repo(REPO, files={
-            "tiny-Q4_K_M.gguf": gguf_bytes(tmp_path, "tiny-q4", 600_000),
-            "tiny-Q8_0.gguf": gguf_bytes(tmp_path, "tiny-q8", 900_000, file_type=7),
-            "mmproj-tiny-F16.gguf": gguf_bytes(tmp_path, "mmproj", 100_000),
-            "README.md": "# tiny",
-        }, downloads=42)
-        h.add_repo("acme/split-GGUF", files={
-            "Q2_K/big-Q2_K-00001-of-00003.gguf": gguf_bytes(tmp_path, "big", 300_000),
-            "Q2_K/big-Q2_K-00002-of-00003.gguf": os.urandom(300_000),
-            "Q2_K/big-Q2_K-00003-of-00003.gguf": os.urandom(200_000),
-        })
-        h.add_repo("acme/gated-GGUF", files={"g-Q4_K_M.gguf": gguf_bytes(tmp_path, "g", 1000)},
-                   gated=True)
+        h.add_repo(
+            REPO,
+            files={
+                "tiny-Q4_K_M.gguf": gguf_bytes(tmp_path, "tiny-q4", 600_000),
+                "tiny-Q8_0.gguf": gguf_bytes(tmp_path, "tiny-q8", 900_000, file_type=7),
+                "mmproj-tiny-F16.gguf": gguf_bytes(tmp_path, "mmproj", 100_000),
+                "README.md": "# tiny",
+            },
+            downloads=42,
+        )
+        h.add_repo(
+            "acme/split-GGUF",
+            files={
+                "Q2_K/big-Q2_K-00001-of-00003.gguf": gguf_bytes(tmp_path, "big", 300_000),
+                "Q2_K/big-Q2_K-00002-of-00003.gguf": os.urandom(300_000),
+                "Q2_K/big-Q2_K-00003-of-00003.gguf": os.urandom(200_000),
+            },
+        )
+        h.add_repo(
+            "acme/gated-GGUF", files={"g-Q4_K_M.gguf": gguf_bytes(tmp_path, "g", 1000)}, gated=True
+        )
         yield h
 
 
 @pytest.fixture
 def hub_daemon(daemon_env, hub):
-    env = dict(daemon_env, CORRAL_HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1",
-               HF_HOME=str(Path(daemon_env["CORRAL_HOME"]) / "hf"))
+    env = dict(
+        daemon_env,
+        CORRAL_HF_ENDPOINT=hub.url,
+        HF_HUB_DISABLE_XET="1",
+        HF_HOME=str(Path(daemon_env["CORRAL_HOME"]) / "hf"),
+    )
     with running_daemon(env) as d:
         yield d
 
@@ -93,8 +105,10 @@ def test_pull_split_model_brings_every_part(hub_daemon, hub):
     ok(hub_daemon.cli("pull", "hf.co/acme/split-GGUF:Q2_K"))
     m = json.loads(ok(hub_daemon.cli("show", "split", "--json")).stdout)
     assert [Path(f["path"]).name for f in m["files"]] == [
-        "big-Q2_K-00001-of-00003.gguf", "big-Q2_K-00002-of-00003.gguf",
-        "big-Q2_K-00003-of-00003.gguf"]
+        "big-Q2_K-00001-of-00003.gguf",
+        "big-Q2_K-00002-of-00003.gguf",
+        "big-Q2_K-00003-of-00003.gguf",
+    ]
     assert m["size"] == 800_000
 
 
@@ -105,12 +119,15 @@ def test_unknown_quant_lists_what_the_repo_has(hub_daemon):
     assert json.loads(ok(hub_daemon.cli("ls", "--json")).stdout) == []
 
 
-@pytest.mark.parametrize("ref,code,text", [
-    ("acme/nope-GGUF", 3, "not found"),
-    ("acme/gated-GGUF", 8, "gated"),
-    (f"{REPO}@no-such-branch:Q4_K_M", 3, "revision"),
-    ("not a ref", 2, "not a HuggingFace reference"),
-])
+@pytest.mark.parametrize(
+    "ref,code,text",
+    [
+        ("acme/nope-GGUF", 3, "not found"),
+        ("acme/gated-GGUF", 8, "gated"),
+        (f"{REPO}@no-such-branch:Q4_K_M", 3, "revision"),
+        ("not a ref", 2, "not a HuggingFace reference"),
+    ],
+)
 def test_pull_errors_are_one_line(hub_daemon, ref, code, text):
     proc = hub_daemon.cli("pull", ref)
     assert proc.returncode == code, proc.stderr
@@ -147,8 +164,11 @@ def test_daemon_killed_mid_pull_resumes_only_the_remainder(hub_daemon, daemon_en
     hub.faults["tiny-Q4_K_M.gguf"] = Fault(delay=0.05, chunk_size=16 * 1024, times=None)
     job = hub_daemon.client.request("POST", "/api/v1/pulls", {"ref": REPO})
     part = partial_of(hub_daemon, hub, "tiny-Q4_K_M.gguf")
-    wait_for(lambda: part.exists() and part.stat().st_size >= 150_000, timeout=30,
-             message="half the file on disk")
+    wait_for(
+        lambda: part.exists() and part.stat().st_size >= 150_000,
+        timeout=30,
+        message="half the file on disk",
+    )
     hub_daemon.kill9()
     have = part.stat().st_size
     assert 0 < have < 600_000
@@ -159,7 +179,9 @@ def test_daemon_killed_mid_pull_resumes_only_the_remainder(hub_daemon, daemon_en
         stale = d2.client.request("GET", f"/api/v1/pulls/{job['id']}")
         assert stale["state"] == "interrupted"
         ok(d2.cli("pull", REPO))
-        gets = [r for (m, path, r) in hub.requests if m == "GET" and path.endswith("tiny-Q4_K_M.gguf")]
+        gets = [
+            r for (m, path, r) in hub.requests if m == "GET" and path.endswith("tiny-Q4_K_M.gguf")
+        ]
         assert gets and gets[0] is not None
         resumed_from = int(gets[0].split("=")[1].split("-")[0])
         assert resumed_from >= have - 1 and resumed_from > 0
@@ -183,9 +205,18 @@ def test_search_and_quants(hub_daemon, hub):
     found = json.loads(ok(hub_daemon.cli("search", "tiny", "--json")).stdout)
     assert [r["id"] for r in found] == [REPO]
     q = json.loads(ok(hub_daemon.cli("quants", "acme/split-GGUF", "--json")).stdout)
-    assert q == [{"quant": "Q2_K", "size": 800_000, "parts": 3, "files": [
-        "Q2_K/big-Q2_K-00001-of-00003.gguf", "Q2_K/big-Q2_K-00002-of-00003.gguf",
-        "Q2_K/big-Q2_K-00003-of-00003.gguf"]}]
+    assert q == [
+        {
+            "quant": "Q2_K",
+            "size": 800_000,
+            "parts": 3,
+            "files": [
+                "Q2_K/big-Q2_K-00001-of-00003.gguf",
+                "Q2_K/big-Q2_K-00002-of-00003.gguf",
+                "Q2_K/big-Q2_K-00003-of-00003.gguf",
+            ],
+        }
+    ]
     api = hub_daemon.client.request("GET", "/api/v1/hub/quants", params={"repo": REPO})
     assert [g["quant"] for g in api] == ["Q4_K_M", "Q8_0"]
 
@@ -193,10 +224,19 @@ def test_search_and_quants(hub_daemon, hub):
 def test_gated_repo_with_a_token_and_progress_lines(daemon_env, hub, tmp_path):
     hub.valid_tokens = {"hf_good"}
     payload = gguf_bytes(tmp_path, "priv", 5000)
-    hub.add_repo("acme/private-GGUF", files={"p-Q4_K_M.gguf": payload},
-                 gated=True, authorized_tokens={"hf_good"})
-    env = dict(daemon_env, CORRAL_HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1",
-               CORRAL_HF_TOKEN="hf_good", HF_HOME=str(Path(daemon_env["CORRAL_HOME"]) / "hf"))
+    hub.add_repo(
+        "acme/private-GGUF",
+        files={"p-Q4_K_M.gguf": payload},
+        gated=True,
+        authorized_tokens={"hf_good"},
+    )
+    env = dict(
+        daemon_env,
+        CORRAL_HF_ENDPOINT=hub.url,
+        HF_HUB_DISABLE_XET="1",
+        CORRAL_HF_TOKEN="hf_good",
+        HF_HOME=str(Path(daemon_env["CORRAL_HOME"]) / "hf"),
+    )
     d = DaemonProcess(env).start()
     try:
         proc = ok(d.cli("pull", "acme/private-GGUF", "--json"))
@@ -213,8 +253,9 @@ def test_gated_repo_with_a_token_and_progress_lines(daemon_env, hub, tmp_path):
 def test_offline_hub_is_one_line(daemon_env):
     from tests.conftest import free_port
 
-    env = dict(daemon_env, CORRAL_HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
-               HF_HUB_DISABLE_XET="1")
+    env = dict(
+        daemon_env, CORRAL_HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HUB_DISABLE_XET="1"
+    )
     d = DaemonProcess(env).start()
     try:
         proc = d.cli("pull", "acme/anything-GGUF")

@@ -31,8 +31,9 @@ def indexed(daemon, tmp_path) -> str:
 
 
 def client(daemon) -> openai.OpenAI:
-    return openai.OpenAI(base_url=daemon.settings.daemon_url + "/v1", api_key="unused",
-                         max_retries=0, timeout=60)
+    return openai.OpenAI(
+        base_url=daemon.settings.daemon_url + "/v1", api_key="unused", max_retries=0, timeout=60
+    )
 
 
 def instances(daemon) -> list[dict]:
@@ -43,21 +44,25 @@ def test_models_list_and_on_demand_chat(daemon, indexed):
     c = client(daemon)
     ids = {m.id: m for m in c.models.list().data}
     assert indexed in ids
-    reply = c.chat.completions.create(model=indexed,
-                                      messages=[{"role": "user", "content": "hi"}])
+    reply = c.chat.completions.create(model=indexed, messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content
     assert reply.usage.completion_tokens > 0
     [inst] = instances(daemon)
     assert inst["state"] == "ready" and inst["name"] == indexed
     # the running instance answers by its own name too, without a second start
-    again = c.chat.completions.create(model=inst["name"], messages=[{"role": "user", "content": "x"}])
+    again = c.chat.completions.create(
+        model=inst["name"], messages=[{"role": "user", "content": "x"}]
+    )
     assert again.choices[0].message.content and len(instances(daemon)) == 1
 
 
 def test_streaming_chat_is_relayed_chunk_by_chunk(daemon, indexed):
     stream = client(daemon).chat.completions.create(
-        model=indexed, messages=[{"role": "user", "content": "hi"}], stream=True)
-    pieces = [ch.choices[0].delta.content for ch in stream if ch.choices and ch.choices[0].delta.content]
+        model=indexed, messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    pieces = [
+        ch.choices[0].delta.content for ch in stream if ch.choices and ch.choices[0].delta.content
+    ]
     assert len(pieces) >= 2
 
 
@@ -77,10 +82,15 @@ def test_concurrent_requests_start_exactly_one_instance(daemon, indexed):
 def test_errors_keep_the_openai_shape(daemon, indexed):
     c = client(daemon)
     with pytest.raises(openai.NotFoundError) as err:
-        c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        c.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert "not a preset and not in the index" in err.value.message
-    req = urllib.request.Request(daemon.settings.daemon_url + "/v1/chat/completions",
-                                 data=b"{not json", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        daemon.settings.daemon_url + "/v1/chat/completions",
+        data=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as bad:
         urllib.request.urlopen(req, timeout=10)
     assert bad.value.code == 400
@@ -100,11 +110,18 @@ def test_client_disconnect_stops_generation_upstream(daemon, indexed, tmp_path):
     c.chat.completions.create(model=indexed, messages=[{"role": "user", "content": "warm"}])
     [inst] = instances(daemon)
     # a long, slow stream; read a little, then hang up
-    body = json.dumps({"model": indexed, "stream": True, "max_tokens": 500,
-                       "messages": [{"role": "user", "content": "long"}]}).encode()
+    body = json.dumps(
+        {
+            "model": indexed,
+            "stream": True,
+            "max_tokens": 500,
+            "messages": [{"role": "user", "content": "long"}],
+        }
+    ).encode()
     conn = http.client.HTTPConnection("127.0.0.1", daemon.settings.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", body=body,
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"}
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     resp.read1(200)

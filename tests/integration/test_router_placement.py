@@ -29,7 +29,7 @@ from tests.integration.conftest import api, launch
 
 gguf_shapes = pytest.importorskip("tests.fakes.gguf_shapes")
 
-GiB = 1024 ** 3
+GiB = 1024**3
 MARGIN = GiB  # the default fit_margin_mib
 RECORDED = Path(__file__).parent.parent / "fakes" / "gpu_outputs"
 
@@ -42,12 +42,21 @@ def dense(path: Path, n_layer: int, ctx: int = 4096, **fake) -> Path:
     for i in range(n_layer):
         tensors += gguf_shapes._attn(i, n_embd, 40 * 128, 8 * 128, bias=True)
         tensors += gguf_shapes._ffn(i, n_embd, n_ff)
-    tensors += [("output_norm.weight", (n_embd,), gguf_shapes.F32),
-                ("output.weight", (n_embd, vocab), gguf_shapes.Q6_K)]
-    kv = {".context_length": ctx, ".block_count": n_layer, ".embedding_length": n_embd,
-          ".feed_forward_length": n_ff, ".attention.head_count": 40,
-          ".attention.head_count_kv": 8, ".rope.freq_base": 1000000.0,
-          ".attention.layer_norm_rms_epsilon": 1e-6, "general.file_type": 15}
+    tensors += [
+        ("output_norm.weight", (n_embd,), gguf_shapes.F32),
+        ("output.weight", (n_embd, vocab), gguf_shapes.Q6_K),
+    ]
+    kv = {
+        ".context_length": ctx,
+        ".block_count": n_layer,
+        ".embedding_length": n_embd,
+        ".feed_forward_length": n_ff,
+        ".attention.head_count": 40,
+        ".attention.head_count_kv": 8,
+        ".rope.freq_base": 1000000.0,
+        ".attention.layer_norm_rms_epsilon": 1e-6,
+        "general.file_type": 15,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     gguf_shapes.write_shape(path, "qwen2", kv, tensors, vocab)
     if fake:
@@ -59,6 +68,7 @@ def dense(path: Path, n_layer: int, ctx: int = 4096, **fake) -> Path:
 def start_daemon(daemon_env):
     """A daemon with extra env; every one started is stopped after the test."""
     with contextlib.ExitStack() as stack:
+
         def start(**env: str) -> DaemonProcess:
             return stack.enter_context(running_daemon({**daemon_env, **env}))
 
@@ -69,8 +79,10 @@ def index(d: DaemonProcess, directory: Path) -> dict[str, str]:
     """Import every model of ``directory``; file stem -> index name."""
     out = d.cli("import", str(directory), "--json")
     assert out.returncode == 0, out.stderr
-    return {Path(m["path"]).name.removesuffix(".gguf"): m["name"]
-            for m in json.loads(d.cli("ls", "--json").stdout)}
+    return {
+        Path(m["path"]).name.removesuffix(".gguf"): m["name"]
+        for m in json.loads(d.cli("ls", "--json").stdout)
+    }
 
 
 def chat(d: DaemonProcess, model: str) -> tuple[int, object, dict]:
@@ -79,9 +91,12 @@ def chat(d: DaemonProcess, model: str) -> tuple[int, object, dict]:
 
     conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=60)
     try:
-        conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
-                     body=json.dumps({"model": model,
-                                      "messages": [{"role": "user", "content": "hi"}]}))
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            headers={"Content-Type": "application/json"},
+            body=json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+        )
         resp = conn.getresponse()
         body = resp.read()
         return resp.status, json.loads(body or b"null"), dict(resp.getheaders())
@@ -98,15 +113,19 @@ def live(d: DaemonProcess) -> dict[str, dict]:
     """Instances that hold memory now, by model file stem."""
     status, items = api(d, "GET", "/api/v1/instances")
     assert status == 200, items
-    return {Path(i["model"]).name.removesuffix(".gguf"): i for i in items
-            if i["desired"] == "running" and i["state"] in ("starting", "ready", "unhealthy")}
+    return {
+        Path(i["model"]).name.removesuffix(".gguf"): i
+        for i in items
+        if i["desired"] == "running" and i["state"] in ("starting", "ready", "unhealthy")
+    }
 
 
 def on(inst: dict) -> dict[str, int]:
     """device id -> bytes the instance's plan puts there."""
     assert inst["placement"] and inst["placement"]["fits"], inst
-    return {dev["id"]: dev["used_bytes"] for dev in inst["placement"]["devices"]
-            if dev["used_bytes"]}
+    return {
+        dev["id"]: dev["used_bytes"] for dev in inst["placement"]["devices"] if dev["used_bytes"]
+    }
 
 
 def assert_nothing_past_free(instances: dict[str, dict]) -> dict[str, int]:
@@ -162,9 +181,18 @@ def test_pinned_busy_and_user_instances_are_kept_and_the_answer_is_503(start_dae
 
     ok(d, "keeper")  # the least recently used of all, but pinned
     conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
-                 body=json.dumps({"model": names["busy"], "stream": True,
-                                  "messages": [{"role": "user", "content": "long"}]}))
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        headers={"Content-Type": "application/json"},
+        body=json.dumps(
+            {
+                "model": names["busy"],
+                "stream": True,
+                "messages": [{"role": "user", "content": "long"}],
+            }
+        ),
+    )
     stream = conn.getresponse()
     assert stream.status == 200
     stream.read1(100)  # busy has a request in flight
@@ -211,11 +239,13 @@ def fake_nvidia_smi(directory: Path, recorded: str) -> Path:
     no compute processes (a driver that has not seen any allocation yet)."""
     directory.mkdir(parents=True, exist_ok=True)
     tool = directory / "nvidia-smi"
-    tool.write_text("#!/bin/sh\n"
-                    "case \"$*\" in\n"
-                    "  *--query-compute-apps*) exit 0 ;;\n"
-                    f"  *) cat '{RECORDED / recorded}' ;;\n"
-                    "esac\n")
+    tool.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        "  *--query-compute-apps*) exit 0 ;;\n"
+        f"  *) cat '{RECORDED / recorded}' ;;\n"
+        "esac\n"
+    )
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     return directory
 
@@ -235,11 +265,22 @@ def layers_that_fit_only_without(victim: dict, instances: dict[str, dict], scrat
     from corral.fit.devices import Device, Devices
 
     views = next(iter(instances.values()))["placement"]["devices"]
-    gpus = [Device(id=v["id"], name=v["name"], kind="gpu", total_bytes=v["total_bytes"],
-                   free_bytes=v["free_bytes"]) for v in views if v["kind"] == "gpu"]
+    gpus = [
+        Device(
+            id=v["id"],
+            name=v["name"],
+            kind="gpu",
+            total_bytes=v["total_bytes"],
+            free_bytes=v["free_bytes"],
+        )
+        for v in views
+        if v["kind"] == "gpu"
+    ]
     free = mem_available()
-    devices = Devices(gpus=gpus, host=Device(id="host", name="host", kind="host",
-                                             total_bytes=free, free_bytes=free))
+    devices = Devices(
+        gpus=gpus,
+        host=Device(id="host", name="host", kind="host", total_bytes=free, free_bytes=free),
+    )
 
     def committed(insts) -> dict[str, int]:  # as the daemon counts loaded instances
         out: dict[str, int] = {}
@@ -262,14 +303,14 @@ def layers_that_fit_only_without(victim: dict, instances: dict[str, dict], scrat
     return (lo + hi) // 2
 
 
-def test_detected_cards_take_two_models_apart_and_eviction_frees_the_lru(start_daemon,
-                                                                          tmp_path):
+def test_detected_cards_take_two_models_apart_and_eviction_frees_the_lru(start_daemon, tmp_path):
     """RTX 3060 (11938 MiB free) + RTX 2080 (7967 MiB free) from a recorded nvidia-smi,
     and this machine's RAM as the host: the free figures stay where they are while
     instances start, so only the committed projections keep the cards from overfilling."""
     bin_dir = fake_nvidia_smi(tmp_path / "bin", "nvidia-smi-2gpu.csv")
-    d = start_daemon(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                     CORRAL_ROUTER_MAX_INSTANCES="0")
+    d = start_daemon(
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", CORRAL_ROUTER_MAX_INSTANCES="0"
+    )
     dense(tmp_path / "m" / "alpha.gguf", 40)  # 7.8 GiB: the 3060 only
     dense(tmp_path / "m" / "beta.gguf", 30)  # 6.1 GiB: what the 2080 takes
     names = index(d, tmp_path / "m")

@@ -39,6 +39,7 @@ def make_gguf(directory: Path, name: str, **fake) -> Path:
 def start_daemon(daemon_env):
     """Start a daemon with extra settings; every one started is stopped after the test."""
     with contextlib.ExitStack() as stack:
+
         def start(**settings) -> DaemonProcess:
             env = dict(daemon_env)
             env.update({f"CORRAL_{k.upper()}": str(v) for k, v in settings.items()})
@@ -57,8 +58,9 @@ def import_models(d: DaemonProcess, directory: Path, *names: str, **fake) -> lis
 
 
 def client(d: DaemonProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=d.settings.daemon_url + "/v1", api_key="unused",
-                         max_retries=0, timeout=60)
+    return openai.OpenAI(
+        base_url=d.settings.daemon_url + "/v1", api_key="unused", max_retries=0, timeout=60
+    )
 
 
 def chat(d: DaemonProcess, model: str, text: str = "hi") -> str:
@@ -73,8 +75,12 @@ def live(d: DaemonProcess) -> dict[str, dict]:
 
 def post_raw(d: DaemonProcess, body: dict, timeout: float = 30):
     conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=timeout)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     return conn, conn.getresponse()
 
 
@@ -129,8 +135,11 @@ def test_pinned_instance_is_never_evicted(start_daemon, tmp_path):
     assert d.cli("import", str(tmp_path / "m")).returncode == 0
     d.client.request("PUT", "/api/v1/presets/keeper", {"model": str(path), "pinned": True})
     assert chat(d, "keeper")
-    other = next(m["name"] for m in json.loads(d.cli("ls", "--json").stdout)
-                 if m["path"].endswith("other-Q4_K_M.gguf"))
+    other = next(
+        m["name"]
+        for m in json.loads(d.cli("ls", "--json").stdout)
+        if m["path"].endswith("other-Q4_K_M.gguf")
+    )
     with pytest.raises(openai.APIStatusError) as err:
         chat(d, other)
     assert err.value.status_code == 503
@@ -144,9 +153,11 @@ def test_an_instance_with_a_request_in_flight_is_not_evicted(start_daemon, tmp_p
     d = start_daemon(router_max_instances=1)
     slow, quick = import_models(d, tmp_path / "m", "slow", "quick")
     (tmp_path / "m" / "slow-Q4_K_M.gguf.fake.json").write_text(
-        json.dumps({"tokens": 300, "token_delay": 0.01}))
-    conn, resp = post_raw(d, {"model": slow, "stream": True,
-                              "messages": [{"role": "user", "content": "long"}]})
+        json.dumps({"tokens": 300, "token_delay": 0.01})
+    )
+    conn, resp = post_raw(
+        d, {"model": slow, "stream": True, "messages": [{"role": "user", "content": "long"}]}
+    )
     assert resp.status == 200
     resp.read1(100)  # the slow stream is flowing
     with pytest.raises(openai.APIStatusError) as err:
@@ -162,8 +173,9 @@ def test_an_instance_with_a_request_in_flight_is_not_evicted(start_daemon, tmp_p
 def test_streaming_clients_get_heartbeats_while_the_model_loads(start_daemon, tmp_path):
     d = start_daemon(router_heartbeat=0.2)
     [model] = import_models(d, tmp_path / "m", "loading", load_seconds=2.0)
-    conn, resp = post_raw(d, {"model": model, "stream": True,
-                              "messages": [{"role": "user", "content": "hi"}]})
+    conn, resp = post_raw(
+        d, {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
     text = resp.read().decode()
     conn.close()
@@ -202,8 +214,11 @@ def test_load_wait_is_bounded(start_daemon, tmp_path):
         chat(d, model)
     assert err.value.status_code == 503 and "still loading" in err.value.message
     assert err.value.response.headers.get("retry-after")
-    wait_for(lambda: any(i["state"] == "ready" for i in live(d).values()), timeout=20,
-             message="the load went on in the background")
+    wait_for(
+        lambda: any(i["state"] == "ready" for i in live(d).values()),
+        timeout=20,
+        message="the load went on in the background",
+    )
     assert chat(d, model)
 
 
@@ -214,16 +229,20 @@ def test_instance_dying_mid_stream_ends_it_with_an_error_event(start_daemon, tmp
     [inst] = live(d).values()
     c = client(d)
     stream = c.chat.completions.create(
-        model=model, stream=True, messages=[{"role": "user", "content": "long"}])
+        model=model, stream=True, messages=[{"role": "user", "content": "long"}]
+    )
     got = []
     with c, stream, pytest.raises(openai.APIError) as err:
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 got.append(chunk.choices[0].delta.content)
             if len(got) == 3:
-                urllib.request.urlopen(urllib.request.Request(
-                    f"http://127.0.0.1:{inst['port']}/_fake/crash?code=9", method="POST"),
-                    timeout=5).close()
+                urllib.request.urlopen(
+                    urllib.request.Request(
+                        f"http://127.0.0.1:{inst['port']}/_fake/crash?code=9", method="POST"
+                    ),
+                    timeout=5,
+                ).close()
     assert len(got) >= 3
     assert "failed mid-response" in str(err.value)
     usage = d.client.request("GET", "/api/v1/usage")["instances"][inst["name"]]
@@ -235,12 +254,20 @@ def test_usage_counters_and_prometheus_metrics(start_daemon, tmp_path):
     [model] = import_models(d, tmp_path / "m", "counted", tokens=7)
     for _ in range(3):
         assert chat(d, model)
-    with client(d) as c, c.chat.completions.create(
-            model=model, stream=True, messages=[{"role": "user", "content": "s"}]) as stream:
+    with (
+        client(d) as c,
+        c.chat.completions.create(
+            model=model, stream=True, messages=[{"role": "user", "content": "s"}]
+        ) as stream,
+    ):
         assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
     # counted when the upstream answer has ended, a moment after the client saw [DONE]
-    m = wait_for(lambda: (u := d.client.request("GET", "/api/v1/usage")["models"][model])
-                 ["requests"] == 4 and u, message="all four requests counted")
+    m = wait_for(
+        lambda: (
+            (u := d.client.request("GET", "/api/v1/usage")["models"][model])["requests"] == 4 and u
+        ),
+        message="all four requests counted",
+    )
     assert m["errors"] == 0
     assert m["tokens_out"] == 4 * 7 and m["tokens_in"] > 0
     assert m["tokens_per_second"] and m["tokens_per_second"] > 0
@@ -248,11 +275,16 @@ def test_usage_counters_and_prometheus_metrics(start_daemon, tmp_path):
         assert r.headers["content-type"].startswith("text/plain")
         text = r.read().decode()
     [inst] = live(d)
-    assert (f'corral_requests_total{{endpoint="chat/completions",instance="{inst}",'
-            f'model="{model}",status="200"}} 4.0') in text
+    assert (
+        f'corral_requests_total{{endpoint="chat/completions",instance="{inst}",'
+        f'model="{model}",status="200"}} 4.0'
+    ) in text
     assert f'corral_completion_tokens_total{{model="{model}"}} 28.0' in text
     assert f'corral_time_to_first_token_seconds_count{{model="{model}"}} 4.0' in text
-    assert f'corral_instance_state{{instance="{inst}",model="counted-Q4_K_M.gguf",state="ready"}} 1.0' in text
+    assert (
+        f'corral_instance_state{{instance="{inst}",model="counted-Q4_K_M.gguf",state="ready"}} 1.0'
+        in text
+    )
     assert f'corral_model_load_seconds_count{{model="{model}"}} 1.0' in text
     assert "corral_queue_depth" in text
 
@@ -285,8 +317,11 @@ def test_event_stream_carries_instance_and_router_events(start_daemon, tmp_path)
     reader = threading.Thread(target=read_events, daemon=True)
     reader.start()
     assert chat(d, model)
-    wait_for(lambda: any(t == "instance" and e.get("state") == "ready" for t, e in seen),
-             timeout=10, message="instance ready event")
+    wait_for(
+        lambda: any(t == "instance" and e.get("state") == "ready" for t, e in seen),
+        timeout=10,
+        message="instance ready event",
+    )
     assert any(t == "router" and e["type"] == "starting" for t, e in seen)
     states = [e["state"] for t, e in seen if t == "instance" and e["type"] == "state"]
     assert states.index("starting") < states.index("ready")
@@ -299,8 +334,12 @@ def test_expect_100_continue_is_answered_by_the_daemon_not_relayed(start_daemon,
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
     conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=30)
     try:
-        conn.request("POST", "/v1/chat/completions", body=body,
-                     headers={"Content-Type": "application/json", "Expect": "100-continue"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=body,
+            headers={"Content-Type": "application/json", "Expect": "100-continue"},
+        )
         resp = conn.getresponse()  # http.client skips the 100 itself
         assert resp.status == 200
         assert json.loads(resp.read())["choices"][0]["message"]["content"]
@@ -324,8 +363,12 @@ def test_a_client_leaving_a_non_streaming_request_stops_generation(start_daemon,
     assert d.cli("run", model).returncode == 0  # ready before the request: no load to wait for
     [inst] = live(d).values()
     conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
-                 body=json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}))
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        headers={"Content-Type": "application/json"},
+        body=json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}),
+    )
     time.sleep(0.5)  # generating; no response head yet (it comes with the whole answer)
     conn.close()
 
@@ -334,8 +377,11 @@ def test_a_client_leaving_a_non_streaming_request_stops_generation(start_daemon,
             return json.loads(r.read())
 
     # the fake, like llama-server, stops a non-streaming generation whose connection closed
-    wait_for(lambda: state().get("cancelled", 0) >= 1, timeout=15,
-             message="upstream saw the client leave")
+    wait_for(
+        lambda: state().get("cancelled", 0) >= 1,
+        timeout=15,
+        message="upstream saw the client leave",
+    )
     with urllib.request.urlopen(d.settings.daemon_url + "/metrics", timeout=10) as r:
         assert f'instance="{inst["name"]}",model="{model}",status="499"}} 1.0' in r.read().decode()
     usage = d.client.request("GET", "/api/v1/usage")["instances"][inst["name"]]
@@ -348,8 +394,9 @@ def test_a_client_leaving_while_its_model_loads_frees_its_queue_place(start_daem
     [model] = import_models(d, tmp_path / "m", "slowload", load_seconds=3.0)
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]})
     conn = http.client.HTTPConnection("127.0.0.1", d.settings.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", body=body,
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"}
+    )
     time.sleep(0.5)
     conn.close()  # left while the model loads
     time.sleep(0.3)

@@ -33,8 +33,9 @@ def token(daemon) -> str:
 
 def admin(daemon, method: str, path: str, body=None):
     """An admin call with the local token (once keys exist, plain calls get 401)."""
-    status, payload = api(daemon, method, path, body,
-                          headers={"Authorization": f"Bearer {token(daemon)}"})
+    status, payload = api(
+        daemon, method, path, body, headers={"Authorization": f"Bearer {token(daemon)}"}
+    )
     assert status < 300, (status, payload)
     return payload
 
@@ -92,14 +93,20 @@ def test_inference_key_still_starts_what_is_meant_for_the_router(daemon, make_mo
     assert status == 200, body
 
     # a user instance with its own idle TTL, stopped by the router: scale to zero and back
-    wait_for(lambda: state_of(daemon, "idler") == "stopped", timeout=20,
-             message="the idle user instance was stopped")
+    wait_for(
+        lambda: state_of(daemon, "idler") == "stopped",
+        timeout=20,
+        message="the idle user instance was stopped",
+    )
     status, body = chat(daemon, "idler", secret)
     assert status == 200, body  # started again
 
     # ... but once an admin stops it (even after the router did), it is theirs
-    wait_for(lambda: state_of(daemon, "idler") == "stopped", timeout=20,
-             message="the idle user instance was stopped again")
+    wait_for(
+        lambda: state_of(daemon, "idler") == "stopped",
+        timeout=20,
+        message="the idle user instance was stopped again",
+    )
     admin(daemon, "POST", "/api/v1/instances/idler/stop")
     assert chat(daemon, "idler", secret)[0] == 403
     assert state_of(daemon, "idler") == "stopped"
@@ -178,10 +185,19 @@ def test_api_key_masked_in_ps_and_api(daemon, model_file):
     secret = "sekrit-4f1e9c"
     events = EventTap(daemon)
     try:
-        plan = api(daemon, "POST", "/api/v1/instances/plan",
-                   {"model": str(model_file), "flags": [f"--api-key={secret}"]})[1]
-        inst = launch(daemon, model_file, name="hidden", flags=["--api-key", secret],
-                      env={"HF_TOKEN": "hf_" + secret})
+        plan = api(
+            daemon,
+            "POST",
+            "/api/v1/instances/plan",
+            {"model": str(model_file), "flags": [f"--api-key={secret}"]},
+        )[1]
+        inst = launch(
+            daemon,
+            model_file,
+            name="hidden",
+            flags=["--api-key", secret],
+            env={"HF_TOKEN": "hf_" + secret},
+        )
         listed = api(daemon, "GET", "/api/v1/instances")[1]
         one = api(daemon, "GET", "/api/v1/instances/hidden")[1]
         seen = events.read_until(b'"ready"')
@@ -195,8 +211,16 @@ def test_api_key_masked_in_ps_and_api(daemon, model_file):
     assert "--api-key ***" in json.loads(ps_json.stdout)[0]["flags"]
     log_head = (daemon.settings.logs_dir / "hidden.log").read_text().splitlines()[0]
     assert "--api-key ***" in log_head
-    for shown in (plan, inst, listed, one, ps_json.stdout, ps_table.stdout, log_head,
-                  seen.decode()):
+    for shown in (
+        plan,
+        inst,
+        listed,
+        one,
+        ps_json.stdout,
+        ps_table.stdout,
+        log_head,
+        seen.decode(),
+    ):
         assert secret not in json.dumps(shown), shown
     # the record keeps it: the router calls the instance with it
     assert chat(daemon, "hidden")[0] == 200
@@ -207,8 +231,10 @@ class EventTap:
 
     def __init__(self, daemon) -> None:
         self.sock = socket.create_connection(("127.0.0.1", daemon.settings.port), timeout=30)
-        self.sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1:{daemon.settings.port}"
-                          "\r\nAccept: text/event-stream\r\n\r\n".encode())
+        self.sock.sendall(
+            f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1:{daemon.settings.port}"
+            "\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
         self.data = b""
         while b": connected" not in self.data:  # subscribed before anything happens
             self.data += self.sock.recv(65536)

@@ -49,8 +49,12 @@ ST = Path(sys.executable).parent / "st"
 #: settings would let fuzzed URLs (hf_endpoint, releases_url) point later calls off-host
 #: (tests/integration/test_settings_api.py covers it).
 EXCLUDED = ("/api/v1/shutdown", "/api/v1/events", "/api/v1/builds/update", "/api/v1/settings")
-CHECKS = ("not_a_server_error", "content_type_conformance", "response_headers_conformance",
-          "response_schema_conformance")
+CHECKS = (
+    "not_a_server_error",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+)
 #: The pull example in the schema (corral.api.pulls.PullRequest), served by the FakeHub.
 EXAMPLE_REPO, EXAMPLE_FILE = "unsloth/gemma-3-270m-it-GGUF", "gemma-3-270m-it-Q4_K_M.gguf"
 CONFIG = """\
@@ -92,20 +96,40 @@ def run_schemathesis(daemon, workdir: Path) -> tuple[subprocess.CompletedProcess
     config.write_text(CONFIG)
     report = workdir / "report.json"
     token = (daemon.settings.home / "daemon.token").read_text().strip()
-    argv = [str(ST), "--config-file", str(config), "run",
-            daemon.settings.daemon_url + "/openapi.json",
-            "--header", f"Authorization: Bearer {token}",
-            "--exclude-path-regex", "^/v1/",
-            *[arg for path in EXCLUDED for arg in ("--exclude-path", path)],
-            "--checks", ",".join(CHECKS),
-            "--phases", "examples,coverage,fuzzing",
-            "--max-examples", "25", "--generation-deterministic", "--workers", "1",
-            "--request-timeout", "30", "--no-color",
-            "--report", "json", "--report-json-path", str(report)]
+    argv = [
+        str(ST),
+        "--config-file",
+        str(config),
+        "run",
+        daemon.settings.daemon_url + "/openapi.json",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--exclude-path-regex",
+        "^/v1/",
+        *[arg for path in EXCLUDED for arg in ("--exclude-path", path)],
+        "--checks",
+        ",".join(CHECKS),
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "25",
+        "--generation-deterministic",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--no-color",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=workdir)
     if not report.is_file():
-        pytest.fail(f"schemathesis did not run (exit {proc.returncode}):\n"
-                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"schemathesis did not run (exit {proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc, json.loads(report.read_text())
 
 
@@ -124,8 +148,11 @@ def failures_text(stdout: str, daemon_log: str) -> str:
     """The FAILURES section of the CLI output (lines shortened) and the daemon's tracebacks."""
     section = stdout.split("= FAILURES =", 1)[-1].split("= WARNINGS =", 1)[0]
     shown = "\n".join(ln[:300] for ln in section.splitlines())
-    return (shown + "\n--- daemon tracebacks ---\n"
-            + "\n\n".join(dict.fromkeys(daemon_tracebacks(daemon_log))))[-12000:]
+    return (
+        shown
+        + "\n--- daemon tracebacks ---\n"
+        + "\n\n".join(dict.fromkeys(daemon_tracebacks(daemon_log)))
+    )[-12000:]
 
 
 def test_management_api_has_no_server_errors_and_conforms(daemon, tmp_path):
@@ -138,5 +165,5 @@ def test_management_api_has_no_server_errors_and_conforms(daemon, tmp_path):
     assert not report["warnings"].get("missing_auth"), report["warnings"]["missing_auth"]
     assert report["errors"] == [], report["errors"]
     assert report["failures"] == [] and proc.returncode == 0, (
-        f"schemathesis found {report['failures']}\n"
-        + failures_text(proc.stdout, daemon.log_text()))
+        f"schemathesis found {report['failures']}\n" + failures_text(proc.stdout, daemon.log_text())
+    )

@@ -19,8 +19,9 @@ from tests.conftest import DaemonProcess, free_port, wait_for
 from tests.integration.conftest import api, assert_error, launch
 
 
-def call(daemon, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], object]:
+def call(
+    daemon, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], object]:
     """One request with exactly these headers; returns (status, headers, decoded body)."""
     conn = http.client.HTTPConnection("127.0.0.1", daemon.settings.port, timeout=30)
     try:
@@ -106,16 +107,21 @@ def test_an_inference_key_reaches_the_openai_api_only(daemon):
     status, made = api(daemon, "POST", "/api/v1/keys", {"name": "webapp", "scope": "inference"})
     assert status == 201 and made["scope"] == "inference" and made["secret"].startswith("crl_")
     secret = made["secret"]
-    client = openai.OpenAI(base_url=daemon.settings.daemon_url + "/v1", api_key=secret,
-                           max_retries=0)
+    client = openai.OpenAI(
+        base_url=daemon.settings.daemon_url + "/v1", api_key=secret, max_retries=0
+    )
     assert client.models.list().object == "list"
-    for method, path in (("GET", "/api/v1/instances"), ("GET", "/api/v1/keys"),
-                         ("DELETE", f"/api/v1/keys/{made['id']}")):
+    for method, path in (
+        ("GET", "/api/v1/instances"),
+        ("GET", "/api/v1/keys"),
+        ("DELETE", f"/api/v1/keys/{made['id']}"),
+    ):
         assert_error(*call(daemon, method, path, headers=bearer(secret))[::2], 403, "forbidden")
     # OpenAI clients get OpenAI's error shape
     with pytest.raises(openai.AuthenticationError) as denied:
-        openai.OpenAI(base_url=daemon.settings.daemon_url + "/v1", api_key="crl_wrong",
-                      max_retries=0).models.list()
+        openai.OpenAI(
+            base_url=daemon.settings.daemon_url + "/v1", api_key="crl_wrong", max_retries=0
+        ).models.list()
     assert "API key" in denied.value.message
     status, _, body = call(daemon, "GET", "/v1/models")
     assert status == 401 and set(body["error"]) == {"message", "type", "code"}
@@ -124,28 +130,40 @@ def test_an_inference_key_reaches_the_openai_api_only(daemon):
 def test_revoke_counts_in_the_running_daemon(daemon):
     keeper = create_key(daemon, "keeper")  # keeps the daemon closed while the others go
     by_cli = create_key(daemon, "cli-made")
-    status, by_api = api(daemon, "POST", "/api/v1/keys", {"name": "api-made"},
-                         headers=bearer(by_cli))
+    status, by_api = api(
+        daemon, "POST", "/api/v1/keys", {"name": "api-made"}, headers=bearer(by_cli)
+    )
     assert status == 201 and by_api["scope"] == "admin"
     for secret in (by_cli, by_api["secret"]):
         assert call(daemon, "GET", "/api/v1/instances", headers=bearer(secret))[0] == 200
     # revoke through the CLI (the store, another process) ...
     revoked = daemon.cli("keys", "revoke", key_id(daemon, by_cli))
     assert revoked.returncode == 0, revoked.stderr
-    wait_for(lambda: call(daemon, "GET", "/api/v1/instances", headers=bearer(by_cli))[0] == 401,
-             timeout=5, message="the revoked key refused")
+    wait_for(
+        lambda: call(daemon, "GET", "/api/v1/instances", headers=bearer(by_cli))[0] == 401,
+        timeout=5,
+        message="the revoked key refused",
+    )
     # ... and through the API
-    status, body = api(daemon, "DELETE", f"/api/v1/keys/{by_api['id']}",
-                       headers=bearer(by_api["secret"]))
+    status, body = api(
+        daemon, "DELETE", f"/api/v1/keys/{by_api['id']}", headers=bearer(by_api["secret"])
+    )
     assert status == 200 and body["revoked_at"] is not None and body["active"] is False
-    wait_for(lambda: call(daemon, "GET", "/api/v1/instances",
-                          headers=bearer(by_api["secret"]))[0] == 401,
-             timeout=5, message="the revoked key refused")
+    wait_for(
+        lambda: (
+            call(daemon, "GET", "/api/v1/instances", headers=bearer(by_api["secret"]))[0] == 401
+        ),
+        timeout=5,
+        message="the revoked key refused",
+    )
     assert call(daemon, "GET", "/api/v1/instances", headers=bearer(keeper))[0] == 200
     # with no active key left loopback is open again; revoked keys stay on record
     assert daemon.cli("keys", "revoke", key_id(daemon, keeper)).returncode == 0
-    wait_for(lambda: call(daemon, "GET", "/api/v1/instances")[0] == 200, timeout=5,
-             message="loopback open again")
+    wait_for(
+        lambda: call(daemon, "GET", "/api/v1/instances")[0] == 200,
+        timeout=5,
+        message="loopback open again",
+    )
     status, listed = api(daemon, "GET", "/api/v1/keys")
     assert status == 200 and [k["active"] for k in listed] == [False, False, False]
     assert_error(*api(daemon, "DELETE", "/api/v1/keys/key_nothere"), 404, "not_found")
@@ -153,15 +171,18 @@ def test_revoke_counts_in_the_running_daemon(daemon):
 
 def test_secrets_are_in_no_listing_and_no_file(daemon):
     secrets_ = [create_key(daemon, "one"), create_key(daemon, "two", "--scope", "inference")]
-    status, made = api(daemon, "POST", "/api/v1/keys", {"name": "three"},
-                       headers=bearer(secrets_[0]))
+    status, made = api(
+        daemon, "POST", "/api/v1/keys", {"name": "three"}, headers=bearer(secrets_[0])
+    )
     assert status == 201
     secrets_.append(made["secret"])
     listing = daemon.cli("keys", "ls", "--json")
     status, api_listing = api(daemon, "GET", "/api/v1/keys", headers=bearer(secrets_[0]))
     assert status == 200 and len(api_listing) == 3
-    assert all(set(k) == {"id", "name", "scope", "created_at", "last_used_at", "revoked_at",
-                          "active"} for k in api_listing)
+    assert all(
+        set(k) == {"id", "name", "scope", "created_at", "last_used_at", "revoked_at", "active"}
+        for k in api_listing
+    )
     table = daemon.cli("keys", "ls")
     files = [p for p in daemon.settings.home.rglob("*") if p.is_file()]
     assert any(p.name.startswith("corral.db") for p in files)
@@ -182,8 +203,13 @@ def test_bad_key_requests_are_400(daemon):
 
 
 def serve_proc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "corral", "serve", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", "serve", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_serving_beyond_loopback_needs_a_key(daemon_env, corral_home):
@@ -192,8 +218,13 @@ def test_serving_beyond_loopback_needs_a_key(daemon_env, corral_home):
     refused = serve_proc(env, "--host", "0.0.0.0")
     assert refused.returncode == 2, refused.stderr
     assert "corral keys create" in refused.stderr and "Traceback" not in refused.stderr
-    made = subprocess.run([sys.executable, "-m", "corral", "keys", "create", "lan"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [sys.executable, "-m", "corral", "keys", "create", "lan"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     secret = made.stdout.strip()
     assert made.returncode == 0 and secret.startswith("crl_"), made.stderr
     d = DaemonProcess({**env, "CORRAL_HOST": "0.0.0.0"}).start()  # reached via 127.0.0.1 only
@@ -201,14 +232,24 @@ def test_serving_beyond_loopback_needs_a_key(daemon_env, corral_home):
         assert call(d, "GET", "/healthz")[0] == 200
         assert call(d, "GET", "/api/v1/instances")[0] == 401
         # beyond loopback any Host is fine (the LAN name), with a key
-        assert call(d, "GET", "/api/v1/instances",
-                    headers={"Host": f"corral.lan:{port}", **bearer(secret)})[0] == 200
+        assert (
+            call(
+                d,
+                "GET",
+                "/api/v1/instances",
+                headers={"Host": f"corral.lan:{port}", **bearer(secret)},
+            )[0]
+            == 200
+        )
         ps = d.cli("ps", "--json")  # the CLI through the local token
         assert ps.returncode == 0 and json.loads(ps.stdout) == [], ps.stderr
         # with every key revoked a key is still required: the bind decides, not the store
         assert d.cli("keys", "revoke", key_id(d, secret)).returncode == 0
-        wait_for(lambda: call(d, "GET", "/api/v1/instances", headers=bearer(secret))[0] == 401,
-                 timeout=5, message="the revoked key refused")
+        wait_for(
+            lambda: call(d, "GET", "/api/v1/instances", headers=bearer(secret))[0] == 401,
+            timeout=5,
+            message="the revoked key refused",
+        )
         assert call(d, "GET", "/api/v1/instances")[0] == 401
     finally:
         d.stop()
@@ -221,16 +262,18 @@ def test_web_pages_cannot_drive_the_daemon(daemon, model_file):
     for path in ("/healthz", "/api/v1/instances", "/v1/models"):
         assert call(daemon, "GET", path, headers={"Host": f"evil.example:{port}"})[0] == 403
     # a cross-site fetch or form carries its Origin
-    status, _, body = call(daemon, "POST", "/api/v1/instances/victim/stop",
-                           headers={"Origin": "http://evil.example"})
+    status, _, body = call(
+        daemon, "POST", "/api/v1/instances/victim/stop", headers={"Origin": "http://evil.example"}
+    )
     assert_error(status, body, 403, "forbidden_origin")
     # an HTML form posts without a preflight, but never as JSON
     form = json.dumps({"model": str(model_file), "name": "formed"}).encode()
     for ctype in ("text/plain", "application/x-www-form-urlencoded"):
         status, _, body = call(daemon, "POST", "/api/v1/instances", form, {"Content-Type": ctype})
         assert_error(status, body, 415, "unsupported_media_type")
-    status, _, body = call(daemon, "POST", "/v1/chat/completions", b"{}",
-                           {"Content-Type": "text/plain"})
+    status, _, body = call(
+        daemon, "POST", "/v1/chat/completions", b"{}", {"Content-Type": "text/plain"}
+    )
     assert status == 415 and body["error"]["type"] == "invalid_request_error"
     status, listed = api(daemon, "GET", "/api/v1/instances")
     assert [i["name"] for i in listed] == ["victim"] and listed[0]["state"] == "ready"
@@ -244,12 +287,25 @@ def test_browser_rules_hold_with_a_key_too(daemon):
     secret = create_key(daemon, "ci")
     port = daemon.settings.port
     good = bearer(secret)
-    assert call(daemon, "GET", "/api/v1/keys", headers={"Host": f"evil.example:{port}",
-                                                        **good})[0] == 403
-    assert call(daemon, "POST", "/api/v1/keys", b'{"name": "x"}',
-                {"Origin": "http://evil.example", "Content-Type": "application/json",
-                 **good})[0] == 403
-    assert call(daemon, "POST", "/api/v1/keys", b'{"name": "x"}',
-                {"Content-Type": "text/plain", **good})[0] == 415
+    assert (
+        call(daemon, "GET", "/api/v1/keys", headers={"Host": f"evil.example:{port}", **good})[0]
+        == 403
+    )
+    assert (
+        call(
+            daemon,
+            "POST",
+            "/api/v1/keys",
+            b'{"name": "x"}',
+            {"Origin": "http://evil.example", "Content-Type": "application/json", **good},
+        )[0]
+        == 403
+    )
+    assert (
+        call(
+            daemon, "POST", "/api/v1/keys", b'{"name": "x"}', {"Content-Type": "text/plain", **good}
+        )[0]
+        == 415
+    )
     assert len(api(daemon, "GET", "/api/v1/keys", headers=good)[1]) == 1
     assert call(daemon, "GET", "/healthz")[0] == 200

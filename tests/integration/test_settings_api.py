@@ -11,8 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from corral.api.settings import KNOBS, edit_config, render_config, toml_value
 from tests.conftest import DaemonProcess
@@ -20,11 +19,29 @@ from tests.fakes.fake_hub import FakeHub
 from tests.fakes.fake_releases import FakeReleases
 from tests.integration.conftest import api, assert_error
 
-EDITABLE = {"idle_ttl", "router_max_instances", "router_memory_budget", "router_queue_limit",
-            "router_queue_timeout", "port_range", "probe_interval", "probe_timeout",
-            "probe_failures", "load_timeout", "stop_timeout", "backoff_initial", "backoff_max",
-            "crash_limit", "crash_window", "log_max_bytes", "log_backups", "hf_endpoint",
-            "releases_url", "fit_devices", "fit_margin_mib"}
+EDITABLE = {
+    "idle_ttl",
+    "router_max_instances",
+    "router_memory_budget",
+    "router_queue_limit",
+    "router_queue_timeout",
+    "port_range",
+    "probe_interval",
+    "probe_timeout",
+    "probe_failures",
+    "load_timeout",
+    "stop_timeout",
+    "backoff_initial",
+    "backoff_max",
+    "crash_limit",
+    "crash_window",
+    "log_max_bytes",
+    "log_backups",
+    "hf_endpoint",
+    "releases_url",
+    "fit_devices",
+    "fit_margin_mib",
+}
 TOKEN = "hf_very_secret_token_123"
 CONFIG_TEXT = f'# my corral settings\nhf_token = "{TOKEN}"\nidle_ttl = 900  # 15 minutes\n'
 
@@ -72,15 +89,34 @@ def test_get_shows_value_default_source_and_hides_secrets(configured):
     assert raw["config_path"] == str(config_of(configured))
     s = raw["settings"]
     assert {k for k, v in s.items() if v["editable"]} == EDITABLE
-    assert_has(s["idle_ttl"], {"value": 900.0, "default": 1800.0, "source": "config",
-                               "env": "CORRAL_IDLE_TTL", "type": "float", "applies": "live",
-                               "min": 0})
+    assert_has(
+        s["idle_ttl"],
+        {
+            "value": 900.0,
+            "default": 1800.0,
+            "source": "config",
+            "env": "CORRAL_IDLE_TTL",
+            "type": "float",
+            "applies": "live",
+            "min": 0,
+        },
+    )
     assert s["probe_interval"]["source"] == "env" and s["probe_interval"]["value"] == 0.2
     assert s["port_range"]["source"] == "env"
-    assert_has(s["crash_limit"], {"value": 5, "default": 5, "source": "default",
-                                  "type": "int", "min": 1})
-    assert_has(s["hf_token"], {"value": None, "default": None, "set": True, "secret": True,
-                               "editable": False, "source": "config"})
+    assert_has(
+        s["crash_limit"], {"value": 5, "default": 5, "source": "default", "type": "int", "min": 1}
+    )
+    assert_has(
+        s["hf_token"],
+        {
+            "value": None,
+            "default": None,
+            "set": True,
+            "secret": True,
+            "editable": False,
+            "source": "config",
+        },
+    )
     assert_has(s["api_key"], {"value": None, "set": False, "secret": True, "source": "default"})
     for name, entry in s.items():
         assert entry["applies"] in ("live", "restart"), name
@@ -93,10 +129,21 @@ def test_get_shows_value_default_source_and_hides_secrets(configured):
 def test_put_writes_the_file_keeps_the_rest_and_applies_live(configured):
     with FakeHub() as hub:
         hub.add_repo("acme/tiny-GGUF", files={"tiny-Q4_K_M.gguf": b"GGUF" + bytes(64)})
-        answer = put(configured, {"idle_ttl": 600, "router_max_instances": 2,
-                                  "hf_endpoint": hub.url, "port_range": " 21000-21099 "})
-        assert answer["updated"] == ["hf_endpoint", "idle_ttl", "port_range",
-                                     "router_max_instances"]
+        answer = put(
+            configured,
+            {
+                "idle_ttl": 600,
+                "router_max_instances": 2,
+                "hf_endpoint": hub.url,
+                "port_range": " 21000-21099 ",
+            },
+        )
+        assert answer["updated"] == [
+            "hf_endpoint",
+            "idle_ttl",
+            "port_range",
+            "router_max_instances",
+        ]
         assert answer["overridden"] == {"port_range": "CORRAL_PORT_RANGE"}
         assert answer["applied"] == ["hf_endpoint", "idle_ttl", "router_max_instances"]
         assert answer["restart_required"] == []
@@ -111,9 +158,13 @@ def test_put_writes_the_file_keeps_the_rest_and_applies_live(configured):
 
     text = config_of(configured).read_text()
     assert text.startswith("# my corral settings\n") and f'hf_token = "{TOKEN}"' in text
-    assert tomllib.loads(text) == {"hf_token": TOKEN, "idle_ttl": 600.0,
-                                   "router_max_instances": 2, "hf_endpoint": hub.url,
-                                   "port_range": "21000-21099"}
+    assert tomllib.loads(text) == {
+        "hf_token": TOKEN,
+        "idle_ttl": 600.0,
+        "router_max_instances": 2,
+        "hf_endpoint": hub.url,
+        "port_range": "21000-21099",
+    }
     assert settings_of(configured) == s
 
 
@@ -156,30 +207,33 @@ def test_settings_survive_a_daemon_restart(daemon):
     assert s["releases_url"]["value"] == "http://127.0.0.1:1/r"
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"colour": "blue"}, "unknown setting 'colour'"),
-    ({"api_key": "x"}, "cannot be changed"),
-    ({"hf_token": "x"}, "cannot be changed"),
-    ({"crash_limit": True}, "must be a number"),
-    ({"crash_limit": 2.5}, "whole number"),
-    ({"crash_limit": 0}, ">= 1"),
-    ({"probe_interval": 0}, "> 0"),
-    ({"idle_ttl": -1}, ">= 0"),
-    ({"idle_ttl": "soon"}, "must be a number"),
-    ({"crash_limit": "5"}, "must be a number"),
-    ({"idle_ttl": [1]}, "must be a number"),
-    ({"load_timeout": 1e300}, "<="),
-    ({"port_range": "9000-8000"}, "not within"),
-    ({"port_range": "lots"}, "must look like"),
-    ({"port_range": 8081}, "must be a string"),
-    ({"hf_endpoint": "ftp://mirror"}, "http(s) URL"),
-    ({"releases_url": "http://a\nb/r"}, "control characters"),
-    ({"releases_url": "http://\udafd/r"}, "lone surrogates"),
-    ({"hf_endpoint": "http://["}, "http(s) URL"),
-    ({"hf_endpoint": "http://host:port"}, "http(s) URL"),
-    ({"backoff_initial": 100}, "must not exceed backoff_max"),
-    ({"idle_ttl": 5, "crash_window": "x" * 5000}, "crash_window"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"colour": "blue"}, "unknown setting 'colour'"),
+        ({"api_key": "x"}, "cannot be changed"),
+        ({"hf_token": "x"}, "cannot be changed"),
+        ({"crash_limit": True}, "must be a number"),
+        ({"crash_limit": 2.5}, "whole number"),
+        ({"crash_limit": 0}, ">= 1"),
+        ({"probe_interval": 0}, "> 0"),
+        ({"idle_ttl": -1}, ">= 0"),
+        ({"idle_ttl": "soon"}, "must be a number"),
+        ({"crash_limit": "5"}, "must be a number"),
+        ({"idle_ttl": [1]}, "must be a number"),
+        ({"load_timeout": 1e300}, "<="),
+        ({"port_range": "9000-8000"}, "not within"),
+        ({"port_range": "lots"}, "must look like"),
+        ({"port_range": 8081}, "must be a string"),
+        ({"hf_endpoint": "ftp://mirror"}, "http(s) URL"),
+        ({"releases_url": "http://a\nb/r"}, "control characters"),
+        ({"releases_url": "http://\udafd/r"}, "lone surrogates"),
+        ({"hf_endpoint": "http://["}, "http(s) URL"),
+        ({"hf_endpoint": "http://host:port"}, "http(s) URL"),
+        ({"backoff_initial": 100}, "must not exceed backoff_max"),
+        ({"idle_ttl": 5, "crash_window": "x" * 5000}, "crash_window"),
+    ],
+)
 def test_bad_values_are_one_line_400s_and_change_nothing(configured, changes, words):
     before = settings_of(configured)
     status, payload = api(configured, "PUT", "/api/v1/settings", changes)
@@ -208,11 +262,21 @@ def test_a_config_file_broken_since_the_start_is_refused_not_overwritten(configu
 # --------------------------------------------------------------------------- the TOML writer
 
 
-@pytest.mark.parametrize("text", [
-    'quote " inside', "back\\slash and \\n not a newline", "C:\\Users\\me\\models",
-    "ünïcødé ✓ 日本語 🦙", "tab\tnew\nline\rreturn", "ctrl \x00 \x1f \x7f", "", "'single'",
-    '"""', "trailing backslash \\",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        'quote " inside',
+        "back\\slash and \\n not a newline",
+        "C:\\Users\\me\\models",
+        "ünïcødé ✓ 日本語 🦙",
+        "tab\tnew\nline\rreturn",
+        "ctrl \x00 \x1f \x7f",
+        "",
+        "'single'",
+        '"""',
+        "trailing backslash \\",
+    ],
+)
 def test_strings_round_trip_through_tomllib(text):
     assert tomllib.loads(f"k = {toml_value(text)}\n") == {"k": text}
 
@@ -222,7 +286,7 @@ def test_any_string_round_trips(text):
     assert tomllib.loads(f"k = {toml_value(text)}\n") == {"k": text}
 
 
-@given(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-2**63, 2**63 - 1))
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**63 - 1))
 def test_numbers_round_trip_with_their_type(number):
     back = tomllib.loads(f"k = {toml_value(number)}\n")["k"]
     assert back == number and type(back) is type(number)
@@ -237,17 +301,23 @@ def test_non_finite_numbers_are_refused():
 def test_edit_keeps_comments_and_order_replaces_appends_and_removes():
     text = "# head\nidle_ttl = 5 # old\n\n# tokens\nhf_token = 'x'\ncrash_limit = 3"
     out = edit_config(text, {"idle_ttl": 7.5, "probe_interval": 2.0, "crash_limit": None})
-    assert out == ("# head\nidle_ttl = 7.5\n\n# tokens\nhf_token = 'x'\n"
-                   "probe_interval = 2.0\n")
+    assert out == ("# head\nidle_ttl = 7.5\n\n# tokens\nhf_token = 'x'\nprobe_interval = 2.0\n")
 
 
-SCALARS = st.one_of(st.text(), st.integers(-2**63, 2**63 - 1), st.booleans(),
-                    st.floats(allow_nan=False, allow_infinity=False))
+SCALARS = st.one_of(
+    st.text(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 KEYS = st.sampled_from(["idle_ttl", "port_range", "hf_endpoint", "crash_limit", "x-y", "k2"])
 
 
-@given(st.dictionaries(KEYS, SCALARS), st.dictionaries(KEYS, st.none() | SCALARS),
-       st.lists(st.sampled_from(["# note", "", "   # indented = comment"])))
+@given(
+    st.dictionaries(KEYS, SCALARS),
+    st.dictionaries(KEYS, st.none() | SCALARS),
+    st.lists(st.sampled_from(["# note", "", "   # indented = comment"])),
+)
 def test_any_edit_gives_exactly_the_updated_values(old, changes, comments):
     text = "\n".join(comments) + "\n" + render_config(old)
     out = edit_config(text, changes)
@@ -256,11 +326,14 @@ def test_any_edit_gives_exactly_the_updated_values(old, changes, comments):
     assert all(c in out for c in comments if c)  # line edits keep comments
 
 
-@pytest.mark.parametrize("text", [
-    '"idle_ttl" = 5\n',  # a quoted key: the line edit would duplicate it
-    'x = "\u2028idle_ttl = 3"\n',  # U+2028 inside a string is no line break
-    'llama_server = """\nidle_ttl = 3\n"""\n',  # a key-like line inside a string
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"idle_ttl" = 5\n',  # a quoted key: the line edit would duplicate it
+        'x = "\u2028idle_ttl = 3"\n',  # U+2028 inside a string is no line break
+        'llama_server = """\nidle_ttl = 3\n"""\n',  # a key-like line inside a string
+    ],
+)
 def test_edit_stays_exact_in_awkward_files(text):
     out = edit_config(text, {"idle_ttl": 7.5})
     assert tomllib.loads(out) == {**tomllib.loads(text), "idle_ttl": 7.5}

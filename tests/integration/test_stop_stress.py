@@ -68,8 +68,11 @@ def test_stop_never_hangs_under_random_stop_start_restart_delete(tmp_path, fake_
         await sup.start()
 
         async def launch(name):
-            await sup.launch(LaunchSpec(model=str(models[name]), binary=str(fake_binary),
-                                        name=name, restart="always"))
+            await sup.launch(
+                LaunchSpec(
+                    model=str(models[name]), binary=str(fake_binary), name=name, restart="always"
+                )
+            )
 
         async def timed(kind, coro):
             t0 = time.monotonic()
@@ -86,7 +89,7 @@ def test_stop_never_hangs_under_random_stop_start_restart_delete(tmp_path, fake_
 
         for name in NAMES:
             await launch(name)
-        for i in range(CYCLES):
+        for _i in range(CYCLES):
             name = rng.choice(NAMES)
             rec = sup._rts.get(name)
             if rec is None:
@@ -121,14 +124,19 @@ def test_stop_never_hangs_under_random_stop_start_restart_delete(tmp_path, fake_
         asyncio.run(main())
     finally:
         store.close()
-        left = [p for p in spawned if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        left = [
+            p
+            for p in spawned
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         for pid in left:  # a failed run must not leave servers behind either
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
     assert left == [], f"processes left running: {left}"
-    print(f"\nstress: {CYCLES} cycles {counts}; slowest "
-          + ", ".join(f"{k} {v:.2f} s" for k, v in slowest.items()))
+    print(
+        f"\nstress: {CYCLES} cycles {counts}; slowest "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in slowest.items())
+    )
     assert counts.get("stop", 0) >= 100  # hundreds of cycles really ran

@@ -40,8 +40,10 @@ def test_crash_is_restarted_with_new_pid_and_becomes_ready(daemon, model_file, f
 
     fake_post(port, "/_fake/crash?code=1")
     w = Watch(daemon, "crashy")
-    ready = w.until(lambda i: i["state"] == "ready" and i["restarts"] == 1,
-                    message="ready again after the crash")
+    ready = w.until(
+        lambda i: i["state"] == "ready" and i["restarts"] == 1,
+        message="ready again after the crash",
+    )
 
     assert ready["pid"] != old_pid
     assert not pid_alive(old_pid)
@@ -83,7 +85,7 @@ def test_crash_loop_backs_off_longer_each_time_then_fails(spawn_daemon, make_mod
     for i, (t, state, _, restarts) in enumerate(w.seen):
         if state != "backoff":
             continue
-        nxt = next((s for s in w.seen[i + 1:] if s[3] > restarts), None)
+        nxt = next((s for s in w.seen[i + 1 :] if s[3] > restarts), None)
         if nxt is not None:
             gaps.append(nxt[0] - t)
     assert len(gaps) >= 3, w.seen
@@ -127,8 +129,7 @@ def test_restart_policy_always_restarts_even_after_exit_0(daemon, model_file, fa
 # --------------------------------------------------------------------------- hangs
 
 
-def test_hung_instance_goes_unhealthy_then_is_killed_and_restarted(daemon, model_file,
-                                                                   fake_binary):
+def test_hung_instance_goes_unhealthy_then_is_killed_and_restarted(daemon, model_file, fake_binary):
     inst = launch(daemon, model_file, name="hangs")
     old_pid, port = inst["pid"], inst["port"]
     fake_post(port, "/_fake/hang")
@@ -138,8 +139,11 @@ def test_hung_instance_goes_unhealthy_then_is_killed_and_restarted(daemon, model
     assert unhealthy["pid"] == old_pid  # still the same (hung) process
     assert "probe" in (unhealthy["last_error"] or "")
 
-    ready = w.until(lambda i: i["state"] == "ready" and i["pid"] not in (None, old_pid),
-                    timeout=30, message="respawned after the probe limit")
+    ready = w.until(
+        lambda i: i["state"] == "ready" and i["pid"] not in (None, old_pid),
+        timeout=30,
+        message="respawned after the probe limit",
+    )
     assert ready["restarts"] == 1
     wait_for(lambda: not pid_alive(old_pid), 10, message="hung process killed")
     assert group_gone(old_pid)
@@ -186,8 +190,9 @@ def test_stop_of_a_well_behaved_instance_uses_sigterm(daemon, model_file):
 
 def test_exit_during_load_fails_the_launch_with_the_log_tail(daemon, make_model, fake_binary):
     model = make_model("broken", exit_during_load=3, load_seconds=0.4)
-    status, payload = api(daemon, "POST", "/api/v1/instances",
-                          {"model": str(model), "name": "broken", "wait": True})
+    status, payload = api(
+        daemon, "POST", "/api/v1/instances", {"model": str(model), "name": "broken", "wait": True}
+    )
     err = assert_error(status, payload, 502, "launch_failed")
     assert "exit_during_load" in err.get("detail", ""), err  # the instance's own log lines
     assert "failed to load model" in err["detail"]
@@ -221,8 +226,9 @@ def _spawn_count(daemon, name: str) -> int:
     return (daemon.settings.logs_dir / f"{name}.log").read_text().count("--- corral ")
 
 
-def test_new_daemon_adopts_running_instances_without_duplicates(daemon, spawn_daemon, make_model,
-                                                                fake_binary):
+def test_new_daemon_adopts_running_instances_without_duplicates(
+    daemon, spawn_daemon, make_model, fake_binary
+):
     a = launch(daemon, make_model("alpha"), name="alpha")
     b = launch(daemon, make_model("beta"), name="beta")
     before = {i["name"]: i for i in (a, b)}
@@ -251,7 +257,8 @@ def test_new_daemon_adopts_running_instances_without_duplicates(daemon, spawn_da
 
 
 def test_new_daemon_restarts_vanished_instance_and_keeps_stopped_one_stopped(
-        daemon, spawn_daemon, make_model, fake_binary):
+    daemon, spawn_daemon, make_model, fake_binary
+):
     keep = launch(daemon, make_model("keep"), name="keep")
     gone = launch(daemon, make_model("gone"), name="gone")
     rest = launch(daemon, make_model("rest"), name="rest")
@@ -279,8 +286,9 @@ def test_new_daemon_restarts_vanished_instance_and_keeps_stopped_one_stopped(
     assert fake_processes(fake_binary, port=rest["port"]) == []
 
 
-def test_new_daemon_adopts_an_instance_that_is_still_loading(daemon, spawn_daemon, make_model,
-                                                             fake_binary):
+def test_new_daemon_adopts_an_instance_that_is_still_loading(
+    daemon, spawn_daemon, make_model, fake_binary
+):
     model = make_model("slowload", load_seconds=3)
     inst = launch(daemon, model, name="slow", wait=False)
     assert inst["state"] == "starting"
@@ -317,8 +325,9 @@ def test_adopted_instance_can_be_stopped(daemon, spawn_daemon, model_file, fake_
     assert fake_processes(fake_binary, port=inst["port"]) == []
 
 
-def test_daemon_sigterm_leaves_instances_running_for_the_next_daemon(daemon, spawn_daemon,
-                                                                    model_file, fake_binary):
+def test_daemon_sigterm_leaves_instances_running_for_the_next_daemon(
+    daemon, spawn_daemon, model_file, fake_binary
+):
     inst = launch(daemon, model_file, name="survivor")
     daemon.stop()  # graceful daemon exit: instances keep running
     assert daemon.proc.returncode is not None
@@ -373,8 +382,9 @@ def test_stop_while_loading(daemon, make_model, fake_binary):
 def test_load_timeout_fails_and_kills_the_process(spawn_daemon, make_model, fake_binary):
     d = spawn_daemon(CORRAL_LOAD_TIMEOUT="1")
     model = make_model("forever", load_seconds=60)
-    status, body = api(d, "POST", "/api/v1/instances",
-                       {"model": str(model), "name": "forever", "wait": True})
+    status, body = api(
+        d, "POST", "/api/v1/instances", {"model": str(model), "name": "forever", "wait": True}
+    )
     assert_error(status, body, 502, "launch_failed")
     inst = get(d, "forever")
     assert inst["state"] == "failed" and inst["pid"] is None
@@ -402,8 +412,9 @@ def test_port_taken_while_in_backoff_fails_the_instance(spawn_daemon, model_file
 
 def test_failed_instance_can_be_started_again(daemon, make_model):
     model = make_model("flaky", exit_during_load=1)
-    status, _ = api(daemon, "POST", "/api/v1/instances",
-                    {"model": str(model), "name": "flaky", "wait": True})
+    status, _ = api(
+        daemon, "POST", "/api/v1/instances", {"model": str(model), "name": "flaky", "wait": True}
+    )
     assert status == 502
     Path(str(model) + ".fake.json").write_text("{}")  # "fixed"
     status, started = api(daemon, "POST", "/api/v1/instances/flaky/start?wait=true")
@@ -411,12 +422,14 @@ def test_failed_instance_can_be_started_again(daemon, make_model):
     assert started["last_error"] is None and started["exit_code"] is None
 
 
-def test_new_daemon_finishes_a_stop_the_old_one_was_doing(daemon_env, spawn_daemon, make_model,
-                                                          fake_binary):
+def test_new_daemon_finishes_a_stop_the_old_one_was_doing(
+    daemon_env, spawn_daemon, make_model, fake_binary
+):
     import threading
 
     d1 = spawn_daemon(CORRAL_STOP_TIMEOUT="60")
     inst = launch(d1, make_model("stubborn", ignore_sigterm=True), name="stubborn")
+
     def stop_it() -> None:
         try:
             api(d1, "POST", "/api/v1/instances/stubborn/stop", timeout=90)
@@ -438,8 +451,9 @@ def test_new_daemon_finishes_a_stop_the_old_one_was_doing(daemon_env, spawn_daem
 
 
 @pytest.mark.parametrize("same_start_time", [False, True])
-def test_new_daemon_does_not_adopt_a_reused_pid(daemon, spawn_daemon, model_file, fake_binary,
-                                                same_start_time):
+def test_new_daemon_does_not_adopt_a_reused_pid(
+    daemon, spawn_daemon, model_file, fake_binary, same_start_time
+):
     """The stored pid now belongs to another process: never adopt it, never signal it."""
     import subprocess
 

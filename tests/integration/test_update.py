@@ -16,8 +16,13 @@ from tests.fakes.fake_releases import FakeReleases
 
 
 def cli(env, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "corral", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 
 from tests.conftest import FAST, free_port_range
 
@@ -31,10 +30,18 @@ TRIED: Counter = Counter()
 
 def profile(n: int):
     """Hypothesis settings for ``n`` examples: deterministic, no deadline, no database."""
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                           HealthCheck.function_scoped_fixture,
-                                           HealthCheck.data_too_large])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large,
+        ],
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,25 +60,95 @@ def _print_tried():
 #: Inputs that found bugs here or elsewhere: trailing newlines (re.match + $), NUL
 #: (execve, SQLite), lone surrogates (UTF-8 encoders), integers past SQLite's range,
 #: traversal, terminal escapes, very long text.
-NASTY_TEXT = ["", " ", "x\n", "x\r\n", "\n", "\x00", "a\x00b", "*", ".", "..", "../../etc/passwd",
-              "%00", "%2e%2e", "a" * 5000, "\u202e", "\x1b[2J", "\ud800", "-1", "9" * 30,
-              "--model", "-c", "😀", "CON", "x" * 65, "a b", "a,b", "name.", "_x"]
-NASTY_INTS = [0, -1, 1, 65535, 65536, 2**31, 2**63 - 1, 2**63, -2**63 - 1, 2**64, 10**40]
+NASTY_TEXT = [
+    "",
+    " ",
+    "x\n",
+    "x\r\n",
+    "\n",
+    "\x00",
+    "a\x00b",
+    "*",
+    ".",
+    "..",
+    "../../etc/passwd",
+    "%00",
+    "%2e%2e",
+    "a" * 5000,
+    "\u202e",
+    "\x1b[2J",
+    "\ud800",
+    "-1",
+    "9" * 30,
+    "--model",
+    "-c",
+    "😀",
+    "CON",
+    "x" * 65,
+    "a b",
+    "a,b",
+    "name.",
+    "_x",
+]
+NASTY_INTS = [0, -1, 1, 65535, 65536, 2**31, 2**63 - 1, 2**63, -(2**63) - 1, 2**64, 10**40]
 
 text = st.one_of(st.sampled_from(NASTY_TEXT), st.text(max_size=30))
 ints = st.one_of(st.sampled_from(NASTY_INTS), st.integers())
-floats = st.one_of(st.sampled_from([0.0, -0.0, -1.0, 1e308, 1e-308]),
-                   st.floats(allow_nan=False, allow_infinity=False))
+floats = st.one_of(
+    st.sampled_from([0.0, -0.0, -1.0, 1e308, 1e-308]),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 scalars = st.one_of(st.none(), st.booleans(), ints, floats, text)
-any_json = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
-                        | st.dictionaries(text, inner, max_size=3), max_leaves=6)
+any_json = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=6,
+)
 
-FLAG_WORDS = ["-c", "--ctx-size", "-ngl", "--n-gpu-layers", "--port", "--model", "-m",
-              "--no-mmap", "--mmap", "--lora", "--alias", "-a", "--api-key", "--ctx-size=4096",
-              "-fa", "--flash-attn", "on", "off", "auto", "4096", "-1", "abc", "", "-", "--",
-              "--nope", "\x00", "40\x0096", "--ctx_size", "--temp", "nan", "inf", "1e999",
-              "--threads", "99999999999999999999", "-t", "x\n", "--no-webui", "--rope-scaling",
-              "--host", "192.0.2.1", "::1"]  # not local, IPv6 loopback: no packet leaves
+FLAG_WORDS = [
+    "-c",
+    "--ctx-size",
+    "-ngl",
+    "--n-gpu-layers",
+    "--port",
+    "--model",
+    "-m",
+    "--no-mmap",
+    "--mmap",
+    "--lora",
+    "--alias",
+    "-a",
+    "--api-key",
+    "--ctx-size=4096",
+    "-fa",
+    "--flash-attn",
+    "on",
+    "off",
+    "auto",
+    "4096",
+    "-1",
+    "abc",
+    "",
+    "-",
+    "--",
+    "--nope",
+    "\x00",
+    "40\x0096",
+    "--ctx_size",
+    "--temp",
+    "nan",
+    "inf",
+    "1e999",
+    "--threads",
+    "99999999999999999999",
+    "-t",
+    "x\n",
+    "--no-webui",
+    "--rope-scaling",
+    "--host",
+    "192.0.2.1",
+    "::1",
+]  # not local, IPv6 loopback: no packet leaves
 flag_tokens = st.lists(st.one_of(st.sampled_from(FLAG_WORDS), text), max_size=6)
 
 
@@ -87,13 +164,13 @@ def loose(fields: dict[str, st.SearchStrategy], base: dict | None = None) -> st.
     keys = sorted(fields)
 
     def one_field(body: dict) -> st.SearchStrategy:
-        return st.sampled_from(keys).flatmap(
-            lambda k: fields[k].map(lambda v: {**body, k: v}))
+        return st.sampled_from(keys).flatmap(lambda k: fields[k].map(lambda v: {**body, k: v}))
 
     one = one_field(base)
     two = one.flatmap(one_field)
-    subset = st.fixed_dictionaries({}, optional={k: st.one_of(v, any_json)
-                                                 for k, v in fields.items()})
+    subset = st.fixed_dictionaries(
+        {}, optional={k: st.one_of(v, any_json) for k, v in fields.items()}
+    )
     extra = st.builds(lambda a, b: {**b, **a}, subset, st.dictionaries(text, any_json, max_size=1))
     return st.one_of(one, one, two, subset, extra, any_json)
 
@@ -134,8 +211,9 @@ class InProcess:
 
 
 @pytest.fixture
-def daemon_in_process(corral_home: Path, fake_binary: Path, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch):
+def daemon_in_process(
+    corral_home: Path, fake_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """The daemon's app in this process (lifespan started), fake binary, FakeHub."""
     from fastapi.testclient import TestClient
 

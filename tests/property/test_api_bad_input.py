@@ -14,11 +14,20 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import yaml
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from tests.property.conftest import (NASTY_TEXT, any_json, assert_clean, flag_tokens, floats,
-                                     ints, loose, profile, send, text)
+from tests.property.conftest import (
+    NASTY_TEXT,
+    any_json,
+    assert_clean,
+    flag_tokens,
+    floats,
+    ints,
+    loose,
+    profile,
+    send,
+    text,
+)
 
 
 def seg(value: str) -> str:
@@ -34,12 +43,20 @@ def qs(**params: object) -> str:
 
 def launch_fields(d, *, wait: bool = True) -> dict:
     return {
-        "model": st.one_of(st.just(str(d.model)), st.just(str(d.model) + "\n"),
-                           st.just(str(d.model) + "\x00"), text),
-        "preset": text, "name": text, "port": ints, "flags": flag_tokens,
+        "model": st.one_of(
+            st.just(str(d.model)),
+            st.just(str(d.model) + "\n"),
+            st.just(str(d.model) + "\x00"),
+            text,
+        ),
+        "preset": text,
+        "name": text,
+        "port": ints,
+        "flags": flag_tokens,
         "restart": st.one_of(st.sampled_from(["always", "on-failure", "never"]), text),
         "env": st.dictionaries(text, st.one_of(text, ints), max_size=3),
-        "pinned": st.booleans(), "idle_ttl": st.one_of(floats, ints),
+        "pinned": st.booleans(),
+        "idle_ttl": st.one_of(floats, ints),
         "aliases": st.lists(text, max_size=3),
         "binary": st.one_of(st.just(str(d.fake_binary)), text),
         "build": ints,
@@ -50,8 +67,10 @@ def launch_fields(d, *, wait: bool = True) -> dict:
 
 def preset_fields(d) -> dict:
     fields = launch_fields(d)
-    return {k: fields[k] for k in ("model", "build", "flags", "env", "restart", "idle_ttl",
-                                   "aliases", "pinned")} | {"description": text}
+    return {
+        k: fields[k]
+        for k in ("model", "build", "flags", "env", "restart", "idle_ttl", "aliases", "pinned")
+    } | {"description": text}
 
 
 # -- instances ------------------------------------------------------------------------------
@@ -84,8 +103,16 @@ def test_instance_launch_never_fails_on_bad_bodies(daemon_in_process):
 
 def test_instance_paths_never_fail(daemon_in_process):
     d = daemon_in_process
-    ops = st.sampled_from([("GET", ""), ("DELETE", ""), ("POST", "/stop"), ("POST", "/start"),
-                           ("POST", "/restart"), ("GET", "/logs")])
+    ops = st.sampled_from(
+        [
+            ("GET", ""),
+            ("DELETE", ""),
+            ("POST", "/stop"),
+            ("POST", "/start"),
+            ("POST", "/restart"),
+            ("GET", "/logs"),
+        ]
+    )
 
     @profile(40)
     @given(name=text, op=ops, tail=st.one_of(ints, text))
@@ -117,9 +144,12 @@ def test_preset_reads_exports_and_deletes_never_fail(daemon_in_process):
     d = daemon_in_process
 
     @profile(30)
-    @given(name=text, fmt=st.one_of(st.sampled_from(["yaml", "ini"]), text),
-           which=st.sampled_from(["get", "delete", "export", "export-many"]),
-           names=st.one_of(st.lists(text, max_size=3), any_json))
+    @given(
+        name=text,
+        fmt=st.one_of(st.sampled_from(["yaml", "ini"]), text),
+        which=st.sampled_from(["get", "delete", "export", "export-many"]),
+        names=st.one_of(st.lists(text, max_size=3), any_json),
+    )
     def check(name, fmt, which, names):
         if which == "get":
             resp = d.client.get(f"/api/v1/presets/{seg(name)}")
@@ -128,8 +158,7 @@ def test_preset_reads_exports_and_deletes_never_fail(daemon_in_process):
         elif which == "export":
             resp = d.client.get(f"/api/v1/presets/{seg(name)}/export" + qs(format=fmt))
         else:
-            resp = send(d.client, "POST", "/api/v1/presets/export",
-                        {"names": names, "format": fmt})
+            resp = send(d.client, "POST", "/api/v1/presets/export", {"names": names, "format": fmt})
         assert_clean(resp, f"presets {which}")
 
     check()
@@ -137,15 +166,33 @@ def test_preset_reads_exports_and_deletes_never_fail(daemon_in_process):
 
 def _preset_docs(d):
     """YAML documents shaped like exports, filled with hostile values; INI lines too."""
-    one = st.fixed_dictionaries({}, optional={k: st.one_of(v, any_json)
-                                              for k, v in preset_fields(d).items()})
-    docs = st.one_of(st.dictionaries(text, one, max_size=3),
-                     st.fixed_dictionaries({"presets": st.dictionaries(text, one, max_size=3)}),
-                     any_json)
+    one = st.fixed_dictionaries(
+        {}, optional={k: st.one_of(v, any_json) for k, v in preset_fields(d).items()}
+    )
+    docs = st.one_of(
+        st.dictionaries(text, one, max_size=3),
+        st.fixed_dictionaries({"presets": st.dictionaries(text, one, max_size=3)}),
+        any_json,
+    )
     yaml_text = docs.map(lambda doc: yaml.safe_dump(doc, allow_unicode=True))
-    ini_line = st.one_of(st.sampled_from(["[x]", "[*]", "[x\x00]", "[]", "c = 4096",
-                                          "ctx-size = 99999999999999999999", "model = /nope",
-                                          "; comment", "= x", "[a b]", "version = 1"]), text)
+    ini_line = st.one_of(
+        st.sampled_from(
+            [
+                "[x]",
+                "[*]",
+                "[x\x00]",
+                "[]",
+                "c = 4096",
+                "ctx-size = 99999999999999999999",
+                "model = /nope",
+                "; comment",
+                "= x",
+                "[a b]",
+                "version = 1",
+            ]
+        ),
+        text,
+    )
     ini_text = st.lists(ini_line, max_size=6).map("\n".join)
     return st.one_of(yaml_text, ini_text, text)
 
@@ -170,9 +217,15 @@ def test_build_ids_and_bodies_never_fail(daemon_in_process):
     ids = st.one_of(ints.map(str), text)
 
     @profile(40)
-    @given(build_id=ids, which=st.sampled_from(["default", "add", "job", "cancel", "flags"]),
-           body=loose({"path": st.one_of(st.just(str(d.fake_binary)), text),
-                       "default": st.booleans()}, {"path": str(d.fake_binary)}), q=text)
+    @given(
+        build_id=ids,
+        which=st.sampled_from(["default", "add", "job", "cancel", "flags"]),
+        body=loose(
+            {"path": st.one_of(st.just(str(d.fake_binary)), text), "default": st.booleans()},
+            {"path": str(d.fake_binary)},
+        ),
+        q=text,
+    )
     def check(build_id, which, body, q):
         if which == "default":
             resp = d.client.post(f"/api/v1/builds/{seg(build_id)}/default")
@@ -193,9 +246,12 @@ def test_build_update_never_fails_on_bad_bodies(daemon_in_process):
     """Only ``from=release`` (or invalid kinds) against the closed releases port: no
     pip download, no source build."""
     d = daemon_in_process
-    fields = {"from": st.one_of(st.just("release"), st.sampled_from(NASTY_TEXT)),
-              "backend": st.one_of(st.just("cpu"), text), "version": text,
-              "force": st.booleans()}
+    fields = {
+        "from": st.one_of(st.just("release"), st.sampled_from(NASTY_TEXT)),
+        "backend": st.one_of(st.just("cpu"), text),
+        "version": text,
+        "force": st.booleans(),
+    }
 
     @profile(20)
     @given(body=loose(fields, {"from": "release", "backend": "cpu"}))
@@ -215,17 +271,32 @@ def test_build_update_never_fails_on_bad_bodies(daemon_in_process):
 def test_models_never_fail_on_bad_ids_and_paths(daemon_in_process):
     d = daemon_in_process
     # import paths stay inside the test's folders: "/" or "." would index the whole disk
-    paths = st.one_of(st.just(str(d.model)), text.map(lambda t: f"{d.model.parent}/{t}"),
-                      st.just(str(d.model) + "\x00"), st.just(str(d.model) + "\n"))
+    paths = st.one_of(
+        st.just(str(d.model)),
+        text.map(lambda t: f"{d.model.parent}/{t}"),
+        st.just(str(d.model) + "\x00"),
+        st.just(str(d.model) + "\n"),
+    )
 
     @profile(40)
-    @given(which=st.sampled_from(["import", "get", "delete"]), model_id=text,
-           body=loose({"path": paths, "name": text}, {"path": str(d.model)}),
-           flags=st.fixed_dictionaries({}, optional={"force": st.sampled_from(
-               ["true", "false", "x"]), "keep_files": st.sampled_from(["true", "1", "no", ""])}))
+    @given(
+        which=st.sampled_from(["import", "get", "delete"]),
+        model_id=text,
+        body=loose({"path": paths, "name": text}, {"path": str(d.model)}),
+        flags=st.fixed_dictionaries(
+            {},
+            optional={
+                "force": st.sampled_from(["true", "false", "x"]),
+                "keep_files": st.sampled_from(["true", "1", "no", ""]),
+            },
+        ),
+    )
     def check(which, model_id, body, flags):
-        if isinstance(body, dict) and isinstance(body.get("path"), str) \
-                and not body["path"].startswith(str(d.model.parent)):
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("path"), str)
+            and not body["path"].startswith(str(d.model.parent))
+        ):
             body["path"] = str(d.model)
         if which == "import":
             resp = send(d.client, "POST", "/api/v1/models/import", body)
@@ -240,14 +311,29 @@ def test_models_never_fail_on_bad_ids_and_paths(daemon_in_process):
 
 def test_pulls_and_hub_never_fail_on_bad_refs(daemon_in_process):
     d = daemon_in_process
-    refs = st.one_of(st.sampled_from(["org/tiny-GGUF", "org/tiny-GGUF:Q4_K_M",
-                                      "org/tiny-GGUF\n", "org/tiny-GGUF:../../x",
-                                      "org/tiny-GGUF/../../etc/passwd.gguf", "hf.co/org/x",
-                                      "org/tiny-GGUF@main", "org/tiny-GGUF@\x00"]), text)
+    refs = st.one_of(
+        st.sampled_from(
+            [
+                "org/tiny-GGUF",
+                "org/tiny-GGUF:Q4_K_M",
+                "org/tiny-GGUF\n",
+                "org/tiny-GGUF:../../x",
+                "org/tiny-GGUF/../../etc/passwd.gguf",
+                "hf.co/org/x",
+                "org/tiny-GGUF@main",
+                "org/tiny-GGUF@\x00",
+            ]
+        ),
+        text,
+    )
 
     @profile(40)
-    @given(which=st.sampled_from(["pull", "get", "cancel", "search", "quants"]), ref=refs,
-           limit=st.one_of(ints.map(str), text), revision=text)
+    @given(
+        which=st.sampled_from(["pull", "get", "cancel", "search", "quants"]),
+        ref=refs,
+        limit=st.one_of(ints.map(str), text),
+        revision=text,
+    )
     def check(which, ref, limit, revision):
         if which == "pull":
             resp = send(d.client, "POST", "/api/v1/pulls", {"ref": ref})
@@ -269,24 +355,40 @@ def test_pulls_and_hub_never_fail_on_bad_refs(daemon_in_process):
 
 def test_keys_and_conversations_never_fail(daemon_in_process):
     d = daemon_in_process
-    message = loose({"role": st.one_of(st.sampled_from(["user", "assistant", "system"]), text),
-                     "content": text, "tokens_per_second": floats})
-    conv = loose({"title": text, "model": text, "system": text,
-                  "params": loose({"temperature": floats, "max_tokens": ints, "top_p": floats}),
-                  "messages": st.lists(message, max_size=3)})
+    message = loose(
+        {
+            "role": st.one_of(st.sampled_from(["user", "assistant", "system"]), text),
+            "content": text,
+            "tokens_per_second": floats,
+        }
+    )
+    conv = loose(
+        {
+            "title": text,
+            "model": text,
+            "system": text,
+            "params": loose({"temperature": floats, "max_tokens": ints, "top_p": floats}),
+            "messages": st.lists(message, max_size=3),
+        }
+    )
 
     @profile(40)
-    @given(which=st.sampled_from(["key", "revoke", "create", "patch", "get", "delete"]),
-           key=loose({"name": text, "scope": st.one_of(st.just("admin"), text)}, {"name": "k"}),
-           body=conv, ident=text)
+    @given(
+        which=st.sampled_from(["key", "revoke", "create", "patch", "get", "delete"]),
+        key=loose({"name": text, "scope": st.one_of(st.just("admin"), text)}, {"name": "k"}),
+        body=conv,
+        ident=text,
+    )
     def check(which, key, body, ident):
         c = d.client
-        resp = {"key": lambda: send(c, "POST", "/api/v1/keys", key),
-                "revoke": lambda: c.delete(f"/api/v1/keys/{seg(ident)}"),
-                "create": lambda: send(c, "POST", "/api/v1/conversations", body),
-                "patch": lambda: send(c, "PATCH", f"/api/v1/conversations/{seg(ident)}", body),
-                "get": lambda: c.get(f"/api/v1/conversations/{seg(ident)}"),
-                "delete": lambda: c.delete(f"/api/v1/conversations/{seg(ident)}")}[which]()
+        resp = {
+            "key": lambda: send(c, "POST", "/api/v1/keys", key),
+            "revoke": lambda: c.delete(f"/api/v1/keys/{seg(ident)}"),
+            "create": lambda: send(c, "POST", "/api/v1/conversations", body),
+            "patch": lambda: send(c, "PATCH", f"/api/v1/conversations/{seg(ident)}", body),
+            "get": lambda: c.get(f"/api/v1/conversations/{seg(ident)}"),
+            "delete": lambda: c.delete(f"/api/v1/conversations/{seg(ident)}"),
+        }[which]()
         assert_clean(resp, f"keys/conversations {which}")
 
     check()
@@ -294,13 +396,22 @@ def test_keys_and_conversations_never_fail(daemon_in_process):
 
 def test_settings_put_never_fails_on_bad_values(daemon_in_process):
     d = daemon_in_process
-    knobs = [k["name"] if isinstance(k, dict) else k
-             for k in _setting_names(d.client.get("/api/v1/settings").json())]
+    knobs = [
+        k["name"] if isinstance(k, dict) else k
+        for k in _setting_names(d.client.get("/api/v1/settings").json())
+    ]
 
     @profile(30)
-    @given(changes=st.one_of(st.dictionaries(st.one_of(st.sampled_from(knobs), text),
-                                             st.one_of(scalars_for_settings(), any_json),
-                                             max_size=3), any_json))
+    @given(
+        changes=st.one_of(
+            st.dictionaries(
+                st.one_of(st.sampled_from(knobs), text),
+                st.one_of(scalars_for_settings(), any_json),
+                max_size=3,
+            ),
+            any_json,
+        )
+    )
     def check(changes):
         assert_clean(send(d.client, "PUT", "/api/v1/settings", changes), "PUT settings")
 
@@ -315,20 +426,46 @@ def _setting_names(described) -> list[str]:
 
 
 def scalars_for_settings():
-    return st.one_of(ints, floats, text, st.sampled_from(["1-2", "70000-1", "http://127.0.0.1:9",
-                                                          "ftp://x", "http://\x00", "1e999"]))
+    return st.one_of(
+        ints,
+        floats,
+        text,
+        st.sampled_from(
+            ["1-2", "70000-1", "http://127.0.0.1:9", "ftp://x", "http://\x00", "1e999"]
+        ),
+    )
 
 
 # -- raw bodies --------------------------------------------------------------------------
 
-RAW = [b"", b"{", b"\xff\xfe", b"null", b"[]", b'"x"', b"1e999", b'{"a":' * 200,
-       b'{"flags": ["\\u0000"]}', b'{"name": "\\ud800"}', b"NaN", b'{"build": 1e400}']
-WRITES = [("POST", "/api/v1/instances/plan"), ("POST", "/api/v1/instances"),
-          ("PUT", "/api/v1/presets/p"), ("POST", "/api/v1/presets/import"),
-          ("POST", "/api/v1/presets/export"), ("POST", "/api/v1/builds"),
-          ("POST", "/api/v1/models/import"), ("POST", "/api/v1/pulls"),
-          ("POST", "/api/v1/keys"), ("POST", "/api/v1/conversations"),
-          ("PUT", "/api/v1/settings"), ("POST", "/api/v1/builds/update")]
+RAW = [
+    b"",
+    b"{",
+    b"\xff\xfe",
+    b"null",
+    b"[]",
+    b'"x"',
+    b"1e999",
+    b'{"a":' * 200,
+    b'{"flags": ["\\u0000"]}',
+    b'{"name": "\\ud800"}',
+    b"NaN",
+    b'{"build": 1e400}',
+]
+WRITES = [
+    ("POST", "/api/v1/instances/plan"),
+    ("POST", "/api/v1/instances"),
+    ("PUT", "/api/v1/presets/p"),
+    ("POST", "/api/v1/presets/import"),
+    ("POST", "/api/v1/presets/export"),
+    ("POST", "/api/v1/builds"),
+    ("POST", "/api/v1/models/import"),
+    ("POST", "/api/v1/pulls"),
+    ("POST", "/api/v1/keys"),
+    ("POST", "/api/v1/conversations"),
+    ("PUT", "/api/v1/settings"),
+    ("POST", "/api/v1/builds/update"),
+]
 
 
 def test_raw_bodies_never_fail(daemon_in_process):
@@ -336,5 +473,6 @@ def test_raw_bodies_never_fail(daemon_in_process):
     for method, path in WRITES:
         for raw in RAW:
             resp = daemon_in_process.client.request(
-                method, path, content=raw, headers={"Content-Type": "application/json"})
+                method, path, content=raw, headers={"Content-Type": "application/json"}
+            )
             assert_clean(resp, f"{method} {path} (raw)")

@@ -36,8 +36,15 @@ def test_build_id_beyond_sqlite_range_is_400(daemon_in_process):
     assert d.client.get("/api/v1/instances").json() == []  # nothing was recorded
 
 
-@pytest.mark.parametrize("argv", [["builds", "use", str(BEYOND)], ["builds", "rm", str(BEYOND)],
-                                  ["builds", "use", "--", "-5"], ["flags", "--build", str(BEYOND)]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["builds", "use", str(BEYOND)],
+        ["builds", "rm", str(BEYOND)],
+        ["builds", "use", "--", "-5"],
+        ["flags", "--build", str(BEYOND)],
+    ],
+)
 def test_build_id_beyond_sqlite_range_is_a_one_line_cli_error(argv):
     result = CliRunner().invoke(cli, argv, catch_exceptions=False)
     assert result.exit_code == UsageError.exit_code, result.output
@@ -68,12 +75,18 @@ def test_name_with_trailing_newline_refused(daemon_in_process):
     _error(send(d.client, "PUT", "/api/v1/presets/chat%0A", {}), 400)
     _error(send(d.client, "PUT", "/api/v1/presets/chat", {"aliases": ["gpt\n"]}), 400)
     _error(send(d.client, "POST", "/api/v1/presets/import", {"text": "chat\n: {}\n"}), 400)
-    for ref in ("org/tiny-GGUF\n:Q4_K_M", "org/tiny-GGUF@main\n:Q4_K_M", "org/tiny-GGUF:Q4\n_K_M",
-                "org/tiny-GGUF@\x00"):
+    for ref in (
+        "org/tiny-GGUF\n:Q4_K_M",
+        "org/tiny-GGUF@main\n:Q4_K_M",
+        "org/tiny-GGUF:Q4\n_K_M",
+        "org/tiny-GGUF@\x00",
+    ):
         _error(send(d.client, "POST", "/api/v1/pulls", {"ref": ref}), 400)
     _error(d.client.get("/api/v1/hub/quants?repo=org/tiny-GGUF%0A/x"), 400)
-    _error(send(d.client, "POST", "/api/v1/builds/update",
-                {"from": "release", "version": "b6000\n"}), 400)
+    _error(
+        send(d.client, "POST", "/api/v1/builds/update", {"from": "release", "version": "b6000\n"}),
+        400,
+    )
     assert send(d.client, "PUT", "/api/v1/presets/chat", {}).status_code == 201  # still fine
 
 
@@ -104,12 +117,15 @@ def test_rm_refuses_model_used_by_running_instance_over_the_api(daemon_in_proces
     pull = send(d.client, "POST", "/api/v1/pulls", {"ref": "org/tiny-GGUF:Q4_K_M"}).json()
     from tests.conftest import wait_for
 
-    final = wait_for(lambda: (lambda j: j if j["state"] not in ("queued", "running") else None)(
-        d.client.get(f"/api/v1/pulls/{pull['id']}").json()), message="the pull to end")
+    final = wait_for(
+        lambda: (lambda j: j if j["state"] not in ("queued", "running") else None)(
+            d.client.get(f"/api/v1/pulls/{pull['id']}").json()
+        ),
+        message="the pull to end",
+    )
     assert final["state"] == "done", final
     model = next(m for m in d.client.get("/api/v1/models").json() if m["owned"])
-    launched = send(d.client, "POST", "/api/v1/instances",
-                    {"model": model["id"], "name": "user1"})
+    launched = send(d.client, "POST", "/api/v1/instances", {"model": model["id"], "name": "user1"})
     assert launched.status_code == 201, launched.text
     err = _error(d.client.delete(f"/api/v1/models/{model['id']}"), 409, "conflict")
     assert "user1" in err["message"]

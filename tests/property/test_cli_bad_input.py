@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from corral.cli import cli
 from tests.property.conftest import TRIED, ints, profile, text
@@ -32,8 +31,10 @@ def run(argv: list[str], op: str):
     if result.exit_code:
         assert result.exit_code != 1, (argv, result.output)
         last = result.output.strip().splitlines()[-1] if result.output.strip() else ""
-        assert last.startswith(("error: ", "Error: ")) or "error: " in result.output, \
-            (argv, result.output)
+        assert last.startswith(("error: ", "Error: ")) or "error: " in result.output, (
+            argv,
+            result.output,
+        )
     return result
 
 
@@ -57,10 +58,27 @@ def test_model_commands_never_trace_back(cli_env):
     model = cli_env
 
     @profile(50)
-    @given(cmd=st.sampled_from(["show", "show --json", "rm", "rm --keep-files", "rm --force",
-                                "import", "import --name", "ls", "ls --json"]),
-           value=st.one_of(arg, st.just("tiny-q4_k_m"), st.just(str(model)),
-                           arg.map(lambda t: f"{model.parent}/{t}")))
+    @given(
+        cmd=st.sampled_from(
+            [
+                "show",
+                "show --json",
+                "rm",
+                "rm --keep-files",
+                "rm --force",
+                "import",
+                "import --name",
+                "ls",
+                "ls --json",
+            ]
+        ),
+        value=st.one_of(
+            arg,
+            st.just("tiny-q4_k_m"),
+            st.just(str(model)),
+            arg.map(lambda t: f"{model.parent}/{t}"),
+        ),
+    )
     def check(cmd, value):
         words = cmd.split()
         if words[0] == "import" and not value.startswith(str(model.parent)):
@@ -75,14 +93,32 @@ def test_model_commands_never_trace_back(cli_env):
 
 def test_build_flag_and_key_commands_never_trace_back(cli_env):
     @profile(50)
-    @given(cmd=st.sampled_from(["builds use", "builds rm", "builds add", "builds ls",
-                                "flags", "flags --build", "keys create", "keys revoke",
-                                "keys ls", "keys create --scope inference"]),
-           value=arg_or_int)
+    @given(
+        cmd=st.sampled_from(
+            [
+                "builds use",
+                "builds rm",
+                "builds add",
+                "builds ls",
+                "flags",
+                "flags --build",
+                "keys create",
+                "keys revoke",
+                "keys ls",
+                "keys create --scope inference",
+            ]
+        ),
+        value=arg_or_int,
+    )
     def check(cmd, value):
         words = cmd.split()
-        argv = words if cmd in ("builds ls", "keys ls") else words[:2] + ["--", value] \
-            if words[-1] not in ("--build",) else words + [value]
+        argv = (
+            words
+            if cmd in ("builds ls", "keys ls")
+            else words[:2] + ["--", value]
+            if words[-1] not in ("--build",)
+            else words + [value]
+        )
         if cmd == "keys create --scope inference":
             argv = ["keys", "create", "--scope", "inference", "--", value]
         if cmd == "flags":
@@ -94,8 +130,11 @@ def test_build_flag_and_key_commands_never_trace_back(cli_env):
 
 def test_hub_commands_never_trace_back(cli_env):
     @profile(30)
-    @given(cmd=st.sampled_from(["search", "quants"]), value=arg,
-           limit=st.one_of(st.none(), ints.map(str)))
+    @given(
+        cmd=st.sampled_from(["search", "quants"]),
+        value=arg,
+        limit=st.one_of(st.none(), ints.map(str)),
+    )
     def check(cmd, value, limit):
         argv = [cmd, "--", value]
         if cmd == "search" and limit is not None:

@@ -99,10 +99,27 @@ def options_for(flags: list[str]) -> Options:
 def run_server(binary: Path, model: Path, flags: list[str], timeout: float = 60) -> str:
     """Start llama-server, wait for /health, SIGINT it; its whole log."""
     port = free_port()
-    argv = [str(binary), "-m", str(model), "-lv", "4", "-t", "2", "--host", "127.0.0.1",
-            "--port", str(port), *flags]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    argv = [
+        str(binary),
+        "-m",
+        str(model),
+        "-lv",
+        "4",
+        "-t",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *flags,
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
@@ -128,10 +145,20 @@ def measure(binary: Path, model: Path, flags: list[str]) -> Measured:
     assert report.buffer_bytes("model"), f"no buffer lines for {flags}:\n{log[-3000:]}"
     proj = project(load_model(str(model)), options_for(flags), 0)
     host = proj.host
-    real_context = (report.buffer_bytes("kv") + report.buffer_bytes("rs")
-                    + report.buffer_bytes("compute") + report.buffer_bytes("output"))
-    return Measured(flags, report.buffer_bytes("model"), real_context, host.weights_bytes,
-                    host.context_bytes, report)
+    real_context = (
+        report.buffer_bytes("kv")
+        + report.buffer_bytes("rs")
+        + report.buffer_bytes("compute")
+        + report.buffer_bytes("output")
+    )
+    return Measured(
+        flags,
+        report.buffer_bytes("model"),
+        real_context,
+        host.weights_bytes,
+        host.context_bytes,
+        report,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +190,16 @@ def test_quantized_v_without_flash_attention_is_refused_by_both(server):
 
 def test_cases_cover_the_matrix():
     joined = [" ".join(c) for c in CASES]
-    for needle in ("-c 2048", "-c 32768", "q8_0", "q4_0", "-fa on", "-fa off", "-np 1",
-                   "-np 4", "--swa-full"):
+    for needle in (
+        "-c 2048",
+        "-c 32768",
+        "q8_0",
+        "q4_0",
+        "-fa on",
+        "-fa off",
+        "-np 1",
+        "-np 4",
+        "--swa-full",
+    ):
         assert any(needle in j for j in joined), needle
     assert os.environ.get("CORRAL_HOME")  # the autouse fixture isolates every test

@@ -16,10 +16,18 @@ pytestmark = pytest.mark.real
 
 
 def chat(port: int, text: str, max_tokens: int = 8) -> dict:
-    body = json.dumps({"messages": [{"role": "user", "content": text}],
-                       "max_tokens": max_tokens, "temperature": 0}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=120) as resp:
         return json.loads(resp.read())
 
@@ -29,11 +37,17 @@ def test_catalog_of_the_real_build_covers_every_flag_line(real_binary, tmp_path)
 
     from corral.builds.resolve import binary_env
 
-    out = subprocess.run([str(real_binary), "--help"], capture_output=True, text=True,
-                         env=binary_env(real_binary), timeout=60)
+    out = subprocess.run(
+        [str(real_binary), "--help"],
+        capture_output=True,
+        text=True,
+        env=binary_env(real_binary),
+        timeout=60,
+    )
     text = out.stdout + out.stderr
-    flag_lines = [line for line in text.splitlines()
-                  if line.startswith("-") and not line.startswith("-----")]
+    flag_lines = [
+        line for line in text.splitlines() if line.startswith("-") and not line.startswith("-----")
+    ]
     catalog = load_catalog(real_binary, tmp_path)
     assert len(catalog.flags) == len(flag_lines)
     assert set(catalog.sections) == {"common", "sampling", "speculative", "server"}
@@ -44,8 +58,7 @@ def test_catalog_of_the_real_build_covers_every_flag_line(real_binary, tmp_path)
 def test_run_chat_adopt_stop_with_the_real_server(real_daemon_env, real_model):
     d = DaemonProcess(real_daemon_env).start()
     try:
-        res = d.cli("run", str(real_model), "--name", "gemma", "-c", "2048", "-t", "2",
-                    timeout=180)
+        res = d.cli("run", str(real_model), "--name", "gemma", "-c", "2048", "-t", "2", timeout=180)
         assert res.returncode == 0, res.stderr
         assert "gemma" in res.stdout and "ready" in res.stdout
         inst = d.client.request("GET", "/api/v1/instances/gemma")
@@ -61,18 +74,27 @@ def test_run_chat_adopt_stop_with_the_real_server(real_daemon_env, real_model):
         assert psutil.pid_exists(inst["pid"])
         d2 = DaemonProcess(real_daemon_env).start()
         try:
-            again = wait_for(lambda: (lambda i: i if i["state"] == "ready" else None)(
-                d2.client.request("GET", "/api/v1/instances/gemma")), timeout=30)
+            again = wait_for(
+                lambda: (lambda i: i if i["state"] == "ready" else None)(
+                    d2.client.request("GET", "/api/v1/instances/gemma")
+                ),
+                timeout=30,
+            )
             assert again["pid"] == inst["pid"] and again["port"] == inst["port"]
-            servers = [p for p in psutil.process_iter(["cmdline"])
-                       if p.info["cmdline"] and str(real_model) in p.info["cmdline"]]
+            servers = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] and str(real_model) in p.info["cmdline"]
+            ]
             assert len(servers) == 1, "no duplicate llama-server after re-adoption"
             assert chat(inst["port"], "Count to three.")["usage"]["completion_tokens"] > 0
 
             stopped = d2.client.request("POST", "/api/v1/instances/gemma/stop", timeout=60)
             assert stopped["state"] == "stopped"
-            assert not psutil.pid_exists(inst["pid"]) or \
-                psutil.Process(inst["pid"]).status() == psutil.STATUS_ZOMBIE
+            assert (
+                not psutil.pid_exists(inst["pid"])
+                or psutil.Process(inst["pid"]).status() == psutil.STATUS_ZOMBIE
+            )
         finally:
             d2.stop()
     finally:
@@ -92,8 +114,11 @@ def test_bad_flag_is_refused_before_spawn_by_the_real_catalog(real_daemon_env, r
         res = d.cli("run", str(real_model), "--ctx-size")
         assert res.returncode == 2 and "value" in res.stderr
         assert d.client.request("GET", "/api/v1/instances") == []
-        spawned = [p for p in psutil.process_iter(["name"]) if p.pid not in before
-                   and p.info["name"] == "llama-server"]
+        spawned = [
+            p
+            for p in psutil.process_iter(["name"])
+            if p.pid not in before and p.info["name"] == "llama-server"
+        ]
         assert spawned == []
     finally:
         d.stop()
@@ -123,8 +148,18 @@ def test_import_the_real_model_and_run_it_by_name(real_daemon_env, real_model):
         m = models[0]
         assert m["quantization"] == "Q4_K_M" and m["architecture"] == "gemma3"
         assert m["source"] == "local" and not m["owned"]
-        res = d.cli("run", "gemma-3-270m", "--name", "byname", "-c", "1024", "-t", "2",
-                    "--json", timeout=180)
+        res = d.cli(
+            "run",
+            "gemma-3-270m",
+            "--name",
+            "byname",
+            "-c",
+            "1024",
+            "-t",
+            "2",
+            "--json",
+            timeout=180,
+        )
         assert res.returncode == 0, res.stderr
         inst = json.loads(res.stdout)
         assert inst["state"] == "ready" and inst["model"] == str(real_model)
@@ -144,8 +179,13 @@ def test_doctor_passes_with_the_real_build(real_daemon_env):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "corral", "doctor", "--json"],
-                         env=real_daemon_env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "corral", "doctor", "--json"],
+        env=real_daemon_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     checks = {c["name"]: c for c in json.loads(out.stdout)}
     assert checks["llama-server"]["status"] == "ok"
@@ -159,12 +199,17 @@ def test_planned_launch_reads_back_what_the_real_server_allocated(real_daemon_en
     the plan (else a mismatch is listed)."""
     d = DaemonProcess(real_daemon_env).start()
     try:
-        res = d.cli("run", str(real_model), "--name", "planned", "-c", "4096", "-t", "2",
-                    timeout=180)
+        res = d.cli(
+            "run", str(real_model), "--name", "planned", "-c", "4096", "-t", "2", timeout=180
+        )
         assert res.returncode == 0, res.stderr
         assert "placed:" in res.stderr
-        inst = wait_for(lambda: (lambda i: i if (i["placement"] or {}).get("real") else None)(
-            d.client.request("GET", "/api/v1/instances/planned")), timeout=30)
+        inst = wait_for(
+            lambda: (lambda i: i if (i["placement"] or {}).get("real") else None)(
+                d.client.request("GET", "/api/v1/instances/planned")
+            ),
+            timeout=30,
+        )
         placement = inst["placement"]
         assert "--verbosity" in inst["argv"]
         host = next(x for x in placement["devices"] if x["id"] == "host")

@@ -22,8 +22,16 @@ from tests.fakes import make_fake_binary
 from tests.fakes.fake_hub import FakeHub
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 HUB_REPO = "acme/tiny-GGUF"
 
@@ -47,8 +55,13 @@ def gguf_file(path: Path, name: str | None = None, size: int = 0) -> Path:
     return path
 
 
-def api(daemon: DaemonProcess, method: str, path: str, body: Any = None,
-        headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def api(
+    daemon: DaemonProcess,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     """One JSON request to the daemon; (status, decoded body)."""
     conn = http.client.HTTPConnection("127.0.0.1", daemon.settings.port, timeout=30)
     try:
@@ -79,14 +92,21 @@ def chromium_path() -> str:
 def fake_hub(tmp_path_factory):
     files = tmp_path_factory.mktemp("hubfiles")
     with FakeHub(cdn=True, chunk_size=64 * 1024) as hub:
-        hub.add_repo(HUB_REPO, files={
-            "tiny-Q4_K_M.gguf": gguf_file(files / "q4.gguf", "tiny", 3_000_000).read_bytes(),
-            "tiny-Q8_0.gguf": gguf_file(files / "q8.gguf", "tiny", 1_000_000).read_bytes(),
-            "README.md": "# tiny",
-        }, downloads=1234)
-        hub.add_repo("acme/slow-GGUF", files={
-            "slow-Q4_K_M.gguf": gguf_file(files / "slow.gguf", "slow", 4_000_000).read_bytes(),
-        })
+        hub.add_repo(
+            HUB_REPO,
+            files={
+                "tiny-Q4_K_M.gguf": gguf_file(files / "q4.gguf", "tiny", 3_000_000).read_bytes(),
+                "tiny-Q8_0.gguf": gguf_file(files / "q8.gguf", "tiny", 1_000_000).read_bytes(),
+                "README.md": "# tiny",
+            },
+            downloads=1234,
+        )
+        hub.add_repo(
+            "acme/slow-GGUF",
+            files={
+                "slow-Q4_K_M.gguf": gguf_file(files / "slow.gguf", "slow", 4_000_000).read_bytes(),
+            },
+        )
         yield hub
 
 
@@ -97,12 +117,18 @@ def daemon_environment(home: Path, **extra: str) -> dict[str, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "FAKE_LLAMA_"))}
     env.update(FAST)
-    env.update({
-        "CORRAL_HOME": str(home), "CORRAL_PORT": str(port), "CORRAL_URL": f"http://127.0.0.1:{port}",
-        "CORRAL_PORT_RANGE": free_port_range(), "CORRAL_LLAMA_SERVER": str(binary),
-        "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home / "hf"),
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    })
+    env.update(
+        {
+            "CORRAL_HOME": str(home),
+            "CORRAL_PORT": str(port),
+            "CORRAL_URL": f"http://127.0.0.1:{port}",
+            "CORRAL_PORT_RANGE": free_port_range(),
+            "CORRAL_LLAMA_SERVER": str(binary),
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(home / "hf"),
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+    )
     env.update(extra)
     return env
 

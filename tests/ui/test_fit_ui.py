@@ -70,12 +70,15 @@ def test_launch_view_bars_suggested_flags_notes_and_apply(page, fit_daemon, mode
     expect(bars).to_have_count(len(placement["devices"]))
     for dev in placement["devices"]:
         bar = p.locator(f'#fit-devices [data-device="{dev["id"]}"]')
-        expect(bar).to_contain_text(f"{gib(dev['used_bytes'])} planned of {gib(dev['free_bytes'])} free")
+        expect(bar).to_contain_text(
+            f"{gib(dev['used_bytes'])} planned of {gib(dev['free_bytes'])} free"
+        )
         want = round(100 * dev["used_bytes"] / dev["free_bytes"])
         expect(bar.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", str(want))
     expect(p.locator("#fit-status")).to_have_text(
         f"Fits: context {placement['context']}, KV cache {placement['cache_type_k']}/"
-        f"{placement['cache_type_v']}.")
+        f"{placement['cache_type_v']}."
+    )
     added = [f if v is None else f"{f} {v}" for f, v in placement["added"]]
     text = p.locator("#fit-flags")
     expect(text).to_have_text(re.compile("^" + " ".join([r"\S+ \S+"] * len(added)) + "$"))
@@ -104,7 +107,9 @@ def test_launch_view_says_why_a_launch_is_refused_and_no_fit_turns_planning_off(
     expect(p.locator("#fit-status")).to_contain_text(re.compile(r"Refused: .*does not fit by"))
     expect(p.locator("#fit-suggest")).to_be_hidden()
     p.uncheck("#launch-fit")
-    expect(p.locator("#fit-status")).to_have_text("Not planned: the launch runs exactly the flags given.")
+    expect(p.locator("#fit-status")).to_have_text(
+        "Not planned: the launch runs exactly the flags given."
+    )
     expect(p.locator("#fit-devices .fit-device")).to_have_count(0)
     expect(p.locator("#plan-note")).to_contain_text("As the daemon would run it")
 
@@ -124,8 +129,12 @@ def test_launch_without_fit_from_the_form_is_not_planned(page, fit_daemon, model
 
 
 def test_dashboard_shows_the_devices_of_each_instance(page, fit_daemon, model, screenshots):
-    status, inst = api(fit_daemon, "POST", "/api/v1/instances",
-                       {"model": str(model), "name": "ui-placed", "wait": True})
+    status, inst = api(
+        fit_daemon,
+        "POST",
+        "/api/v1/instances",
+        {"model": str(model), "name": "ui-placed", "wait": True},
+    )
     assert status == 201, inst
     try:
         used = [d for d in inst["placement"]["devices"] if d["used_bytes"]]
@@ -136,8 +145,10 @@ def test_dashboard_shows_the_devices_of_each_instance(page, fit_daemon, model, s
             want = f"{dev['id']} {gib(dev['used_bytes'])} planned"
             line = cell.locator(f'[data-device="{dev["id"]}"]')
             if inst["placement"].get("real") and dev["id"] in inst["placement"]["real"]:
-                want = f"{dev['id']} {gib(inst['placement']['real'][dev['id']])} real / " \
-                       f"{gib(dev['used_bytes'])} planned"
+                want = (
+                    f"{dev['id']} {gib(inst['placement']['real'][dev['id']])} real / "
+                    f"{gib(dev['used_bytes'])} planned"
+                )
             expect(line).to_have_text(want)
         p.screenshot(path=str(screenshots / "dashboard-devices.png"), full_page=True)
     finally:

@@ -12,7 +12,9 @@ from corral.api.web import CSP, WEB_DIR
 
 FILES = sorted(p for p in WEB_DIR.rglob("*") if p.is_file())
 TEXT_FILES = [p for p in FILES if p.suffix in (".html", ".js", ".css", ".svg")]
-FORBIDDEN = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\s*\(|new\s+Function\s*\(")
+FORBIDDEN = re.compile(
+    r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\s*\(|new\s+Function\s*\("
+)
 URL = re.compile(r"(?:https?:)?//([A-Za-z0-9.-]+\.[A-Za-z]{2,}|\d+\.\d+\.\d+\.\d+|localhost)\b")
 #: XML namespaces are identifiers inside SVG files, never fetched.
 NAMESPACES = {"www.w3.org"}
@@ -20,15 +22,27 @@ NAMESPACES = {"www.w3.org"}
 
 def test_the_ui_has_its_files():
     names = {p.relative_to(WEB_DIR).as_posix() for p in FILES}
-    views = {f"js/views/{v}.js" for v in ("dashboard", "models", "launch", "chat", "logs", "settings")}
-    assert {"index.html", "app.css", "js/app.js", "js/api.js", "js/sse.js", "js/dom.js",
-            "js/markdown.js"} | views <= names
+    views = {
+        f"js/views/{v}.js" for v in ("dashboard", "models", "launch", "chat", "logs", "settings")
+    }
+    assert {
+        "index.html",
+        "app.css",
+        "js/app.js",
+        "js/api.js",
+        "js/sse.js",
+        "js/dom.js",
+        "js/markdown.js",
+    } | views <= names
 
 
 @pytest.mark.parametrize("path", TEXT_FILES, ids=lambda p: p.relative_to(WEB_DIR).as_posix())
 def test_no_html_sinks_nor_eval(path: Path):
-    hits = [f"{n}: {line.strip()}" for n, line in enumerate(path.read_text().splitlines(), 1)
-            if FORBIDDEN.search(line)]
+    hits = [
+        f"{n}: {line.strip()}"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if FORBIDDEN.search(line)
+    ]
     assert not hits, hits
 
 
@@ -72,18 +86,30 @@ def test_served_with_types_csp_and_no_cache(ui_daemon):
     assert headers["content-security-policy"] == CSP
     assert "script-src 'self';" in CSP and "frame-ancestors 'none'" in CSP
     assert headers["cache-control"] == "no-cache" and headers["x-content-type-options"] == "nosniff"
-    for path, ctype in [("/ui/js/app.js", "text/javascript; charset=utf-8"),
-                        ("/ui/js/views/chat.js", "text/javascript; charset=utf-8"),
-                        ("/ui/app.css", "text/css; charset=utf-8"),
-                        ("/ui/favicon.svg", "image/svg+xml")]:
+    for path, ctype in [
+        ("/ui/js/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/js/views/chat.js", "text/javascript; charset=utf-8"),
+        ("/ui/app.css", "text/css; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ]:
         status, headers, body = _get(ui_daemon, path)
         assert status == 200 and headers["content-type"] == ctype, (path, status, headers)
         assert headers["cache-control"] == "no-cache" and body
 
 
-@pytest.mark.parametrize("path", ["/ui/../api/web.py", "/ui/%2e%2e/api/web.py", "/ui/js/",
-                                  "/ui/nope.js", "/ui/../../../../etc/passwd", "/ui/js/../../web.py",
-                                  "/ui/a%00.js", "/ui/" + "a" * 5000 + ".js"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/../api/web.py",
+        "/ui/%2e%2e/api/web.py",
+        "/ui/js/",
+        "/ui/nope.js",
+        "/ui/../../../../etc/passwd",
+        "/ui/js/../../web.py",
+        "/ui/a%00.js",
+        "/ui/" + "a" * 5000 + ".js",
+    ],
+)
 def test_nothing_else_is_served(ui_daemon, path):
     status, headers, body = _get(ui_daemon, path)
     assert status == 404, (path, status, body[:200])

@@ -52,7 +52,10 @@ def test_launch_with_two_flags_reaches_ready_then_logs_and_stop(ui, ui_daemon, m
     expect(row.locator(".badge")).to_have_text("ready")
     inst = instance(ui_daemon, "ui-launch")
     argv = inst["argv"]
-    assert argv[argv.index("--ctx-size") + 1] == "2048" and argv[argv.index("--flash-attn") + 1] == "on"
+    assert (
+        argv[argv.index("--ctx-size") + 1] == "2048"
+        and argv[argv.index("--flash-attn") + 1] == "on"
+    )
     expect(row).to_contain_text(str(inst["port"]))
     assert row.locator("a", has_text="Open").get_attribute("href") == inst["url"]
 
@@ -66,10 +69,16 @@ def test_launch_with_two_flags_reaches_ready_then_logs_and_stop(ui, ui_daemon, m
     page.click("#log-pause")
     expect(page.locator("#log-pause")).to_have_text("Resume")
     before = log.locator(".line").count()
-    status, _ = api(ui_daemon, "POST", "/v1/chat/completions",
-                    {"model": "ui-launch", "messages": [{"role": "user", "content": "hi"}]})
+    status, _ = api(
+        ui_daemon,
+        "POST",
+        "/v1/chat/completions",
+        {"model": "ui-launch", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert status == 200
-    expect(page.locator("#log-state")).to_contain_text(re.compile(r"Paused: [1-9]\d* new lines? held back"))
+    expect(page.locator("#log-state")).to_contain_text(
+        re.compile(r"Paused: [1-9]\d* new lines? held back")
+    )
     assert log.locator(".line").count() == before
     assert "processing task" not in log.inner_text()
     page.click("#log-pause")
@@ -77,11 +86,15 @@ def test_launch_with_two_flags_reaches_ready_then_logs_and_stop(ui, ui_daemon, m
 
     page.click('nav a[data-view="dashboard"]')
     pid = inst["pid"]
-    page.locator('tr[data-instance="ui-launch"]').get_by_role("button", name="Stop ui-launch").click()
+    page.locator('tr[data-instance="ui-launch"]').get_by_role(
+        "button", name="Stop ui-launch"
+    ).click()
     expect(page.locator('tr[data-instance="ui-launch"] .badge')).to_have_text("stopped")
     assert instance(ui_daemon, "ui-launch")["state"] == "stopped"
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-             message="the stopped llama-server process to exit")
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        message="the stopped llama-server process to exit",
+    )
 
 
 def test_bad_flag_value_is_shown_inline_and_launches_nothing(ui, ui_daemon, models_dir):
@@ -102,7 +115,9 @@ def test_bad_flag_value_is_shown_inline_and_launches_nothing(ui, ui_daemon, mode
     expect(error).to_be_hidden()
     page.fill("#launch-extra", "--flash-attn maybe")
     page.click("#launch-button")
-    expect(page.locator("#launch-extra-error")).to_contain_text("invalid value 'maybe' for --flash-attn")
+    expect(page.locator("#launch-extra-error")).to_contain_text(
+        "invalid value 'maybe' for --flash-attn"
+    )
     expect(page.locator("#launch-error")).to_contain_text("--flash-attn")
     expect(page).to_have_url(re.compile(r"#/launch$"))
     assert instance(ui_daemon, "ui-badflag") is None
@@ -141,7 +156,9 @@ def test_chat_streams_into_the_page_and_stop_interrupts(ui, ui_daemon, models_di
     assert 0 < len(words) < 2000
 
     # the daemon keeps the conversation, with the interrupted reply
-    convs = wait_for(lambda: api(ui_daemon, "GET", "/api/v1/conversations")[1], message="a saved conversation")
+    convs = wait_for(
+        lambda: api(ui_daemon, "GET", "/api/v1/conversations")[1], message="a saved conversation"
+    )
     mine = [c for c in convs if c["model"] == name]
     assert len(mine) == 1 and mine[0]["title"] == "Say hello"
     _, conv = api(ui_daemon, "GET", f"/api/v1/conversations/{mine[0]['id']}")
@@ -154,8 +171,10 @@ def test_chat_streams_into_the_page_and_stop_interrupts(ui, ui_daemon, models_di
     port = instance(ui_daemon, name)["port"]
     from tests.integration.conftest import fake_get
 
-    wait_for(lambda: fake_get(port, "/_fake/state")[1]["cancelled"] >= 1,
-             message="the fake llama-server to see the stream cancelled")
+    wait_for(
+        lambda: fake_get(port, "/_fake/state")[1]["cancelled"] >= 1,
+        message="the fake llama-server to see the stream cancelled",
+    )
 
     # rename and delete through the list
     ui.answers.append("Greetings")
@@ -217,7 +236,7 @@ def test_pull_can_be_cancelled(ui, ui_daemon, fake_hub):
     repo = page.locator('li[data-repo="acme/slow-GGUF"]')
     repo.get_by_role("button", name="Quants of acme/slow-GGUF").click()
     repo.get_by_role("button", name="Pull acme/slow-GGUF:Q4_K_M").click()
-    job = page.locator('#pulls tr[data-pull]', has_text="acme/slow-GGUF")
+    job = page.locator("#pulls tr[data-pull]", has_text="acme/slow-GGUF")
     expect(job).to_have_attribute("data-state", "running")
     job.get_by_role("button", name="Cancel acme/slow-GGUF:Q4_K_M").click()
     expect(job).to_have_attribute("data-state", "cancelled")
@@ -248,7 +267,9 @@ def test_theme_follows_the_system_and_the_toggle_survives_reload(browser, ui_dae
         page.reload()
         expect(html).to_have_attribute("data-theme", "dark")
         assert page.evaluate("localStorage.getItem('corral.theme')") == "dark"
-        expect(page.locator("#theme-toggle")).to_have_attribute("aria-label", "Switch to light theme")
+        expect(page.locator("#theme-toggle")).to_have_attribute(
+            "aria-label", "Switch to light theme"
+        )
         assert not light.errors
     finally:
         light.close()
@@ -263,8 +284,12 @@ def test_html_in_names_and_text_is_shown_as_text(ui, ui_daemon, models_dir):
     expect(cell).to_have_text(f"{XSS}.gguf")
 
     # launched, its path shows on the Dashboard and in the log lines, as text too
-    status, inst = api(ui_daemon, "POST", "/api/v1/instances",
-                       {"model": str(model), "name": "ui-xss", "wait": True})
+    status, inst = api(
+        ui_daemon,
+        "POST",
+        "/api/v1/instances",
+        {"model": str(model), "name": "ui-xss", "wait": True},
+    )
     assert status == 201, inst
     page.click('nav a[data-view="dashboard"]')
     expect(page.locator('tr[data-instance="ui-xss"]')).to_contain_text(f"{XSS}.gguf")
@@ -272,7 +297,8 @@ def test_html_in_names_and_text_is_shown_as_text(ui, ui_daemon, models_dir):
     expect(page.locator("#log-lines")).to_contain_text(XSS)
 
     # chat Markdown: markup in model output stays text; only http(s) links become links
-    rendered = page.evaluate("""async (xss) => {
+    rendered = page.evaluate(
+        """async (xss) => {
         const md = await import('/ui/js/markdown.js');
         const box = document.createElement('div');
         box.appendChild(md.render(xss + '\\n\\n**bold** and `code`\\n\\n- one\\n- two\\n\\n'
@@ -281,7 +307,9 @@ def test_html_in_names_and_text_is_shown_as_text(ui, ui_daemon, models_dir):
                 strong: box.querySelector('strong')?.textContent, items: box.querySelectorAll('li').length,
                 links: [...box.querySelectorAll('a')].map(a => [a.getAttribute('href'), a.rel]),
                 code: box.querySelector('pre code')?.textContent};
-    }""", XSS)
+    }""",
+        XSS,
+    )
     assert rendered["imgs"] == 0 and rendered["text"].startswith(XSS)
     assert rendered["strong"] == "bold" and rendered["items"] == 2 and rendered["code"] == XSS
     assert rendered["links"] == [["https://example.org/x", "noopener noreferrer"]]
@@ -379,6 +407,10 @@ def test_settings_are_saved_and_a_non_number_is_refused_in_the_page(ui, ui_daemo
     assert api(ui_daemon, "GET", "/api/v1/settings")[1]["settings"]["idle_ttl"]["value"] == before
     ttl.fill("900")
     page.get_by_role("button", name="Save settings").click()
-    wait_for(lambda: api(ui_daemon, "GET", "/api/v1/settings")[1]["settings"]["idle_ttl"]["value"]
-             == 900, message="idle_ttl saved")
+    wait_for(
+        lambda: (
+            api(ui_daemon, "GET", "/api/v1/settings")[1]["settings"]["idle_ttl"]["value"] == 900
+        ),
+        message="idle_ttl saved",
+    )
     api(ui_daemon, "PUT", "/api/v1/settings", {"idle_ttl": None})  # back to the default

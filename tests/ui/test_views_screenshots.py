@@ -28,15 +28,30 @@ def populated(ui_daemon, models_dir):
     model = gguf_file(models_dir / "shots-Q4_K_M.gguf", name="Shots 1B")
     status, body = api(ui_daemon, "POST", "/api/v1/models/import", {"path": str(model)})
     assert status == 200, body
-    status, inst = api(ui_daemon, "POST", "/api/v1/instances",
-                       {"model": str(model), "name": "ui-shots", "wait": True, "flags": ["-c", "4096"]})
+    status, inst = api(
+        ui_daemon,
+        "POST",
+        "/api/v1/instances",
+        {"model": str(model), "name": "ui-shots", "wait": True, "flags": ["-c", "4096"]},
+    )
     assert status == 201, inst
-    reply = ("Here is a **short** answer:\n\n1. the first point\n2. the second, with `code`\n\n"
-             "```python\nprint('hello')\n```")
-    status, conv = api(ui_daemon, "POST", "/api/v1/conversations", {
-        "title": "Markdown demo", "model": "ui-shots", "messages": [
-            {"role": "user", "content": "Show me <b>Markdown</b>"},
-            {"role": "assistant", "content": reply, "tokens_per_second": 41.5}]})
+    reply = (
+        "Here is a **short** answer:\n\n1. the first point\n2. the second, with `code`\n\n"
+        "```python\nprint('hello')\n```"
+    )
+    status, conv = api(
+        ui_daemon,
+        "POST",
+        "/api/v1/conversations",
+        {
+            "title": "Markdown demo",
+            "model": "ui-shots",
+            "messages": [
+                {"role": "user", "content": "Show me <b>Markdown</b>"},
+                {"role": "assistant", "content": reply, "tokens_per_second": 41.5},
+            ],
+        },
+    )
     assert status == 201, conv
     yield conv
     api(ui_daemon, "DELETE", "/api/v1/instances/ui-shots")

@@ -14,9 +14,16 @@ from corral.errors import BinaryError, Conflict, UsageError
 from corral.settings import load_settings
 from corral.store.builds import BuildRecord
 
-RECORD = BuildRecord(id=7, path="/x/bin/b6000-cpu/llama-server", version="version: 6000",
-                     backend="cpu", origin="release", is_default=True, added_at=1.0,
-                     build="b6000")
+RECORD = BuildRecord(
+    id=7,
+    path="/x/bin/b6000-cpu/llama-server",
+    version="version: 6000",
+    backend="cpu",
+    origin="release",
+    is_default=True,
+    added_at=1.0,
+    build="b6000",
+)
 
 
 class Script:
@@ -67,15 +74,24 @@ async def wait_entered(script: Script) -> None:
 # --------------------------------------------------------------------------- progress
 
 
-@pytest.mark.parametrize("args, phase, progress", [
-    ((1024, 4096), "downloading", {"done": 1024, "total": 4096, "unit": "bytes"}),
-    ((1024, None), "downloading", {"done": 1024, "total": None, "unit": "bytes"}),
-    ((45, "[ 45%] Building CXX object common/arg.cpp.o"), "building",
-     {"done": 45, "total": 100, "unit": "percent"}),
-    ((9, "[12/130] Building CXX object tools/server/server.cpp.o"), "building",
-     {"done": 12, "total": 130, "unit": "steps"}),
-    ((None, "-- Found Threads: TRUE"), "building", None),
-])
+@pytest.mark.parametrize(
+    "args, phase, progress",
+    [
+        ((1024, 4096), "downloading", {"done": 1024, "total": 4096, "unit": "bytes"}),
+        ((1024, None), "downloading", {"done": 1024, "total": None, "unit": "bytes"}),
+        (
+            (45, "[ 45%] Building CXX object common/arg.cpp.o"),
+            "building",
+            {"done": 45, "total": 100, "unit": "percent"},
+        ),
+        (
+            (9, "[12/130] Building CXX object tools/server/server.cpp.o"),
+            "building",
+            {"done": 12, "total": 130, "unit": "steps"},
+        ),
+        ((None, "-- Found Threads: TRUE"), "building", None),
+    ],
+)
 def test_progress_callbacks_of_releases_and_source_builds_become_figures(args, phase, progress):
     assert progress_of(args) == (phase, progress)
 
@@ -84,8 +100,14 @@ def test_progress_callbacks_of_releases_and_source_builds_become_figures(args, p
 
 
 def test_a_job_publishes_every_step_and_ends_done_with_the_build():
-    script = Script([("say", "backend: cpu (asked for)"), ("progress", (500, 1000)),
-                     ("progress", (1000, 1000)), ("say", "installed b6000-cpu: /x")])
+    script = Script(
+        [
+            ("say", "backend: cpu (asked for)"),
+            ("progress", (500, 1000)),
+            ("progress", (1000, 1000)),
+            ("say", "installed b6000-cpu: /x"),
+        ]
+    )
     jobs = jobs_with(script)
 
     async def scenario():
@@ -96,8 +118,9 @@ def test_a_job_publishes_every_step_and_ends_done_with_the_build():
 
     job, events = run(scenario())
     view = job.view()
-    assert script.calls == [{"backend": "cpu", "from_": "release", "version": "b6000",
-                             "source": None, "force": False}]
+    assert script.calls == [
+        {"backend": "cpu", "from_": "release", "version": "b6000", "source": None, "force": False}
+    ]
     assert view["state"] == "done" and view["build"] == RECORD.to_dict()
     assert view["log"] == ["backend: cpu (asked for)", "installed b6000-cpu: /x"]
     assert view["message"] == "installed b6000-cpu: /x"
@@ -125,8 +148,10 @@ def test_the_log_keeps_the_last_lines_only():
 
 
 def test_a_failing_update_ends_failed_with_a_one_line_error():
-    script = Script([("say", "backend: cpu (asked for)")],
-                    error=BinaryError("cmake build failed (exit 2); see build.log\nerror: x.cpp:1"))
+    script = Script(
+        [("say", "backend: cpu (asked for)")],
+        error=BinaryError("cmake build failed (exit 2); see build.log\nerror: x.cpp:1"),
+    )
     jobs = jobs_with(script)
 
     async def scenario():
@@ -178,11 +203,14 @@ def test_an_identical_request_joins_and_a_different_one_conflicts():
     assert len(script.calls) == 2
 
 
-@pytest.mark.parametrize("options, words", [
-    (dict(from_="git"), "from must be one of"),
-    (dict(backend="opencl"), "backend must be one of"),
-    (dict(from_="source"), "needs a source"),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (dict(from_="git"), "from must be one of"),
+        (dict(backend="opencl"), "backend must be one of"),
+        (dict(from_="source"), "needs a source"),
+    ],
+)
 def test_bad_options_fail_before_any_job_exists(options, words):
     script = Script()
     jobs = jobs_with(script)
@@ -211,8 +239,7 @@ def test_options_the_source_ignores_do_not_make_requests_differ():
 
 
 def test_cancel_takes_effect_at_the_next_progress_point():
-    script = Script([("progress", (10, 100)), ("say", "installed (must not happen)")],
-                    block=True)
+    script = Script([("progress", (10, 100)), ("say", "installed (must not happen)")], block=True)
     jobs = jobs_with(script)
 
     async def scenario():

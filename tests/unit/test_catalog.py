@@ -9,8 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from corral.builds import catalog as catalog_mod
 from corral.builds.catalog import Flag, FlagCatalog, load_catalog
@@ -18,8 +17,10 @@ from corral.errors import BinaryError, FlagValueError, UnknownFlag, UsageError
 
 REAL_HELP = Path(__file__).resolve().parents[1] / "fakes" / "llama-server-help.txt"
 CI_CACHE = Path(os.environ.get("CORRAL_CI_CACHE", Path.home() / ".cache" / "corral-ci"))
-REAL_BINARY = Path(os.environ.get("CORRAL_TEST_LLAMA_SERVER") or next(
-    iter(sorted(CI_CACHE.glob("home/bin/*-cpu/llama-server"))), CI_CACHE / "none"))
+REAL_BINARY = Path(
+    os.environ.get("CORRAL_TEST_LLAMA_SERVER")
+    or next(iter(sorted(CI_CACHE.glob("home/bin/*-cpu/llama-server"))), CI_CACHE / "none")
+)
 
 # Written in llama.cpp's own layout (common_arg::to_string: help at column 40, names wider
 # than 37 columns push the help to the next line), covering the shapes the parser must read.
@@ -183,7 +184,7 @@ def test_lookup_search_suggest(sample: FlagCatalog) -> None:
 def test_real_every_flag_line_is_a_flag(real: FlagCatalog, real_text: str) -> None:
     lines = _flag_lines(real_text)
     assert len(real.flags) == len(lines)
-    for line, flag in zip(lines, real.flags):
+    for line, flag in zip(lines, real.flags, strict=False):
         assert line.startswith(flag.names[0]), (line, flag.names)
         for name in flag.names:
             assert real.lookup(name) is flag, name
@@ -388,7 +389,7 @@ def _fake_binary(tmp_path: Path, body: str) -> Path:
     """A shell script standing in for llama-server; every run appends a line to ./calls."""
     exe = tmp_path / "bin" / "llama-server"
     exe.parent.mkdir(exist_ok=True)
-    exe.write_text("#!/bin/sh\n" 'echo "$1 $LD_LIBRARY_PATH" >> "$(dirname "$0")/calls"\n' + body)
+    exe.write_text('#!/bin/sh\necho "$1 $LD_LIBRARY_PATH" >> "$(dirname "$0")/calls"\n' + body)
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     return exe
 

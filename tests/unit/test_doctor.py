@@ -22,8 +22,10 @@ def test_missing_library_detection_and_hints(tmp_path, monkeypatch):
     import subprocess
 
     def fake_run(argv, **kw):
-        out = ("\tlibvulkan.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n"
-               "\tlibcudart.so.12 => not found\n")
+        out = (
+            "\tlibvulkan.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n"
+            "\tlibcudart.so.12 => not found\n"
+        )
         return subprocess.CompletedProcess(argv, 0, out, "")
 
     monkeypatch.setattr("corral.doctor.subprocess.run", fake_run)

@@ -44,17 +44,26 @@ def hf_env(tmp_path, monkeypatch):
 
 @pytest.fixture
 def sleeps(monkeypatch):
-    """Record the library's back-off sleeps instead of sleeping (the fake's own sleeps are unaffected)."""
+    """Record the library's back-off sleeps instead of sleeping (the fake's own are unaffected)."""
     calls: list[float] = []
     monkeypatch.setattr(time, "sleep", lambda s: calls.append(s))
     return calls
 
 
 def _populate(hub: FakeHub) -> None:
-    hub.add_repo(REPO, files={Q4: Q4_BYTES, Q8: Q8_BYTES, "README.md": "# gemma\n"},
-                 downloads=5000, likes=50, tags=["gguf", "gemma3"])
-    hub.add_repo("bartowski/gemma-2-2b-GGUF", files={"gemma-2-2b-Q4_K_M.gguf": b"x" * 100},
-                 downloads=9000, likes=10)
+    hub.add_repo(
+        REPO,
+        files={Q4: Q4_BYTES, Q8: Q8_BYTES, "README.md": "# gemma\n"},
+        downloads=5000,
+        likes=50,
+        tags=["gguf", "gemma3"],
+    )
+    hub.add_repo(
+        "bartowski/gemma-2-2b-GGUF",
+        files={"gemma-2-2b-Q4_K_M.gguf": b"x" * 100},
+        downloads=9000,
+        likes=10,
+    )
     hub.add_repo("org/llama-GGUF", files={"llama.gguf": b"y" * 10}, downloads=1)
     hub.add_repo("org/not-gguf", files={"model.safetensors": b"z"}, tags=["transformers"])
     hub.add_repo("google/gemma-gated-GGUF", files={"g.gguf": b"secret"}, gated=True)
@@ -80,6 +89,7 @@ def _dl(hub, filename=Q4, repo=REPO, tmp=None, **kw):
 
 
 # -- API --------------------------------------------------------------------------------------
+
 
 def test_list_models_search_filter_sort_limit(plain_hub):
     api = HfApi(endpoint=plain_hub.url)
@@ -110,7 +120,9 @@ def test_model_info_files_metadata(plain_hub):
     assert sib[Q4].lfs.sha256 == hashlib.sha256(Q4_BYTES).hexdigest()
     assert sib[Q4].lfs.size == len(Q4_BYTES)
     assert sib["README.md"].lfs is None
-    assert plain_hub.log[-1].query.get("blobs") == ["True"] or plain_hub.log[-1].query.get("blobs") == ["true"]
+    assert plain_hub.log[-1].query.get("blobs") == ["True"] or plain_hub.log[-1].query.get(
+        "blobs"
+    ) == ["true"]
     # Without blobs: names only, like the Hub.
     assert api.model_info(REPO).siblings[0].size is None
     # By revision (branch name or commit sha).
@@ -121,7 +133,9 @@ def test_model_info_files_metadata(plain_hub):
         api.model_info("nobody/nothing")
     with pytest.raises(RepositoryNotFoundError):
         api.model_info("me/private-GGUF")
-    assert api.model_info("google/gemma-gated-GGUF").gated == "manual"  # metadata of gated repos is public
+    assert (
+        api.model_info("google/gemma-gated-GGUF").gated == "manual"
+    )  # metadata of gated repos is public
 
 
 def test_private_repo_with_valid_token(plain_hub):
@@ -134,8 +148,15 @@ def test_private_repo_with_valid_token(plain_hub):
 
 
 def test_list_repo_tree(plain_hub):
-    plain_hub.add_repo("org/multi", files={"a.gguf": b"1", "sub/b-00001-of-00002.gguf": b"22",
-                                           "sub/b-00002-of-00002.gguf": b"333", "README.md": "r"})
+    plain_hub.add_repo(
+        "org/multi",
+        files={
+            "a.gguf": b"1",
+            "sub/b-00001-of-00002.gguf": b"22",
+            "sub/b-00002-of-00002.gguf": b"333",
+            "README.md": "r",
+        },
+    )
     api = HfApi(endpoint=plain_hub.url)
     top = {e.path: e for e in api.list_repo_tree("org/multi")}
     assert set(top) == {"a.gguf", "sub", "README.md"}
@@ -152,6 +173,7 @@ def test_list_repo_tree(plain_hub):
 
 
 # -- downloads --------------------------------------------------------------------------------
+
 
 def test_download_bytes_direct_and_cdn(hub, tmp_path):
     path = _dl(hub, tmp=tmp_path)
@@ -185,16 +207,16 @@ def test_cdn_get_carries_no_authorization(tmp_path):
         _populate(h)
         h.valid_tokens = {"hf_ok"}
         _dl(h, "g.gguf", repo="google/gemma-gated-GGUF", tmp=tmp_path, token="hf_ok")
-        head, = h.file_requests("g.gguf", "HEAD")
-        get, = h.file_requests("g.gguf", "GET")
+        (head,) = h.file_requests("g.gguf", "HEAD")
+        (get,) = h.file_requests("g.gguf", "GET")
         assert head.headers.get("Authorization") == "Bearer hf_ok"
         assert get.server == "cdn" and "Authorization" not in get.headers
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """The library writes in DOWNLOAD_CHUNK_SIZE (10 MiB) pieces: bytes of an unfinished piece are lost
-    on a drop. Shrink it so a small payload can show a real Range resume."""
+    """The library writes in DOWNLOAD_CHUNK_SIZE (10 MiB) pieces: bytes of an unfinished piece are
+    lost on a drop. Shrink it so a small payload can show a real Range resume."""
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
 
 
@@ -225,7 +247,8 @@ def test_drop_without_progress_gives_up_and_leaves_no_partial(plain_hub, tmp_pat
     assert "peer closed connection" in str(ei.value)
     gets = plain_hub.file_requests(Q4, "GET")
     assert [e.range for e in gets] == [None] * 6  # first try + 5 resumes
-    # 2.4.0 downloads into a process-unique *.incomplete and deletes it on failure: no cross-call resume.
+    # 2.4.0 downloads into a process-unique *.incomplete and deletes it on failure: no resume
+    # across calls.
     assert not list((tmp_path / ".cache").rglob("*.incomplete"))
     assert not (tmp_path / Q4).exists()
 
@@ -284,7 +307,9 @@ def test_raw_range_and_headers(plain_hub):
     r = httpx.head(url)
     assert r.headers["X-Repo-Commit"] == plain_hub.commit(REPO)
     assert r.headers["ETag"] == f'"{hashlib.sha256(Q8_BYTES).hexdigest()}"'
-    assert r.headers["X-Linked-Size"] == str(len(Q8_BYTES)) and r.headers["Accept-Ranges"] == "bytes"
+    assert (
+        r.headers["X-Linked-Size"] == str(len(Q8_BYTES)) and r.headers["Accept-Ranges"] == "bytes"
+    )
     r = httpx.get(url, headers={"Range": "bytes=10-19"})
     assert r.status_code == 206 and r.content == Q8_BYTES[10:20]
     assert r.headers["Content-Range"] == f"bytes 10-19/{len(Q8_BYTES)}"
@@ -292,6 +317,7 @@ def test_raw_range_and_headers(plain_hub):
 
 
 # -- errors -----------------------------------------------------------------------------------
+
 
 def test_download_errors(plain_hub, tmp_path):
     with pytest.raises(GatedRepoError) as ei:

@@ -42,8 +42,15 @@ class Fake:
         self.port = port
         self.log = log
 
-    def request(self, method: str, path: str, body: object = None, timeout: float = 5.0,
-                headers: dict[str, str] | None = None, raw: bytes | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        timeout: float = 5.0,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ):
         conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
         try:
             data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
@@ -84,8 +91,13 @@ def spawn(tmp_path):
     procs: list[subprocess.Popen] = []
     counter = iter(range(1000))
 
-    def _spawn(*extra: str, env: dict[str, str] | None = None, port: int | None = None,
-               model: Path | None | bool = True, binary: Path | None = None) -> Fake:
+    def _spawn(
+        *extra: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        model: Path | None | bool = True,
+        binary: Path | None = None,
+    ) -> Fake:
         port = free_port() if port is None else port
         n = next(counter)
         if model is True:
@@ -99,8 +111,14 @@ def spawn(tmp_path):
         full_env.update(env or {})
         log = tmp_path / f"fake{n}.log"
         with open(log, "wb") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         procs.append(proc)
         return Fake(proc, port, log)
 
@@ -147,8 +165,20 @@ def test_binary_process_is_the_fake_with_all_args(spawn, tmp_path):
 
 def test_flags_are_parsed_like_the_real_parser(spawn):
     # valued flags take their next token even when it looks like a flag value ("-1")
-    fake = spawn("-ngl", "99", "--temp", "-1", "-ot", "x=CPU", "--jinja", "-a", "m1",
-                 "--control-vector-layer-range", "1", "2")
+    fake = spawn(
+        "-ngl",
+        "99",
+        "--temp",
+        "-1",
+        "-ot",
+        "x=CPU",
+        "--jinja",
+        "-a",
+        "m1",
+        "--control-vector-layer-range",
+        "1",
+        "2",
+    )
     fake.wait_ready()
     _, state = fake.json("GET", "/_fake/state")
     assert state["model"] == "m1" and state["port"] == fake.port
@@ -157,8 +187,12 @@ def test_flags_are_parsed_like_the_real_parser(spawn):
 def test_strict_args_rejects_unknown_flags_like_the_real_one(tmp_path):
     env = {**os.environ, "FAKE_LLAMA_STRICT_ARGS": "1"}
     for bad in ("--bogus-flag", "--port=8080"):
-        res = subprocess.run([sys.executable, str(FAKE_LLAMA_SERVER), "--jinja", bad],
-                             capture_output=True, timeout=10, env=env)
+        res = subprocess.run(
+            [sys.executable, str(FAKE_LLAMA_SERVER), "--jinja", bad],
+            capture_output=True,
+            timeout=10,
+            env=env,
+        )
         assert res.returncode == 1
         assert res.stderr.decode() == f"error: invalid argument: {bad}\n"
 
@@ -192,8 +226,12 @@ def test_streaming_chat_yields_chunks_then_done(spawn):
     fake.wait_ready()
     conn = http.client.HTTPConnection(HOST, fake.port, timeout=5)
     body = {"model": "x", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.getheader("Content-Type").startswith("text/event-stream")
@@ -201,7 +239,7 @@ def test_streaming_chat_yields_chunks_then_done(spawn):
     conn.close()
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
-    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    chunks = [json.loads(e[len("data: ") :]) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
     content = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
     assert len(content) == 5 and all(content)
@@ -213,8 +251,11 @@ def test_streaming_chat_yields_chunks_then_done(spawn):
 def test_completions_models_embeddings_and_errors(spawn):
     fake = spawn("--embeddings", env={"FAKE_LLAMA_TOKENS": "4", "FAKE_LLAMA_TOKEN_DELAY": "0"})
     fake.wait_ready()
-    status, res = fake.json("POST", "/v1/chat/completions",
-                            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    status, res = fake.json(
+        "POST",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
     assert status == 200
     assert res["object"] == "chat.completion"
     assert res["choices"][0]["finish_reason"] == "length"
@@ -272,8 +313,10 @@ def test_client_disconnect_cancels_the_stream(spawn):
     fake.wait_ready()
     sock = socket.create_connection((HOST, fake.port), timeout=5)
     body = json.dumps({"prompt": "x", "stream": True}).encode()
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     received = b""
     while b"data: " not in received:
         chunk = sock.recv(65536)

@@ -7,8 +7,7 @@ import pytest
 
 from corral import gpu
 from corral.errors import UsageError
-from corral.fit.devices import (GiB, MiB, Device, detect_devices, human_bytes, parse_size,
-                                parse_spec)
+from corral.fit.devices import Device, GiB, MiB, detect_devices, human_bytes, parse_size, parse_spec
 from tests.unit.test_gpu import FakeProbe, rec
 
 
@@ -27,11 +26,20 @@ class CountingProbe(FakeProbe):
         return super().run(argv, timeout)
 
 
-@pytest.mark.parametrize("text,want", [
-    ("12GiB", 12 * GiB), ("12G", 12 * GiB), ("12gb", 12 * GiB), ("8192MiB", 8 * GiB),
-    ("8192M", 8 * GiB), ("1.5GiB", 3 * GiB // 2), ("1TiB", 1024 * GiB), ("4096", 4096),
-    (" 2 GiB ", 2 * GiB),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("12GiB", 12 * GiB),
+        ("12G", 12 * GiB),
+        ("12gb", 12 * GiB),
+        ("8192MiB", 8 * GiB),
+        ("8192M", 8 * GiB),
+        ("1.5GiB", 3 * GiB // 2),
+        ("1TiB", 1024 * GiB),
+        ("4096", 4096),
+        (" 2 GiB ", 2 * GiB),
+    ],
+)
 def test_sizes(text, want):
     assert parse_size(text) == want
 
@@ -45,7 +53,9 @@ def test_bad_sizes_are_usage_errors(text):
 def test_spec_lists_gpus_in_order():
     gpus, host = parse_spec("12GiB,8GiB")
     assert [(g.id, g.kind, g.free_bytes, g.total_bytes) for g in gpus] == [
-        ("gpu0", "gpu", 12 * GiB, 12 * GiB), ("gpu1", "gpu", 8 * GiB, 8 * GiB)]
+        ("gpu0", "gpu", 12 * GiB, 12 * GiB),
+        ("gpu1", "gpu", 8 * GiB, 8 * GiB),
+    ]
     assert host is None
     assert all(g.simulated for g in gpus)
 
@@ -62,8 +72,9 @@ def test_none_is_no_gpu(spec):
     assert parse_spec(spec)[0] == []
 
 
-@pytest.mark.parametrize("spec", ["", "none,8GiB", "0GiB", "0x8GiB", "65x1GiB", "12GiB,,8GiB",
-                                  "host=", "gpu"])
+@pytest.mark.parametrize(
+    "spec", ["", "none,8GiB", "0GiB", "0x8GiB", "65x1GiB", "12GiB,,8GiB", "host=", "gpu"]
+)
 def test_bad_specs(spec):
     with pytest.raises(UsageError):
         parse_spec(spec)
@@ -85,11 +96,13 @@ def test_simulated_host_ram_overrides():
 
 
 def test_detected_nvidia_gpus_with_free_memory():
-    devs = detect_devices(None, FakeProbe({"nvidia-smi": (0, rec("nvidia-smi-2gpu.csv"))},
-                                          root=None))
+    devs = detect_devices(
+        None, FakeProbe({"nvidia-smi": (0, rec("nvidia-smi-2gpu.csv"))}, root=None)
+    )
     assert [(d.id, d.name, d.vendor, d.index) for d in devs.gpus] == [
         ("gpu0", "NVIDIA GeForce RTX 3060", "nvidia", 0),
-        ("gpu1", "NVIDIA GeForce RTX 2080", "nvidia", 1)]
+        ("gpu1", "NVIDIA GeForce RTX 2080", "nvidia", 1),
+    ]
     assert devs.gpus[0].total_bytes == 12288 * MiB and devs.gpus[0].free_bytes == 11938 * MiB
     assert [d.backend_name(i) for i, d in enumerate(devs.gpus)] == ["CUDA0", "CUDA1"]
     assert devs.gpus[0].visible_env() == "CUDA_VISIBLE_DEVICES"
@@ -116,9 +129,16 @@ def test_amd_from_rocm_smi_is_a_rocm_device():
 
 
 def test_a_gpu_without_memory_figures_is_left_out_with_a_warning(monkeypatch):
-    host = gpu.HostInfo(os="linux", arch="x86_64", cpu_model="cpu", cores=2, threads=2,
-                        ram_total=8 * GiB, ram_free=6 * GiB,
-                        gpus=[gpu.GPU(index=0, vendor="intel", name="Intel Arc")])
+    host = gpu.HostInfo(
+        os="linux",
+        arch="x86_64",
+        cpu_model="cpu",
+        cores=2,
+        threads=2,
+        ram_total=8 * GiB,
+        ram_free=6 * GiB,
+        gpus=[gpu.GPU(index=0, vendor="intel", name="Intel Arc")],
+    )
     monkeypatch.setattr(gpu, "detect", lambda probe=None: host)
     devs = detect_devices(None)
     assert devs.gpus == []
@@ -128,6 +148,11 @@ def test_a_gpu_without_memory_figures_is_left_out_with_a_warning(monkeypatch):
 
 def test_view_and_human_bytes():
     d = Device(id="gpu0", name="x", kind="gpu", total_bytes=GiB, free_bytes=GiB // 2)
-    assert d.view() == {"id": "gpu0", "name": "x", "kind": "gpu", "total_bytes": GiB,
-                        "free_bytes": GiB // 2}
+    assert d.view() == {
+        "id": "gpu0",
+        "name": "x",
+        "kind": "gpu",
+        "total_bytes": GiB,
+        "free_bytes": GiB // 2,
+    }
     assert human_bytes(3 * GiB // 2) == "1.5 GiB" and human_bytes(512) == "512 B"

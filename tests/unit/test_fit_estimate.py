@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import gguf as gguf_py
 import pytest
 
-import gguf as gguf_py
 from corral.builds.catalog import FlagCatalog
 from corral.errors import FlagValueError
 from corral.fit import breakdown
@@ -93,8 +93,11 @@ def test_dense_kv_f16_and_q8_0(shapes):
     # llama-kv-cache.cpp: K and V [n_embd_head * n_head_kv, cells, n_stream] per layer
     p = project(shape, opts(ctx=8192, n_parallel=1), 0)
     assert p.host.kv_bytes == 48 * 8192 * (1024 * 2) * 2
-    q8 = project(shape, opts(ctx=8192, n_parallel=1, cache_type_k="q8_0",
-                             cache_type_v="q8_0", flash_attn="on"), 0)
+    q8 = project(
+        shape,
+        opts(ctx=8192, n_parallel=1, cache_type_k="q8_0", cache_type_v="q8_0", flash_attn="on"),
+        0,
+    )
     assert q8.host.kv_bytes == 48 * 8192 * (32 * 34) * 2
 
 
@@ -166,10 +169,14 @@ def test_quantized_v_without_flash_attention_is_refused(shapes):
 
 def test_compute_grows_with_context_only_without_flash_attention(shapes):
     shape = load_model(str(shapes["dense_14b"]))
-    on = [project(shape, opts(ctx=c, n_parallel=1, flash_attn="on"), 0).host.compute_bytes
-          for c in (4096, 8192)]
-    off = [project(shape, opts(ctx=c, n_parallel=1, flash_attn="off"), 0).host.compute_bytes
-           for c in (4096, 8192)]
+    on = [
+        project(shape, opts(ctx=c, n_parallel=1, flash_attn="on"), 0).host.compute_bytes
+        for c in (4096, 8192)
+    ]
+    off = [
+        project(shape, opts(ctx=c, n_parallel=1, flash_attn="off"), 0).host.compute_bytes
+        for c in (4096, 8192)
+    ]
     # FA: the f16 mask grows by 4096 * 512 * 2; without: the f32 mask and 40 heads of scores
     assert on[1] - on[0] == 4096 * 512 * 2
     assert off[1] - off[0] == 4096 * 512 * 4 + 4096 * 512 * 40 * 4
@@ -237,8 +244,12 @@ def test_repack_counts_a_second_copy_on_the_host(shapes):
     q4k = sum(la.repackable.get(12, 0) for la in shape.layers)
     assert q4k > 0 and avx2.repack_bytes == q4k
     assert avx2.weights_bytes - plain.weights_bytes == q4k
-    assert project(shape, opts(ctx=4096, cpu_flags=frozenset({"avx2"}), repack=False),
-                   0).host.repack_bytes == 0
+    assert (
+        project(
+            shape, opts(ctx=4096, cpu_flags=frozenset({"avx2"}), repack=False), 0
+        ).host.repack_bytes
+        == 0
+    )
 
 
 def test_mmap_counts_the_mapped_span(shapes):
@@ -268,13 +279,25 @@ HELP = Path(__file__).resolve().parent.parent / "fakes" / "llama-server-help.txt
 
 
 def test_options_from_pairs():
-    o = Options.from_pairs([
-        ("--ctx-size", "16384"), ("--parallel", "2"), ("--kv-unified", None),
-        ("--cache-type-k", "q8_0"), ("--cache-type-v", "Q8_0"), ("--flash-attn", "on"),
-        ("--n-gpu-layers", "all"), ("--tensor-split", "3,1"), ("--n-cpu-moe", "4"),
-        ("--swa-full", None), ("--no-kv-offload", None), ("--lora", "a.gguf,b.gguf"),
-        ("--model-draft", "d.gguf"), ("--no-mmap", None), ("--threads", "8"),
-    ])
+    o = Options.from_pairs(
+        [
+            ("--ctx-size", "16384"),
+            ("--parallel", "2"),
+            ("--kv-unified", None),
+            ("--cache-type-k", "q8_0"),
+            ("--cache-type-v", "Q8_0"),
+            ("--flash-attn", "on"),
+            ("--n-gpu-layers", "all"),
+            ("--tensor-split", "3,1"),
+            ("--n-cpu-moe", "4"),
+            ("--swa-full", None),
+            ("--no-kv-offload", None),
+            ("--lora", "a.gguf,b.gguf"),
+            ("--model-draft", "d.gguf"),
+            ("--no-mmap", None),
+            ("--threads", "8"),
+        ]
+    )
     assert (o.ctx, o.n_parallel, o.kv_unified) == (16384, 2, True)
     assert (o.cache_type_k, o.cache_type_v, o.flash_attn) == ("q8_0", "q8_0", "on")
     assert (o.n_gpu_layers, o.tensor_split, o.n_cpu_moe) == (-1, [3.0, 1.0], 4)
@@ -315,13 +338,20 @@ LOG = """\
 def test_breakdown_parses_buffers_and_both_tables():
     r = breakdown.parse_log(LOG)
     assert [(b.kind, b.buffer, b.device) for b in r.buffers][:2] == [
-        ("model", "CPU_Mapped", "host"), ("model", "CPU_REPACK", "host")]
+        ("model", "CPU_Mapped", "host"),
+        ("model", "CPU_REPACK", "host"),
+    ]
     assert r.buffer_bytes("kv") == round(49.5 * MiB)
     assert r.per_device()["host"]["compute"] == round(24.78 * MiB)
     assert [row.self_mib for row in r.projected] == [296, 12]
     gpu, host, repack = r.real
     assert (gpu.device, gpu.total_mib, gpu.free_mib, gpu.self_mib, gpu.unaccounted_mib) == (
-        "gpu0", 24080, 20000, 3000, 1080)
+        "gpu0",
+        24080,
+        20000,
+        3000,
+        1080,
+    )
     assert (host.model_mib, repack.name) == (235, "CPU_REPACK")
     assert r.real_self_bytes("host") == 321 * MiB
 
@@ -331,9 +361,17 @@ def test_breakdown_without_an_exit_table_has_no_real_numbers():
     assert r.projected is not None and r.real is None and r.real_self_bytes() is None
 
 
-@pytest.mark.parametrize("name, device", [
-    ("CUDA1", "gpu1"), ("ROCm0", "gpu0"), ("Vulkan2", "gpu2"), ("Metal", "gpu0"),
-    ("CUDA_Host", "host"), ("CPU", "host"), ("CUDA0 (RTX 4090)", "gpu0"),
-])
+@pytest.mark.parametrize(
+    "name, device",
+    [
+        ("CUDA1", "gpu1"),
+        ("ROCm0", "gpu0"),
+        ("Vulkan2", "gpu2"),
+        ("Metal", "gpu0"),
+        ("CUDA_Host", "host"),
+        ("CPU", "host"),
+        ("CUDA0 (RTX 4090)", "gpu0"),
+    ],
+)
 def test_buffer_names_map_to_devices(name, device):
     assert breakdown.device_of(name) == device

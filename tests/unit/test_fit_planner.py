@@ -21,7 +21,7 @@ import pytest
 
 from corral.builds.catalog import FlagCatalog
 from corral.fit import planner
-from corral.fit.devices import GiB, MiB, Devices, detect_devices, parse_spec
+from corral.fit.devices import Devices, GiB, MiB, detect_devices, parse_spec
 from corral.fit.estimate import DeviceUse, Projection
 
 HELP = Path(__file__).resolve().parents[1] / "fakes" / "llama-server-help.txt"
@@ -29,8 +29,17 @@ CATALOG = FlagCatalog.parse(HELP.read_text())
 
 # --------------------------------------------------------------------------- stand-in
 
-_KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
-             "q4_1": 20 / 32, "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+_KV_BYTES = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q4_0": 18 / 32,
+    "q4_1": 20 / 32,
+    "iq4_nl": 18 / 32,
+    "q5_0": 22 / 32,
+    "q5_1": 24 / 32,
+}
 
 
 @dataclass
@@ -109,11 +118,12 @@ class StandIn:
         split = list(o.tensor_split or [1.0] * gpus)[:gpus]
         split += [0.0] * (gpus - len(split))
         total = sum(split) or 1.0
-        cum = [sum(split[:i + 1]) / total for i in range(gpus)]
+        cum = [sum(split[: i + 1]) / total for i in range(gpus)]
         use = {f"gpu{i}": DeviceUse(f"gpu{i}") for i in range(gpus)}
         host = DeviceUse("host", weights_bytes=m.embd_bytes)
-        kv_layer = int(o.ctx * m.kv_per_token / 2 * (_KV_BYTES[o.cache_type_k]
-                                                    + _KV_BYTES[o.cache_type_v]))
+        kv_layer = int(
+            o.ctx * m.kv_per_token / 2 * (_KV_BYTES[o.cache_type_k] + _KV_BYTES[o.cache_type_v])
+        )
         for il in range(m.n_layer):
             if il >= start and gpus:
                 at = min(bisect.bisect_right(cum, (il - start) / max(n_off, 1)), gpus - 1)
@@ -124,8 +134,7 @@ class StandIn:
             dev.weights_bytes += m.dense_bytes
             dev.kv_bytes += kv_layer
             (host if il < o.n_cpu_moe else dev).weights_bytes += m.expert_bytes
-        last = next((use[f"gpu{i}"] for i in reversed(range(gpus)) if use[f"gpu{i}"].layers),
-                    None)
+        last = next((use[f"gpu{i}"] for i in reversed(range(gpus)) if use[f"gpu{i}"].layers), None)
         if ngl > 0 and last is not None:
             last.output_bytes = m.output_bytes
         else:
@@ -135,18 +144,30 @@ class StandIn:
             if d.layers or d is last:
                 d.compute_bytes = 300 * MiB + o.ctx * (8 if fa else 32) * 1024 // 1024
         host.compute_bytes = 64 * MiB
-        return Projection(devices=[*use.values(), host], context=o.ctx, n_parallel=1,
-                          cache_type_k=o.cache_type_k, cache_type_v=o.cache_type_v,
-                          flash_attn=fa, notes=[])
+        return Projection(
+            devices=[*use.values(), host],
+            context=o.ctx,
+            n_parallel=1,
+            cache_type_k=o.cache_type_k,
+            cache_type_v=o.cache_type_v,
+            flash_attn=fa,
+            notes=[],
+        )
 
 
 # Shapes like the issue's models, in round numbers (a 14B Q4_K_M is ~8.4 GiB).
-DENSE_14B = Shape(n_layer=48, n_ctx_train=131072, dense_bytes=165 * MiB,
-                  kv_per_token=2 * 8 * 128)
-MOE_30B = Shape(n_layer=48, n_ctx_train=262144, dense_bytes=25 * MiB, expert_bytes=330 * MiB,
-                n_expert=128, kv_per_token=2 * 4 * 128)
-SMALL = Shape(n_layer=24, n_ctx_train=2048, dense_bytes=10 * MiB, embd_bytes=100 * MiB,
-              output_bytes=100 * MiB)
+DENSE_14B = Shape(n_layer=48, n_ctx_train=131072, dense_bytes=165 * MiB, kv_per_token=2 * 8 * 128)
+MOE_30B = Shape(
+    n_layer=48,
+    n_ctx_train=262144,
+    dense_bytes=25 * MiB,
+    expert_bytes=330 * MiB,
+    n_expert=128,
+    kv_per_token=2 * 4 * 128,
+)
+SMALL = Shape(
+    n_layer=24, n_ctx_train=2048, dense_bytes=10 * MiB, embd_bytes=100 * MiB, output_bytes=100 * MiB
+)
 
 
 def devices(spec: str, host: str = "64GiB") -> Devices:
@@ -156,8 +177,7 @@ def devices(spec: str, host: str = "64GiB") -> Devices:
 def make(model: Shape, spec: str, flags: list[str] = (), host: str = "64GiB", **kw):
     pairs = CATALOG.normalize(list(flags))
     est = StandIn()
-    result = planner.plan(model, pairs, devices(spec, host), catalog=CATALOG, estimator=est,
-                          **kw)
+    result = planner.plan(model, pairs, devices(spec, host), catalog=CATALOG, estimator=est, **kw)
     return result, pairs, est
 
 
@@ -240,14 +260,19 @@ def test_q8_0_before_q4_0():
 
 
 def test_user_fixed_flags_are_kept_as_given():
-    flags = ["-c", "65536", "-ctk", "f16", "-ctv", "f16", "-fa", "off", "-ngl", "30",
-             "-ts", "1,1"]
+    flags = ["-c", "65536", "-ctk", "f16", "-ctv", "f16", "-fa", "off", "-ngl", "30", "-ts", "1,1"]
     plan, pairs, _ = make(DENSE_14B, "12GiB,8GiB", flags)
     got = CATALOG.normalize(plan.flags)
     for pair in pairs:
         assert pair in got
-    for name, value in (("-c", "65536"), ("-ctk", "f16"), ("-ctv", "f16"), ("-fa", "off"),
-                        ("-ngl", "30"), ("-ts", "1,1")):
+    for name, value in (
+        ("-c", "65536"),
+        ("-ctk", "f16"),
+        ("-ctv", "f16"),
+        ("-fa", "off"),
+        ("-ngl", "30"),
+        ("-ts", "1,1"),
+    ):
         assert flag(plan, name) == value
     assert plan.context == 65536
     assert len([n for n, _ in got if n == "--ctx-size"]) == 1
@@ -274,10 +299,22 @@ def test_moe_experts_leave_the_gpu_before_dense_layers():
     assert flag(plan, "-ngl") == "49"  # every dense layer stays on a GPU
     assert plan.devices[2].layers == 0
     # and n is the fewest: one layer fewer of experts on the CPU does not fit
-    fewer, _, _ = make(MOE_30B, "12GiB,8GiB", ["--n-cpu-moe", str(n - 1), "-ngl", "49",
-                                               "-c", "4096",
-                                               "-ctk", plan.cache_type_k,
-                                               "-ctv", plan.cache_type_v])
+    fewer, _, _ = make(
+        MOE_30B,
+        "12GiB,8GiB",
+        [
+            "--n-cpu-moe",
+            str(n - 1),
+            "-ngl",
+            "49",
+            "-c",
+            "4096",
+            "-ctk",
+            plan.cache_type_k,
+            "-ctv",
+            plan.cache_type_v,
+        ],
+    )
     assert not fewer.fits
 
 
@@ -286,8 +323,9 @@ def test_dense_layers_leave_when_all_experts_are_on_the_cpu_and_it_still_does_no
     assert plan.fits, plan.notes
     assert_within(plan)
     assert flag(plan, "--n-cpu-moe") == "48" or int(flag(plan, "-ngl")) <= 49
-    huge = Shape(n_layer=48, n_ctx_train=8192, dense_bytes=200 * MiB, expert_bytes=100 * MiB,
-                 n_expert=64)
+    huge = Shape(
+        n_layer=48, n_ctx_train=8192, dense_bytes=200 * MiB, expert_bytes=100 * MiB, n_expert=64
+    )
     plan, _, _ = make(huge, "6GiB")
     assert plan.fits
     assert_within(plan)
@@ -377,11 +415,28 @@ def test_golden_properties(model, spec):
     assert sum(d.layers for d in plan.devices) == model.n_layer
     assert est.calls <= 300
     view = plan.view()
-    assert set(view) == {"fits", "flags", "context", "cache_type_k", "cache_type_v",
-                         "devices", "notes"}
+    assert set(view) == {
+        "fits",
+        "flags",
+        "context",
+        "cache_type_k",
+        "cache_type_v",
+        "devices",
+        "notes",
+    }
     for d in view["devices"]:
-        assert set(d) == {"id", "name", "kind", "total_bytes", "free_bytes", "layers",
-                          "weights_bytes", "kv_bytes", "compute_bytes", "used_bytes"}
+        assert set(d) == {
+            "id",
+            "name",
+            "kind",
+            "total_bytes",
+            "free_bytes",
+            "layers",
+            "weights_bytes",
+            "kv_bytes",
+            "compute_bytes",
+            "used_bytes",
+        }
     CATALOG.normalize(plan.flags)  # valid for the build
 
 
@@ -411,8 +466,9 @@ def real_shapes(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("shapes")
     dense = write_header(d / "dense.gguf")
-    moe = write_header(d / "moe.gguf", n_embd=2048, n_head=32, n_kv=4, n_ff=6144, ctx=262144,
-                       n_expert=128)
+    moe = write_header(
+        d / "moe.gguf", n_embd=2048, n_head=32, n_kv=4, n_ff=6144, ctx=262144, n_expert=128
+    )
     return {"dense": estimate.load_model(str(dense)), "moe": estimate.load_model(str(moe))}
 
 
@@ -437,18 +493,21 @@ def test_golden_properties_with_the_real_estimator(real_shapes, name, spec):
 def test_real_estimator_6gib_dense_and_the_shortfall(real_shapes):
     from corral.fit import estimate
 
-    plan = planner.plan(real_shapes["dense"], [], devices("6GiB"), catalog=CATALOG,
-                        estimator=estimate)
+    plan = planner.plan(
+        real_shapes["dense"], [], devices("6GiB"), catalog=CATALOG, estimator=estimate
+    )
     assert plan.fits and 0 < int(flag(plan, "-ngl")) < 49
-    miss = planner.plan(real_shapes["dense"], [], devices("none", host="4GiB"),
-                        catalog=CATALOG, estimator=estimate)
+    miss = planner.plan(
+        real_shapes["dense"], [], devices("none", host="4GiB"), catalog=CATALOG, estimator=estimate
+    )
     assert not miss.fits and miss.short_bytes["host"] > 0
     assert miss.notes[0].startswith("does not fit by ")
 
 
 @pytest.mark.parametrize("spec", ["12GiB,8GiB", "24GiB", "4x8GiB", "6GiB", "none"])
-@pytest.mark.parametrize("shape", ["dense_14b", "moe_30b", "gemma3_4b", "deepseek_mla",
-                                   "mamba2", "hybrid_jamba"])
+@pytest.mark.parametrize(
+    "shape", ["dense_14b", "moe_30b", "gemma3_4b", "deepseek_mla", "mamba2", "hybrid_jamba"]
+)
 def test_golden_properties_on_the_estimators_shapes(tmp_path, shape, spec):
     """The estimator engineer's shapes (tests/fakes/gguf_shapes.py), the real estimator."""
     shapes = pytest.importorskip("tests.fakes.gguf_shapes")

@@ -7,12 +7,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import gguf as gguf_py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-import gguf as gguf_py
 from corral.errors import InvalidModelFile
 from corral.gguf import (
     ARRAY_LIMIT,
@@ -315,15 +314,22 @@ def expect_invalid(path: Path, *fragments: str) -> str:
         ),
         (
             "string_array_walks_off",
-            header() + key("a") + struct.pack("<IIQ", 9, 8, ARRAY_LIMIT + 1)
-            + struct.pack("<Q", 3) + b"abc"
-            + struct.pack("<Q", 10**6) + b"\0" * 8 * (ARRAY_LIMIT + 1),
+            header()
+            + key("a")
+            + struct.pack("<IIQ", 9, 8, ARRAY_LIMIT + 1)
+            + struct.pack("<Q", 3)
+            + b"abc"
+            + struct.pack("<Q", 10**6)
+            + b"\0" * 8 * (ARRAY_LIMIT + 1),
             ["truncated", "string array"],
         ),
         (
             "deep_nesting",
-            header() + key("a") + struct.pack("<I", 9)
-            + struct.pack("<IQ", 9, 1) * 100 + struct.pack("<IQ", 4, 0),
+            header()
+            + key("a")
+            + struct.pack("<I", 9)
+            + struct.pack("<IQ", 9, 1) * 100
+            + struct.pack("<IQ", 4, 0),
             ["nested deeper"],
         ),
         (
@@ -343,8 +349,12 @@ def expect_invalid(path: Path, *fragments: str) -> str:
         ),
         (
             "alignment",
-            header(tensors=1, kvs=1) + key("general.alignment") + struct.pack("<II", 4, 3)
-            + key("t") + struct.pack("<IQIQ", 1, 4, 0, 0) + b"\0" * 64,
+            header(tensors=1, kvs=1)
+            + key("general.alignment")
+            + struct.pack("<II", 4, 3)
+            + key("t")
+            + struct.pack("<IQIQ", 1, 4, 0, 0)
+            + b"\0" * 64,
             ["general.alignment 3"],
         ),
     ],
@@ -580,8 +590,12 @@ def test_tensor_table_matches_gguf_py(tmp_path: Path):
     info = read_metadata(path)
     theirs = gguf_py.GGUFReader(str(path)).tensors
     assert [(t.name, t.type, t.dims, t.offset) for t in info.tensors] == [
-        (t.name, int(t.tensor_type), tuple(int(d) for d in t.shape),
-         int(t.data_offset) - info.data_offset)
+        (
+            t.name,
+            int(t.tensor_type),
+            tuple(int(d) for d in t.shape),
+            int(t.data_offset) - info.data_offset,
+        )
         for t in theirs
     ]
     assert info.tensors[2].dims == (4, 3, 2)  # ne0 first, as ggml counts
@@ -597,8 +611,11 @@ def test_tensor_table_of_the_real_model():
 
 
 def test_tensor_table_cut_short_is_refused(tmp_path: Path):
-    path = write_gguf(tmp_path / "t.gguf", lambda w: None,
-                      tensors={"a.weight": np.zeros((4, 8), dtype=np.float32)})
+    path = write_gguf(
+        tmp_path / "t.gguf",
+        lambda w: None,
+        tensors={"a.weight": np.zeros((4, 8), dtype=np.float32)},
+    )
     data = path.read_bytes()
     info = read_metadata(path)
     cut = tmp_path / "cut.gguf"

@@ -11,9 +11,19 @@ import pytest
 from click.testing import CliRunner
 
 from corral import gpu
-from corral.gpu import (GPU, MiB, HostInfo, amdgpu_targets, best_backend, cuda_architectures,
-                        detect, gfx_from_version, parse_cpuinfo, parse_nvidia_smi,
-                        parse_rocm_smi)
+from corral.gpu import (
+    GPU,
+    HostInfo,
+    MiB,
+    amdgpu_targets,
+    best_backend,
+    cuda_architectures,
+    detect,
+    gfx_from_version,
+    parse_cpuinfo,
+    parse_nvidia_smi,
+    parse_rocm_smi,
+)
 
 OUT = Path(__file__).resolve().parents[1] / "fakes" / "gpu_outputs"
 ROOT = OUT / "sysfs"
@@ -26,9 +36,15 @@ def rec(name: str) -> str:
 class FakeProbe:
     """Replays recorded outputs; files come from a fake root (default: the recorded sysfs)."""
 
-    def __init__(self, commands: dict[str, tuple[int, str]] | None = None,
-                 root: Path | None = ROOT, platform: str = "linux", machine: str = "x86_64",
-                 libs: tuple[str, ...] = (), nvml: object | None = None) -> None:
+    def __init__(
+        self,
+        commands: dict[str, tuple[int, str]] | None = None,
+        root: Path | None = ROOT,
+        platform: str = "linux",
+        machine: str = "x86_64",
+        libs: tuple[str, ...] = (),
+        nvml: object | None = None,
+    ) -> None:
         self.commands = commands or {}
         self.root = root
         self.platform = platform
@@ -52,7 +68,7 @@ class FakeProbe:
         if self.root is None:
             return []
         prefix = str(self.root)
-        return sorted(p[len(prefix):] for p in glob.glob(prefix + pattern))
+        return sorted(p[len(prefix) :] for p in glob.glob(prefix + pattern))
 
     def find_library(self, name):
         return f"lib{name}.so.1" if name in self.libs else None
@@ -85,10 +101,19 @@ def test_nvidia_smi_not_installed_is_silent():
 def test_nvidia_smi_one_gpu_exact_values():
     gpus, warnings = parse_nvidia_smi(0, rec("nvidia-smi-1gpu.csv"))
     assert warnings == []
-    assert gpus == [GPU(index=0, vendor="nvidia", name="NVIDIA GeForce RTX 3060",
-                        vram_total=12288 * MiB, vram_free=11938 * MiB,
-                        compute_capability="8.6", driver_version="550.120",
-                        uuid="GPU-5a1c3e2b-8f0d-4c6e-9b7a-2d4f6e8a0c1e", source="nvidia-smi")]
+    assert gpus == [
+        GPU(
+            index=0,
+            vendor="nvidia",
+            name="NVIDIA GeForce RTX 3060",
+            vram_total=12288 * MiB,
+            vram_free=11938 * MiB,
+            compute_capability="8.6",
+            driver_version="550.120",
+            uuid="GPU-5a1c3e2b-8f0d-4c6e-9b7a-2d4f6e8a0c1e",
+            source="nvidia-smi",
+        )
+    ]
     assert gpus[0].vram_total == 12884901888
 
 
@@ -111,13 +136,16 @@ def test_nvidia_smi_broken_output_warns():
 def test_nvidia_smi_no_driver_warns():
     gpus, warnings = parse_nvidia_smi(9, rec("nvidia-smi-nodriver.txt"))
     assert gpus == []
-    assert warnings == ["nvidia-smi failed (exit 9): NVIDIA-SMI has failed because it "
-                        "couldn't communicate with the NVIDIA driver. Make sure that the "
-                        "latest NVIDIA driver is installed and running."]
+    assert warnings == [
+        "nvidia-smi failed (exit 9): NVIDIA-SMI has failed because it "
+        "couldn't communicate with the NVIDIA driver. Make sure that the "
+        "latest NVIDIA driver is installed and running."
+    ]
 
 
-@pytest.mark.parametrize("out", ["", "\x00\xff garbage", "a, b, c, d, e, f, g\n",
-                                 '0, "unterminated, 1, 2, 3, 4, 5\n'])
+@pytest.mark.parametrize(
+    "out", ["", "\x00\xff garbage", "a, b, c, d, e, f, g\n", '0, "unterminated, 1, 2, 3, 4, 5\n']
+)
 def test_nvidia_smi_garbage_never_raises(out):
     gpus, warnings = parse_nvidia_smi(0, out)
     assert gpus == [] and (warnings or not out)
@@ -125,7 +153,8 @@ def test_nvidia_smi_garbage_never_raises(out):
 
 def test_nvidia_smi_na_fields():
     gpus, warnings = parse_nvidia_smi(
-        0, "0, NVIDIA GeForce GTX 1080, 8192, [N/A], [N/A], 470.256.02, [N/A]\n")
+        0, "0, NVIDIA GeForce GTX 1080, 8192, [N/A], [N/A], 470.256.02, [N/A]\n"
+    )
     assert warnings == []
     assert gpus[0].vram_free is None and gpus[0].compute_capability is None
     assert gpus[0].uuid is None and gpus[0].driver_version == "470.256.02"
@@ -147,25 +176,29 @@ def fake_nvml(fail_init: bool = False):
             raise RuntimeError("NVML Shared Library Not Found")
 
     return types.SimpleNamespace(
-        nvmlInit=init, nvmlShutdown=lambda: None,
-        nvmlSystemGetDriverVersion=lambda: b"550.120", nvmlDeviceGetCount=lambda: 1,
-        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetMemoryInfo=lambda h: Mem(),
+        nvmlInit=init,
+        nvmlShutdown=lambda: None,
+        nvmlSystemGetDriverVersion=lambda: b"550.120",
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetMemoryInfo=lambda h: Mem(),
         nvmlDeviceGetCudaComputeCapability=lambda h: (8, 6),
         nvmlDeviceGetName=lambda h: "NVIDIA GeForce RTX 3060",
-        nvmlDeviceGetUUID=lambda h: "GPU-abc")
+        nvmlDeviceGetUUID=lambda h: "GPU-abc",
+    )
 
 
 def test_nvml_preferred_over_nvidia_smi():
     probe = FakeProbe(smi("nvidia-smi-2gpu.csv"), nvml=fake_nvml(), **NO_SYSFS)
     host = detect(probe)
     assert [(g.name, g.vram_free, g.compute_capability, g.source) for g in host.gpus] == [
-        ("NVIDIA GeForce RTX 3060", 10000 * MiB, "8.6", "nvml")]
+        ("NVIDIA GeForce RTX 3060", 10000 * MiB, "8.6", "nvml")
+    ]
     assert ["nvidia-smi"] not in [c[:1] for c in probe.calls]
 
 
 def test_nvml_failure_falls_back_to_nvidia_smi():
-    host = detect(FakeProbe(smi("nvidia-smi-1gpu.csv"), nvml=fake_nvml(fail_init=True),
-                            **NO_SYSFS))
+    host = detect(FakeProbe(smi("nvidia-smi-1gpu.csv"), nvml=fake_nvml(fail_init=True), **NO_SYSFS))
     assert [g.source for g in host.gpus] == ["nvidia-smi"]
     assert host.warnings == []
 
@@ -176,10 +209,19 @@ def test_nvml_failure_falls_back_to_nvidia_smi():
 def test_rocm_smi_7900xtx_exact_values():
     gpus, warnings = parse_rocm_smi(0, rec("rocm-smi-7900xtx.json"))
     assert warnings == []
-    assert gpus == [GPU(index=0, vendor="amd", name="Radeon RX 7900 XTX",
-                        vram_total=25753026560, vram_free=25753026560 - 1124073472,
-                        gfx_target="gfx1100", driver_version="6.8.0-45-generic",
-                        uuid="45118", source="rocm-smi")]
+    assert gpus == [
+        GPU(
+            index=0,
+            vendor="amd",
+            name="Radeon RX 7900 XTX",
+            vram_total=25753026560,
+            vram_free=25753026560 - 1124073472,
+            gfx_target="gfx1100",
+            driver_version="6.8.0-45-generic",
+            uuid="45118",
+            source="rocm-smi",
+        )
+    ]
 
 
 def test_rocm_smi_with_banner_lines():
@@ -197,11 +239,20 @@ def test_rocm_smi_garbage_warns(out):
 def test_sysfs_fallback_with_kfd_gfx_target():
     host = detect(FakeProbe())  # no rocm-smi, no nvidia-smi: only the recorded sysfs
     assert host.warnings == []
-    assert [g.to_dict() for g in host.gpus] == [{
-        "index": 0, "vendor": "amd", "name": "AMD GPU 0x744c",
-        "vram_total": 25753026560, "vram_free": 25753026560 - 1124073472,
-        "compute_capability": None, "gfx_target": "gfx1100", "driver_version": None,
-        "uuid": None, "source": "sysfs"}]
+    assert [g.to_dict() for g in host.gpus] == [
+        {
+            "index": 0,
+            "vendor": "amd",
+            "name": "AMD GPU 0x744c",
+            "vram_total": 25753026560,
+            "vram_free": 25753026560 - 1124073472,
+            "compute_capability": None,
+            "gfx_target": "gfx1100",
+            "driver_version": None,
+            "uuid": None,
+            "source": "sysfs",
+        }
+    ]
     assert best_backend(host) == ("rocm", "AMD GPU 0x744c (gfx1100) found")
     assert amdgpu_targets(host) == "gfx1100"
 
@@ -217,8 +268,10 @@ def test_broken_rocm_smi_falls_back_to_sysfs_with_warning():
     assert len(host.warnings) == 1 and "rocm-smi" in host.warnings[0]
 
 
-@pytest.mark.parametrize("version,gfx", [(110000, "gfx1100"), (90010, "gfx90a"),
-                                         (100300, "gfx1030"), (90400, "gfx940"), (0, None)])
+@pytest.mark.parametrize(
+    "version,gfx",
+    [(110000, "gfx1100"), (90010, "gfx90a"), (100300, "gfx1030"), (90400, "gfx940"), (0, None)],
+)
 def test_gfx_from_version(version, gfx):
     assert gfx_from_version(version) == gfx
 
@@ -232,17 +285,29 @@ def test_cpuinfo_and_meminfo_exact():
     assert host.cpu_model == "AMD Ryzen 7 7700X 8-Core Processor"
     assert (host.cores, host.threads) == (8, 16)
     assert host.ram_total == 65763240 * 1024 and host.ram_free == 58420388 * 1024
-    for flag in ("sse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-                 "avx512_vnni", "avx512_bf16"):
+    for flag in (
+        "sse3",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx512_bf16",
+    ):
         assert flag in host.cpu_flags
     assert "amx_tile" not in host.cpu_flags and "pni" not in host.cpu_flags
     assert host.simd() == "AVX512"
 
 
 def test_arm_cpuinfo():
-    text = ("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes crc32 asimddp "
-            "i8mm sve\nCPU implementer\t: 0x41\n\nprocessor\t: 1\nFeatures\t: fp asimd asimddp "
-            "i8mm sve\n\nHardware\t: BCM2835\n")
+    text = (
+        "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes crc32 asimddp "
+        "i8mm sve\nCPU implementer\t: 0x41\n\nprocessor\t: 1\nFeatures\t: fp asimd asimddp "
+        "i8mm sve\n\nHardware\t: BCM2835\n"
+    )
     model, cores, threads, flags = parse_cpuinfo(text)
     assert (model, cores, threads) == ("BCM2835", 2, 2)
     assert flags == ["asimd", "asimddp", "i8mm", "sve"]
@@ -275,13 +340,25 @@ def test_two_nvidia_gpus():
     assert len(host.gpus) == 2
     assert cuda_architectures(host) == "86;75"
     assert best_backend(host) == (
-        "cuda", "NVIDIA GeForce RTX 3060 (compute 8.6), NVIDIA GeForce RTX 2080 (compute 7.5) found")
+        "cuda",
+        "NVIDIA GeForce RTX 3060 (compute 8.6), NVIDIA GeForce RTX 2080 (compute 7.5) found",
+    )
 
 
 def test_cuda_architectures_unique_and_descending():
-    host = HostInfo(os="linux", arch="x86_64", cpu_model="x", cores=1, threads=1, ram_total=1,
-                    ram_free=1, gpus=[GPU(i, "nvidia", "g", compute_capability=c)
-                                      for i, c in enumerate(["7.5", "8.6", "7.5", "12.0"])])
+    host = HostInfo(
+        os="linux",
+        arch="x86_64",
+        cpu_model="x",
+        cores=1,
+        threads=1,
+        ram_total=1,
+        ram_free=1,
+        gpus=[
+            GPU(i, "nvidia", "g", compute_capability=c)
+            for i, c in enumerate(["7.5", "8.6", "7.5", "12.0"])
+        ],
+    )
     assert cuda_architectures(host) == "120;86;75"
 
 
@@ -293,8 +370,9 @@ def test_broken_nvidia_smi_reports_warning_not_exception():
 
 
 def test_nvidia_and_amd_together_prefers_cuda():
-    host = detect(FakeProbe({**smi("nvidia-smi-1gpu.csv"),
-                             "rocm-smi": (0, rec("rocm-smi-7900xtx.json"))}))
+    host = detect(
+        FakeProbe({**smi("nvidia-smi-1gpu.csv"), "rocm-smi": (0, rec("rocm-smi-7900xtx.json"))})
+    )
     assert [g.vendor for g in host.gpus] == ["nvidia", "amd"]
     assert best_backend(host)[0] == "cuda"
 
@@ -308,14 +386,22 @@ def test_vulkan_only_with_a_gpu():
 
 
 def test_vulkaninfo_fallback():
-    assert detect(FakeProbe({"vulkaninfo": (0, "Vulkan Instance Version: 1.3.275\n")},
-                            **NO_SYSFS)).vulkan is True
+    assert (
+        detect(
+            FakeProbe({"vulkaninfo": (0, "Vulkan Instance Version: 1.3.275\n")}, **NO_SYSFS)
+        ).vulkan
+        is True
+    )
     assert detect(FakeProbe(**NO_SYSFS)).vulkan is False
 
 
 def test_macos_metal():
-    sysctl = {"machdep.cpu.brand_string": "Apple M2 Pro", "hw.physicalcpu": "12",
-              "hw.logicalcpu": "12", "hw.memsize": "34359738368"}
+    sysctl = {
+        "machdep.cpu.brand_string": "Apple M2 Pro",
+        "hw.physicalcpu": "12",
+        "hw.logicalcpu": "12",
+        "hw.memsize": "34359738368",
+    }
 
     class MacProbe(FakeProbe):
         def run(self, argv, timeout=5.0):
@@ -325,7 +411,7 @@ def test_macos_metal():
 
     host = detect(MacProbe(platform="darwin", machine="arm64", root=None))
     assert (host.os, host.metal, host.cpu_model, host.cores) == ("macos", True, "Apple M2 Pro", 12)
-    assert host.ram_total == 32 * 1024 ** 3 and "neon" in host.cpu_flags
+    assert host.ram_total == 32 * 1024**3 and "neon" in host.cpu_flags
     assert best_backend(host) == ("metal", "macOS (arm64): Apple Metal")
 
 
@@ -349,8 +435,20 @@ def test_to_dict_is_json():
     host = detect(FakeProbe(smi("nvidia-smi-2gpu.csv")))
     data = json.loads(json.dumps(host.to_dict()))
     assert data["gpus"][1]["compute_capability"] == "7.5"
-    assert set(data) >= {"os", "arch", "cpu_model", "cores", "threads", "ram_total", "ram_free",
-                         "cpu_flags", "gpus", "vulkan", "metal", "warnings"}
+    assert set(data) >= {
+        "os",
+        "arch",
+        "cpu_model",
+        "cores",
+        "threads",
+        "ram_total",
+        "ram_free",
+        "cpu_flags",
+        "gpus",
+        "vulkan",
+        "metal",
+        "warnings",
+    }
 
 
 # ----------------------------------------------------------------- the real machine
@@ -396,7 +494,8 @@ def test_cli_cpu_only_exact_line(monkeypatch, tmp_path):
     (root / "proc").mkdir(parents=True)
     (root / "proc" / "cpuinfo").write_text(
         "processor\t: 0\nmodel name\t: Intel Xeon\ncpu cores\t: 2\nflags\t\t: avx avx2\n\n"
-        "processor\t: 1\nmodel name\t: Intel Xeon\ncpu cores\t: 2\nflags\t\t: avx avx2\n")
+        "processor\t: 1\nmodel name\t: Intel Xeon\ncpu cores\t: 2\nflags\t\t: avx avx2\n"
+    )
     (root / "proc" / "meminfo").write_text("MemTotal: 24536678 kB\nMemAvailable: 20000000 kB\n")
     _patch_detect(monkeypatch, FakeProbe(smi("nvidia-smi-0gpu.txt", rc=6), root=root))
     result = CliRunner().invoke(gpus, [])
@@ -473,6 +572,8 @@ def test_api_system_real_machine(api):
 def test_api_system_two_gpus(api, monkeypatch):
     _patch_detect(monkeypatch, FakeProbe(smi("nvidia-smi-2gpu.csv"), **NO_SYSFS))
     data = api.get("/api/v1/system").json()
-    assert [g["name"] for g in data["gpus"]] == ["NVIDIA GeForce RTX 3060",
-                                                  "NVIDIA GeForce RTX 2080"]
+    assert [g["name"] for g in data["gpus"]] == [
+        "NVIDIA GeForce RTX 3060",
+        "NVIDIA GeForce RTX 2080",
+    ]
     assert data["backend"]["name"] == "cuda" and data["cuda_architectures"] == "86;75"

@@ -17,26 +17,42 @@ from corral.hub import (
 )
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("org/repo", ModelRef("org/repo", "main", "Q4_K_M", None)),
-    ("org/repo:Q5_K_M", ModelRef("org/repo", "main", "Q5_K_M", None)),
-    ("hf.co/org/repo:IQ4_XS", ModelRef("org/repo", "main", "IQ4_XS", None)),
-    ("huggingface.co/org/repo:ud-q4_k_xl", ModelRef("org/repo", "main", "ud-q4_k_xl", None)),
-    ("org/repo@v1.2:Q8_0", ModelRef("org/repo", "v1.2", "Q8_0", None)),
-    ("org/repo/sub/dir/file.gguf", ModelRef("org/repo", "main", None, "sub/dir/file.gguf")),
-    ("https://huggingface.co/org/repo/resolve/main/file.gguf",
-     ModelRef("org/repo", "main", None, "file.gguf")),
-    ("https://huggingface.co/org/repo/blob/abc123/x/y.gguf",
-     ModelRef("org/repo", "abc123", None, "x/y.gguf")),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("org/repo", ModelRef("org/repo", "main", "Q4_K_M", None)),
+        ("org/repo:Q5_K_M", ModelRef("org/repo", "main", "Q5_K_M", None)),
+        ("hf.co/org/repo:IQ4_XS", ModelRef("org/repo", "main", "IQ4_XS", None)),
+        ("huggingface.co/org/repo:ud-q4_k_xl", ModelRef("org/repo", "main", "ud-q4_k_xl", None)),
+        ("org/repo@v1.2:Q8_0", ModelRef("org/repo", "v1.2", "Q8_0", None)),
+        ("org/repo/sub/dir/file.gguf", ModelRef("org/repo", "main", None, "sub/dir/file.gguf")),
+        (
+            "https://huggingface.co/org/repo/resolve/main/file.gguf",
+            ModelRef("org/repo", "main", None, "file.gguf"),
+        ),
+        (
+            "https://huggingface.co/org/repo/blob/abc123/x/y.gguf",
+            ModelRef("org/repo", "abc123", None, "x/y.gguf"),
+        ),
+    ],
+)
 def test_parse_ref(text, expected):
     assert parse_ref(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "repo-only", "org/repo:", "org/repo/../../etc/passwd.gguf", "org/repo/file.bin",
-    "org/repo/x.gguf:Q4_K_M", "https://huggingface.co/org", "../x/y", "org/re po",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "repo-only",
+        "org/repo:",
+        "org/repo/../../etc/passwd.gguf",
+        "org/repo/file.bin",
+        "org/repo/x.gguf:Q4_K_M",
+        "https://huggingface.co/org",
+        "../x/y",
+        "org/re po",
+    ],
+)
 def test_parse_ref_rejects(text):
     with pytest.raises(UsageError):
         parse_ref(text)
@@ -57,7 +73,10 @@ def test_group_quants_groups_split_parts_and_skips_mmproj():
     ]
     groups = group_quants(files)
     assert [(g.quant, g.total_size, len(g.files)) for g in groups] == [
-        ("Q2_K", 110, 2), ("UD-Q4_K_XL", 400, 1), ("Q8_0", 800, 1)]
+        ("Q2_K", 110, 2),
+        ("UD-Q4_K_XL", 400, 1),
+        ("Q8_0", 800, 1),
+    ]
     assert groups[0].files[0].path.endswith("00001-of-00002.gguf")
 
 
@@ -101,8 +120,13 @@ def test_plan_against_the_fake_hub(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     with FakeHub() as h:
-        h.add_repo("o/r-GGUF", files={"r-Q4_K_M.gguf": b"GGUF" + os.urandom(100),
-                                      "r-Q8_0.gguf": b"GGUF" + os.urandom(200)})
+        h.add_repo(
+            "o/r-GGUF",
+            files={
+                "r-Q4_K_M.gguf": b"GGUF" + os.urandom(100),
+                "r-Q8_0.gguf": b"GGUF" + os.urandom(200),
+            },
+        )
         hub = Hub(h.url)
         plan = hub.plan(parse_ref("o/r-GGUF"))
         assert plan.quant == "Q4_K_M" and len(plan.revision) == 40
@@ -133,13 +157,18 @@ def test_partials_are_keyed_by_content(tmp_path):
 def test_two_pulls_sharing_a_file_take_turns_and_both_succeed(tmp_path, monkeypatch):
     import threading
 
-    from tests.fakes.fake_hub import Fault, FakeHub
+    from tests.fakes.fake_hub import FakeHub, Fault
 
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     with FakeHub(chunk_size=16 * 1024) as h:
-        h.add_repo("o/r-GGUF", files={"r-Q4_K_M.gguf": b"GGUF" + os.urandom(300_000),
-                                      "r-Q8_0.gguf": b"GGUF" + os.urandom(300_000),
-                                      "mmproj-r-F16.gguf": b"GGUF" + os.urandom(300_000)})
+        h.add_repo(
+            "o/r-GGUF",
+            files={
+                "r-Q4_K_M.gguf": b"GGUF" + os.urandom(300_000),
+                "r-Q8_0.gguf": b"GGUF" + os.urandom(300_000),
+                "mmproj-r-F16.gguf": b"GGUF" + os.urandom(300_000),
+            },
+        )
         h.faults["mmproj-r-F16.gguf"] = Fault(delay=0.01, times=None)
         hub = Hub(h.url)
         dest = tmp_path / "m"
@@ -162,13 +191,14 @@ def test_two_pulls_sharing_a_file_take_turns_and_both_succeed(tmp_path, monkeypa
 
 
 def test_huge_retry_after_fails_with_the_figure(tmp_path, monkeypatch):
-    from tests.fakes.fake_hub import Fault, FakeHub
+    from tests.fakes.fake_hub import FakeHub, Fault
 
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     with FakeHub() as h:
         h.add_repo("o/r-GGUF", files={"r-Q4_K_M.gguf": b"GGUF" + os.urandom(1000)})
-        h.faults["r-Q4_K_M.gguf"] = Fault(status=429, retry_after=86400, times=None,
-                                          methods=("GET",))
+        h.faults["r-Q4_K_M.gguf"] = Fault(
+            status=429, retry_after=86400, times=None, methods=("GET",)
+        )
         hub = Hub(h.url)
         with pytest.raises(HubError, match="retry in 86400 s"):
             hub.download(hub.plan(parse_ref("o/r-GGUF")), tmp_path / "m")

@@ -38,9 +38,15 @@ def test_create_shows_the_secret_once_and_stores_only_its_hash(store, tmp_path):
     [row] = store.query("SELECT * FROM api_keys")
     assert row["hash"] == keys.hash_secret(secret) and secret not in tuple(row)
     [listed] = keys.list_keys(store)
-    assert listed.to_dict() == {"id": key.id, "name": "laptop", "scope": "inference",
-                                "created_at": key.created_at, "last_used_at": None,
-                                "revoked_at": None, "active": True}
+    assert listed.to_dict() == {
+        "id": key.id,
+        "name": "laptop",
+        "scope": "inference",
+        "created_at": key.created_at,
+        "last_used_at": None,
+        "revoked_at": None,
+        "active": True,
+    }
     store.close()  # checkpoints the WAL into the main file
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("corral.db*"))
     assert secret.encode() not in raw and keys.hash_secret(secret).encode() in raw
@@ -52,8 +58,10 @@ def test_each_key_gets_its_own_secret_and_id(store):
     assert [k.scope for k, _ in made] == ["admin"] * 5
 
 
-@pytest.mark.parametrize("name,scope", [("", "admin"), ("   ", "admin"), ("x" * 65, "admin"),
-                                        ("tab\there", "admin"), ("ok", "root")])
+@pytest.mark.parametrize(
+    "name,scope",
+    [("", "admin"), ("   ", "admin"), ("x" * 65, "admin"), ("tab\there", "admin"), ("ok", "root")],
+)
 def test_bad_name_or_scope_is_a_usage_error(store, name, scope):
     with pytest.raises(UsageError):
         keys.create_key(store, name, scope)
@@ -125,12 +133,25 @@ def test_token_file_is_private_fresh_and_replaced_whole(tmp_path):
 
 def test_public_paths():
     assert PUBLIC_PREFIXES == ("/", "/ui/", "/favicon.ico")
-    for method, path in [("GET", "/"), ("HEAD", "/"), ("GET", "/ui/app.js"),
-                         ("GET", "/favicon.ico"), ("GET", "/healthz"), ("POST", "/healthz")]:
+    for method, path in [
+        ("GET", "/"),
+        ("HEAD", "/"),
+        ("GET", "/ui/app.js"),
+        ("GET", "/favicon.ico"),
+        ("GET", "/healthz"),
+        ("POST", "/healthz"),
+    ]:
         assert is_public(method, path), (method, path)
-    for method, path in [("GET", "/api/v1/instances"), ("GET", "/v1/models"),
-                         ("GET", "/metrics"), ("GET", "/openapi.json"), ("POST", "/"),
-                         ("POST", "/ui/x"), ("GET", "/favicon.ico/x"), ("GET", "/uix")]:
+    for method, path in [
+        ("GET", "/api/v1/instances"),
+        ("GET", "/v1/models"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("POST", "/"),
+        ("POST", "/ui/x"),
+        ("GET", "/favicon.ico/x"),
+        ("GET", "/uix"),
+    ]:
         assert not is_public(method, path), (method, path)
 
 
@@ -167,13 +188,18 @@ class Harness:
         asyncio.run(self.guard({"type": "lifespan"}, receive, send))
         assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
-    def call(self, method: str, path: str, headers: dict[str, str] | None = None,
-             body: bytes = b"") -> tuple[int, dict[str, str], dict | str]:
+    def call(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> tuple[int, dict[str, str], dict | str]:
         hdrs = {"host": f"127.0.0.1:{self.port}", **(headers or {})}
         if body:
             hdrs.setdefault("content-length", str(len(body)))
-        scope = {"type": "http", "method": method, "path": path,
-                 "headers": [(k.lower().encode(), v.encode()) for k, v in hdrs.items()]}
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in hdrs.items()],
+        }
         out: list[dict] = []
 
         async def receive():
@@ -210,13 +236,21 @@ def test_guard_open_loopback_then_closed_once_a_key_exists(settings):
 
     time.sleep(keys.RECHECK)  # the guard looks for new keys at most this often
     status, head, body = h.call("GET", "/api/v1/instances")
-    assert (status, head["www-authenticate"], body["error"]["code"]) == (401, "Bearer", "unauthorized")
+    assert (status, head["www-authenticate"], body["error"]["code"]) == (
+        401,
+        "Bearer",
+        "unauthorized",
+    )
     status, _, body = h.call("GET", "/v1/models", {"authorization": "Bearer nope"})
     assert status == 401 and body["error"]["type"] == "authentication_error"
     assert set(body["error"]) == {"message", "type", "code"}
     for credential in (secret, token):
-        assert h.call("GET", "/api/v1/instances", {"authorization": f"Bearer {credential}"})[0] == 200
-        assert h.call("GET", "/api/v1/instances", {"authorization": f"bearer {credential}"})[0] == 200
+        assert (
+            h.call("GET", "/api/v1/instances", {"authorization": f"Bearer {credential}"})[0] == 200
+        )
+        assert (
+            h.call("GET", "/api/v1/instances", {"authorization": f"bearer {credential}"})[0] == 200
+        )
         assert h.call("GET", "/api/v1/instances", {"authorization": credential})[0] == 401
     assert h.call("GET", "/healthz")[0] == 200 and h.call("GET", "/")[0] == 200
     assert h.reached.count("/api/v1/instances") == 5
@@ -234,8 +268,11 @@ def test_guard_env_key_and_scopes(settings):
         store.close()
     bearer = {"authorization": f"Bearer {inference}"}
     assert h.call("GET", "/v1/models", bearer)[0] == 200
-    for method, path in [("GET", "/api/v1/instances"), ("POST", "/api/v1/keys"),
-                         ("GET", "/metrics")]:
+    for method, path in [
+        ("GET", "/api/v1/instances"),
+        ("POST", "/api/v1/keys"),
+        ("GET", "/metrics"),
+    ]:
         status, _, body = h.call(method, path, bearer)
         assert (status, body["error"]["code"]) == (403, "forbidden"), path
     assert h.reached == ["/api/v1/instances", "/v1/models"]
@@ -246,11 +283,15 @@ def test_guard_refuses_what_a_web_page_could_send(settings):
     port = settings.port
     assert h.call("GET", "/healthz", {"host": f"evil.example:{port}"})[0] == 403
     assert h.call("GET", "/api/v1/instances", {"host": f"localhost:{port}"})[0] == 200
-    status, _, body = h.call("POST", "/api/v1/instances/x/stop",
-                             {"origin": "http://evil.example"})
+    status, _, body = h.call("POST", "/api/v1/instances/x/stop", {"origin": "http://evil.example"})
     assert (status, body["error"]["code"]) == (403, "forbidden_origin")
     assert h.call("POST", "/api/v1/instances/x/stop", {"origin": "null"})[0] == 403
-    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; b=x", ""):
+    for ctype in (
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; b=x",
+        "",
+    ):
         headers = {"content-type": ctype} if ctype else {}
         status, _, body = h.call("POST", "/api/v1/instances", headers, body=b'{"model": "m"}')
         assert (status, body["error"]["code"]) == (415, "unsupported_media_type"), ctype
@@ -260,10 +301,15 @@ def test_guard_refuses_what_a_web_page_could_send(settings):
     ok = {"content-type": "application/json; charset=utf-8"}
     assert h.call("POST", "/api/v1/instances", ok, body=b"{}")[0] == 200
     assert h.call("POST", "/api/v1/instances/x/stop", {"content-type": "text/plain"})[0] == 200
-    assert h.call("POST", "/api/v1/instances/x/stop",
-                  {"origin": f"http://127.0.0.1:{port}"})[0] == 200
-    assert h.reached == ["/api/v1/instances", "/api/v1/instances",
-                         "/api/v1/instances/x/stop", "/api/v1/instances/x/stop"]
+    assert (
+        h.call("POST", "/api/v1/instances/x/stop", {"origin": f"http://127.0.0.1:{port}"})[0] == 200
+    )
+    assert h.reached == [
+        "/api/v1/instances",
+        "/api/v1/instances",
+        "/api/v1/instances/x/stop",
+        "/api/v1/instances/x/stop",
+    ]
 
 
 def test_guard_beyond_loopback_always_wants_a_key_and_takes_any_host(settings):
@@ -273,11 +319,26 @@ def test_guard_beyond_loopback_always_wants_a_key_and_takes_any_host(settings):
     token = (settings.home / TOKEN_FILE).read_text().strip()
     assert h.call("GET", "/api/v1/instances", {"host": "corral.lan:9555"})[0] == 401
     assert h.call("GET", "/healthz", {"host": "corral.lan:9555"})[0] == 200
-    assert h.call("GET", "/api/v1/instances", {"host": "corral.lan:9555",
-                                               "authorization": f"Bearer {token}"})[0] == 200
-    assert h.call("GET", "/api/v1/instances", {"host": "corral.lan:9555",
-                                               "origin": "http://evil.example",
-                                               "authorization": f"Bearer {token}"})[0] == 403
+    assert (
+        h.call(
+            "GET",
+            "/api/v1/instances",
+            {"host": "corral.lan:9555", "authorization": f"Bearer {token}"},
+        )[0]
+        == 200
+    )
+    assert (
+        h.call(
+            "GET",
+            "/api/v1/instances",
+            {
+                "host": "corral.lan:9555",
+                "origin": "http://evil.example",
+                "authorization": f"Bearer {token}",
+            },
+        )[0]
+        == 403
+    )
 
 
 # --------------------------------------------------------------------------- the client
@@ -287,9 +348,11 @@ def test_client_sends_the_env_key_else_the_local_token(settings):
     settings.url = f"http://127.0.0.1:{settings.port}"
     assert "Authorization" not in Client(settings)._headers(False)
     token = keys.write_token(settings.home)
-    assert Client(settings)._headers(True) == {"Accept": "application/json",
-                                               "Content-Type": "application/json",
-                                               "Authorization": f"Bearer {token}"}
+    assert Client(settings)._headers(True) == {
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {token}",
+    }
     settings.api_key = "env-secret"
     assert Client(settings)._headers(False)["Authorization"] == "Bearer env-secret"
 

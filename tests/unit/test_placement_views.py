@@ -16,19 +16,39 @@ GiB = 2**30
 
 
 def device(id_, used, *, kind="gpu", layers=0, weights=0):
-    return {"id": id_, "name": f"simulated {id_}", "kind": kind, "total_bytes": 12 * GiB,
-            "free_bytes": 12 * GiB, "layers": layers, "weights_bytes": weights, "kv_bytes": 0,
-            "compute_bytes": 0, "used_bytes": used}
+    return {
+        "id": id_,
+        "name": f"simulated {id_}",
+        "kind": kind,
+        "total_bytes": 12 * GiB,
+        "free_bytes": 12 * GiB,
+        "layers": layers,
+        "weights_bytes": weights,
+        "kv_bytes": 0,
+        "compute_bytes": 0,
+        "used_bytes": used,
+    }
 
 
 def placement(*devices, real=None):
-    return {"fits": True, "devices": list(devices), "added": [["--gpu-layers", "49"]],
-            "env": {}, "context": 32768, "cache_type_k": "f16", "cache_type_v": "f16",
-            "notes": [], "real": real}
+    return {
+        "fits": True,
+        "devices": list(devices),
+        "added": [["--gpu-layers", "49"]],
+        "env": {},
+        "context": 32768,
+        "cache_type_k": "f16",
+        "cache_type_v": "f16",
+        "notes": [],
+        "real": real,
+    }
 
 
-PLACED = placement(device("gpu0", int(2.1 * GiB), layers=18), device("gpu1", 0),
-                   device("host", int(0.3 * GiB), kind="host"))
+PLACED = placement(
+    device("gpu0", int(2.1 * GiB), layers=18),
+    device("gpu1", 0),
+    device("host", int(0.3 * GiB), kind="host"),
+)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -76,30 +96,49 @@ def records(*recs):
 
 
 def rec(name, state, placement_):
-    return SimpleNamespace(name=name, model=f"/m/{name}.gguf", state=state, restarts=0,
-                           ready_at=None, started_at=None, placement=placement_)
+    return SimpleNamespace(
+        name=name,
+        model=f"/m/{name}.gguf",
+        state=state,
+        restarts=0,
+        ready_at=None,
+        started_at=None,
+        placement=placement_,
+    )
 
 
 def test_metrics_projected_bytes_per_live_instance_and_their_sum_per_device():
     m = Metrics()
-    m.attach(records(
-        rec("a", "ready", placement(device("gpu0", 3 * GiB), device("host", GiB, kind="host"))),
-        rec("b", "starting", placement(device("gpu0", 2 * GiB), device("gpu1", 0))),
-        rec("gone", "stopped", placement(device("gpu0", 5 * GiB))),  # holds nothing now
-        rec("typed", "ready", None)))  # --no-fit: unknown, not zero
+    m.attach(
+        records(
+            rec("a", "ready", placement(device("gpu0", 3 * GiB), device("host", GiB, kind="host"))),
+            rec("b", "starting", placement(device("gpu0", 2 * GiB), device("gpu1", 0))),
+            rec("gone", "stopped", placement(device("gpu0", 5 * GiB))),  # holds nothing now
+            rec("typed", "ready", None),
+        )
+    )  # --no-fit: unknown, not zero
     got = samples(m)
     projected = {k[1]: v for k, v in got.items() if k[0] == "corral_instance_projected_bytes"}
-    assert projected == {(("device", "gpu0"), ("instance", "a")): 3 * GiB,
-                         (("device", "host"), ("instance", "a")): GiB,
-                         (("device", "gpu0"), ("instance", "b")): 2 * GiB}
+    assert projected == {
+        (("device", "gpu0"), ("instance", "a")): 3 * GiB,
+        (("device", "host"), ("instance", "a")): GiB,
+        (("device", "gpu0"), ("instance", "b")): 2 * GiB,
+    }
     per_device = {k[1]: v for k, v in got.items() if k[0] == "corral_device_projected_bytes"}
     assert per_device == {(("device", "gpu0"),): 5 * GiB, (("device", "host"),): GiB}
 
 
 def test_metrics_real_bytes_once_llama_server_reported_them():
     m = Metrics()
-    m.attach(records(rec("a", "ready", placement(device("gpu0", 3 * GiB),
-                                                 real={"gpu0": 2 * GiB, "host": 123}))))
+    m.attach(
+        records(
+            rec(
+                "a",
+                "ready",
+                placement(device("gpu0", 3 * GiB), real={"gpu0": 2 * GiB, "host": 123}),
+            )
+        )
+    )
     got = samples(m)
     assert got[("corral_instance_real_bytes", (("device", "gpu0"), ("instance", "a")))] == 2 * GiB
     assert got[("corral_instance_real_bytes", (("device", "host"), ("instance", "a")))] == 123
@@ -126,8 +165,10 @@ def test_metrics_device_used_bytes_absent_without_gpus():
 def test_metrics_gpu_without_memory_figures_does_not_shift_the_numbering():
     m = Metrics()
     m.attach(records())
-    gpus = [SimpleNamespace(index=0, name="Intel Arc", vram_total=None, vram_free=None),
-            SimpleNamespace(index=0, name="RTX", vram_total=8 * GiB, vram_free=6 * GiB)]
+    gpus = [
+        SimpleNamespace(index=0, name="Intel Arc", vram_total=None, vram_free=None),
+        SimpleNamespace(index=0, name="RTX", vram_total=8 * GiB, vram_free=6 * GiB),
+    ]
     m._live._gpus = (math.inf, gpus)  # as refresh_gpus leaves them
     got = samples(m)
     assert got[("corral_device_used_bytes", (("device", "gpu0"),))] == 2 * GiB

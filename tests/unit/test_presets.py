@@ -69,27 +69,30 @@ def test_invalid_names(name):
         presets.validate(Preset(name))
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("restart", "sometimes", "restart must be one of"),
-    ("idle_ttl", -1, "idle_ttl must be"),
-    ("idle_ttl", float("nan"), "idle_ttl must be"),
-    ("idle_ttl", True, "idle_ttl must be"),
-    ("env", {"1X": "a"}, "invalid environment variable name"),
-    ("env", {"A-B": "a"}, "invalid environment variable name"),
-    ("env", {"A": ["x"]}, "needs a string value"),
-    ("env", {f"V{i}": "1" for i in range(65)}, "too many environment variables"),
-    ("flags", {"-c": 1}, "flags must be a list"),
-    ("flags", ["-c", None], "flags must be strings"),
-    ("flags", ["--metrics"] * 513, "too many flag tokens"),
-    ("aliases", ["has space"], "invalid alias"),
-    ("aliases", ["a,b"], "invalid alias"),
-    ("aliases", ["*"], "invalid alias"),
-    ("build", 0, "build must be"),
-    ("build", True, "build must be"),
-    ("model", "  ", "model must be"),
-    ("pinned", "yes", "pinned must be true or false"),
-    ("description", "d" * 1025, "description must be"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("restart", "sometimes", "restart must be one of"),
+        ("idle_ttl", -1, "idle_ttl must be"),
+        ("idle_ttl", float("nan"), "idle_ttl must be"),
+        ("idle_ttl", True, "idle_ttl must be"),
+        ("env", {"1X": "a"}, "invalid environment variable name"),
+        ("env", {"A-B": "a"}, "invalid environment variable name"),
+        ("env", {"A": ["x"]}, "needs a string value"),
+        ("env", {f"V{i}": "1" for i in range(65)}, "too many environment variables"),
+        ("flags", {"-c": 1}, "flags must be a list"),
+        ("flags", ["-c", None], "flags must be strings"),
+        ("flags", ["--metrics"] * 513, "too many flag tokens"),
+        ("aliases", ["has space"], "invalid alias"),
+        ("aliases", ["a,b"], "invalid alias"),
+        ("aliases", ["*"], "invalid alias"),
+        ("build", 0, "build must be"),
+        ("build", True, "build must be"),
+        ("model", "  ", "model must be"),
+        ("pinned", "yes", "pinned must be true or false"),
+        ("description", "d" * 1025, "description must be"),
+    ],
+)
 def test_bad_fields_are_one_line_usage_errors(field, value, message):
     with pytest.raises(UsageError) as info:
         presets.validate(Preset("p", **{field: value}))
@@ -116,16 +119,19 @@ def test_flags_checked_against_the_catalog(catalog):
     with pytest.raises(OwnedFlag, match="corral assigns ports"):
         presets.validate(Preset("p", flags=["--port", "8080"]), catalog)
     # tokens are kept as typed, and a flag string is split like a shell would
-    assert presets.validate(Preset("p", flags="-c 8192 --alias 'a b'"), catalog).flags == \
-        ["-c", "8192", "--alias", "a b"]
+    assert presets.validate(Preset("p", flags="-c 8192 --alias 'a b'"), catalog).flags == [
+        "-c",
+        "8192",
+        "--alias",
+        "a b",
+    ]
     # without a catalog only the shape is checked
     assert presets.validate(Preset("p", flags=["--ctx-sise", "1"])).flags == ["--ctx-sise", "1"]
 
 
 def test_own_cli_options_are_not_llama_server_flags(catalog):
     """corral pulls its own options out of the llama-server flags by name."""
-    from corral.cli import instances as cli_instances
-    from corral.cli import presets as cli_presets
+    from corral.cli import instances as cli_instances, presets as cli_presets
 
     run_own = cli_instances.RUN_VALUED | cli_instances.RUN_SWITCHES
     for name in ("--preset", "--env", "--idle-ttl", "--pin"):
@@ -141,8 +147,13 @@ def test_own_cli_options_are_not_llama_server_flags(catalog):
 def test_save_get_list_replace_delete(store, catalog):
     presets.save(store, Preset("zeta", model="z.gguf"), catalog)
     presets.save(store, Preset("*", flags=["-c", "4096"]), catalog)
-    saved = presets.save(store, Preset("alpha", flags=["-ngl", "99"], env={"A": "1"},
-                                       restart="always", idle_ttl=0, pinned=True), catalog)
+    saved = presets.save(
+        store,
+        Preset(
+            "alpha", flags=["-ngl", "99"], env={"A": "1"}, restart="always", idle_ttl=0, pinned=True
+        ),
+        catalog,
+    )
     assert saved.idle_ttl == 0.0
     assert [p.name for p in presets.list_all(store)] == ["*", "alpha", "zeta"]
     assert presets.get(store, "alpha") == saved
@@ -186,8 +197,9 @@ def test_save_many_is_all_or_nothing(store, catalog):
     with pytest.raises(Conflict, match="preset keep already exists"):
         presets.save_many(store, batch)
     with pytest.raises(UnknownFlag, match="preset 'bad'"):
-        presets.save_many(store, [Preset("new1"), Preset("bad", flags=["--nope"])],
-                          catalog_for=lambda _b: catalog)
+        presets.save_many(
+            store, [Preset("new1"), Preset("bad", flags=["--nope"])], catalog_for=lambda _b: catalog
+        )
     with pytest.raises(UsageError, match="given twice"):
         presets.save_many(store, [Preset("x"), Preset("x")])
     with pytest.raises(Conflict):
@@ -209,37 +221,88 @@ def test_build_must_be_registered(store, tmp_path):
 
 
 def test_merge_order_defaults_preset_explicit(store, catalog):
-    presets.save(store, Preset("*", flags=["-c", "4096", "--jinja", "--lora", "a.gguf",
-                                           "-t", "4"], env={"A": "star", "B": "star"},
-                                restart="never", idle_ttl=60))
-    presets.save(store, Preset("chat", model="chat.gguf", flags=["-c", "8192", "--no-jinja",
-                                                                   "--lora", "b.gguf"],
-                                env={"B": "preset", "C": "preset"}, restart="always",
-                                aliases=["talk"]))
+    presets.save(
+        store,
+        Preset(
+            "*",
+            flags=["-c", "4096", "--jinja", "--lora", "a.gguf", "-t", "4"],
+            env={"A": "star", "B": "star"},
+            restart="never",
+            idle_ttl=60,
+        ),
+    )
+    presets.save(
+        store,
+        Preset(
+            "chat",
+            model="chat.gguf",
+            flags=["-c", "8192", "--no-jinja", "--lora", "b.gguf"],
+            env={"B": "preset", "C": "preset"},
+            restart="always",
+            aliases=["talk"],
+        ),
+    )
     sup = FakeSupervisor(store, catalog)
-    spec = compose(sup, preset="chat", flags=["-c", "2048", "--lora", "a.gguf", "-ngl", "99"],
-                   env={"C": "explicit"})
+    spec = compose(
+        sup,
+        preset="chat",
+        flags=["-c", "2048", "--lora", "a.gguf", "-ngl", "99"],
+        env={"C": "explicit"},
+    )
     # each flag keeps its first place; later values win; --no-jinja cancels --jinja;
     # --lora accumulates without duplicates
-    assert spec.flags == ["--ctx-size", "2048", "--no-jinja", "--lora", "a.gguf", "--lora",
-                          "b.gguf", "--threads", "4", "--gpu-layers", "99"]
+    assert spec.flags == [
+        "--ctx-size",
+        "2048",
+        "--no-jinja",
+        "--lora",
+        "a.gguf",
+        "--lora",
+        "b.gguf",
+        "--threads",
+        "4",
+        "--gpu-layers",
+        "99",
+    ]
     assert spec.env == {"A": "star", "B": "preset", "C": "explicit"}
-    assert (spec.model, spec.preset, spec.restart, spec.idle_ttl) == \
-        ("chat.gguf", "chat", "always", 60.0)
+    assert (spec.model, spec.preset, spec.restart, spec.idle_ttl) == (
+        "chat.gguf",
+        "chat",
+        "always",
+        60.0,
+    )
     assert spec.aliases == ["talk"] and spec.name == "chat" and spec.origin == "user"
     # explicit arguments beat the preset
-    spec = compose(sup, preset="chat", model="other.gguf", restart="on-failure", idle_ttl=0,
-                   pinned=True, aliases=["more"], name="mine", port=9000, origin="router",
-                   flags=["--jinja"])
-    assert (spec.model, spec.restart, spec.idle_ttl, spec.pinned, spec.name, spec.port,
-            spec.origin) == ("other.gguf", "on-failure", 0, True, "mine", 9000, "router")
+    spec = compose(
+        sup,
+        preset="chat",
+        model="other.gguf",
+        restart="on-failure",
+        idle_ttl=0,
+        pinned=True,
+        aliases=["more"],
+        name="mine",
+        port=9000,
+        origin="router",
+        flags=["--jinja"],
+    )
+    assert (
+        spec.model,
+        spec.restart,
+        spec.idle_ttl,
+        spec.pinned,
+        spec.name,
+        spec.port,
+        spec.origin,
+    ) == ("other.gguf", "on-failure", 0, True, "mine", 9000, "router")
     assert spec.aliases == ["talk", "more"]
     assert "--jinja" in spec.flags and "--no-jinja" not in spec.flags
 
 
 def test_defaults_apply_without_a_preset(store, catalog):
-    presets.save(store, Preset("*", flags=["-c", "4096"], env={"CUDA_VISIBLE_DEVICES": "1"},
-                               pinned=True))
+    presets.save(
+        store, Preset("*", flags=["-c", "4096"], env={"CUDA_VISIBLE_DEVICES": "1"}, pinned=True)
+    )
     spec = compose(FakeSupervisor(store, catalog), model="m.gguf", flags=["-ngl", "1"])
     assert spec.flags == ["--ctx-size", "4096", "--gpu-layers", "1"]
     assert spec.env == {"CUDA_VISIBLE_DEVICES": "1"}
@@ -302,11 +365,18 @@ def test_instance_named_after_the_preset_unless_taken(store, catalog):
 
 FULL = [
     Preset("*", flags=["-c", "4096", "--jinja"], env={"CUDA_VISIBLE_DEVICES": "0"}),
-    Preset("chat", model="gemma-3-270m", build=2, flags=["-ngl", "99", "--alias", "a b",
-                                                          "--temp", "0.10", "-fa", "on"],
-           env={"X": "01", "EMPTY": ""}, restart="always", idle_ttl=0.0,
-           aliases=["gpt-4o-mini", "org/model:Q4_K_M"], pinned=True,
-           description="fast: 'quoted' # not a comment"),
+    Preset(
+        "chat",
+        model="gemma-3-270m",
+        build=2,
+        flags=["-ngl", "99", "--alias", "a b", "--temp", "0.10", "-fa", "on"],
+        env={"X": "01", "EMPTY": ""},
+        restart="always",
+        idle_ttl=0.0,
+        aliases=["gpt-4o-mini", "org/model:Q4_K_M"],
+        pinned=True,
+        description="fast: 'quoted' # not a comment",
+    ),
     Preset("plain"),
 ]
 
@@ -332,29 +402,40 @@ presets:
 """
     star, chat, empty = presets.from_yaml(text)
     assert star.flags == ["-c", "4096", "--jinja"]
-    assert chat == Preset("chat", model="./chat.gguf", flags=["-ngl", "99"],
-                          env={"CUDA_VISIBLE_DEVICES": "1"}, idle_ttl=300.0, aliases=["talk"])
+    assert chat == Preset(
+        "chat",
+        model="./chat.gguf",
+        flags=["-ngl", "99"],
+        env={"CUDA_VISIBLE_DEVICES": "1"},
+        idle_ttl=300.0,
+        aliases=["talk"],
+    )
     assert empty == Preset("empty")
     assert presets.from_yaml("presets: {}") == []
 
 
-@pytest.mark.parametrize("text,message", [
-    ("presets:\n  chat: {flags: [-c, 1]\n", "YAML line 3"),
-    ("presets:\n\tchat: {}\n", "YAML line 2"),
-    ("presets:\n  *: {}\n", "YAML line 2"),
-    ("- a\n- b\n", "top-level key 'presets'"),
-    ("presets: {}\nother: 1\n", "top-level key 'presets'"),
-    ("presets: [a]\n", "'presets' must map"),
-    ("presets:\n  chat: {flgs: [-c, 1]}\n",
-     "preset 'chat': unknown key 'flgs' (did you mean flags?)"),
-    ("presets:\n  chat: 5\n", "preset 'chat': expected a mapping"),
-    ("presets:\n  chat: {restart: sometimes}\n", "preset 'chat': restart must be"),
-    ("presets:\n  chat: {env: {1A: x}}\n", "preset 'chat': invalid environment variable"),
-    ("presets:\n  '*': {model: m.gguf}\n", "preset '*': the defaults"),
-    ("presets:\n  bad/name: {}\n", "invalid preset name 'bad/name'"),
-    ("presets:\n  1.5: {}\n", "preset names must be text"),
-    ("presets:\n  [a]: {}\n", "YAML line 2: found unhashable key"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("presets:\n  chat: {flags: [-c, 1]\n", "YAML line 3"),
+        ("presets:\n\tchat: {}\n", "YAML line 2"),
+        ("presets:\n  *: {}\n", "YAML line 2"),
+        ("- a\n- b\n", "top-level key 'presets'"),
+        ("presets: {}\nother: 1\n", "top-level key 'presets'"),
+        ("presets: [a]\n", "'presets' must map"),
+        (
+            "presets:\n  chat: {flgs: [-c, 1]}\n",
+            "preset 'chat': unknown key 'flgs' (did you mean flags?)",
+        ),
+        ("presets:\n  chat: 5\n", "preset 'chat': expected a mapping"),
+        ("presets:\n  chat: {restart: sometimes}\n", "preset 'chat': restart must be"),
+        ("presets:\n  chat: {env: {1A: x}}\n", "preset 'chat': invalid environment variable"),
+        ("presets:\n  '*': {model: m.gguf}\n", "preset '*': the defaults"),
+        ("presets:\n  bad/name: {}\n", "invalid preset name 'bad/name'"),
+        ("presets:\n  1.5: {}\n", "preset names must be text"),
+        ("presets:\n  [a]: {}\n", "YAML line 2: found unhashable key"),
+    ],
+)
 def test_malformed_yaml_is_one_line(text, message):
     with pytest.raises(UsageError) as info:
         presets.from_yaml(text)
@@ -392,24 +473,44 @@ def test_ini_round_trip_is_lossless(catalog):
     assert [p.name for p in parsed] == ["*", "chat", "embed"]
     chat = parsed[1]
     assert chat.model == "/models/chat.gguf" and chat.aliases == ["gpt-4o-mini", "talk"]
-    assert chat.flags == ["--gpu-layers", "99", "--flash-attn", "on", "--lora", "a.gguf,b.gguf",
-                          "--no-kv-offload", "--chat-template-kwargs",
-                          '{"reasoning_effort": "high"}']
+    assert chat.flags == [
+        "--gpu-layers",
+        "99",
+        "--flash-attn",
+        "on",
+        "--lora",
+        "a.gguf,b.gguf",
+        "--no-kv-offload",
+        "--chat-template-kwargs",
+        '{"reasoning_effort": "high"}',
+    ]
     text, warnings = presets.to_ini(parsed, catalog)
     assert (text, warnings) == (CANONICAL_INI, [])
 
 
 def test_presets_to_ini_and_back_keep_what_ini_holds(catalog):
-    original = [Preset("*", flags=["-c", "4096"]),
-                Preset("chat", model="/m/chat.gguf", flags=["-ngl", "99", "--no-jinja", "-fa",
-                                                            "on"], aliases=["talk"])]
+    original = [
+        Preset("*", flags=["-c", "4096"]),
+        Preset(
+            "chat",
+            model="/m/chat.gguf",
+            flags=["-ngl", "99", "--no-jinja", "-fa", "on"],
+            aliases=["talk"],
+        ),
+    ]
     text, warnings = presets.to_ini(original, catalog)
     assert warnings == []
     back, _ = presets.from_ini(text, catalog)
     # same presets, flags in their canonical spelling
-    assert back == [Preset("*", flags=["--ctx-size", "4096"]),
-                    Preset("chat", model="/m/chat.gguf", aliases=["talk"],
-                           flags=["--gpu-layers", "99", "--no-jinja", "--flash-attn", "on"])]
+    assert back == [
+        Preset("*", flags=["--ctx-size", "4096"]),
+        Preset(
+            "chat",
+            model="/m/chat.gguf",
+            aliases=["talk"],
+            flags=["--gpu-layers", "99", "--no-jinja", "--flash-attn", "on"],
+        ),
+    ]
     assert presets.to_ini(back, catalog)[0] == text
 
 
@@ -433,10 +534,12 @@ model = /m/x.gguf
 """
     (star, hf), warnings = presets.from_ini(text, catalog)
     assert star == Preset("*", flags=["--ctx-size", "8192", "--gpu-layers", "-1", "--jinja"])
-    assert hf == Preset("hf-org-model-name-GGUF-Q4_K_M", model="/m/x.gguf",
-                        aliases=["hf-org/model-name-GGUF:Q4_K_M"],
-                        flags=["--ctx-size", "16384", "--flash-attn", "on", "--no-kv-offload",
-                               "--jinja"])
+    assert hf == Preset(
+        "hf-org-model-name-GGUF-Q4_K_M",
+        model="/m/x.gguf",
+        aliases=["hf-org/model-name-GGUF:Q4_K_M"],
+        flags=["--ctx-size", "16384", "--flash-attn", "on", "--no-kv-offload", "--jinja"],
+    )
     assert warnings == [
         "[hf-org/model-name-GGUF:Q4_K_M] imported as preset 'hf-org-model-name-GGUF-Q4_K_M' "
         "answering to 'hf-org/model-name-GGUF:Q4_K_M'",
@@ -453,30 +556,42 @@ def test_ini_keys_before_any_section_are_the_default_preset(catalog):
 
 
 def test_ini_false_switch_without_negation_is_dropped_and_port_ignored(catalog):
-    (p,), warnings = presets.from_ini("[p]\nembeddings = false\nport = 8080\nc = 1\n"
-                                      "c = 2\n", catalog)
+    (p,), warnings = presets.from_ini(
+        "[p]\nembeddings = false\nport = 8080\nc = 1\nc = 2\n", catalog
+    )
     assert p.flags == ["--ctx-size", "2"]
-    assert warnings == ["INI line 3: [p] port: corral assigns ports itself; ignored",
-                        "INI line 5: [p] c: flag given twice in the section; the later value wins"]
+    assert warnings == [
+        "INI line 3: [p] port: corral assigns ports itself; ignored",
+        "INI line 5: [p] c: flag given twice in the section; the later value wins",
+    ]
 
 
-@pytest.mark.parametrize("text,message", [
-    ("[p]\nctx-sise = 1\n", "INI line 2: [p] ctx-sise: not a flag of this llama-server "
-                            "(did you mean ctx-size?)"),
-    ("[p]\nthis is not ini\n", "INI line 2: expected [section], key = value or a comment"),
-    ("[p\nc = 1\n", "INI line 1: expected [section]"),
-    ("[p]\n-c = 1\n", "INI line 2: expected"),
-    ("[p]\nc = 1\n[q]\n[p]\n", "INI line 4: section [p] appears twice (first on line 1)"),
-    ("[p]\njinja = maybe\n", "INI line 2: [p] jinja: a switch takes true or false"),
-    ("[p]\ncontrol-vector-layer-range = 1 2\n", "INI line 2: [p] control-vector-layer-range: "
-                                                "takes two values"),
-    ("[a/b]\n[a-b]\n", "INI line 2: section [a-b] would become preset 'a-b', like the section "
-                       "on line 1"),
-    ("[///]\n", "INI line 1: section [///] gives no usable preset name"),
-    ("[*]\nmodel = m.gguf\n", "preset '*': the defaults"),
-    ("[p]\nfa = sometimes\n", "preset 'p': invalid value 'sometimes' for --flash-attn"),
-    ("[p]\nport = 1\nmodel = m.gguf\nm = x\nhost = 1.2.3.4\nfoo = 1\n", "INI line 6: [p] foo"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "[p]\nctx-sise = 1\n",
+            "INI line 2: [p] ctx-sise: not a flag of this llama-server (did you mean ctx-size?)",
+        ),
+        ("[p]\nthis is not ini\n", "INI line 2: expected [section], key = value or a comment"),
+        ("[p\nc = 1\n", "INI line 1: expected [section]"),
+        ("[p]\n-c = 1\n", "INI line 2: expected"),
+        ("[p]\nc = 1\n[q]\n[p]\n", "INI line 4: section [p] appears twice (first on line 1)"),
+        ("[p]\njinja = maybe\n", "INI line 2: [p] jinja: a switch takes true or false"),
+        (
+            "[p]\ncontrol-vector-layer-range = 1 2\n",
+            "INI line 2: [p] control-vector-layer-range: takes two values",
+        ),
+        (
+            "[a/b]\n[a-b]\n",
+            "INI line 2: section [a-b] would become preset 'a-b', like the section on line 1",
+        ),
+        ("[///]\n", "INI line 1: section [///] gives no usable preset name"),
+        ("[*]\nmodel = m.gguf\n", "preset '*': the defaults"),
+        ("[p]\nfa = sometimes\n", "preset 'p': invalid value 'sometimes' for --flash-attn"),
+        ("[p]\nport = 1\nmodel = m.gguf\nm = x\nhost = 1.2.3.4\nfoo = 1\n", "INI line 6: [p] foo"),
+    ],
+)
 def test_malformed_ini_names_the_line(catalog, text, message):
     with pytest.raises(UsageError) as info:
         presets.from_ini(text, catalog)
@@ -485,15 +600,21 @@ def test_malformed_ini_names_the_line(catalog, text, message):
 
 
 def test_ini_export_leaves_out_what_it_cannot_hold(catalog):
-    p = Preset("p", model="gemma", build=1, env={"A": "1"}, restart="never", idle_ttl=0.0,
-               pinned=True, description="d",
-               flags=["--samplers", "top_k;temp", "--control-vector-layer-range", "1", "2",
-                      "-c", "64"])
+    p = Preset(
+        "p",
+        model="gemma",
+        build=1,
+        env={"A": "1"},
+        restart="never",
+        idle_ttl=0.0,
+        pinned=True,
+        description="d",
+        flags=["--samplers", "top_k;temp", "--control-vector-layer-range", "1", "2", "-c", "64"],
+    )
     text, warnings = presets.to_ini([p], catalog, model_path={"gemma": "/m/gemma.gguf"}.get)
     assert text.endswith("[p]\nmodel = /m/gemma.gguf\nctx-size = 64\n")
     assert warnings == [
-        "preset 'p': samplers = 'top_k;temp' holds ';', which an INI value cannot hold; "
-        "left out",
+        "preset 'p': samplers = 'top_k;temp' holds ';', which an INI value cannot hold; left out",
         "preset 'p': --control-vector-layer-range takes two values, which llama.cpp presets "
         "cannot hold; left out",
         "preset 'p': env, restart, idle_ttl, pinned, build, description cannot be written to "

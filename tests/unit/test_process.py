@@ -10,7 +10,9 @@ from corral.supervisor.process import ProcessOps, cmdline_matches, same_process
 def test_cmdline_matching_tolerates_an_interpreter_prefix():
     argv = ["/x/llama-server", "--model", "m.gguf", "--port", "8081"]
     assert cmdline_matches(argv, argv)
-    assert cmdline_matches(["/usr/bin/python3", "/x/llama-server", "--model", "m.gguf", "--port", "8081"], argv)
+    assert cmdline_matches(
+        ["/usr/bin/python3", "/x/llama-server", "--model", "m.gguf", "--port", "8081"], argv
+    )
     assert not cmdline_matches(["/x/llama-server", "--model", "m.gguf", "--port", "8082"], argv)
     assert not cmdline_matches(["/x/other", "--model", "m.gguf", "--port", "8081"], argv)
     assert not cmdline_matches([], argv)
@@ -19,7 +21,11 @@ def test_cmdline_matching_tolerates_an_interpreter_prefix():
 def test_spawn_runs_in_its_own_group_and_logs(tmp_path):
     ops = ProcessOps()
     log = tmp_path / "logs" / "t.log"
-    argv = [sys.executable, "-c", "import os,sys,time; print('pg', os.getpgid(0) == os.getpid(), flush=True); time.sleep(30)"]
+    argv = [
+        sys.executable,
+        "-c",
+        "import os,sys,time; print('pg', os.getpgid(0) == os.getpid(), flush=True); time.sleep(30)",
+    ]
     handle = ops.spawn(argv, dict(os.environ), log)
     try:
         deadline = time.monotonic() + 10
@@ -57,12 +63,17 @@ def test_port_free_detects_a_listener():
 def test_adopted_handle_reports_unknown_exit(tmp_path):
     from corral.supervisor.process import UNKNOWN_EXIT
 
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
     ops = ProcessOps()
     import psutil
 
-    handle = ops.adopt(proc.pid, psutil.Process(proc.pid).create_time(), [sys.executable, "-c", "import time; time.sleep(30)"])
+    handle = ops.adopt(
+        proc.pid,
+        psutil.Process(proc.pid).create_time(),
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+    )
     assert handle is not None and handle.poll() is None
     proc.kill()
     proc.wait()

@@ -17,29 +17,74 @@ from corral.store.instances import InstanceRecord, view
 
 
 def test_argv_secret_values_are_masked_in_both_spellings():
-    argv = ["llama-server", "--model", "m.gguf", "--api-key", "k1,k2", "--api-key=k3",
-            "-hft", "hf_x", "--hf-token=hf_y", "--api-key-file", "/etc/keys", "-c", "4096"]
+    argv = [
+        "llama-server",
+        "--model",
+        "m.gguf",
+        "--api-key",
+        "k1,k2",
+        "--api-key=k3",
+        "-hft",
+        "hf_x",
+        "--hf-token=hf_y",
+        "--api-key-file",
+        "/etc/keys",
+        "-c",
+        "4096",
+    ]
     assert redact_argv(argv) == [
-        "llama-server", "--model", "m.gguf", "--api-key", MASK, "--api-key=***",
-        "-hft", MASK, "--hf-token=***", "--api-key-file", "/etc/keys", "-c", "4096"]
+        "llama-server",
+        "--model",
+        "m.gguf",
+        "--api-key",
+        MASK,
+        "--api-key=***",
+        "-hft",
+        MASK,
+        "--hf-token=***",
+        "--api-key-file",
+        "/etc/keys",
+        "-c",
+        "4096",
+    ]
 
 
 def test_pairs_and_env_secret_values_are_masked():
     pairs = [["--api-key", "k"], ["--jinja", None], ["--api-key-file", "/k"], ["-c", "8"]]
-    assert redact_pairs(pairs) == [["--api-key", MASK], ["--jinja", None],
-                                   ["--api-key-file", "/k"], ["-c", "8"]]
+    assert redact_pairs(pairs) == [
+        ["--api-key", MASK],
+        ["--jinja", None],
+        ["--api-key-file", "/k"],
+        ["-c", "8"],
+    ]
     assert redact_env({"LLAMA_API_KEY": "k", "HF_TOKEN": "t", "CUDA_VISIBLE_DEVICES": "0"}) == {
-        "LLAMA_API_KEY": MASK, "HF_TOKEN": MASK, "CUDA_VISIBLE_DEVICES": "0"}
+        "LLAMA_API_KEY": MASK,
+        "HF_TOKEN": MASK,
+        "CUDA_VISIBLE_DEVICES": "0",
+    }
     assert secret_value(pairs) == "k"
 
 
 def test_api_key_masked_in_instance_view_but_kept_in_the_record():
     rec = InstanceRecord(
-        name="keyed", model="/m.gguf", binary="/bin/llama-server", port=8100,
+        name="keyed",
+        model="/m.gguf",
+        binary="/bin/llama-server",
+        port=8100,
         flags=[["--api-key", "sekrit-123"], ["-c", "512"]],
-        argv=["/bin/llama-server", "--model", "/m.gguf", "--port", "8100",
-              "--api-key", "sekrit-123", "-c", "512"],
-        env={"LLAMA_API_KEY": "envsekrit", "OMP_NUM_THREADS": "2"})
+        argv=[
+            "/bin/llama-server",
+            "--model",
+            "/m.gguf",
+            "--port",
+            "8100",
+            "--api-key",
+            "sekrit-123",
+            "-c",
+            "512",
+        ],
+        env={"LLAMA_API_KEY": "envsekrit", "OMP_NUM_THREADS": "2"},
+    )
     shown = view(rec)
     text = json.dumps(shown)
     assert "sekrit" not in text

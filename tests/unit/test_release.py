@@ -23,9 +23,9 @@ from corral.builds.release import (
 from corral.errors import BinaryError, NotFound
 from tests.fakes.fake_releases import (
     FakeReleases,
+    build_archive,
     default_assets,
     make_hostile_archive,
-    build_archive,
     make_release_archive,
     server_script,
 )
@@ -106,9 +106,12 @@ def test_no_cuda_on_linux(b6000):
 
 
 def test_cudart_and_xcframework_never_picked(b6000):
-    names = {pick_asset(b6000, o, a, b) and pick_asset(b6000, o, a, b)["name"]
-             for o in ("linux", "macos", "windows") for a in ("x64", "arm64")
-             for b in ("cpu", "cuda", "vulkan", "metal", "rocm")}
+    names = {
+        pick_asset(b6000, o, a, b) and pick_asset(b6000, o, a, b)["name"]
+        for o in ("linux", "macos", "windows")
+        for a in ("x64", "arm64")
+        for b in ("cpu", "cuda", "vulkan", "metal", "rocm")
+    }
     assert not any(n and ("cudart" in n or "xcframework" in n) for n in names)
 
 
@@ -124,8 +127,9 @@ def test_install_cuda_on_linux_says_build_from_source(gh, tmp_path):
 
 def test_install_newest_zip(gh, tmp_path):
     seen = []
-    b = install_release(gh.url, tmp_path, backend="cpu", progress=lambda d, t: seen.append((d, t)),
-                        **LINUX)
+    b = install_release(
+        gh.url, tmp_path, backend="cpu", progress=lambda d, t: seen.append((d, t)), **LINUX
+    )
     assert b.build == "b6000" and b.backend == "cpu" and b.name == "b6000-cpu"
     assert b.root == tmp_path / "b6000-cpu"
     assert b.path == tmp_path / "b6000-cpu" / "build" / "bin" / "llama-server"
@@ -174,8 +178,11 @@ def test_hostile_archive_refused(tmp_path, how, kind):
         install_release(fake.url, dest, backend="cpu", **LINUX)
     assert not (dest / "b7000-cpu").exists()
     assert [p.name for p in dest.iterdir()] == [".downloads"]
-    assert _tree(tmp_path) - before <= {"builds", "builds/.downloads",
-                                         f"builds/.downloads/llama-b7000-bin-ubuntu-x64.{ext}.part"}
+    assert _tree(tmp_path) - before <= {
+        "builds",
+        "builds/.downloads",
+        f"builds/.downloads/llama-b7000-bin-ubuntu-x64.{ext}.part",
+    }
     assert not Path("/tmp/corral-escaped.txt").exists()
 
 
@@ -192,8 +199,11 @@ def test_already_installed(gh, tmp_path):
 def test_force_reinstall_replaces(gh, tmp_path):
     first = install_release(gh.url, tmp_path, backend="cpu", **LINUX)
     (first.root / "marker").write_text("old")
-    gh.add_asset("b6000", "llama-b6000-bin-ubuntu-x64.zip",
-                 make_release_archive("zip", server=server_script(6000, "def5678")))
+    gh.add_asset(
+        "b6000",
+        "llama-b6000-bin-ubuntu-x64.zip",
+        make_release_archive("zip", server=server_script(6000, "def5678")),
+    )
     b = install_release(gh.url, tmp_path, backend="cpu", force=True, **LINUX)
     assert "def5678" in b.version_text
     assert not (b.root / "marker").exists()
@@ -202,8 +212,11 @@ def test_force_reinstall_replaces(gh, tmp_path):
 
 def test_force_reinstall_failure_keeps_old(gh, tmp_path):
     install_release(gh.url, tmp_path, backend="cpu", **LINUX)
-    gh.add_asset("b6000", "llama-b6000-bin-ubuntu-x64.zip",
-                 make_release_archive("zip", server=server_script(exit_code=3)))
+    gh.add_asset(
+        "b6000",
+        "llama-b6000-bin-ubuntu-x64.zip",
+        make_release_archive("zip", server=server_script(exit_code=3)),
+    )
     with pytest.raises(BinaryError):
         install_release(gh.url, tmp_path, backend="cpu", force=True, **LINUX)
     b = tmp_path / "b6000-cpu" / "build" / "bin" / "llama-server"
@@ -212,17 +225,26 @@ def test_force_reinstall_failure_keeps_old(gh, tmp_path):
 
 
 def test_binary_that_does_not_run_leaves_nothing(tmp_path):
-    assets = {"llama-b7000-bin-ubuntu-x64.zip":
-              make_release_archive("zip", server=server_script(exit_code=1))}
+    assets = {
+        "llama-b7000-bin-ubuntu-x64.zip": make_release_archive(
+            "zip", server=server_script(exit_code=1)
+        )
+    }
     with FakeReleases({"b7000": assets}) as fake, pytest.raises(BinaryError, match="--version"):
         install_release(fake.url, tmp_path, backend="cpu", **LINUX)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".downloads"]
 
 
 def test_archive_without_server_refused(tmp_path):
-    assets = {"llama-b7000-bin-ubuntu-x64.zip":
-              build_archive([("build/bin/README", "file", b"hi", 0o644)], "zip")}
-    with FakeReleases({"b7000": assets}) as fake, pytest.raises(BinaryError, match="no llama-server"):
+    assets = {
+        "llama-b7000-bin-ubuntu-x64.zip": build_archive(
+            [("build/bin/README", "file", b"hi", 0o644)], "zip"
+        )
+    }
+    with (
+        FakeReleases({"b7000": assets}) as fake,
+        pytest.raises(BinaryError, match="no llama-server"),
+    ):
         install_release(fake.url, tmp_path, backend="cpu", **LINUX)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".downloads"]
 
@@ -268,10 +290,12 @@ def test_stale_oversized_part_restarts(gh, tmp_path):
 
 def test_missing_library_names_package(gh, tmp_path, monkeypatch):
     def fake_ldd(binary):
-        return ("\tlinux-vdso.so.1 (0x00007ffd)\n"
-                "\tlibvulkan.so.1 => not found\n"
-                "\tlibgomp.so.1 => not found\n"
-                "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n")
+        return (
+            "\tlinux-vdso.so.1 (0x00007ffd)\n"
+            "\tlibvulkan.so.1 => not found\n"
+            "\tlibgomp.so.1 => not found\n"
+            "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n"
+        )
 
     monkeypatch.setattr(rel, "run_ldd", fake_ldd)
     if not sys.platform.startswith("linux"):

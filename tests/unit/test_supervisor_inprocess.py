@@ -98,9 +98,17 @@ class ScriptedProbe:
         return self.answers.get(pid, 200)
 
 
-FAST = dict(probe_interval=0.02, probe_timeout=0.1, probe_failures=3, backoff_initial=0.01,
-            backoff_max=0.04, stop_timeout=0.3, load_timeout=5.0, crash_limit=4,
-            crash_window=300.0)
+FAST = dict(
+    probe_interval=0.02,
+    probe_timeout=0.1,
+    probe_failures=3,
+    backoff_initial=0.01,
+    backoff_max=0.04,
+    stop_timeout=0.3,
+    load_timeout=5.0,
+    crash_limit=4,
+    crash_window=300.0,
+)
 
 #: A stop ends within this, whatever the supervision task does (the supervisor's own bound
 #: plus slack): the liveness guarantee under test, not a speed figure.
@@ -172,6 +180,7 @@ def rig(fake_binary, model_file):
 def test_stop_while_loading_ends_though_the_probe_swallows_its_cancellation(rig):
     """Issue 10: a probe that eats CancelledError wedged stop forever (state ready,
     desired stopped, process running, lock held)."""
+
     async def main():
         rig.probe.hold.set()
         rig.probe.swallow = True
@@ -180,7 +189,9 @@ def test_stop_while_loading_ends_though_the_probe_swallows_its_cancellation(rig)
         async with asyncio.timeout(STOP_BOUND):
             rec = await rig.sup.stop("one")
         assert rec.state == "stopped" and rec.desired == "stopped"
-        assert rig.ops.spawned[0].signals[0] == signal.SIGTERM and rig.ops.spawned[0].code is not None
+        assert (
+            rig.ops.spawned[0].signals[0] == signal.SIGTERM and rig.ops.spawned[0].code is not None
+        )
         # The lock is free: the instance starts again and becomes ready.
         rig.probe.hold.clear()
         async with asyncio.timeout(STOP_BOUND):
@@ -188,6 +199,7 @@ def test_stop_while_loading_ends_though_the_probe_swallows_its_cancellation(rig)
             await rig.sup.wait_ready("one", timeout=5)
         rig.probe.release.set()
         await rig.sup.close()
+
     run(main())
 
 
@@ -229,6 +241,7 @@ def test_stop_abandons_a_task_that_ignores_cancellation_and_it_can_no_longer_act
         assert acted == ["refused", "refused"]
         assert rig.state() is State.STOPPED and len(rig.ops.spawned) == spawned
         await rig.sup.close()
+
     run(main())
 
 
@@ -246,6 +259,7 @@ def test_a_cancelled_stop_caller_does_not_leave_the_instance_half_stopped(rig):
         assert rig.ops.spawned[0].signals == [signal.SIGTERM, signal.SIGKILL]
         assert table.get(rig.store, "one").state == "stopped"
         await rig.sup.close()
+
     run(main())
 
 
@@ -258,14 +272,16 @@ def test_crash_goes_through_backoff_to_a_new_process(rig):
         await rig.launch()
         await rig.sup.wait_ready("one", timeout=5)
         rig.ops.spawned[0].code = 1  # crashes
-        await rig.until(lambda: len(rig.ops.spawned) == 2 and rig.state() is State.READY,
-                        "ready again")
+        await rig.until(
+            lambda: len(rig.ops.spawned) == 2 and rig.state() is State.READY, "ready again"
+        )
         rec = rig.sup.get("one")
         assert rec.restarts == 1 and rec.pid == rig.ops.spawned[1].pid
         assert table.get(rig.store, "one").restarts == 1  # persisted, not only in memory
         await asyncio.sleep(0)
         assert rig.seen("one") == ["starting", "ready", "backoff", "starting", "ready"]
         await rig.sup.close()
+
     run(main())
 
 
@@ -275,14 +291,24 @@ def test_hung_instance_is_killed_then_respawned_through_backoff(rig):
         await rig.launch()
         await rig.sup.wait_ready("one", timeout=5)
         rig.probe.answers[rig.ops.spawned[0].pid] = None  # stops answering
-        await rig.until(lambda: len(rig.ops.spawned) == 2 and rig.state() is State.READY,
-                        "respawned and ready")
+        await rig.until(
+            lambda: len(rig.ops.spawned) == 2 and rig.state() is State.READY, "respawned and ready"
+        )
         assert rig.ops.spawned[0].signals[0] == signal.SIGTERM
         await asyncio.sleep(0)
-        assert rig.seen("one") == ["starting", "ready", "unhealthy", "unhealthy", "unhealthy",
-                                   "backoff", "starting", "ready"]
+        assert rig.seen("one") == [
+            "starting",
+            "ready",
+            "unhealthy",
+            "unhealthy",
+            "unhealthy",
+            "backoff",
+            "starting",
+            "ready",
+        ]
         assert table.get(rig.store, "one").restarts == 1
         await rig.sup.close()
+
     run(main())
 
 
@@ -296,13 +322,19 @@ def test_crash_loop_ends_failed_at_the_limit(rig):
             handle = rig.ops.spawned[-1]
             await rig.until(lambda: rig.state() is State.READY, "ready")
             handle.code = 1
-            await rig.until(lambda: rig.state() in (State.FAILED, State.STARTING, State.READY)
-                            and rig.ops.spawned[-1] is not handle or rig.state() is State.FAILED,
-                            "next round")
+            await rig.until(
+                lambda handle=handle: (
+                    rig.state() in (State.FAILED, State.STARTING, State.READY)
+                    and rig.ops.spawned[-1] is not handle
+                    or rig.state() is State.FAILED
+                ),
+                "next round",
+            )
         assert rig.state() is State.FAILED
         assert len(rig.ops.spawned) == FAST["crash_limit"]
         assert "crashed 4 times" in rig.sup.get("one").last_error
         await rig.sup.close()
+
     run(main())
 
 
@@ -314,6 +346,7 @@ def test_first_launch_that_exits_fails_fast_without_restart(rig):
         await rig.until(lambda: rig.state() is State.FAILED, "failed")
         assert len(rig.ops.spawned) == 1 and rig.sup.get("one").exit_code == 2
         await rig.sup.close()
+
     run(main())
 
 
@@ -326,6 +359,7 @@ def test_impossible_event_is_refused_loudly_and_nothing_is_written(rig):
             rig.sup._apply(rt, Event.HEALTH_OK)
         assert rig.state() is State.STOPPED and table.get(rig.store, "one").state == "stopped"
         await rig.sup.close()
+
     run(main())
 
 
@@ -333,12 +367,15 @@ def test_failed_spawn_leaves_no_record_behind(rig):
     async def main():
         def refuse(argv, env, log_path):
             raise ValueError("embedded null byte")
+
         rig.ops.spawn = refuse
         from corral.errors import BinaryError
+
         with pytest.raises(BinaryError):
             await rig.launch()
         assert "one" not in rig.sup._rts and table.find(rig.store, "one") is None
         await rig.sup.close()
+
     run(main())
 
 
@@ -346,11 +383,20 @@ def test_failed_spawn_leaves_no_record_behind(rig):
 
 
 def _write_record(rig, name="old", **cols) -> None:
-    rec = table.InstanceRecord(name=name, model=str(rig.model), binary=str(rig.binary),
-                               port=cols.pop("port", 20001), host="127.0.0.1", flags=[],
-                               argv=[str(rig.binary)], restart_policy=cols.pop("restart", "on-failure"),
-                               desired=cols.pop("desired", "running"), state=cols.pop("state", "ready"),
-                               pid=cols.pop("pid", None), create_time=None)
+    rec = table.InstanceRecord(
+        name=name,
+        model=str(rig.model),
+        binary=str(rig.binary),
+        port=cols.pop("port", 20001),
+        host="127.0.0.1",
+        flags=[],
+        argv=[str(rig.binary)],
+        restart_policy=cols.pop("restart", "on-failure"),
+        desired=cols.pop("desired", "running"),
+        state=cols.pop("state", "ready"),
+        pid=cols.pop("pid", None),
+        create_time=None,
+    )
     table.insert(rig.store, rec)
     if cols:
         table.update(rig.store, name, **cols)
@@ -366,12 +412,14 @@ def test_adopted_live_instance_keeps_its_state_and_is_not_spawned(rig):
         live.code = 1  # crashes under the new daemon: restarted, policy on-failure
         await rig.until(lambda: rig.ops.spawned and rig.state("old") is State.READY, "restarted")
         await rig.sup.close()
+
     run(main())
 
 
 def test_restart_never_not_honoured_for_instance_that_exited_unwatched(rig):
     """Issue 10: '--restart never' was restarted by the next daemon when the process had
     exited while no daemon watched it."""
+
     async def main():
         _write_record(rig, pid=999999, restart="never")  # not adoptable: gone
         await rig.sup.start()
@@ -381,6 +429,7 @@ def test_restart_never_not_honoured_for_instance_that_exited_unwatched(rig):
         assert rec.state == "exited" and "restart policy 'never'" in rec.last_error
         assert table.get(rig.store, "old").state == "exited"
         await rig.sup.close()
+
     run(main())
 
 
@@ -391,6 +440,7 @@ def test_vanished_on_failure_instance_is_started_again(rig):
         await rig.until(lambda: rig.ops.spawned and rig.state("old") is State.READY, "restarted")
         assert rig.sup.get("old").restarts == 1
         await rig.sup.close()
+
     run(main())
 
 
@@ -403,6 +453,7 @@ def test_adoption_finishes_a_stop_the_old_daemon_began(rig):
         assert live.signals == [signal.SIGTERM] and rig.state("old") is State.STOPPED
         assert rig.ops.spawned == []
         await rig.sup.close()
+
     run(main())
 
 
@@ -412,6 +463,7 @@ def test_adoption_finishes_a_stop_the_old_daemon_began(rig):
 def test_disk_full_supervision_keeps_restarting_crashed_instance(rig, monkeypatch):
     """Issue 10: with the disk full, a crashed on-failure instance was never restarted
     ('supervisor error: database or disk is full'), even after space was freed."""
+
     async def main():
         await rig.launch()
         await rig.sup.wait_ready("one", timeout=5)
@@ -425,12 +477,15 @@ def test_disk_full_supervision_keeps_restarting_crashed_instance(rig, monkeypatc
 
         monkeypatch.setattr(table, "update", update)
         rig.ops.spawned[0].code = 1
-        await rig.until(lambda: len(rig.ops.spawned) == 2 and rig.state() is State.READY,
-                        "restarted while the disk is full")
+        await rig.until(
+            lambda: len(rig.ops.spawned) == 2 and rig.state() is State.READY,
+            "restarted while the disk is full",
+        )
         assert table.get(rig.store, "one").pid == rig.ops.spawned[0].pid  # store lags behind
         full = False  # space freed: the retry loop catches the store up
-        await rig.until(lambda: table.get(rig.store, "one").pid == rig.ops.spawned[1].pid,
-                        "store caught up")
+        await rig.until(
+            lambda: table.get(rig.store, "one").pid == rig.ops.spawned[1].pid, "store caught up"
+        )
         stored = table.get(rig.store, "one")
         assert stored.state == "ready" and stored.restarts == 1
         await rig.sup.close()
@@ -438,6 +493,7 @@ def test_disk_full_supervision_keeps_restarting_crashed_instance(rig, monkeypatc
     async def with_flusher():
         await rig.sup.start()
         await main()
+
     run(with_flusher())
 
 
@@ -445,11 +501,13 @@ def test_stop_works_while_the_disk_is_full(rig, monkeypatch):
     async def main():
         await rig.launch()
         await rig.sup.wait_ready("one", timeout=5)
-        monkeypatch.setattr(table, "update",
-                            lambda *a, **k: (_ for _ in ()).throw(DiskFull("disk full")))
+        monkeypatch.setattr(
+            table, "update", lambda *a, **k: (_ for _ in ()).throw(DiskFull("disk full"))
+        )
         rec = await rig.sup.stop("one")
         assert rec.state == "stopped" and rig.ops.spawned[0].code is not None
         await rig.sup.close()
+
     run(main())
 
 
@@ -474,15 +532,23 @@ def test_transition_is_the_only_writer_of_state():
                 for t in targets:
                     if isinstance(t, ast.Attribute) and t.attr == "state":
                         offenders.append(f"{path.name}:{node.lineno} in {func.name}")
-                    if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) \
-                            and t.slice.value == "state":
+                    if (
+                        isinstance(t, ast.Subscript)
+                        and isinstance(t.slice, ast.Constant)
+                        and t.slice.value == "state"
+                    ):
                         offenders.append(f"{path.name}:{node.lineno} in {func.name}")
-                if isinstance(node, ast.keyword) and node.arg == "state" and func.name not in (
-                        "offline_records",):
+                if (
+                    isinstance(node, ast.keyword)
+                    and node.arg == "state"
+                    and func.name not in ("offline_records",)
+                ):
                     offenders.append(f"{path.name}:{node.lineno} in {func.name} (state=)")
-                if isinstance(node, ast.Dict) and any(
-                        isinstance(k, ast.Constant) and k.value == "state" for k in node.keys) \
-                        and func.name != "_emit":
+                if (
+                    isinstance(node, ast.Dict)
+                    and any(isinstance(k, ast.Constant) and k.value == "state" for k in node.keys)
+                    and func.name != "_emit"
+                ):
                     offenders.append(f"{path.name}:{node.lineno} in {func.name} ({{'state': ..}})")
     # offline.py marks dead processes EXITED for display only (never written): allowed.
     offenders = [o for o in offenders if not o.startswith("offline.py")]
@@ -494,6 +560,7 @@ def test_transition_is_the_only_writer_of_state():
 def test_deleted_db_under_running_supervisor_keeps_every_instance_listed(rig):
     """Issue 10: a deleted corral.db under a running daemon lost an instance from the
     list; the rebuilt store gets every instance back, as memory has it."""
+
     async def main():
         await rig.launch("one")
         await rig.launch("two")
@@ -511,6 +578,7 @@ def test_deleted_db_under_running_supervisor_keeps_every_instance_listed(rig):
         assert rows["two"].state == "stopped" and rows["one"].state == "ready"
         assert rows["one"].pid == rig.sup.get("one").pid
         await rig.sup.close()
+
     run(main())
 
 
@@ -530,8 +598,9 @@ def test_launch_is_planned_and_records_its_placement(rig):
 
     async def main():
         model = _dense(rig)
-        rec = await rig.sup.launch(LaunchSpec(model=str(model), binary=str(rig.binary),
-                                              name="big", flags=["-c", "8192"]))
+        rec = await rig.sup.launch(
+            LaunchSpec(model=str(model), binary=str(rig.binary), name="big", flags=["-c", "8192"])
+        )
         placement = rec.placement
         assert placement and placement["fits"]
         gpus = [d for d in placement["devices"] if d["kind"] == "gpu"]
@@ -541,6 +610,7 @@ def test_launch_is_planned_and_records_its_placement(rig):
         assert "--gpu-layers" in rec.argv and rec.argv[rec.argv.index("--ctx-size") + 1] == "8192"
         assert table.get(rig.store, "big").placement == placement  # persisted
         await rig.sup.close()
+
     run(main())
 
 
@@ -570,6 +640,7 @@ def test_second_launch_counts_what_the_first_holds_and_is_refused_past_free_memo
         again = await rig.sup.launch(LaunchSpec(name="b", **spec))
         assert again.placement["fits"]
         await rig.sup.close()
+
     run(main())
 
 
@@ -577,11 +648,15 @@ def test_user_placed_launch_is_not_planned(rig):
     rig.settings.fit_devices = "12GiB"
 
     async def main():
-        rec = await rig.sup.launch(LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary),
-                                              name="mine", flags=["-ngl", "10"]))
+        rec = await rig.sup.launch(
+            LaunchSpec(
+                model=str(_dense(rig)), binary=str(rig.binary), name="mine", flags=["-ngl", "10"]
+            )
+        )
         assert rec.placement is None
         assert rec.argv.count("--gpu-layers") + rec.argv.count("--n-gpu-layers") == 1
         await rig.sup.close()
+
     run(main())
 
 
@@ -590,6 +665,7 @@ def test_model_that_cannot_be_estimated_launches_as_typed(rig):
         rec = await rig.launch("plain")  # a GGUF magic and nothing else
         assert rec.placement is None and rig.state("plain") is State.STARTING
         await rig.sup.close()
+
     run(main())
 
 
@@ -617,8 +693,11 @@ def test_real_allocation_is_read_back_after_load(rig):
     _spawn_printing(rig, 1.0)
 
     async def main():
-        rec = await rig.sup.launch(LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary),
-                                              name="big", flags=["-c", "8192"]))
+        rec = await rig.sup.launch(
+            LaunchSpec(
+                model=str(_dense(rig)), binary=str(rig.binary), name="big", flags=["-c", "8192"]
+            )
+        )
         assert rec.argv[-2:] == ["--verbosity", "4"] or "--verbosity" in rec.argv
         await rig.sup.wait_ready("big", timeout=5)
         await rig.until(lambda: (rig.sup.get("big").placement or {}).get("real"), "real read")
@@ -629,6 +708,7 @@ def test_real_allocation_is_read_back_after_load(rig):
         assert placement["mismatch"] == []
         assert table.get(rig.store, "big").placement["real"] == placement["real"]
         await rig.sup.close()
+
     run(main())
 
 
@@ -637,13 +717,17 @@ def test_real_allocation_far_from_the_plan_is_a_warning(rig, caplog):
     _spawn_printing(rig, 1.5)
 
     async def main():
-        await rig.sup.launch(LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary),
-                                        name="big", flags=["-c", "8192"]))
+        await rig.sup.launch(
+            LaunchSpec(
+                model=str(_dense(rig)), binary=str(rig.binary), name="big", flags=["-c", "8192"]
+            )
+        )
         await rig.sup.wait_ready("big", timeout=5)
         await rig.until(lambda: (rig.sup.get("big").placement or {}).get("real"), "real read")
         mismatch = rig.sup.get("big").placement["mismatch"]
         assert mismatch and all(m["real_bytes"] > m["projected_bytes"] for m in mismatch)
         await rig.sup.close()
+
     with caplog.at_level("WARNING", logger="corral.supervisor"):
         run(main())
     assert any("the plan said" in r.getMessage() for r in caplog.records)
@@ -653,9 +737,13 @@ def test_user_verbosity_is_kept(rig):
     rig.settings.fit_devices = "12GiB"
 
     async def main():
-        rec = await rig.sup.launch(LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary),
-                                              name="quiet", flags=["-lv", "1"]))
+        rec = await rig.sup.launch(
+            LaunchSpec(
+                model=str(_dense(rig)), binary=str(rig.binary), name="quiet", flags=["-lv", "1"]
+            )
+        )
         assert rec.argv.count("--verbosity") + rec.argv.count("-lv") == 1
         assert rec.argv[rec.argv.index("--verbosity") + 1] == "1"
         await rig.sup.close()
+
     run(main())

@@ -19,18 +19,19 @@ from contextlib import asynccontextmanager
 
 import httptools
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from corral.upstream import Pool, UpstreamError, request_head
 
 HOST = "127.0.0.1"
 PATH = "/v1/chat/completions"
-CHUNKED_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n")
+CHUNKED_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
 
 
 # --- scripted server --------------------------------------------------------------------
+
 
 class Watched:
     """The client side of one connection: what each ``read()`` returned, and if one waits."""
@@ -210,6 +211,7 @@ async def scripted(script):
 
 # --- helpers -----------------------------------------------------------------------------
 
+
 def chunked(*parts: bytes, ext: bytes = b"", trailers: bytes = b"") -> bytes:
     """A chunked body: one chunk per part, then the last chunk and optional trailers."""
     body = b"".join(b"%x%s\r\n%s\r\n" % (len(p), ext, p) for p in parts)
@@ -237,10 +239,12 @@ async def collect(resp) -> tuple[list[bytes], list[bool]]:
 def respond(*pieces: bytes):
     """A script: read one request, answer it with ``pieces`` in lock-step, then expect no
     other request on the connection (the client closes it, or the test ends)."""
+
     async def script(conn: ServerConn) -> None:
         assert await conn.request() is not None
         await conn.send(*pieces)
         await conn.wait_closed_by_client()
+
     return script
 
 
@@ -275,8 +279,9 @@ parts_strategy = st.lists(st.binary(min_size=1, max_size=40), max_size=8)
 @settings(max_examples=200, deadline=None)
 @given(parts=parts_strategy, ext=st.booleans(), trailers=st.booleans(), data=st.data())
 def test_chunked_body_is_reassembled_for_any_split(parts, ext, trailers, data):
-    wire = CHUNKED_HEAD + chunked(*parts, ext=b';name="v"' if ext else b"",
-                                  trailers=b"X-Usage: 3\r\n" if trailers else b"")
+    wire = CHUNKED_HEAD + chunked(
+        *parts, ext=b';name="v"' if ext else b"", trailers=b"X-Usage: 3\r\n" if trailers else b""
+    )
     points = data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=12), label="splits")
     pieces = cut(wire, points)
 
@@ -297,15 +302,16 @@ def test_chunked_body_is_reassembled_for_any_split(parts, ext, trailers, data):
     asyncio.run(main())
 
 
-WIRE = CHUNKED_HEAD + chunked(b"data: {\"a\": 1}\n\n", b"x" * 17, b"data: [DONE]\n\n",
-                              ext=b";ext=1", trailers=b"X-T: 1\r\n")
-PAYLOAD = b"data: {\"a\": 1}\n\n" + b"x" * 17 + b"data: [DONE]\n\n"
+WIRE = CHUNKED_HEAD + chunked(
+    b'data: {"a": 1}\n\n', b"x" * 17, b"data: [DONE]\n\n", ext=b";ext=1", trailers=b"X-T: 1\r\n"
+)
+PAYLOAD = b'data: {"a": 1}\n\n' + b"x" * 17 + b"data: [DONE]\n\n"
 
 
 def test_chunked_body_split_at_every_single_boundary():
     async def main():
         plans = [[WIRE[:k], WIRE[k:]] for k in range(1, len(WIRE))]
-        plans.append([WIRE[i:i + 1] for i in range(len(WIRE))])  # one byte per read
+        plans.append([WIRE[i : i + 1] for i in range(len(WIRE))])  # one byte per read
         plan = iter(plans)
 
         async def script(conn):
@@ -326,7 +332,7 @@ def test_chunked_body_split_at_every_single_boundary():
 
 
 def test_chunk_extensions_and_trailers_are_consumed_and_the_connection_reused():
-    body = chunked(b"hello", b" world", ext=b";a=b;c=\"d e\"", trailers=b"X-A: 1\r\nX-B: 2\r\n")
+    body = chunked(b"hello", b" world", ext=b';a=b;c="d e"', trailers=b"X-A: 1\r\nX-B: 2\r\n")
 
     async def main():
         async with scripted(lambda conn: conn.serve(CHUNKED_HEAD + body)) as served:
@@ -371,8 +377,10 @@ def test_a_burst_of_chunks_in_one_write_comes_out_as_one_piece():
 
 def queued(sock) -> int:
     """Bytes a socket has not handed on yet: unacknowledged (sending) plus unread (receiving)."""
-    return sum(struct.unpack("i", fcntl.ioctl(sock, req, b"\0" * 4))[0]
-               for req in (termios.TIOCOUTQ, termios.FIONREAD))
+    return sum(
+        struct.unpack("i", fcntl.ioctl(sock, req, b"\0" * 4))[0]
+        for req in (termios.TIOCOUTQ, termios.FIONREAD)
+    )
 
 
 def test_chunks_written_one_by_one_but_read_at_once_are_one_piece():
@@ -421,6 +429,7 @@ def test_head_and_burst_in_one_write_are_one_piece():
 
 # --- Content-Length and close-delimited bodies ------------------------------------------
 
+
 def test_content_length_body_in_split_writes():
     body = bytes(range(256)) * 40
     wire = with_length(body, b"Content-Type: application/json\r\n")
@@ -447,8 +456,9 @@ def test_close_delimited_body_is_complete_at_eof():
     async def script(conn):
         if conn.index == 0:
             assert await conn.request() is not None
-            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n",
-                            body[:100], body[100:])
+            await conn.send(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n", body[:100], body[100:]
+            )
             conn.close()
         else:
             await conn.serve(with_length(b"second"))
@@ -486,6 +496,7 @@ def test_read_stops_at_its_limit():
 
 
 # --- keep-alive ----------------------------------------------------------------------------
+
 
 def test_two_requests_reuse_one_connection():
     async def main():
@@ -560,9 +571,11 @@ def test_a_response_released_before_its_end_is_not_reused():
 
 # --- dead, refused and closed connections -------------------------------------------------
 
+
 @pytest.mark.parametrize("close", ["fin", "rst"])
 def test_pooled_connection_closed_meanwhile_is_replaced(close):
     """The server closes an idle kept-alive connection; the next request still succeeds."""
+
     async def main():
         gate = asyncio.Event()  # the client released the first answer's connection
         closed = asyncio.Event()
@@ -599,6 +612,7 @@ def test_pooled_connection_closed_meanwhile_is_replaced(close):
 def test_reused_connection_closed_instead_of_answering_is_retried(close):
     """The race proper: the request goes out on a kept-alive connection the server then
     closes without an answer; it is sent again on a new connection, transparently."""
+
     async def script(conn):
         if conn.index == 0:
             assert await conn.request() is not None
@@ -696,12 +710,16 @@ def test_upstream_dying_mid_body_ends_chunks_incomplete(framing, close):
 
 # --- protocol errors ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("garbage", [
-    b"SSH-2.0-x\r\n",
-    b"HTTP/1.1 abc OK\r\n\r\n",
-    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
-    CHUNKED_HEAD + b"zz\r\nhello\r\n",  # a bad chunk size in the same read as the head
-])
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"SSH-2.0-x\r\n",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+        CHUNKED_HEAD + b"zz\r\nhello\r\n",  # a bad chunk size in the same read as the head
+    ],
+)
 def test_garbage_instead_of_http_is_an_upstream_error(garbage):
     async def main():
         async with scripted(respond(garbage)) as served:
@@ -742,9 +760,11 @@ def test_informational_100_continue_is_skipped():
     """RFC 9110 15.2: a client must parse 1xx responses before the final one. cpp-httplib
     (llama-server) sends ``100 Continue`` when a request carries ``Expect: 100-continue``,
     and the router forwards that header from its own clients."""
+
     async def main():
-        async with scripted(respond(b"HTTP/1.1 100 Continue\r\n\r\n",
-                                    with_length(b"final"))) as served:
+        async with scripted(
+            respond(b"HTTP/1.1 100 Continue\r\n\r\n", with_length(b"final"))
+        ) as served:
             pool = Pool()
             try:
                 resp = await ask(pool, served.port, headers=[(b"expect", b"100-continue")])
@@ -759,6 +779,7 @@ def test_informational_100_continue_is_skipped():
 
 
 # --- abort -------------------------------------------------------------------------------
+
 
 def test_abort_ends_a_pending_read_and_closes_the_upstream_connection():
     async def main():
@@ -792,17 +813,23 @@ def test_abort_ends_a_pending_read_and_closes_the_upstream_connection():
 
 # --- the request -------------------------------------------------------------------------
 
+
 def test_request_head_bytes():
     head = request_head("/v1/embeddings", "10.0.0.2", 8081, [(b"x-a", b"1")], 42)
-    assert head == (b"POST /v1/embeddings HTTP/1.1\r\nHost: 10.0.0.2:8081\r\n"
-                    b"Content-Length: 42\r\nx-a: 1\r\n\r\n")
+    assert head == (
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: 10.0.0.2:8081\r\n"
+        b"Content-Length: 42\r\nx-a: 1\r\n\r\n"
+    )
 
 
 @pytest.mark.parametrize("size", [0, 100, 65535, 65536, 300_000])
 def test_request_is_parsed_by_the_server_with_its_body_intact(size):
     body = hashlib.sha256(b"seed").digest() * (size // 32) + b"#" * (size % 32)
-    forwarded = [(b"content-type", b"application/json"), (b"accept", b"text/event-stream"),
-                 (b"x-request-id", b"r-17")]
+    forwarded = [
+        (b"content-type", b"application/json"),
+        (b"accept", b"text/event-stream"),
+        (b"x-request-id", b"r-17"),
+    ]
 
     async def main():
         async with scripted(lambda conn: conn.serve(with_length(b"ok"))) as served:

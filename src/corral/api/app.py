@@ -10,22 +10,34 @@ from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 
 from corral import __version__
-from corral.api import builds, conversations, errors, events, flags, instances, keys, metrics
-from corral.api import presets as presets_api
-from corral.api import limits, security, web
-from corral.api import fit as fit_api
-from corral.api import settings as settings_api
-from corral.builds.jobs import BuildJobs
-from corral.api import models as models_api
-from corral.api import pulls as pulls_api
-from corral.api import openai as openai_api
-from corral.api import system as system_api
+from corral.api import (
+    builds,
+    conversations,
+    errors,
+    events,
+    fit as fit_api,
+    flags,
+    instances,
+    keys,
+    limits,
+    metrics,
+    models as models_api,
+    openai as openai_api,
+    presets as presets_api,
+    pulls as pulls_api,
+    security,
+    settings as settings_api,
+    system as system_api,
+    web,
+)
 from corral.api.deps import Daemon, get_daemon
+from corral.builds.jobs import BuildJobs
 from corral.pulls import PullManager
 from corral.router import Router
 from corral.settings import Settings
 from corral.store.db import Store
 from corral.supervisor.supervisor import Supervisor
+
 
 class ShutdownRequest(BaseModel):
     stop_instances: bool = False
@@ -55,8 +67,15 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
         router = Router(supervisor)
         router.metrics.attach(supervisor)
         build_jobs = BuildJobs(settings, store)
-        daemon = Daemon(settings=settings, store=store, supervisor=supervisor, pulls=pulls,
-                        router=router, builds=build_jobs, started_at=time.time())
+        daemon = Daemon(
+            settings=settings,
+            store=store,
+            supervisor=supervisor,
+            pulls=pulls,
+            router=router,
+            builds=build_jobs,
+            started_at=time.time(),
+        )
         app.state.daemon = daemon
         await supervisor.start()
         router.start()
@@ -71,22 +90,32 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
 
     # No /docs nor /redoc: FastAPI's pages load swagger-ui/redoc from a CDN into the
     # daemon's origin. /openapi.json stays; see docs in corral.api.web.
-    app = FastAPI(title="corral", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None,
-                  description="Run, supervise and route llama.cpp llama-server instances.")
+    app = FastAPI(
+        title="corral",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Run, supervise and route llama.cpp llama-server instances.",
+    )
     errors.install(app)
     app.add_middleware(limits.BodyLimit)  # 1 MiB bodies, refused before they are read
-
 
     @app.get("/healthz", tags=["daemon"])
     async def healthz(request: Request) -> dict:
         d: Daemon = request.app.state.daemon
-        return {"status": "ok", "version": __version__, "pid": os.getpid(),
-                "home": str(d.settings.home), "uptime": time.time() - d.started_at}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "pid": os.getpid(),
+            "home": str(d.settings.home),
+            "uptime": time.time() - d.started_at,
+        }
 
     @app.post("/api/v1/shutdown", tags=["daemon"])
-    async def shutdown(req: ShutdownRequest, request: Request,
-                       d: Daemon = Depends(get_daemon)) -> dict:
+    async def shutdown(
+        req: ShutdownRequest, request: Request, d: Daemon = Depends(get_daemon)
+    ) -> dict:
         """Stop the daemon; with ``stop_instances`` stop every instance first."""
         stopped = [r.name for r in d.supervisor.list() if r.pid]
         if req.stop_instances:
@@ -97,8 +126,21 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
         d.shutdown.set()
         return {"stopping": True, "stopped_instances": stopped if req.stop_instances else []}
 
-    for part in (instances, flags, builds, pulls_api, models_api, system_api, openai_api,
-                 presets_api, keys, conversations, events, metrics, settings_api):
+    for part in (
+        instances,
+        flags,
+        builds,
+        pulls_api,
+        models_api,
+        system_api,
+        openai_api,
+        presets_api,
+        keys,
+        conversations,
+        events,
+        metrics,
+        settings_api,
+    ):
         app.include_router(part.router)
     app.include_router(fit_api.router)
     web.install(app)  # last: the UI's static files at /

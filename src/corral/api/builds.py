@@ -40,12 +40,15 @@ async def add_build(req: AddBuild, d: Daemon = Depends(get_daemon)) -> dict:
 
 
 @router.post("/{build_id}/default")
-async def use_build(build_id: int = Path(ge=1, le=MAX_BUILD_ID), d: Daemon = Depends(get_daemon)) -> dict:
+async def use_build(
+    build_id: int = Path(ge=1, le=MAX_BUILD_ID), d: Daemon = Depends(get_daemon)
+) -> dict:
     table.set_default(d.store, build_id)
     return table.get(d.store, build_id).to_dict()
 
 
 # -- update jobs (`corral update` run by the daemon) -------------------------------------
+
 
 class UpdateBody(BaseModel):
     """The options of ``corral update``; ``from`` is a Python keyword, hence the alias."""
@@ -54,10 +57,15 @@ class UpdateBody(BaseModel):
 
     from_: Literal["release", "source", "pypi"] = Field("release", alias="from")
     backend: Literal["auto", "cpu", "cuda", "rocm", "vulkan", "metal"] = "auto"
-    version: str | None = Field(None, min_length=1, max_length=100,
-                                description="release tag, e.g. b6000 (default: newest)")
-    source: str | None = Field(None, min_length=1, max_length=4096,
-                               description="with from=source: a directory, tarball URL or tag")
+    version: str | None = Field(
+        None, min_length=1, max_length=100, description="release tag, e.g. b6000 (default: newest)"
+    )
+    source: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="with from=source: a directory, tarball URL or tag",
+    )
     force: bool = False
 
 

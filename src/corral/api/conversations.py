@@ -66,8 +66,10 @@ def _plain(req: BaseModel, *, only_set: bool) -> dict:
     if data.get("params") is not None:
         data["params"] = {k: v for k, v in data["params"].items() if v is not None}
     if data.get("messages") is not None:
-        data["messages"] = [{k: v for k, v in m.items() if v is not None and v is not False}
-                            for m in data["messages"]]
+        data["messages"] = [
+            {k: v for k, v in m.items() if v is not None and v is not False}
+            for m in data["messages"]
+        ]
     return data
 
 
@@ -89,8 +91,9 @@ async def get_conversation(conv_id: str, d: Daemon = Depends(get_daemon)) -> dic
 
 
 @router.patch("/{conv_id}")
-async def patch_conversation(conv_id: str, req: ConversationPatch,
-                             d: Daemon = Depends(get_daemon)) -> dict:
+async def patch_conversation(
+    conv_id: str, req: ConversationPatch, d: Daemon = Depends(get_daemon)
+) -> dict:
     changes = _plain(req, only_set=True)
     # null means "leave as is" for everything but the model, where it clears the choice
     changes = {k: v for k, v in changes.items() if v is not None or k == "model"}

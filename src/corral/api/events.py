@@ -22,8 +22,12 @@ KEEPALIVE_SECONDS = 15.0
 @router.get("/api/v1/events")
 async def events(d: Daemon = Depends(get_daemon)) -> StreamingResponse:
     """SSE: instance state changes, router starts/evictions, pull and build progress."""
-    sources = {"instance": d.supervisor.events, "router": d.router.events,
-               "pull": d.pulls.events, "build": d.builds.events}
+    sources = {
+        "instance": d.supervisor.events,
+        "router": d.router.events,
+        "pull": d.pulls.events,
+        "build": d.builds.events,
+    }
     queues = {topic: b.subscribe() for topic, b in sources.items()}
 
     async def stream():
@@ -34,8 +38,9 @@ async def events(d: Daemon = Depends(get_daemon)) -> StreamingResponse:
                 for topic, q in queues.items():
                     if topic not in getters.values():
                         getters[asyncio.ensure_future(q.get())] = topic
-                done, _ = await asyncio.wait(getters, timeout=KEEPALIVE_SECONDS,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    getters, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not done:
                     yield b": keep-alive\n\n"
                 for task in done:
@@ -48,5 +53,8 @@ async def events(d: Daemon = Depends(get_daemon)) -> StreamingResponse:
             for topic, q in queues.items():
                 sources[topic].unsubscribe(q)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -22,11 +22,15 @@ router = APIRouter(prefix="/api/v1", tags=["fit"])
 class FitRequest(LaunchRequest):
     """A launch body, plus the devices to plan for and the margin kept free on each."""
 
-    devices: str | None = Field(default=None, max_length=512,
-                                examples=["12GiB,8GiB", "4x8GiB", "none"],
-                                description="simulated devices; default: detected now")
-    margin_mib: float | None = Field(default=None, ge=0, le=2**30,
-                                     description="MiB kept free per device (default 1024)")
+    devices: str | None = Field(
+        default=None,
+        max_length=512,
+        examples=["12GiB,8GiB", "4x8GiB", "none"],
+        description="simulated devices; default: detected now",
+    )
+    margin_mib: float | None = Field(
+        default=None, ge=0, le=2**30, description="MiB kept free per device (default 1024)"
+    )
 
 
 @router.post("/fit")
@@ -38,14 +42,27 @@ async def fit(req: FitRequest, d: Daemon = Depends(get_daemon)) -> dict:
     from corral.fit.devices import MiB
 
     spec = await presets.compose(
-        d.supervisor, model=req.model, preset=req.preset, flags=req.flags, name=req.name,
-        port=req.port, restart=req.restart, env=req.env, pinned=req.pinned,
-        idle_ttl=req.idle_ttl, aliases=req.aliases, binary=req.binary, build_id=req.build)
+        d.supervisor,
+        model=req.model,
+        preset=req.preset,
+        flags=req.flags,
+        name=req.name,
+        port=req.port,
+        restart=req.restart,
+        env=req.env,
+        pinned=req.pinned,
+        idle_ttl=req.idle_ttl,
+        aliases=req.aliases,
+        binary=req.binary,
+        build_id=req.build,
+    )
     margin = None if req.margin_mib is None else int(req.margin_mib * MiB)
     plan = await d.supervisor.plan_fit(spec, devices=req.devices, margin=margin, always=True)
     if plan is None:
-        raise UsageError(f"{req.model or req.preset}: no memory plan can be made for this "
-                         "model (its GGUF header describes no layers, or cannot be read)")
+        raise UsageError(
+            f"{req.model or req.preset}: no memory plan can be made for this "
+            "model (its GGUF header describes no layers, or cannot be read)"
+        )
     view = plan.view()
     view["flags"] = redact_argv(view["flags"])
     return view

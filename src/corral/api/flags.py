@@ -12,13 +12,19 @@ router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
 
 
 @router.get("")
-async def flags(q: str | None = Query(None, max_length=200),
-                build: int | None = Query(None, ge=1, le=MAX_BUILD_ID),
-                d: Daemon = Depends(get_daemon)) -> dict:
+async def flags(
+    q: str | None = Query(None, max_length=200),
+    build: int | None = Query(None, ge=1, le=MAX_BUILD_ID),
+    d: Daemon = Depends(get_daemon),
+) -> dict:
     """Flags of the default binary or of a registered build (never an arbitrary path:
     a GET must not make the daemon execute a file the caller names)."""
     catalog = await d.supervisor.catalog(None, build)
     found = catalog.search(q) if q else catalog.flags
-    return {"version": catalog.version, "sections": catalog.sections, "count": len(found),
-            "flags": [f.to_dict() for f in found],
-            "secret_flags": sorted(redact.SECRET_FLAGS)}  # the UI masks these as typed
+    return {
+        "version": catalog.version,
+        "sections": catalog.sections,
+        "count": len(found),
+        "flags": [f.to_dict() for f in found],
+        "secret_flags": sorted(redact.SECRET_FLAGS),
+    }  # the UI masks these as typed

@@ -33,25 +33,36 @@ class LaunchRequest(BaseModel):
     names one.
     """
 
-    model: str | None = Field(default=None, min_length=1, max_length=4096,
-                              description="GGUF path, or a model of the index")
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="GGUF path, or a model of the index",
+    )
     preset: str | None = Field(default=None, min_length=1, max_length=64)
     name: str | None = Field(default=None, max_length=64)
     port: int | None = Field(default=None, ge=1, le=65535)
-    flags: list[str] = Field(default_factory=list, max_length=512,
-                             examples=[["-c", "4096", "-ngl", "99"]])
+    flags: list[str] = Field(
+        default_factory=list, max_length=512, examples=[["-c", "4096", "-ngl", "99"]]
+    )
     restart: Literal["always", "on-failure", "never"] | None = Field(
-        default=None, description="default: the preset's, else on-failure")
-    env: dict[str, str] = Field(default_factory=dict, max_length=64,
-                                examples=[{"CUDA_VISIBLE_DEVICES": "0"}])
+        default=None, description="default: the preset's, else on-failure"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, max_length=64, examples=[{"CUDA_VISIBLE_DEVICES": "0"}]
+    )
     pinned: bool | None = Field(default=None, description="never stopped when idle nor evicted")
-    idle_ttl: float | None = Field(default=None, ge=0, le=10 * 365 * 86400,
-                                   description="seconds unused before stop; 0 = never")
+    idle_ttl: float | None = Field(
+        default=None, ge=0, le=10 * 365 * 86400, description="seconds unused before stop; 0 = never"
+    )
     aliases: list[str] = Field(default_factory=list, max_length=32)
     binary: str | None = Field(default=None, max_length=4096)
     build: int | None = None
-    fit: bool = Field(default=True, description="plan memory (-ngl, -ts, -c, KV types) on the "
-                      "devices' free memory; false launches exactly the flags given")
+    fit: bool = Field(
+        default=True,
+        description="plan memory (-ngl, -ts, -c, KV types) on the "
+        "devices' free memory; false launches exactly the flags given",
+    )
     wait: bool = Field(default=False, description="answer only once the instance is ready")
     timeout: float | None = Field(default=None, gt=0, le=86400)
 
@@ -63,10 +74,21 @@ async def list_instances(d: Daemon = Depends(get_daemon)) -> list[dict]:
 
 async def _spec(req: LaunchRequest, d: Daemon):
     return await presets.compose(
-        d.supervisor, model=req.model, preset=req.preset, flags=req.flags, name=req.name,
-        port=req.port, restart=req.restart, env=req.env, pinned=req.pinned,
-        idle_ttl=req.idle_ttl, aliases=req.aliases, binary=req.binary, build_id=req.build,
-        fit=req.fit)
+        d.supervisor,
+        model=req.model,
+        preset=req.preset,
+        flags=req.flags,
+        name=req.name,
+        port=req.port,
+        restart=req.restart,
+        env=req.env,
+        pinned=req.pinned,
+        idle_ttl=req.idle_ttl,
+        aliases=req.aliases,
+        binary=req.binary,
+        build_id=req.build,
+        fit=req.fit,
+    )
 
 
 @router.post("/plan")
@@ -137,8 +159,12 @@ async def restart(name: str, wait: bool = False, d: Daemon = Depends(get_daemon)
 
 
 @router.get("/{name}/logs", response_model=None)
-async def instance_logs(name: str, tail: int = Query(100, ge=0, le=100_000),
-                        follow: bool = False, d: Daemon = Depends(get_daemon)):
+async def instance_logs(
+    name: str,
+    tail: int = Query(100, ge=0, le=100_000),
+    follow: bool = False,
+    d: Daemon = Depends(get_daemon),
+):
     """The last ``tail`` lines; with ``follow=true`` an SSE stream of new lines."""
     rec = d.supervisor.get(name)
     path = d.supervisor.log_path(rec.name)
@@ -149,5 +175,8 @@ async def instance_logs(name: str, tail: int = Query(100, ge=0, le=100_000),
         async for line in logs.follow(path, start_lines=tail):
             yield f"data: {json.dumps(line)}\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

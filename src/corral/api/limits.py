@@ -60,10 +60,17 @@ def _declared_length(scope) -> int | None:
 async def send_too_large(send, cap: int) -> None:
     exc = TooLarge(f"request body larger than {_size(cap)} (the cap of this endpoint)")
     body = json.dumps(exc.to_dict()).encode()
-    await send({"type": "http.response.start", "status": exc.status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

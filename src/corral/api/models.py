@@ -29,8 +29,9 @@ async def list_models(d: Daemon = Depends(get_daemon)) -> list[dict]:
 async def import_models(req: ImportRequest, d: Daemon = Depends(get_daemon)) -> dict:
     """Index a GGUF file or directory in place; returns the models and skipped files."""
     problems: list[str] = []
-    recs = await asyncio.to_thread(lib.import_path, d.store, req.path, name=req.name,
-                                   problems=problems)
+    recs = await asyncio.to_thread(
+        lib.import_path, d.store, req.path, name=req.name, problems=problems
+    )
     return {"models": [lib.model_view(r) for r in recs], "skipped": problems}
 
 
@@ -40,11 +41,18 @@ async def get_model(model_id: str, d: Daemon = Depends(get_daemon)) -> dict:
 
 
 @router.delete("/{model_id:path}")
-async def delete_model(model_id: str, keep_files: bool = False, force: bool = False,
-                       d: Daemon = Depends(get_daemon)) -> dict:
+async def delete_model(
+    model_id: str, keep_files: bool = False, force: bool = False, d: Daemon = Depends(get_daemon)
+) -> dict:
     """Forget a model; files corral downloaded are deleted unless ``?keep_files=true``.
 
     Deleting files a running (or desired-running) instance uses is a 409 naming the
     instances, unless ``?force=true``."""
-    return await asyncio.to_thread(lib.remove, d.store, model_id, delete_files=not keep_files,
-                                   models_dir=d.settings.models_dir, force=force)
+    return await asyncio.to_thread(
+        lib.remove,
+        d.store,
+        model_id,
+        delete_files=not keep_files,
+        models_dir=d.settings.models_dir,
+        force=force,
+    )

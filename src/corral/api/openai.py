@@ -50,8 +50,11 @@ ROUTED_PATHS = {f"/v1/{p}": p for p in ROUTED}
 MAX_BODY = 64 * 1024 * 1024
 KEEP_HEADERS = (b"content-type", b"cache-control", b"x-accel-buffering", b"content-length")
 _HOP = {h.encode() for h in HOP_HEADERS}
-SSE_START_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-                     (b"x-accel-buffering", b"no")]
+SSE_START_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 @router.get("/v1/models")
@@ -74,8 +77,13 @@ def _sse_error(exc_or_message, status: int = 502) -> bytes:
 
 
 async def _send_error(send, exc: CorralError) -> None:
-    typ = "server_error" if exc.status >= 500 else \
-        "permission_error" if exc.status == 403 else "invalid_request_error"
+    typ = (
+        "server_error"
+        if exc.status >= 500
+        else "permission_error"
+        if exc.status == 403
+        else "invalid_request_error"
+    )
     body = json.dumps(openai_error(exc.status, exc.message, typ)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if isinstance(exc, Busy):
@@ -155,21 +163,24 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
         gone.cancel()
 
 
-async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone: _Gone,
-                      send) -> bool:
+async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone: _Gone, send) -> bool:
     """Wait one heartbeat for the load; then send 200 and a comment per heartbeat."""
     beat = rt.settings.router_heartbeat
     done, _ = await asyncio.wait({waiting}, timeout=beat)
     if done:
         return False
     await send({"type": "http.response.start", "status": 200, "headers": SSE_START_HEADERS})
-    comment = {"type": "http.response.body", "body": f": loading {model}\n\n".encode(),
-               "more_body": True}
+    comment = {
+        "type": "http.response.body",
+        "body": f": loading {model}\n\n".encode(),
+        "more_body": True,
+    }
     while True:
         await send(comment)
         left = gone.watch()
-        done, _ = await asyncio.wait({waiting, left}, timeout=beat,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiting, left}, timeout=beat, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiting in done or left in done:
             return True
 
@@ -211,6 +222,7 @@ class _Gone:
 def _aborter(resp):
     def abort(_fut) -> None:
         resp.abort()
+
     return abort
 
 
@@ -229,8 +241,19 @@ async def _reject(rt: Router, exc: CorralError, started: bool, send) -> None:
         await _send_error(send, exc)
 
 
-async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes, t0: float,
-                 gone: _Gone, send, started: bool, stream: bool) -> None:
+async def _relay(
+    rt: Router,
+    rec,
+    label: str,
+    endpoint: str,
+    scope,
+    body: bytes,
+    t0: float,
+    gone: _Gone,
+    send,
+    started: bool,
+    stream: bool,
+) -> None:
     """Forward to the instance and stream its answer back, counting it afterwards."""
     host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
     headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
@@ -256,8 +279,9 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
             if stream:  # llama-server answers a stream's head at once
                 resp = await rt.upstream.request(host, rec.port, head, body)
             else:  # the head comes after the whole generation: watch for the client leaving
-                resp = await _unless_gone(rt.upstream.request(host, rec.port, head, body),
-                                          gone.watch())
+                resp = await _unless_gone(
+                    rt.upstream.request(host, rec.port, head, body), gone.watch()
+                )
                 if resp is None:
                     status = CLIENT_GONE
                     return
@@ -277,12 +301,23 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
         if started:
             if status >= 400:  # the status line is sent: say it in the stream
                 detail = (await resp.read(4096)).decode("utf-8", "replace")
-                await send({"type": "http.response.body", "body": _sse_error(
-                    f"instance {rec.name!r} answered {status}: {detail}", status)})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": _sse_error(
+                            f"instance {rec.name!r} answered {status}: {detail}", status
+                        ),
+                    }
+                )
                 return
         else:
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(k, v) for k, v in resp.headers if k in KEEP_HEADERS]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(k, v) for k, v in resp.headers if k in KEEP_HEADERS],
+                }
+            )
         async for data in resp.chunks():
             if ttft is None:
                 ttft = time.perf_counter() - t0
@@ -311,13 +346,28 @@ async def _relay(rt: Router, rec, label: str, endpoint: str, scope, body: bytes,
             status = 502
             if not streamed:
                 raise ConnectionResetError(f"instance {rec.name!r} failed mid-response")
-            await send({"type": "http.response.body", "more_body": True, "body": _sse_error(
-                f"instance {rec.name!r} failed mid-response (connection lost)")})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "more_body": True,
+                    "body": _sse_error(
+                        f"instance {rec.name!r} failed mid-response (connection lost)"
+                    ),
+                }
+            )
         await send({"type": "http.response.body", "body": b""})
     finally:
         if on_gone is not None and gone.future is not None:
             gone.future.remove_done_callback(on_gone)
         if resp is not None:
             resp.release()
-        rt.end(rec, label, usage, status=status, ttft=ttft, elapsed=time.perf_counter() - t0,
-               tail=bytes(tail) if keep else None, endpoint=endpoint)
+        rt.end(
+            rec,
+            label,
+            usage,
+            status=status,
+            ttft=ttft,
+            elapsed=time.perf_counter() - t0,
+            tail=bytes(tail) if keep else None,
+            endpoint=endpoint,
+        )

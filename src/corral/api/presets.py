@@ -13,8 +13,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
-from corral import models
-from corral import presets as lib
+from corral import models, presets as lib
 from corral.api.deps import Daemon, get_daemon
 from corral.builds.catalog import FlagCatalog
 from corral.builds.resolve import MAX_BUILD_ID
@@ -30,25 +29,34 @@ MAX_FILE = 1_000_000
 class PresetBody(BaseModel):
     """A preset's settings; every field may be left out (not set by this preset)."""
 
-    model: str | None = Field(default=None, min_length=1, max_length=lib.MAX_MODEL,
-                              description="model of the index (id, name, alias) or GGUF path")
-    build: int | None = Field(default=None, ge=1, le=MAX_BUILD_ID,
-                              description="registered build id")
-    flags: list[str] = Field(default_factory=list, max_length=lib.MAX_FLAGS,
-                             examples=[["-c", "8192", "-ngl", "99"]])
-    env: dict[str, str] = Field(default_factory=dict, max_length=lib.MAX_ENV,
-                                examples=[{"CUDA_VISIBLE_DEVICES": "0"}])
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=lib.MAX_MODEL,
+        description="model of the index (id, name, alias) or GGUF path",
+    )
+    build: int | None = Field(
+        default=None, ge=1, le=MAX_BUILD_ID, description="registered build id"
+    )
+    flags: list[str] = Field(
+        default_factory=list, max_length=lib.MAX_FLAGS, examples=[["-c", "8192", "-ngl", "99"]]
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, max_length=lib.MAX_ENV, examples=[{"CUDA_VISIBLE_DEVICES": "0"}]
+    )
     restart: Literal["always", "on-failure", "never"] | None = None
-    idle_ttl: float | None = Field(default=None, ge=0, le=10 * 365 * 86400,
-                                   description="seconds unused before stop; 0 = never")
+    idle_ttl: float | None = Field(
+        default=None, ge=0, le=10 * 365 * 86400, description="seconds unused before stop; 0 = never"
+    )
     aliases: list[str] = Field(default_factory=list, max_length=lib.MAX_ALIASES)
     pinned: bool = False
     description: str = Field(default="", max_length=lib.MAX_DESCRIPTION)
 
 
 class ExportRequest(BaseModel):
-    names: list[str] = Field(default_factory=list, max_length=1000,
-                             description="presets to export (empty: all)")
+    names: list[str] = Field(
+        default_factory=list, max_length=1000, description="presets to export (empty: all)"
+    )
     format: Format = "yaml"
 
 
@@ -143,8 +151,9 @@ async def get_preset(name: str, d: Daemon = Depends(get_daemon)) -> dict:
 
 
 @router.put("/{name}")
-async def put_preset(name: str, body: PresetBody, response: Response,
-                     d: Daemon = Depends(get_daemon)) -> dict:
+async def put_preset(
+    name: str, body: PresetBody, response: Response, d: Daemon = Depends(get_daemon)
+) -> dict:
     """Create (201) or replace (200) the preset ``name``."""
     preset = lib.Preset(name=name, **body.model_dump())
     warnings: list[str] = []
@@ -165,7 +174,8 @@ async def delete_preset(name: str, d: Daemon = Depends(get_daemon)) -> dict:
 
 
 @router.get("/{name}/export")
-async def export_preset(name: str, format: Format = "yaml",
-                        d: Daemon = Depends(get_daemon)) -> dict:
+async def export_preset(
+    name: str, format: Format = "yaml", d: Daemon = Depends(get_daemon)
+) -> dict:
     """One preset as YAML or INI (``?format=ini``)."""
     return await _export(d, [lib.get(d.store, name)], format)

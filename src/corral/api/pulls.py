@@ -16,8 +16,9 @@ router = APIRouter(tags=["models"])
 
 
 class PullRequest(BaseModel):
-    ref: str = Field(min_length=3, max_length=1024,
-                     examples=["unsloth/gemma-3-270m-it-GGUF:Q4_K_M"])
+    ref: str = Field(
+        min_length=3, max_length=1024, examples=["unsloth/gemma-3-270m-it-GGUF:Q4_K_M"]
+    )
 
 
 @router.post("/api/v1/pulls", status_code=202)
@@ -50,16 +51,21 @@ async def pull_events(pull_id: str, d: Daemon = Depends(get_daemon)) -> Streamin
 
 
 @router.get("/api/v1/hub/search")
-async def hub_search(q: str = Query(min_length=1, max_length=200),
-                     limit: int = Query(20, ge=1, le=SEARCH_LIMIT),
-                     d: Daemon = Depends(get_daemon)) -> list[dict]:
+async def hub_search(
+    q: str = Query(min_length=1, max_length=200),
+    limit: int = Query(20, ge=1, le=SEARCH_LIMIT),
+    d: Daemon = Depends(get_daemon),
+) -> list[dict]:
     hub = d.pulls.hub_factory()
     return await asyncio.to_thread(hub.search, q, limit)
 
 
 @router.get("/api/v1/hub/quants")
-async def hub_quants(repo: str = Query(min_length=3, max_length=200), revision: str = "main",
-                     d: Daemon = Depends(get_daemon)) -> list[dict]:
+async def hub_quants(
+    repo: str = Query(min_length=3, max_length=200),
+    revision: str = "main",
+    d: Daemon = Depends(get_daemon),
+) -> list[dict]:
     from corral.hub import parse_ref
 
     ref = parse_ref(repo)

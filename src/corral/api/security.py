@@ -27,7 +27,6 @@ from __future__ import annotations
 import hmac
 import json
 
-
 from corral.api import errors
 from corral.keys import KeyRing, write_token
 from corral.router import CALLER_SCOPE, openai_error
@@ -62,8 +61,9 @@ def is_public(method: str, path: str) -> bool:
         return True
     if method not in ("GET", "HEAD"):
         return False
-    return any(path == p or (p != "/" and p.endswith("/") and path.startswith(p))
-               for p in PUBLIC_PREFIXES)
+    return any(
+        path == p or (p != "/" and p.endswith("/") and path.startswith(p)) for p in PUBLIC_PREFIXES
+    )
 
 
 def _bearer(value: str) -> str:
@@ -130,8 +130,14 @@ class Guard:
         """Raise :class:`Denied` unless the request may pass."""
         head = {}
         for name, value in scope["headers"]:
-            if name in (b"host", b"origin", b"authorization", b"content-type",
-                        b"content-length", b"transfer-encoding"):
+            if name in (
+                b"host",
+                b"origin",
+                b"authorization",
+                b"content-type",
+                b"content-length",
+                b"transfer-encoding",
+            ):
                 head[name] = value.decode("latin-1")
         method = scope.get("method", "GET")  # a websocket handshake is a GET
         self._check_browser(method, head)
@@ -151,12 +157,16 @@ class Guard:
         origin = head.get(b"origin")
         if origin is not None and origin.lower().split("://", 1)[-1] not in (self.hosts or {host}):
             raise Denied(403, "forbidden_origin", f"cross-origin request from {origin!r} refused")
-        if method in MUTATING and (head.get(b"content-length", "0") != "0"
-                                   or b"transfer-encoding" in head):
+        if method in MUTATING and (
+            head.get(b"content-length", "0") != "0" or b"transfer-encoding" in head
+        ):
             ctype = head.get(b"content-type", "").split(";", 1)[0].strip().lower()
             if ctype != "application/json":
-                raise Denied(415, "unsupported_media_type",
-                             f"a request body must be application/json, not {ctype or 'untyped'}")
+                raise Denied(
+                    415,
+                    "unsupported_media_type",
+                    f"a request body must be application/json, not {ctype or 'untyped'}",
+                )
 
     def _check_key(self, method: str, path: str, authorization: str) -> str | None:
         """The caller's scope (None on a public path, where no key is checked), or Denied."""
@@ -166,8 +176,9 @@ class Guard:
         scope = self._scope_of(secret) if secret else None
         if scope is None:
             if self.always_required or self.env_key or self.keyring().any_active():
-                raise Denied(401, "unauthorized",
-                             "missing or wrong API key (Authorization: Bearer <key>)")
+                raise Denied(
+                    401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)"
+                )
             return "admin"  # no key required: whoever may call is the admin today
         if scope != "admin" and not path.startswith(INFERENCE_PREFIX):
             raise Denied(403, "forbidden", f"this {scope} key may only call {INFERENCE_PREFIX}*")
@@ -190,8 +201,9 @@ async def _refuse(scope, send, denied: Denied) -> None:
         await send({"type": "websocket.close", "code": 1008})
         return
     if scope["path"].startswith(INFERENCE_PREFIX):  # OpenAI clients read OpenAI's shape
-        payload = openai_error(denied.status, denied.message,
-                               _OPENAI_TYPES.get(denied.status, "invalid_request_error"))
+        payload = openai_error(
+            denied.status, denied.message, _OPENAI_TYPES.get(denied.status, "invalid_request_error")
+        )
     else:
         payload = errors.error_body(denied.code, denied.message)
     body = json.dumps(payload).encode()

@@ -81,11 +81,16 @@ def check_api_key(settings: Settings) -> None:
     if not key or len(key) >= MIN_API_KEY_LENGTH:
         return
     if not is_loopback(settings.host):
-        raise UsageError(f"refusing to listen on {settings.host}: CORRAL_API_KEY has "
-                         f"{len(key)} characters, at least {MIN_API_KEY_LENGTH} are needed "
-                         "(or use `corral keys create NAME`)")
-    log.warning("CORRAL_API_KEY has only %d characters (at least %d are needed beyond "
-                "loopback)", len(key), MIN_API_KEY_LENGTH)
+        raise UsageError(
+            f"refusing to listen on {settings.host}: CORRAL_API_KEY has "
+            f"{len(key)} characters, at least {MIN_API_KEY_LENGTH} are needed "
+            "(or use `corral keys create NAME`)"
+        )
+    log.warning(
+        "CORRAL_API_KEY has only %d characters (at least %d are needed beyond loopback)",
+        len(key),
+        MIN_API_KEY_LENGTH,
+    )
 
 
 def serve(settings: Settings) -> None:
@@ -93,16 +98,22 @@ def serve(settings: Settings) -> None:
     private_umask()  # see corral.settings, "File modes"
     check_api_key(settings)
     if not is_loopback(settings.host) and not settings.api_key and not _keys_exist(settings):
-        raise UsageError(f"refusing to listen on {settings.host} without an API key: "
-                         "run `corral keys create NAME` (or set CORRAL_API_KEY)")
+        raise UsageError(
+            f"refusing to listen on {settings.host} without an API key: "
+            "run `corral keys create NAME` (or set CORRAL_API_KEY)"
+        )
     lock = acquire_lock(settings)
     from corral.supervisor.process import ProcessOps
 
     if not ProcessOps().port_free(settings.host, settings.port):
         lock.close()
-        raise Conflict(f"cannot listen on {settings.host}:{settings.port}: the port is in use "
-                       "(set CORRAL_PORT or --port)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        raise Conflict(
+            f"cannot listen on {settings.host}:{settings.port}: the port is in use "
+            "(set CORRAL_PORT or --port)"
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per Hub request
     try:
         store = Store(settings.db_path)  # a broken store stops the start here, in one line
@@ -117,15 +128,24 @@ def serve(settings: Settings) -> None:
         store.close()
     app = create_app(settings)
     # proxy_headers off: nothing sits in front of the daemon whose X-Forwarded-* to trust
-    config = uvicorn.Config(front(app, settings), proxy_headers=False, host=settings.host,
-                            port=settings.port, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=3)
+    config = uvicorn.Config(
+        front(app, settings),
+        proxy_headers=False,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+    )
     server = uvicorn.Server(config)
     app.state.server = server
     bound = bind_url(settings.host, settings.port)
     local = "" if bound == settings.daemon_url else f", local clients use {settings.daemon_url}"
-    print(f"corral: daemon listening on {bound} (home {settings.home}{local})",
-          file=sys.stderr, flush=True)
+    print(
+        f"corral: daemon listening on {bound} (home {settings.home}{local})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         server.run()
     finally:

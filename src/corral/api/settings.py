@@ -61,17 +61,23 @@ def _seconds(help: str, *, zero_ok: bool = False) -> Knob:
 
 
 KNOBS: dict[str, Knob] = {
-    "idle_ttl": _seconds("seconds an instance may sit unused before it is stopped; 0 = never",
-                         zero_ok=True),
-    "router_max_instances": Knob("router-started instances running at once (LRU beyond); "
-                                 "0 = no cap", low=0, high=1000),
-    "router_memory_budget": Knob("bytes of host RAM router-started instances may hold "
-                                 "(planned host bytes, else file size); 0 = no budget",
-                                 low=0, high=2**60),
+    "idle_ttl": _seconds(
+        "seconds an instance may sit unused before it is stopped; 0 = never", zero_ok=True
+    ),
+    "router_max_instances": Knob(
+        "router-started instances running at once (LRU beyond); 0 = no cap", low=0, high=1000
+    ),
+    "router_memory_budget": Knob(
+        "bytes of host RAM router-started instances may hold "
+        "(planned host bytes, else file size); 0 = no budget",
+        low=0,
+        high=2**60,
+    ),
     "fit_devices": Knob("devices the planner assumes (12GiB,8GiB / none); empty = detect"),
     "fit_margin_mib": Knob("MiB the planner keeps free on every device", low=0, high=2**20),
-    "router_queue_limit": Knob("requests that may wait for one loading model; more get 503",
-                               low=1, high=1_000_000),
+    "router_queue_limit": Knob(
+        "requests that may wait for one loading model; more get 503", low=1, high=1_000_000
+    ),
     "router_queue_timeout": _seconds("seconds a request waits for its model to load, then 503"),
     "port_range": Knob("ports instances are given, e.g. 8081-8999"),
     "probe_interval": _seconds("seconds between two health probes of a ready instance"),
@@ -81,19 +87,17 @@ KNOBS: dict[str, Knob] = {
     "stop_timeout": _seconds("seconds between SIGTERM and SIGKILL when stopping", zero_ok=True),
     "backoff_initial": _seconds("first restart delay after a crash, in seconds"),
     "backoff_max": _seconds("longest restart delay, in seconds"),
-    "crash_limit": Knob("crashes within crash_window that mark an instance failed",
-                        low=1, high=1000),
+    "crash_limit": Knob(
+        "crashes within crash_window that mark an instance failed", low=1, high=1000
+    ),
     "crash_window": _seconds("seconds over which crashes are counted"),
     "log_max_bytes": Knob("size at which an instance log is rotated", low=1024, high=2**40),
     "log_backups": Knob("rotated instance logs kept", low=0, high=100),
     "hf_endpoint": Knob("HuggingFace Hub (or mirror) URL used for search and pulls"),
     "releases_url": Knob("llama.cpp releases API URL used by update"),
-    "llama_server": Knob("llama-server binary used when no build is registered",
-                         editable=False),
-    "api_key": Knob("bearer key the API requires", editable=False, secret=True,
-                    applies="restart"),
-    "hf_token": Knob("HuggingFace token for gated and private repos", editable=False,
-                     secret=True),
+    "llama_server": Knob("llama-server binary used when no build is registered", editable=False),
+    "api_key": Knob("bearer key the API requires", editable=False, secret=True, applies="restart"),
+    "hf_token": Knob("HuggingFace token for gated and private repos", editable=False, secret=True),
 }
 URL_KEYS = ("hf_endpoint", "releases_url")
 _TYPES = {f.name: f.type for f in fields(Settings)}
@@ -101,8 +105,7 @@ _PYTYPES = {"int": int, "float": float, "str": str}
 
 
 def _default(name: str) -> Any:
-    return next(f.default for f in fields(Settings) if f.name == name
-                and f.default is not MISSING)
+    return next(f.default for f in fields(Settings) if f.name == name and f.default is not MISSING)
 
 
 def env_name(name: str) -> str:
@@ -115,6 +118,7 @@ def _from_env(name: str) -> bool:
 
 
 # -- reading ----------------------------------------------------------------------------
+
 
 def _config_text(path: Path) -> str:
     """The config file's text ("" when there is none) once it is known to parse."""
@@ -139,11 +143,17 @@ def describe(settings: Settings) -> dict:
     for name, knob in KNOBS.items():
         source = "env" if _from_env(name) else "config" if name in config else "default"
         value = getattr(settings, name)
-        entry = {"value": None if knob.secret else value,
-                 "default": None if knob.secret else _default(name),
-                 "source": source, "env": env_name(name), "type": _TYPES[name],
-                 "editable": knob.editable, "applies": knob.applies, "secret": knob.secret,
-                 "help": knob.help}
+        entry = {
+            "value": None if knob.secret else value,
+            "default": None if knob.secret else _default(name),
+            "source": source,
+            "env": env_name(name),
+            "type": _TYPES[name],
+            "editable": knob.editable,
+            "applies": knob.applies,
+            "secret": knob.secret,
+            "help": knob.help,
+        }
         if knob.secret:
             entry["set"] = bool(value)
         bounds = (("min", knob.low), ("max", knob.high), ("min_exclusive", knob.above))
@@ -153,6 +163,7 @@ def describe(settings: Settings) -> dict:
 
 
 # -- validation -------------------------------------------------------------------------
+
 
 def validate(changes: dict[str, Any], current: Settings) -> dict[str, Any]:
     """``changes`` checked and coerced to their Python types (None = back to default)."""
@@ -187,8 +198,9 @@ def _check(name: str, raw: Any, knob: Knob) -> Any:
             raise UsageError(f"setting {name} must be a string, got {_short(raw)}")
         value = raw.strip()
         if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
-            raise UsageError(f"setting {name} must not contain control characters or lone "
-                             "surrogates")
+            raise UsageError(
+                f"setting {name} must not contain control characters or lone surrogates"
+            )
         _check_text(name, value)
         return value
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):  # JSON numbers only
@@ -209,7 +221,7 @@ def _check(name: str, raw: Any, knob: Knob) -> Any:
 
 def _check_text(name: str, value: str) -> None:
     if name == "port_range":
-        Settings(port_range=value).ports  # raises the usual one-line UsageError
+        _ = Settings(port_range=value).ports  # raises the usual one-line UsageError
     elif name in URL_KEYS:
         try:
             parts = urlsplit(value)
@@ -228,8 +240,15 @@ def _short(value: Any, limit: int = 80) -> str:
 
 # -- TOML writing -----------------------------------------------------------------------
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
-            "\r": "\\r"}
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
 
 
 def toml_value(value: Any) -> str:
@@ -319,6 +338,7 @@ def write_config(path: Path, changes: dict[str, Any]) -> None:
 
 # -- routes -----------------------------------------------------------------------------
 
+
 def put_schema() -> dict:
     """The PUT body as JSON Schema, for /openapi.json (the checks above are the real ones)."""
     props = {}
@@ -343,10 +363,14 @@ async def get_settings(d: Daemon = Depends(get_daemon)) -> dict:
     return describe(d.settings)
 
 
-@router.put("/api/v1/settings", openapi_extra={
-    "requestBody": {"content": {"application/json": {"schema": put_schema()}}}})
-async def put_settings(changes: dict[str, Any] = Body(..., examples=[{"idle_ttl": 600}]),
-                       d: Daemon = Depends(get_daemon)) -> dict:
+@router.put(
+    "/api/v1/settings",
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": put_schema()}}}},
+)
+async def put_settings(
+    changes: dict[str, Any] = Body(..., examples=[{"idle_ttl": 600}]),
+    d: Daemon = Depends(get_daemon),
+) -> dict:
     """Write settings to config.toml and apply them; ``null`` restores a default."""
     checked = validate(changes, d.settings)
     if checked:
@@ -358,6 +382,10 @@ async def put_settings(changes: dict[str, Any] = Body(..., examples=[{"idle_ttl"
             continue
         setattr(d.settings, name, _default(name) if value is None else value)
         applied.append(name)
-    return {**describe(d.settings), "updated": sorted(checked), "applied": sorted(applied),
-            "overridden": overridden,
-            "restart_required": sorted(k for k in applied if KNOBS[k].applies == "restart")}
+    return {
+        **describe(d.settings),
+        "updated": sorted(checked),
+        "applied": sorted(applied),
+        "overridden": overridden,
+        "restart_required": sorted(k for k in applied if KNOBS[k].applies == "restart"),
+    }

@@ -6,7 +6,6 @@ import asyncio
 import os
 
 import psutil
-
 from fastapi import APIRouter, Depends
 
 from corral.api.deps import Daemon, get_daemon

@@ -24,8 +24,10 @@ from corral.errors import NotFound
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 #: Served suffixes and their types (explicit: the OS mime table may lack or mislabel them,
 #: and ES modules need a JavaScript type).
@@ -38,8 +40,11 @@ CONTENT_TYPES = {
     ".ico": "image/x-icon",
 }
 
-_COMMON = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-           "Referrer-Policy": "no-referrer"}
+_COMMON = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _file(path: Path) -> FileResponse:

@@ -25,11 +25,11 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
-import uuid
 import stat
 import tarfile
 import tempfile
 import unicodedata
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -114,7 +114,7 @@ def _check_symlink_target(name: str, target: str) -> None:
     if target.startswith("/") or (len(target) >= 2 and target[1] == ":" and target[0].isalpha()):
         raise UnsafeArchive(f"symlink {name!r} -> {target!r}: absolute target")
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-    if resolved == ".." or resolved.startswith("../") or resolved.startswith("/"):
+    if resolved == ".." or resolved.startswith(("../", "/")):
         raise UnsafeArchive(f"symlink {name!r} -> {target!r}: points outside the archive")
 
 

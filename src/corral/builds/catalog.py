@@ -278,8 +278,9 @@ class FlagCatalog:
             # A NUL cannot cross execve (Popen raises ValueError): refuse it here, before
             # anything is recorded, rather than at spawn.
             if not isinstance(token, str) or "\0" in token:
-                raise FlagValueError(f"flag arguments must be text without NUL bytes, "
-                                     f"got {str(token)[:40]!r}")
+                raise FlagValueError(
+                    f"flag arguments must be text without NUL bytes, got {str(token)[:40]!r}"
+                )
         while i < len(tokens):
             token = tokens[i]
             if not _is_flag_token(token):
@@ -447,7 +448,7 @@ def _split_names(spec: str) -> tuple[tuple[str, ...], str | None]:
 
 
 def _looks_negated(name: str) -> bool:
-    return name.startswith("--no-") or name.startswith("-no")
+    return name.startswith(("--no-", "-no"))
 
 
 def _split_negations(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -59,11 +59,13 @@ class UpdateRequest:
     def describe(self) -> str:
         what = self.version or self.source or "newest"
         return f"--from {self.from_} --backend {self.backend} ({what})" + (
-            " --force" if self.force else "")
+            " --force" if self.force else ""
+        )
 
 
-def make_request(from_: str, backend: str, version: str | None, source: str | None,
-                 force: bool) -> UpdateRequest:
+def make_request(
+    from_: str, backend: str, version: str | None, source: str | None, force: bool
+) -> UpdateRequest:
     """Validate before any job exists; drop the options the chosen source ignores."""
     from corral.builds.update import BACKENDS, SOURCES
 
@@ -80,9 +82,13 @@ def make_request(from_: str, backend: str, version: str | None, source: str | No
             raise UsageError(f"{version[:60]!r} is not a release tag (like b6000)")
     if source is not None and "\0" in source:
         raise UsageError("a source may not hold a NUL byte")
-    return UpdateRequest(from_=from_, backend=backend,
-                         version=(version or None) if from_ == "release" else None,
-                         source=source if from_ == "source" else None, force=bool(force))
+    return UpdateRequest(
+        from_=from_,
+        backend=backend,
+        version=(version or None) if from_ == "release" else None,
+        source=source if from_ == "source" else None,
+        force=bool(force),
+    )
 
 
 @dataclass
@@ -106,13 +112,26 @@ class BuildJob:
 
     def view(self) -> dict:
         r = self.request
-        return {"id": self.id, "state": self.state, "from": r.from_, "backend": r.backend,
-                "version": r.version, "source": r.source, "force": r.force,
-                "phase": self.phase, "message": self.message, "log": list(self.log),
-                "progress": self.progress, "build": self.build, "error": self.error,
-                "error_code": self.error_code, "cancel_requested": self.cancel.is_set(),
-                "created_at": self.created_at, "started_at": self.started_at,
-                "ended_at": self.ended_at}
+        return {
+            "id": self.id,
+            "state": self.state,
+            "from": r.from_,
+            "backend": r.backend,
+            "version": r.version,
+            "source": r.source,
+            "force": r.force,
+            "phase": self.phase,
+            "message": self.message,
+            "log": list(self.log),
+            "progress": self.progress,
+            "build": self.build,
+            "error": self.error,
+            "error_code": self.error_code,
+            "cancel_requested": self.cancel.is_set(),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
 
 
 def progress_of(args: tuple) -> tuple[str, dict | None]:
@@ -124,8 +143,7 @@ def progress_of(args: tuple) -> tuple[str, dict | None]:
     if len(args) >= 2 and isinstance(args[1], str):
         m = _NINJA.match(args[1])
         if m and int(m.group(2)):
-            return "building", {"done": int(m.group(1)), "total": int(m.group(2)),
-                                "unit": "steps"}
+            return "building", {"done": int(m.group(1)), "total": int(m.group(2)), "unit": "steps"}
         if isinstance(args[0], int):
             return "building", {"done": args[0], "total": 100, "unit": "percent"}
         return "building", None
@@ -144,8 +162,9 @@ def one_line(text: str, limit: int = 500) -> str:
 class BuildJobs:
     """Runs build installs in the daemon and publishes their progress on ``events``."""
 
-    def __init__(self, settings: Settings, store: Store,
-                 runner: Callable[..., object] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, runner: Callable[..., object] | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.events = Broadcaster()
@@ -168,17 +187,24 @@ class BuildJobs:
     def active(self) -> BuildJob | None:
         return next((j for j in self.jobs.values() if j.state in ACTIVE), None)
 
-    async def start(self, from_: str = "release", backend: str = "auto",
-                    version: str | None = None, source: str | None = None,
-                    force: bool = False) -> BuildJob:
+    async def start(
+        self,
+        from_: str = "release",
+        backend: str = "auto",
+        version: str | None = None,
+        source: str | None = None,
+        force: bool = False,
+    ) -> BuildJob:
         """Start an update; the identical one already running is returned instead."""
         request = make_request(from_, backend, version, source, force)
         running = self.active()
         if running is not None:
             if running.request == request:
                 return running
-            raise Conflict(f"build job {running.id} ({running.request.describe()}) is running; "
-                           "wait for it or cancel it first")
+            raise Conflict(
+                f"build job {running.id} ({running.request.describe()}) is running; "
+                "wait for it or cancel it first"
+            )
         self._loop = asyncio.get_running_loop()
         job = BuildJob(id=uuid.uuid4().hex[:12], request=request)
         self.jobs[job.id] = job
@@ -221,10 +247,17 @@ class BuildJobs:
         try:
             if job.cancel.is_set():
                 raise Cancelled("build cancelled")
-            rec = self._update()(self.settings, self.store, backend=r.backend, from_=r.from_,
-                                 version=r.version, source=r.source, force=r.force,
-                                 say=lambda msg: self._say(job, msg),
-                                 progress=lambda *args: self._progress(job, args))
+            rec = self._update()(
+                self.settings,
+                self.store,
+                backend=r.backend,
+                from_=r.from_,
+                version=r.version,
+                source=r.source,
+                force=r.force,
+                say=lambda msg: self._say(job, msg),
+                progress=lambda *args: self._progress(job, args),
+            )
             job.build, job.state = rec.to_dict(), "done"
         except Cancelled:
             job.state, job.error, job.error_code = "cancelled", "build cancelled", Cancelled.code

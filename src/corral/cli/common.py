@@ -47,15 +47,16 @@ def ago(ts: float | None) -> str:
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip()]
     for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
     return "\n".join(lines)
 
 
-def split_own_options(args, valued: set[str], switches: set[str],
-                      repeated: set[str] = frozenset()) -> tuple[dict, list[str]]:
+def split_own_options(
+    args, valued: set[str], switches: set[str], repeated: set[str] = frozenset()
+) -> tuple[dict, list[str]]:
     """corral's own options out of the tokens after MODEL; the rest are llama flags.
 
     ``--opt V`` and ``--opt=V`` for ``valued``; options in ``repeated`` collect a list.
@@ -81,4 +82,3 @@ def split_own_options(args, valued: set[str], switches: set[str],
         else:
             llama.append(token)
     return own, llama
-

@@ -11,7 +11,12 @@ from corral.cli.common import settings
 
 
 @click.command()
-@click.option("--host", default=None, help="Address to bind (default 127.0.0.1; others need an API key: corral keys create, or CORRAL_API_KEY).")
+@click.option(
+    "--host",
+    default=None,
+    help="Address to bind (default 127.0.0.1; others need an API key: "
+    "corral keys create, or CORRAL_API_KEY).",
+)
 @click.option("--port", type=int, default=None, help="Port of the daemon (default 9380).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the daemon (REST API, supervisor) in the foreground.
@@ -37,8 +42,12 @@ def down() -> None:
     client = Client(s)
     health = _health(client)
     if health is not None:
-        result = client.request("POST", "/api/v1/shutdown", {"stop_instances": True},
-                                timeout=max(60.0, s.stop_timeout * 3))
+        result = client.request(
+            "POST",
+            "/api/v1/shutdown",
+            {"stop_instances": True},
+            timeout=max(60.0, s.stop_timeout * 3),
+        )
         for name in result.get("stopped_instances", []):
             click.echo(f"stopped {name}")
         pid = health.get("pid")

@@ -59,8 +59,16 @@ def _resolve(store, text: str) -> tuple[str, str | None]:
     return str(check_model_file(rec.path)), rec.mmproj
 
 
-def plan_local(model: str, flags: list[str], *, devices: str | None, margin_mib: float | None,
-               binary: str | None = None, build: int | None = None, probe=None):
+def plan_local(
+    model: str,
+    flags: list[str],
+    *,
+    devices: str | None,
+    margin_mib: float | None,
+    binary: str | None = None,
+    build: int | None = None,
+    probe=None,
+):
     """(plan, devices) for ``corral fit``: store, catalog and planner, no daemon."""
     from corral import presets
     from corral.fit.devices import MiB
@@ -72,8 +80,7 @@ def plan_local(model: str, flags: list[str], *, devices: str | None, margin_mib:
     store = Store(s.db_path)
     try:
         local = _Local(s, store)
-        spec = presets.compose_sync(local, model=model, flags=flags, binary=binary,
-                                    build_id=build)
+        spec = presets.compose_sync(local, model=model, flags=flags, binary=binary, build_id=build)
         catalog = local.catalog(spec.binary, spec.build_id)
         path, mmproj = _resolve(store, spec.model)
     finally:
@@ -94,28 +101,49 @@ def render(plan) -> str:
     rows = []
     for d in plan.devices:
         over = "  OVER" if d.over_bytes else ""
-        rows.append([printable(f"{d.device.id} {d.device.name}"), str(d.layers),
-                     _gib(d.weights_bytes), _gib(d.kv_bytes), _gib(d.compute_bytes),
-                     f"{_gib(d.used_bytes)} / {_gib(d.device.free_bytes)}{over}"])
+        rows.append(
+            [
+                printable(f"{d.device.id} {d.device.name}"),
+                str(d.layers),
+                _gib(d.weights_bytes),
+                _gib(d.kv_bytes),
+                _gib(d.compute_bytes),
+                f"{_gib(d.used_bytes)} / {_gib(d.device.free_bytes)}{over}",
+            ]
+        )
     out = [table(rows, ["DEVICE", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "USED/FREE"]), ""]
     head = "fits" if plan.fits else "does not fit"
-    out.append(f"{head}: context {plan.context}, KV cache {plan.cache_type_k}/"
-               f"{plan.cache_type_v}")
+    out.append(f"{head}: context {plan.context}, KV cache {plan.cache_type_k}/{plan.cache_type_v}")
     out.append("flags: " + printable(" ".join(shlex.quote(f) for f in plan.flags)))
     if plan.env:
-        out.append("or select the GPUs with: " + " ".join(f"{k}={v}" for k, v in plan.env.items())
-                   + " (instead of --device)")
+        out.append(
+            "or select the GPUs with: "
+            + " ".join(f"{k}={v}" for k, v in plan.env.items())
+            + " (instead of --device)"
+        )
     out += [f"  - {printable(n)}" for n in plan.notes]
     return "\n".join(out)
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
-                                 "help_option_names": ["--help"]})
-@click.option("--devices", metavar="SPEC",
-              help="Simulate devices: 12GiB,8GiB | 4x8GiB | none (CPU only); "
-                   "host=64GiB sets the RAM. Default: the GPUs detected now.")
-@click.option("--margin", type=float, metavar="MiB",
-              help="Memory kept free on each device (default 1024, or --fit-target).")
+@click.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": ["--help"],
+    }
+)
+@click.option(
+    "--devices",
+    metavar="SPEC",
+    help="Simulate devices: 12GiB,8GiB | 4x8GiB | none (CPU only); "
+    "host=64GiB sets the RAM. Default: the GPUs detected now.",
+)
+@click.option(
+    "--margin",
+    type=float,
+    metavar="MiB",
+    help="Memory kept free on each device (default 1024, or --fit-target).",
+)
 @click.option("--binary", help="llama-server whose flags to validate against.")
 @click.option("--build", type=int, help="Registered build id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
@@ -149,8 +177,14 @@ def fit(devices, margin, binary, build, as_json, model, llama_flags) -> None:
         raise UsageError("--margin is MiB from 0 up")
     if model.startswith("-"):
         raise UsageError("give MODEL first (a GGUF path or a model of the index)")
-    plan, _ = plan_local(local_model(model) or model, flags, devices=devices, margin_mib=margin,
-                         binary=binary, build=build)
+    plan, _ = plan_local(
+        local_model(model) or model,
+        flags,
+        devices=devices,
+        margin_mib=margin,
+        binary=binary,
+        build=build,
+    )
     if as_json:
         print_json(plan.view())
     else:

@@ -43,11 +43,18 @@ class _Progress:
             return
         total, done = ev.get("total") or 0, ev.get("done") or 0
         pct = 100.0 * done / total if total else 0.0
-        current = next((f"  {name.rsplit('/', 1)[-1]} {human(st['done'])}/{human(st['total'])}"
-                        for name, st in (ev.get("files") or {}).items()
-                        if st.get("total") and st["done"] < st["total"]), "")
-        line = (f"{ev['ref']}  {pct:5.1f}%  {human(done)}/{human(total)}  "
-                f"{human(ev.get('speed') or 0)}/s  ETA {_eta(ev.get('eta'))}{current}")
+        current = next(
+            (
+                f"  {name.rsplit('/', 1)[-1]} {human(st['done'])}/{human(st['total'])}"
+                for name, st in (ev.get("files") or {}).items()
+                if st.get("total") and st["done"] < st["total"]
+            ),
+            "",
+        )
+        line = (
+            f"{ev['ref']}  {pct:5.1f}%  {human(done)}/{human(total)}  "
+            f"{human(ev.get('speed') or 0)}/s  ETA {_eta(ev.get('eta'))}{current}"
+        )
         if self.tty:
             width = 24
             fill = int(width * pct / 100)
@@ -119,10 +126,14 @@ def search(text: str, limit: int, as_json: bool) -> None:
     if as_json:
         print_json(found)
         return
-    rows = [[m["id"], m.get("downloads") or 0, m.get("likes") or 0, (m.get("updated") or "")[:10]]
-            for m in found]
+    rows = [
+        [m["id"], m.get("downloads") or 0, m.get("likes") or 0, (m.get("updated") or "")[:10]]
+        for m in found
+    ]
     rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
-    click.echo(table(rows, ["REPO", "DOWNLOADS", "LIKES", "UPDATED"]) if rows else "no GGUF repos found")
+    click.echo(
+        table(rows, ["REPO", "DOWNLOADS", "LIKES", "UPDATED"]) if rows else "no GGUF repos found"
+    )
 
 
 @click.command()
@@ -140,7 +151,9 @@ def quants(repo: str, as_json: bool) -> None:
         return
     rows = [[g.quant, human(g.total_size), len(g.files), g.files[0].path] for g in groups]
     rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
-    click.echo(table(rows, ["QUANT", "SIZE", "PARTS", "FILE"]) if rows else f"{ref.repo} has no GGUF files")
+    click.echo(
+        table(rows, ["QUANT", "SIZE", "PARTS", "FILE"]) if rows else f"{ref.repo} has no GGUF files"
+    )
 
 
 COMMANDS = [pull, search, quants]

@@ -11,8 +11,17 @@ from corral.cli.terminal import printable
 from corral.errors import NotFound, UsageError
 
 # corral's own options of `run`, also recognised after MODEL (llama flags come there too).
-RUN_VALUED = {"--name", "--port", "--restart", "--binary", "--build", "--timeout", "--preset",
-              "--env", "--idle-ttl"}
+RUN_VALUED = {
+    "--name",
+    "--port",
+    "--restart",
+    "--binary",
+    "--build",
+    "--timeout",
+    "--preset",
+    "--env",
+    "--idle-ttl",
+}
 RUN_REPEATED = {"--env"}
 RUN_SWITCHES = {"--detach", "--json", "--pin", "--no-fit"}
 
@@ -54,29 +63,64 @@ def _number(own: dict, key: str, kind: type, default):
         raise UsageError(f"{key} needs a number, got {own[key]!r}")
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
-                                 "help_option_names": ["--help"]})
+@click.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": ["--help"],
+    }
+)
 @click.option("--name", help="Instance name (default: from the model file name).")
 @click.option("--port", type=int, help="Port for llama-server (default: first free in 8081-8999).")
-@click.option("--restart", "restart", type=click.Choice(["always", "on-failure", "never"]),
-              default=None, help="Restart policy (default: the preset's, else on-failure).")
+@click.option(
+    "--restart",
+    "restart",
+    type=click.Choice(["always", "on-failure", "never"]),
+    default=None,
+    help="Restart policy (default: the preset's, else on-failure).",
+)
 @click.option("--binary", help="llama-server binary to run.")
 @click.option("--build", type=int, help="Registered build id to run.")
 @click.option("--preset", help="Start from this preset (corral preset ls).")
-@click.option("--env", "env", multiple=True, metavar="K=V",
-              help="Environment variable for llama-server (repeatable).")
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="K=V",
+    help="Environment variable for llama-server (repeatable).",
+)
 @click.option("--pin", is_flag=True, default=None, help="Never stop it when idle nor evict it.")
-@click.option("--idle-ttl", type=float, metavar="SECONDS",
-              help="Stop after this long unused (0 = never).")
+@click.option(
+    "--idle-ttl", type=float, metavar="SECONDS", help="Stop after this long unused (0 = never)."
+)
 @click.option("--detach", is_flag=True, help="Return once spawned, without waiting for ready.")
 @click.option("--timeout", type=float, help="Seconds to wait for ready (default: load_timeout).")
-@click.option("--no-fit", "no_fit", is_flag=True,
-              help="Launch exactly the flags given: no memory plan, nothing added.")
+@click.option(
+    "--no-fit",
+    "no_fit",
+    is_flag=True,
+    help="Launch exactly the flags given: no memory plan, nothing added.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the instance as JSON.")
 @click.argument("model", required=False)
 @click.argument("llama_flags", nargs=-1, type=click.UNPROCESSED)
-def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, timeout, no_fit,
-        as_json, model, llama_flags) -> None:
+def run(
+    name,
+    port,
+    restart,
+    binary,
+    build,
+    preset,
+    env,
+    pin,
+    idle_ttl,
+    detach,
+    timeout,
+    no_fit,
+    as_json,
+    model,
+    llama_flags,
+) -> None:
     """Launch llama-server on MODEL with any llama-server flags.
 
     MODEL is a GGUF path, or a model of the index (`corral ls`): its id, short name,
@@ -125,11 +169,22 @@ def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, 
     from pathlib import Path
 
     client = ensure_daemon(settings())
-    body = {"model": local_model(model), "preset": preset, "flags": flags, "name": name,
-            "port": port, "restart": restart, "env": env_pairs([*env, *own.get("--env", [])]),
-            "pinned": pin, "idle_ttl": idle_ttl,
-            "binary": str(Path(binary).expanduser().resolve()) if binary else None,
-            "build": build, "wait": not detach, "timeout": timeout, "fit": not no_fit}
+    body = {
+        "model": local_model(model),
+        "preset": preset,
+        "flags": flags,
+        "name": name,
+        "port": port,
+        "restart": restart,
+        "env": env_pairs([*env, *own.get("--env", [])]),
+        "pinned": pin,
+        "idle_ttl": idle_ttl,
+        "binary": str(Path(binary).expanduser().resolve()) if binary else None,
+        "build": build,
+        "wait": not detach,
+        "timeout": timeout,
+        "fit": not no_fit,
+    }
     inst = client.request("POST", "/api/v1/instances", body, timeout=None)
     if as_json:
         print_json(inst)
@@ -142,6 +197,7 @@ def run(name, port, restart, binary, build, preset, env, pin, idle_ttl, detach, 
 
 
 # --------------------------------------------------------------------------- placement
+
 
 def _gib(n) -> str:
     return f"{n / 2**30:.1f}G"
@@ -178,8 +234,8 @@ def _instances() -> list[dict]:
     try:
         return client.request("GET", "/api/v1/instances", timeout=5)
     except (ConnectionRefusedError, OSError):
-        from corral.supervisor.offline import offline_records
         from corral.store.instances import view
+        from corral.supervisor.offline import offline_records
 
         return [view(r) for r in offline_records(s)]
 
@@ -194,18 +250,41 @@ def ps(as_json: bool) -> None:
     ``placement`` (and ``placement.real``: what llama-server reported once loaded)."""
     items = _instances()
     if as_json:
-        keys = ("name", "state", "pid", "port", "url", "model", "build", "version", "flags",
-                "restarts", "started_at", "ready_at", "restart_policy", "last_error",
-                "placement")
+        keys = (
+            "name",
+            "state",
+            "pid",
+            "port",
+            "url",
+            "model",
+            "build",
+            "version",
+            "flags",
+            "restarts",
+            "started_at",
+            "ready_at",
+            "restart_policy",
+            "last_error",
+            "placement",
+        )
         print_json([{k: i.get(k) for k in keys} for i in items])
         return
     if not items:
         click.echo("no instances (start one with: corral run MODEL.gguf)", err=True)
         return
-    rows = [[i["name"], i["state"], i["pid"] or "-", i["port"],
-             printable(i["model"].rsplit("/", 1)[-1]),  # a file name: anyone's text
-             devices_cell(i.get("placement")),
-             i["restarts"], ago(i["ready_at"] if i["state"] == "ready" else None)] for i in items]
+    rows = [
+        [
+            i["name"],
+            i["state"],
+            i["pid"] or "-",
+            i["port"],
+            printable(i["model"].rsplit("/", 1)[-1]),  # a file name: anyone's text
+            devices_cell(i.get("placement")),
+            i["restarts"],
+            ago(i["ready_at"] if i["state"] == "ready" else None),
+        ]
+        for i in items
+    ]
     click.echo(table(rows, ["NAME", "STATE", "PID", "PORT", "MODEL", "DEVICES", "RESTARTS", "UP"]))
 
 
@@ -230,8 +309,12 @@ def stop(targets: tuple[str, ...], all_: bool) -> None:
 
 def _control(action: str, name: str, detach: bool) -> None:
     client = ensure_daemon(settings())
-    inst = client.request("POST", f"/api/v1/instances/{name}/{action}",
-                          params={"wait": "false" if detach else "true"}, timeout=None)
+    inst = client.request(
+        "POST",
+        f"/api/v1/instances/{name}/{action}",
+        params={"wait": "false" if detach else "true"},
+        timeout=None,
+    )
     click.echo(f"{inst['name']}  {inst['state']}  port {inst['port']}  {inst['url']}")
 
 

@@ -45,8 +45,13 @@ def _store():
 
 @keys.command("create")
 @click.argument("name")
-@click.option("--scope", type=click.Choice(["admin", "inference"]), default="admin",
-              show_default=True, help="admin: the whole API; inference: only /v1/*.")
+@click.option(
+    "--scope",
+    type=click.Choice(["admin", "inference"]),
+    default="admin",
+    show_default=True,
+    help="admin: the whole API; inference: only /v1/*.",
+)
 def create(name: str, scope: str) -> None:
     """Create a key; print its secret, shown this once.
 
@@ -57,8 +62,11 @@ def create(name: str, scope: str) -> None:
     with _store() as store:
         key, secret = library.create_key(store, name, scope)
     click.echo(secret)
-    click.echo(f"created {key.id} ({key.scope}) {key.name!r}: store the secret now, "
-               "it cannot be shown again", err=True)
+    click.echo(
+        f"created {key.id} ({key.scope}) {key.name!r}: store the secret now, "
+        "it cannot be shown again",
+        err=True,
+    )
 
 
 @keys.command("ls")
@@ -75,8 +83,17 @@ def ls(as_json: bool) -> None:
     if not found:
         click.echo("no API keys (corral keys create NAME)", err=True)
         return
-    rows = [[k.id, k.name, k.scope, ago(k.created_at), ago(k.last_used_at),
-             "revoked " + ago(k.revoked_at) if k.revoked_at else "active"] for k in found]
+    rows = [
+        [
+            k.id,
+            k.name,
+            k.scope,
+            ago(k.created_at),
+            ago(k.last_used_at),
+            "revoked " + ago(k.revoked_at) if k.revoked_at else "active",
+        ]
+        for k in found
+    ]
     click.echo(table(rows, ["ID", "NAME", "SCOPE", "CREATED", "LAST USED", "STATUS"]))
 
 

@@ -62,9 +62,20 @@ def ls(as_json: bool) -> None:
     if not views:
         click.echo("no models (corral import PATH, or corral pull REPO)", err=True)
         return
-    rows = [[printable(c) for c in (v["name"], v["quantization"] or "-", _params(v),
-                                    v["architecture"] or "-", human_size(v["size"]),
-                                    v["source"])] for v in views]
+    rows = [
+        [
+            printable(c)
+            for c in (
+                v["name"],
+                v["quantization"] or "-",
+                _params(v),
+                v["architecture"] or "-",
+                human_size(v["size"]),
+                v["source"],
+            )
+        ]
+        for v in views
+    ]
     click.echo(table(rows, ["NAME", "QUANT", "PARAMS", "ARCH", "SIZE", "SOURCE"]))
 
 
@@ -90,8 +101,10 @@ def show(model: str, as_json: bool) -> None:
     lines = [("name", view["name"]), ("id", view["id"])]
     if view["aliases"]:
         lines.append(("aliases", ", ".join(view["aliases"])))
-    lines += [("source", view["source"] + (" (files owned by corral)" if view["owned"] else "")),
-              ("size", f"{human_size(view['size'])} ({view['size']} bytes)")]
+    lines += [
+        ("source", view["source"] + (" (files owned by corral)" if view["owned"] else "")),
+        ("size", f"{human_size(view['size'])} ({view['size']} bytes)"),
+    ]
     for key in ("repo", "revision", "filename"):
         if view[key]:
             lines.append((key, view[key]))
@@ -114,8 +127,9 @@ def show(model: str, as_json: bool) -> None:
 @click.command("rm")
 @click.argument("models", nargs=-1, required=True)
 @click.option("--keep-files", is_flag=True, help="Forget the model but keep downloaded files.")
-@click.option("--force", is_flag=True,
-              help="Delete the files even while a running instance uses them.")
+@click.option(
+    "--force", is_flag=True, help="Delete the files even while a running instance uses them."
+)
 def rm(models: tuple[str, ...], keep_files: bool, force: bool) -> None:
     """Remove models from the index.
 
@@ -130,8 +144,9 @@ def rm(models: tuple[str, ...], keep_files: bool, force: bool) -> None:
     try:
         for model in models:
             try:
-                result = remove(store, model, delete_files=not keep_files,
-                                models_dir=s.models_dir, force=force)
+                result = remove(
+                    store, model, delete_files=not keep_files, models_dir=s.models_dir, force=force
+                )
             except Conflict as exc:
                 raise Conflict(f"{exc.message} (--keep-files or --force)") from None
             name = printable(result["model"]["name"])
@@ -142,8 +157,13 @@ def rm(models: tuple[str, ...], keep_files: bool, force: bool) -> None:
                 for p in result["kept"]:
                     click.echo(f"  kept {printable(p)} (used by another model)")
             else:
-                why = "imported files are never deleted" if not result["model"]["owned"] \
-                    else "--keep-files" if keep_files else "still used by another model"
+                why = (
+                    "imported files are never deleted"
+                    if not result["model"]["owned"]
+                    else "--keep-files"
+                    if keep_files
+                    else "still used by another model"
+                )
                 click.echo(f"removed {name}; files kept ({why})")
     finally:
         store.close()
@@ -178,8 +198,11 @@ def import_(path: str, name: str | None, as_json: bool) -> None:
         v = model_view(r)
         extra = f", {len(r.files)} parts" if len(r.files) > 1 else ""
         extra += ", +mmproj" if r.mmproj else ""
-        click.echo(printable(f"{r.name}  ({v['quantization'] or '?'}, {human_size(r.size)}{extra})  "
-                             f"{r.path}"))
+        click.echo(
+            printable(
+                f"{r.name}  ({v['quantization'] or '?'}, {human_size(r.size)}{extra})  {r.path}"
+            )
+        )
 
 
 COMMANDS = [ls, show, rm, import_]

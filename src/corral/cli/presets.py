@@ -13,14 +13,13 @@ from urllib.parse import quote
 import click
 
 from corral.cli.common import print_json, settings, table
-from corral.cli.terminal import printable
 from corral.cli.instances import env_pairs
+from corral.cli.terminal import printable
 from corral.errors import UsageError
 
 # corral's own options of `preset save`; the other tokens are llama-server flags.
 # After `--` every token is a llama-server flag (e.g. llama-server's own `-- --alias X`).
-SAVE_VALUED = {"--model", "--build", "--env", "--restart", "--idle-ttl", "--alias",
-               "--description"}
+SAVE_VALUED = {"--model", "--build", "--env", "--restart", "--idle-ttl", "--alias", "--description"}
 SAVE_REPEATED = {"--env", "--alias"}
 SAVE_SWITCHES = {"--pin"}
 RESTARTS = ("always", "on-failure", "never")
@@ -71,11 +70,19 @@ def _save_body(own: dict, flags: list[str]) -> dict:
     restart = own.get("--restart")
     if restart is not None and restart not in RESTARTS:
         raise UsageError(f"--restart must be always, on-failure or never, got {restart!r}")
-    body: dict = {"flags": flags, "env": env_pairs(own.get("--env", [])),
-                  "aliases": own.get("--alias", []), "pinned": bool(own.get("--pin")),
-                  "restart": restart, "description": own.get("--description", "")}
-    for key, field, kind in (("--model", "model", str), ("--build", "build", int),
-                             ("--idle-ttl", "idle_ttl", float)):
+    body: dict = {
+        "flags": flags,
+        "env": env_pairs(own.get("--env", [])),
+        "aliases": own.get("--alias", []),
+        "pinned": bool(own.get("--pin")),
+        "restart": restart,
+        "description": own.get("--description", ""),
+    }
+    for key, field, kind in (
+        ("--model", "model", str),
+        ("--build", "build", int),
+        ("--idle-ttl", "idle_ttl", float),
+    ):
         if key in own:
             try:
                 body[field] = kind(own[key])
@@ -94,9 +101,14 @@ def preset() -> None:
     """
 
 
-@preset.command("save", context_settings={"ignore_unknown_options": True,
-                                          "allow_interspersed_args": False,
-                                          "help_option_names": ["--help"]})
+@preset.command(
+    "save",
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": ["--help"],
+    },
+)
 @click.argument("name")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def save(name: str, args: tuple[str, ...]) -> None:
@@ -137,8 +149,16 @@ def ls(as_json: bool) -> None:
     if not items:
         click.echo("no presets (corral preset save NAME --model M FLAGS...)", err=True)
         return
-    rows = [[p["name"], p["model"] or "-", _short(" ".join(p["flags"])) or "-",
-             ",".join(p["aliases"]) or "-", _short(p["description"]) or "-"] for p in items]
+    rows = [
+        [
+            p["name"],
+            p["model"] or "-",
+            _short(" ".join(p["flags"])) or "-",
+            ",".join(p["aliases"]) or "-",
+            _short(p["description"]) or "-",
+        ]
+        for p in items
+    ]
     rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
     click.echo(table(rows, ["NAME", "MODEL", "FLAGS", "ALIASES", "DESCRIPTION"]))
 
@@ -172,13 +192,20 @@ def rm(names: tuple[str, ...]) -> None:
 
 @preset.command("export")
 @click.argument("names", nargs=-1)
-@click.option("--format", "fmt", type=click.Choice(["yaml", "ini"]), default="yaml",
-              show_default=True, help="ini: llama-server --models-preset format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "ini"]),
+    default="yaml",
+    show_default=True,
+    help="ini: llama-server --models-preset format.",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE.")
 def export(names: tuple[str, ...], fmt: str, output: str | None) -> None:
     """Write presets (all, or NAMES) as YAML or as a llama-server --models-preset INI."""
-    answer = _client().request("POST", "/api/v1/presets/export",
-                               {"names": list(names), "format": fmt})
+    answer = _client().request(
+        "POST", "/api/v1/presets/export", {"names": list(names), "format": fmt}
+    )
     _warn(answer["warnings"])
     if output:
         Path(output).write_text(answer["text"], encoding="utf-8")
@@ -189,15 +216,23 @@ def export(names: tuple[str, ...], fmt: str, output: str | None) -> None:
 
 @preset.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--format", "fmt", type=click.Choice(["yaml", "ini"]),
-              help="Default: from the extension (.ini -> ini), else yaml.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "ini"]),
+    help="Default: from the extension (.ini -> ini), else yaml.",
+)
 @click.option("--replace", is_flag=True, help="Overwrite presets that exist.")
 def import_(file: str, fmt: str | None, replace: bool) -> None:
     """Read presets from a YAML file or a llama-server --models-preset INI ('-' = stdin)."""
     text = sys.stdin.read() if file == "-" else _read(file)
     fmt = fmt or ("ini" if file.lower().endswith((".ini", ".cfg")) else "yaml")
-    answer = _client().request("POST", "/api/v1/presets/import",
-                               {"text": text, "format": fmt, "replace": replace}, timeout=None)
+    answer = _client().request(
+        "POST",
+        "/api/v1/presets/import",
+        {"text": text, "format": fmt, "replace": replace},
+        timeout=None,
+    )
     _warn(answer["warnings"])
     click.echo(f"imported {len(answer['imported'])} preset(s): {', '.join(answer['imported'])}")
 

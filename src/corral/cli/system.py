@@ -11,7 +11,7 @@ from corral.settings import load_settings
 
 
 def _gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1024 ** 3:.1f} GiB"
+    return "-" if n is None else f"{n / 1024**3:.1f} GiB"
 
 
 @click.command()
@@ -36,16 +36,27 @@ def gpus(as_json: bool) -> None:
         print_json(data)
         return
     if host.gpus:
-        rows = [[str(g.index), g.vendor, g.name, _gib(g.vram_total), _gib(g.vram_free),
-                 g.compute_capability or g.gfx_target or "-", g.driver_version or "-"]
-                for g in host.gpus]
+        rows = [
+            [
+                str(g.index),
+                g.vendor,
+                g.name,
+                _gib(g.vram_total),
+                _gib(g.vram_free),
+                g.compute_capability or g.gfx_target or "-",
+                g.driver_version or "-",
+            ]
+            for g in host.gpus
+        ]
         click.echo(table(rows, ["IDX", "VENDOR", "NAME", "VRAM", "FREE", "ARCH", "DRIVER"]))
     elif host.metal:
         click.echo(f"Apple Metal GPU (unified memory): {host.cpu_model} ({summary(host)})")
     else:
         click.echo(f"no GPU found: CPU-only host ({summary(host)})")
-    click.echo(f"CPU: {host.cpu_model}, {host.threads} threads"
-               + ("; Vulkan loader present" if host.vulkan else ""))
+    click.echo(
+        f"CPU: {host.cpu_model}, {host.threads} threads"
+        + ("; Vulkan loader present" if host.vulkan else "")
+    )
     click.echo(f"backend: {backend} ({why})")
     for warning in host.warnings:
         click.echo(f"warning: {warning}", err=True)

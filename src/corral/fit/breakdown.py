@@ -49,11 +49,19 @@ _BUFFER_RE = re.compile(
 _TABLE_HEAD = "memory breakdown [MiB]"
 _ROW_RE = re.compile(r"\|\s+-\s+(?P<name>.+?)\s+\|(?P<rest>.*)\|\s*$")
 _NUM = r"(-?\d+)"
-_GPU_ROW = re.compile(rf"^\s*{_NUM}\s*=\s*{_NUM}\s*\+\s*\(\s*{_NUM}\s*=\s*{_NUM}\s*\+\s*{_NUM}"
-                      rf"\s*\+\s*{_NUM}\s*\)\s*\+\s*{_NUM}\s*$")
+_GPU_ROW = re.compile(
+    rf"^\s*{_NUM}\s*=\s*{_NUM}\s*\+\s*\(\s*{_NUM}\s*=\s*{_NUM}\s*\+\s*{_NUM}"
+    rf"\s*\+\s*{_NUM}\s*\)\s*\+\s*{_NUM}\s*$"
+)
 _OTHER_ROW = re.compile(rf"^\s*{_NUM}\s*=\s*{_NUM}\s*\+\s*{_NUM}\s*\+\s*{_NUM}\s*$")
-_KINDS = {"model": "model", "output": "output", "KV": "kv", "RS": "rs", "compute": "compute",
-          "LoRA": "lora"}
+_KINDS = {
+    "model": "model",
+    "output": "output",
+    "KV": "kv",
+    "RS": "rs",
+    "compute": "compute",
+    "LoRA": "lora",
+}
 _GPU_NAME = re.compile(r"^(?P<backend>[A-Za-z]+?)(?P<n>\d*)$")
 
 
@@ -126,8 +134,11 @@ class MemoryReport:
 
     def buffer_bytes(self, kind: str, device: str | None = None) -> int:
         """Sum of the ``kind`` buffers (``"model"``, ``"kv"``...), on ``device`` if given."""
-        return sum(b.bytes for b in self.buffers
-                   if b.kind == kind and (device is None or b.device == device))
+        return sum(
+            b.bytes
+            for b in self.buffers
+            if b.kind == kind and (device is None or b.device == device)
+        )
 
     def per_device(self) -> dict[str, dict[str, int]]:
         """``{device: {kind: bytes}}`` from the buffer lines (rs counted as kv)."""

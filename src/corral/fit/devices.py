@@ -36,8 +36,22 @@ TiB = 1024 * GiB
 #: The margin kept free on each device, like llama.cpp's --fit-target (1024 MiB).
 DEFAULT_MARGIN = 1 * GiB
 
-_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB,
-          "g": GiB, "gb": GiB, "gib": GiB, "t": TiB, "tb": TiB, "tib": TiB}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kb": KiB,
+    "kib": KiB,
+    "m": MiB,
+    "mb": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gb": GiB,
+    "gib": GiB,
+    "t": TiB,
+    "tb": TiB,
+    "tib": TiB,
+}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 #: llama.cpp's backend device names, per vendor (what ``--device`` takes).
 _BACKEND = {"nvidia": "CUDA", "amd": "ROCm"}
@@ -70,8 +84,13 @@ class Device:
         return _VISIBLE_ENV.get(self.vendor or "")
 
     def view(self) -> dict:
-        return {"id": self.id, "name": self.name, "kind": self.kind,
-                "total_bytes": self.total_bytes, "free_bytes": self.free_bytes}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "total_bytes": self.total_bytes,
+            "free_bytes": self.free_bytes,
+        }
 
 
 @dataclass
@@ -129,8 +148,16 @@ def parse_spec(spec: str) -> tuple[list[Device], int | None]:
             if len(gpus) + count > 64:
                 raise UsageError("--devices: at most 64 GPUs")
             for _ in range(count):
-                gpus.append(Device(id=f"gpu{len(gpus)}", name=f"simulated {human_bytes(n)}",
-                                   kind="gpu", total_bytes=n, free_bytes=n, simulated=True))
+                gpus.append(
+                    Device(
+                        id=f"gpu{len(gpus)}",
+                        name=f"simulated {human_bytes(n)}",
+                        kind="gpu",
+                        total_bytes=n,
+                        free_bytes=n,
+                        simulated=True,
+                    )
+                )
     return gpus, host
 
 
@@ -138,8 +165,14 @@ def _host(info, ram: int | None) -> Device:
     total = ram if ram is not None else info.ram_total
     free = ram if ram is not None else (info.ram_free or info.ram_total)
     name = "host RAM" + (" (simulated)" if ram is not None else f" ({info.cpu_model})")
-    return Device(id="host", name=name, kind="host", total_bytes=total, free_bytes=free,
-                  simulated=ram is not None)
+    return Device(
+        id="host",
+        name=name,
+        kind="host",
+        total_bytes=total,
+        free_bytes=free,
+        simulated=ram is not None,
+    )
 
 
 def _host_info(probe):
@@ -150,8 +183,15 @@ def _host_info(probe):
     total, free = gpu._meminfo(probe.read("/proc/meminfo") or "")
     if not total:  # not Linux: the full detection knows the other ways
         return gpu.detect(probe)
-    return gpu.HostInfo(os=probe.platform, arch=probe.machine, cpu_model="this machine",
-                        cores=0, threads=0, ram_total=total, ram_free=free)
+    return gpu.HostInfo(
+        os=probe.platform,
+        arch=probe.machine,
+        cpu_model="this machine",
+        cores=0,
+        threads=0,
+        ram_total=total,
+        ram_free=free,
+    )
 
 
 def detect_devices(spec: str | None = None, probe=None) -> Devices:
@@ -173,9 +213,18 @@ def detect_devices(spec: str | None = None, probe=None) -> Devices:
             warnings.append(f"{g.name}: no memory figures, left out of the plan")
             continue
         free = g.vram_free if g.vram_free is not None else g.vram_total
-        found.append(Device(id=f"gpu{len(found)}", name=g.name, kind="gpu",
-                            total_bytes=g.vram_total, free_bytes=free, vendor=g.vendor,
-                            index=g.index, uuid=g.uuid))
+        found.append(
+            Device(
+                id=f"gpu{len(found)}",
+                name=g.name,
+                kind="gpu",
+                total_bytes=g.vram_total,
+                free_bytes=free,
+                vendor=g.vendor,
+                index=g.index,
+                uuid=g.uuid,
+            )
+        )
     return Devices(gpus=found, host=_host(info, None), warnings=warnings)
 
 
@@ -188,5 +237,8 @@ def process_bytes(devices: Devices, probe=None) -> dict[tuple[str, int], int]:
     if not nvidia:
         return {}
     by_uuid = {d.uuid: d.id for d in nvidia}
-    return {(by_uuid[uuid], pid): used
-            for (uuid, pid), used in gpu.nvidia_process_memory(probe).items() if uuid in by_uuid}
+    return {
+        (by_uuid[uuid], pid): used
+        for (uuid, pid), used in gpu.nvidia_process_memory(probe).items()
+        if uuid in by_uuid
+    }

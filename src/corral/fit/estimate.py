@@ -146,9 +146,7 @@ class Options:
     cpu_flags: frozenset[str] | None = None
 
     @classmethod
-    def from_pairs(
-        cls, pairs: Iterable[tuple[str, str | None]], catalog: Any = None
-    ) -> "Options":
+    def from_pairs(cls, pairs: Iterable[tuple[str, str | None]], catalog: Any = None) -> "Options":
         """Options from normalised ``(flag, value)`` pairs (``FlagCatalog.normalize``).
 
         Flags are matched by any of their spellings, so pairs from a catalog (canonical
@@ -402,8 +400,9 @@ def shape_from_info(info: GGUFInfo) -> ModelShape:
     heads_kv_raw = kv.get(f"{arch}.attention.head_count_kv")
     heads_kv = _per_layer(heads_kv_raw, n_layer_all) if heads_kv_raw is not None else heads
     n_head = max(heads) if heads else 0
-    head_k = int(_kv_get(kv, arch, "attention.key_length", 0)
-                 or (n_embd // n_head if n_head else 0))
+    head_k = int(
+        _kv_get(kv, arch, "attention.key_length", 0) or (n_embd // n_head if n_head else 0)
+    )
     head_v = int(_kv_get(kv, arch, "attention.value_length", 0) or head_k)
     n_ffs = _per_layer(kv.get(f"{arch}.feed_forward_length"), n_layer_all)
     n_expert = int(_kv_get(kv, arch, "expert_count", 0) or 0)
@@ -412,8 +411,9 @@ def shape_from_info(info: GGUFInfo) -> ModelShape:
     n_ff_shexp = int(_kv_get(kv, arch, "expert_shared_feed_forward_length", 0) or 0)
     n_shared = int(_kv_get(kv, arch, "expert_shared_count", 0) or (1 if n_ff_shexp else 0))
     is_mla = bool(_kv_get(kv, arch, "attention.key_length_mla", 0))
-    n_swa = int(_kv_get(kv, arch, "attention.sliding_window", 0)
-                or SWA_WINDOW_DEFAULTS.get(arch, 0))
+    n_swa = int(
+        _kv_get(kv, arch, "attention.sliding_window", 0) or SWA_WINDOW_DEFAULTS.get(arch, 0)
+    )
     swa = _swa_layers(kv, arch, n_layer, n_swa) + [False] * n_nextn
 
     # recurrent / hybrid layers (llm_arch_is_recurrent, per-layer head_count_kv == 0)
@@ -450,11 +450,22 @@ def shape_from_info(info: GGUFInfo) -> ModelShape:
 
     dims_by_name: dict[str, tuple[int, ...]] = {}
     shape = ModelShape(
-        path=info.path, architecture=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-        head_dim_k=head_k, n_ff=0, n_vocab=0,
-        n_ctx_train=int(_kv_get(kv, arch, "context_length", 0) or 0), layers=layers,
-        n_swa=n_swa, is_mla=is_mla, n_expert=n_expert, n_expert_used=n_expert_used,
-        recurrent_width=recurrent_width if any(recurrent) else 0, file_size=info.file_size,
+        path=info.path,
+        architecture=arch,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        head_dim_k=head_k,
+        n_ff=0,
+        n_vocab=0,
+        n_ctx_train=int(_kv_get(kv, arch, "context_length", 0) or 0),
+        layers=layers,
+        n_swa=n_swa,
+        is_mla=is_mla,
+        n_expert=n_expert,
+        n_expert_used=n_expert_used,
+        recurrent_width=recurrent_width if any(recurrent) else 0,
+        file_size=info.file_size,
     )
     in_lo = out_lo = None
     in_hi = out_hi = 0
@@ -468,8 +479,12 @@ def shape_from_info(info: GGUFInfo) -> ModelShape:
         m = _LAYER_RE.match(t.name)
         # a matrix the CPU backend may repack (every x86 rule needs ne1 % 8 == 0)
         rep_type = (
-            t.type if t.type in _REPACKABLE_TYPES and len(t.dims) >= 2
-            and t.dims[1] % 8 == 0 and t.name.endswith(".weight") else None
+            t.type
+            if t.type in _REPACKABLE_TYPES
+            and len(t.dims) >= 2
+            and t.dims[1] % 8 == 0
+            and t.name.endswith(".weight")
+            else None
         )
         if m and int(m.group(1)) < n_layer_all:
             la = layers[int(m.group(1))]
@@ -519,8 +534,9 @@ def _load_one(path: str) -> ModelShape:
     return _load_cached(os.path.abspath(path), st.st_mtime_ns, st.st_size)
 
 
-def load_model(path: str, *, mmproj: str | None = None, draft: str | None = None,
-               loras: Iterable[str] = ()) -> ModelShape:
+def load_model(
+    path: str, *, mmproj: str | None = None, draft: str | None = None, loras: Iterable[str] = ()
+) -> ModelShape:
     """Parse a GGUF once (cached by path + mtime + size) into a :class:`ModelShape`.
 
     ``mmproj``, ``draft`` and ``loras`` are read too and kept in ``shape.extra`` so
@@ -703,15 +719,19 @@ def project(model: ModelShape, opts: Options, gpus: int) -> Projection:
     n_batch = min(n_ctx, opts.n_batch or 2048)
     n_ubatch = min(n_batch, opts.n_ubatch or n_batch)
     if n_ctx_seq > model.n_ctx_train > 0:
-        notes.append(f"context per slot {n_ctx_seq} exceeds the training context"
-                     f" {model.n_ctx_train}")
+        notes.append(
+            f"context per slot {n_ctx_seq} exceeds the training context {model.n_ctx_train}"
+        )
 
     # cells per stream
     kv_cells = n_ctx_seq
     swa_cells = 0
     if any(la.swa and la.k_width for la in model.layers):
-        swa_cells = n_ctx_seq if opts.swa_full else _pad(
-            min(n_ctx_seq, model.n_swa * (n_seq if unified else 1) + n_ubatch), CTX_PAD)
+        swa_cells = (
+            n_ctx_seq
+            if opts.swa_full
+            else _pad(min(n_ctx_seq, model.n_swa * (n_seq if unified else 1) + n_ubatch), CTX_PAD)
+        )
 
     placement = _layer_devices(model, opts, gpus)
     devs = [DeviceUse(id=f"gpu{i}") for i in range(max(gpus, 0))] + [DeviceUse(id="host")]
@@ -739,7 +759,7 @@ def project(model: ModelShape, opts: Options, gpus: int) -> Projection:
     v_max = max((la.v_width for la in model.layers), default=0)
     k_row = {}
     v_row = {}
-    for la, dev_i in zip(model.layers, placement):
+    for la, dev_i in zip(model.layers, placement, strict=False):
         dev = host if dev_i < 0 else devs[dev_i]
         dev.layers += 1
         experts_host = la.expert_bytes if la.index < opts.n_cpu_moe else 0
@@ -771,8 +791,12 @@ def project(model: ModelShape, opts: Options, gpus: int) -> Projection:
     if out_i < 0:
         rep = _repack_bytes(model.output_repackable, flags) if repack else 0
         on_host(model.output_span, model.output_bytes, rep)
-        if model.tied_embeddings and repack and model.tok_embd_type >= 0 and _repack_rule(
-                model.tok_embd_type, flags):
+        if (
+            model.tied_embeddings
+            and repack
+            and model.tok_embd_type >= 0
+            and _repack_rule(model.tok_embd_type, flags)
+        ):
             # the output matmul's repacked copy of token_embd (TENSOR_DUPLICATED)
             host.weights_bytes += model.tok_embd_bytes
             host.repack_bytes += model.tok_embd_bytes
@@ -794,15 +818,34 @@ def project(model: ModelShape, opts: Options, gpus: int) -> Projection:
     if opts.tensor_split is None and gpus > 1 and opts.n_gpu_layers != 0:
         notes.append("no --tensor-split: layers split evenly (llama.cpp splits by free memory)")
     return Projection(
-        devices=devs, context=n_ctx, n_parallel=n_seq, cache_type_k=ctk, cache_type_v=ctv,
-        flash_attn=fa, notes=notes, kv_unified=unified, n_ctx_seq=n_ctx_seq, n_batch=n_batch,
-        n_ubatch=n_ubatch, kv_cells=kv_cells, swa_cells=swa_cells,
+        devices=devs,
+        context=n_ctx,
+        n_parallel=n_seq,
+        cache_type_k=ctk,
+        cache_type_v=ctv,
+        flash_attn=fa,
+        notes=notes,
+        kv_unified=unified,
+        n_ctx_seq=n_ctx_seq,
+        n_batch=n_batch,
+        n_ubatch=n_ubatch,
+        kv_cells=kv_cells,
+        swa_cells=swa_cells,
     )
 
 
-def _compute(model: ModelShape, devs: list[DeviceUse], placement: list[int], opts: Options,
-             fa: bool, unified: bool, n_seq: int, n_ubatch: int, kv_cells: int,
-             swa_cells: int) -> None:
+def _compute(
+    model: ModelShape,
+    devs: list[DeviceUse],
+    placement: list[int],
+    opts: Options,
+    fa: bool,
+    unified: bool,
+    n_seq: int,
+    n_ubatch: int,
+    kv_cells: int,
+    swa_cells: int,
+) -> None:
     """Compute buffer per device (see the module docstring for the model)."""
     tokens = n_ubatch if unified else n_ubatch - n_ubatch % n_seq or n_seq
     f32 = 4
@@ -844,8 +887,9 @@ def _compute(model: ModelShape, devs: list[DeviceUse], placement: list[int], opt
             host.compute_bytes += masks + attn_scratch
 
 
-def _extras(model: ModelShape, opts: Options, devs: list[DeviceUse], gpus: int,
-            notes: list[str]) -> None:
+def _extras(
+    model: ModelShape, opts: Options, devs: list[DeviceUse], gpus: int, notes: list[str]
+) -> None:
     """mmproj, draft model and LoRA adapters, when load_model read them."""
     first = devs[0] if gpus > 0 else devs[-1]
     if opts.mmproj:
@@ -858,13 +902,21 @@ def _extras(model: ModelShape, opts: Options, devs: list[DeviceUse], gpus: int,
     if opts.draft:
         draft = model.extra.get("draft:" + opts.draft)
         if isinstance(draft, ModelShape):
-            dopts = Options(ctx=opts.ctx, n_parallel=opts.n_parallel, kv_unified=opts.kv_unified,
-                            n_batch=opts.n_batch, n_ubatch=opts.n_ubatch,
-                            flash_attn=opts.flash_attn, tensor_split=opts.tensor_split,
-                            no_kv_offload=opts.no_kv_offload, mmap=opts.mmap,
-                            repack=opts.repack, cpu_flags=opts.cpu_flags)
+            dopts = Options(
+                ctx=opts.ctx,
+                n_parallel=opts.n_parallel,
+                kv_unified=opts.kv_unified,
+                n_batch=opts.n_batch,
+                n_ubatch=opts.n_ubatch,
+                flash_attn=opts.flash_attn,
+                tensor_split=opts.tensor_split,
+                no_kv_offload=opts.no_kv_offload,
+                mmap=opts.mmap,
+                repack=opts.repack,
+                cpu_flags=opts.cpu_flags,
+            )
             sub = project(draft, dopts, gpus)
-            for dev, add in zip(devs, sub.devices):
+            for dev, add in zip(devs, sub.devices, strict=False):
                 dev.weights_bytes += add.weights_bytes
                 dev.repack_bytes += add.repack_bytes
                 dev.kv_bytes += add.kv_bytes

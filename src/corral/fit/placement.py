@@ -35,14 +35,22 @@ _HOLDING = frozenset({"starting", "ready", "unhealthy", "backoff", "stopping"})
 def record(plan) -> dict:
     """The placement an instance keeps: the plan's view plus what it added."""
     view = plan.view()
-    return {"fits": view["fits"], "devices": view["devices"],
-            "added": [list(p) for p in plan.added], "env": dict(plan.env),
-            "context": view["context"], "cache_type_k": view["cache_type_k"],
-            "cache_type_v": view["cache_type_v"], "notes": view["notes"], "real": None}
+    return {
+        "fits": view["fits"],
+        "devices": view["devices"],
+        "added": [list(p) for p in plan.added],
+        "env": dict(plan.env),
+        "context": view["context"],
+        "cache_type_k": view["cache_type_k"],
+        "cache_type_v": view["cache_type_v"],
+        "notes": view["notes"],
+        "real": None,
+    }
 
 
-def committed(instances: Iterable, devices: Devices,
-              shown: dict[tuple[str, int], int] | None = None) -> dict[str, int]:
+def committed(
+    instances: Iterable, devices: Devices, shown: dict[tuple[str, int], int] | None = None
+) -> dict[str, int]:
     """Bytes per device id that live ``instances`` (records with ``placement``, ``pid``,
     ``state``, ``desired``) hold beyond what ``devices``' free figures already show.
 
@@ -86,4 +94,5 @@ def summary(placement: dict | None) -> str:
         parts.append(f"{d['id']}{layers} {human_bytes(d['used_bytes'])}")
     return (", ".join(parts) or "nothing") + (
         f" (ctx {placement.get('context')}, KV {placement.get('cache_type_k')}/"
-        f"{placement.get('cache_type_v')})")
+        f"{placement.get('cache_type_v')})"
+    )

@@ -66,16 +66,35 @@ QUANTIZED = {"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"}
 
 #: Roles of the flags the planner reads or writes, by the spelling every build has.
 ROLES = {
-    "ngl": "-ngl", "ts": "-ts", "device": "-dev", "ctx": "-c", "ctk": "-ctk", "ctv": "-ctv",
-    "fa": "-fa", "ncmoe": "-ncmoe", "cmoe": "-cmoe", "ot": "-ot", "sm": "-sm",
-    "fit_ctx": "-fitc", "fit_target": "-fitt",
+    "ngl": "-ngl",
+    "ts": "-ts",
+    "device": "-dev",
+    "ctx": "-c",
+    "ctk": "-ctk",
+    "ctv": "-ctv",
+    "fa": "-fa",
+    "ncmoe": "-ncmoe",
+    "cmoe": "-cmoe",
+    "ot": "-ot",
+    "sm": "-sm",
+    "fit_ctx": "-fitc",
+    "fit_target": "-fitt",
 }
 #: Long names when there is no catalog (today's llama-server).
 LONG = {
-    "ngl": "--gpu-layers", "ts": "--tensor-split", "device": "--device", "ctx": "--ctx-size",
-    "ctk": "--cache-type-k", "ctv": "--cache-type-v", "fa": "--flash-attn",
-    "ncmoe": "--n-cpu-moe", "cmoe": "--cpu-moe", "ot": "--override-tensor",
-    "sm": "--split-mode", "fit_ctx": "--fit-ctx", "fit_target": "--fit-target",
+    "ngl": "--gpu-layers",
+    "ts": "--tensor-split",
+    "device": "--device",
+    "ctx": "--ctx-size",
+    "ctk": "--cache-type-k",
+    "ctv": "--cache-type-v",
+    "fa": "--flash-attn",
+    "ncmoe": "--n-cpu-moe",
+    "cmoe": "--cpu-moe",
+    "ot": "--override-tensor",
+    "sm": "--split-mode",
+    "fit_ctx": "--fit-ctx",
+    "fit_target": "--fit-target",
 }
 
 
@@ -102,9 +121,14 @@ class DevicePlan:
         return max(0, self.used_bytes - self.usable_bytes)
 
     def view(self) -> dict:
-        return {**self.device.view(), "layers": self.layers,
-                "weights_bytes": self.weights_bytes, "kv_bytes": self.kv_bytes,
-                "compute_bytes": self.compute_bytes, "used_bytes": self.used_bytes}
+        return {
+            **self.device.view(),
+            "layers": self.layers,
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes": self.kv_bytes,
+            "compute_bytes": self.compute_bytes,
+            "used_bytes": self.used_bytes,
+        }
 
 
 @dataclass
@@ -125,9 +149,15 @@ class Plan:
     projections: int = 0  # project() calls the search made
 
     def view(self) -> dict:
-        return {"fits": self.fits, "flags": list(self.flags), "context": self.context,
-                "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v,
-                "devices": [d.view() for d in self.devices], "notes": list(self.notes)}
+        return {
+            "fits": self.fits,
+            "flags": list(self.flags),
+            "context": self.context,
+            "cache_type_k": self.cache_type_k,
+            "cache_type_v": self.cache_type_v,
+            "devices": [d.view() for d in self.devices],
+            "notes": list(self.notes),
+        }
 
 
 # --------------------------------------------------------------------------- inputs
@@ -224,8 +254,16 @@ class _Result:
 class _Search:
     """Runs ``project`` for configurations, memoised; keeps the closest miss."""
 
-    def __init__(self, est, model, base, devices: Devices, usable: dict[str, int],
-                 committed: dict[str, int], split_fixed: bool) -> None:
+    def __init__(
+        self,
+        est,
+        model,
+        base,
+        devices: Devices,
+        usable: dict[str, int],
+        committed: dict[str, int],
+        split_fixed: bool,
+    ) -> None:
         self.est, self.model, self.base = est, model, base
         self.devices, self.usable, self.committed = devices, usable, committed
         self.split_fixed = split_fixed
@@ -237,19 +275,32 @@ class _Search:
         if cfg in self._memo:
             return self._memo[cfg]
         opts = dataclasses.replace(
-            self.base, ctx=cfg.ctx, cache_type_k=cfg.ctk, cache_type_v=cfg.ctv,
-            flash_attn=cfg.fa, n_gpu_layers=cfg.ngl if cfg.gpus else 0, n_cpu_moe=cfg.ncmoe,
-            tensor_split=list(cfg.split) if cfg.split is not None else None)
+            self.base,
+            ctx=cfg.ctx,
+            cache_type_k=cfg.ctk,
+            cache_type_v=cfg.ctv,
+            flash_attn=cfg.fa,
+            n_gpu_layers=cfg.ngl if cfg.gpus else 0,
+            n_cpu_moe=cfg.ncmoe,
+            tensor_split=list(cfg.split) if cfg.split is not None else None,
+        )
         self.calls += 1
         proj = self.est.project(self.model, opts, len(cfg.gpus))
         targets = [self.devices.gpus[i] for i in cfg.gpus] + [self.devices.host]
         placed = []
-        for dev, use in zip(targets, _ordered(proj.devices, len(cfg.gpus))):
-            placed.append(DevicePlan(
-                device=dev, usable_bytes=self.usable[dev.id],
-                committed_bytes=self.committed.get(dev.id, 0), layers=int(use.layers),
-                weights_bytes=int(use.weights_bytes), kv_bytes=int(use.kv_bytes),
-                compute_bytes=int(use.compute_bytes), output_bytes=int(use.output_bytes)))
+        for dev, use in zip(targets, _ordered(proj.devices, len(cfg.gpus)), strict=False):
+            placed.append(
+                DevicePlan(
+                    device=dev,
+                    usable_bytes=self.usable[dev.id],
+                    committed_bytes=self.committed.get(dev.id, 0),
+                    layers=int(use.layers),
+                    weights_bytes=int(use.weights_bytes),
+                    kv_bytes=int(use.kv_bytes),
+                    compute_bytes=int(use.compute_bytes),
+                    output_bytes=int(use.output_bytes),
+                )
+            )
         result = _Result(cfg, placed, list(getattr(proj, "notes", []) or []))
         self._memo[cfg] = result
         if self.closest is None or result.over < self.closest.over:
@@ -270,8 +321,10 @@ class _Search:
                 best = result
             if result.gpu_ok:
                 return result
-            room = [max(0, d.usable_bytes - d.compute_bytes - d.output_bytes)
-                    for d in result.placed[:-1]]
+            room = [
+                max(0, d.usable_bytes - d.compute_bytes - d.output_bytes)
+                for d in result.placed[:-1]
+            ]
             new = _proportions(room)
             if new == split:
                 break
@@ -322,8 +375,16 @@ def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
 # --------------------------------------------------------------------------- plan
 
 
-def plan(model, pairs, devices: Devices, *, catalog=None, margin: int | None = None,
-         committed: dict[str, int] | None = None, estimator: Any = None) -> Plan:
+def plan(
+    model,
+    pairs,
+    devices: Devices,
+    *,
+    catalog=None,
+    margin: int | None = None,
+    committed: dict[str, int] | None = None,
+    estimator: Any = None,
+) -> Plan:
     """Choose the flags that fit ``model`` on ``devices`` (see the module doc).
 
     ``pairs`` are the user's normalised flags (``FlagCatalog.normalize``), ``margin``
@@ -372,30 +433,38 @@ def plan(model, pairs, devices: Devices, *, catalog=None, margin: int | None = N
     ngl_base = int(base.n_gpu_layers)
     ncmoe_base = int(base.n_cpu_moe or 0)
     fa_base = str(base.flash_attn)
-    kv_options = _kv_ladder(base.cache_type_k, base.cache_type_v, fa_base,
-                            "ctk" in given, "ctv" in given, "fa" in given)
+    kv_options = _kv_ladder(
+        base.cache_type_k, base.cache_type_v, fa_base, "ctk" in given, "ctv" in given, "fa" in given
+    )
 
     # -- the GPUs that can take something
     pool = _selected_gpus(devices.gpus, given.get("device"))
     if "device" not in given:
         for g in list(pool):
             if usable[g.id] <= 0:
-                notes.append(f"{g.id}: {human_bytes(g.free_bytes)} free, not more than the "
-                             f"{human_bytes(margin)} margin"
-                             + (" and what is committed" if committed.get(g.id) else "")
-                             + ": not used")
+                notes.append(
+                    f"{g.id}: {human_bytes(g.free_bytes)} free, not more than the "
+                    f"{human_bytes(margin)} margin"
+                    + (" and what is committed" if committed.get(g.id) else "")
+                    + ": not used"
+                )
                 pool.remove(g)
     positions = tuple(devices.gpus.index(g) for g in pool)
-    search = _Search(estimator, model, base, devices, usable, committed,
-                     split_fixed="ts" in given)
+    search = _Search(estimator, model, base, devices, usable, committed, split_fixed="ts" in given)
 
     def cfg(ctx, kv, ngl=None, ncmoe=None, gpus=None) -> _Config:
         ctk, ctv, fa = kv
         gpus = positions if gpus is None else gpus  # late: the GPU choice below narrows it
-        return _Config(ctx=ctx, ctk=ctk, ctv=ctv, fa=fa,
-                       ngl=ngl_base if ngl is None else ngl,
-                       ncmoe=ncmoe_base if ncmoe is None else ncmoe, gpus=gpus,
-                       split=tuple(base.tensor_split) if base.tensor_split else None)
+        return _Config(
+            ctx=ctx,
+            ctk=ctk,
+            ctv=ctv,
+            fa=fa,
+            ngl=ngl_base if ngl is None else ngl,
+            ncmoe=ncmoe_base if ncmoe is None else ncmoe,
+            gpus=gpus,
+            split=tuple(base.tensor_split) if base.tensor_split else None,
+        )
 
     full_ngl = ngl_base if placement_fixed else -1
     # -- fewer GPUs, when the whole thing fits there unchanged
@@ -405,20 +474,44 @@ def plan(model, pairs, devices: Devices, *, catalog=None, margin: int | None = N
             subset = tuple(sorted(ranked[:k]))
             if search.evaluate(cfg(target, kv_options[0], full_ngl, gpus=subset)).ok:
                 left = [devices.gpus[i].id for i in positions if i not in subset]
-                notes.append(f"fits on {', '.join(devices.gpus[i].id for i in subset)} "
-                             f"alone: {', '.join(left)} not used")
+                notes.append(
+                    f"fits on {', '.join(devices.gpus[i].id for i in subset)} "
+                    f"alone: {', '.join(left)} not used"
+                )
                 positions = subset
                 break
 
-    chosen, why_kv = _choose(search, cfg, kv_options, floor, target, full_ngl, n_layer,
-                             placement_fixed or not positions,
-                             is_moe and not experts_fixed and bool(positions))
-    return _finish(chosen, search, devices, usable, pairs, names, given, catalog, model,
-                   target, kv_options[0], why_kv, notes)
+    chosen, why_kv = _choose(
+        search,
+        cfg,
+        kv_options,
+        floor,
+        target,
+        full_ngl,
+        n_layer,
+        placement_fixed or not positions,
+        is_moe and not experts_fixed and bool(positions),
+    )
+    return _finish(
+        chosen,
+        search,
+        devices,
+        usable,
+        pairs,
+        names,
+        given,
+        catalog,
+        model,
+        target,
+        kv_options[0],
+        why_kv,
+        notes,
+    )
 
 
-def _kv_ladder(ctk: str, ctv: str, fa: str, k_fixed: bool, v_fixed: bool,
-               fa_fixed: bool) -> list[tuple[str, str, str]]:
+def _kv_ladder(
+    ctk: str, ctv: str, fa: str, k_fixed: bool, v_fixed: bool, fa_fixed: bool
+) -> list[tuple[str, str, str]]:
     """(K type, V type, flash attention) to try, the user's (or f16) first."""
     out = [(ctk, ctv, fa)]
     for q in KV_LADDER:
@@ -432,10 +525,20 @@ def _kv_ladder(ctk: str, ctv: str, fa: str, k_fixed: bool, v_fixed: bool,
     return out
 
 
-def _choose(search: _Search, cfg, kv_options, floor, target, full_ngl, n_layer,
-            placement_fixed: bool, experts_free: bool) -> tuple[_Result | None, str]:
+def _choose(
+    search: _Search,
+    cfg,
+    kv_options,
+    floor,
+    target,
+    full_ngl,
+    n_layer,
+    placement_fixed: bool,
+    experts_free: bool,
+) -> tuple[_Result | None, str]:
     """The first configuration that fits, pulling the levers in order (None if none),
     and why its KV cache type was chosen ("" for the default one)."""
+
     def at(ctx, kv, ngl=full_ngl, ncmoe=None):
         return search.evaluate(cfg(ctx, kv, ngl, ncmoe))
 
@@ -443,8 +546,14 @@ def _choose(search: _Search, cfg, kv_options, floor, target, full_ngl, n_layer,
     # 1 and 2: every layer where it is, the KV cache as small as it must be.
     for rank, kv in enumerate(kv_options):
         if at(floor, kv).ok:
-            why = "" if rank == 0 else (f"{default} does not fit context {floor} on "
-                                        f"{_tightest(search, cfg(floor, kv_options[0], full_ngl))}")
+            why = (
+                ""
+                if rank == 0
+                else (
+                    f"{default} does not fit context {floor} on "
+                    f"{_tightest(search, cfg(floor, kv_options[0], full_ngl))}"
+                )
+            )
             return _grow(search, lambda c, kv=kv: at(c, kv), floor, target), why
     # 3: MoE experts to the CPU, the fewest layers' worth; 4: the most layers on the GPUs.
     stages = []
@@ -457,10 +566,10 @@ def _choose(search: _Search, cfg, kv_options, floor, target, full_ngl, n_layer,
         found: dict[int, tuple[int, int]] = {}  # rank -> (layers moved to the CPU, n)
         for rank, kv in enumerate(kv_options):
             if stage == "experts":
-                n = _smallest(1, n_layer, lambda n, kv=kv: run(kv, n).gpu_ok)
+                n = _smallest(1, n_layer, lambda n, kv=kv: run(kv, n).gpu_ok)  # noqa: B023 -- called here
                 moved = n
             else:
-                n = _largest(0, n_layer, lambda n, kv=kv: run(kv, n).gpu_ok)
+                n = _largest(0, n_layer, lambda n, kv=kv: run(kv, n).gpu_ok)  # noqa: B023 -- called here
                 moved = None if n is None else n_layer - n
             if n is not None and run(kv, n).ok:
                 found[rank] = (moved, n)
@@ -469,12 +578,18 @@ def _choose(search: _Search, cfg, kv_options, floor, target, full_ngl, n_layer,
         rank = min(found, key=lambda r: (found[r][0], r))  # least moved; then least quantized
         kv, (moved, n) = kv_options[rank], found[rank]
         what = "layers' experts" if stage == "experts" else "layers"
-        why = "" if rank == 0 else (
-            f"{found[0][0] - moved} fewer {what} on the CPU than with {default}"
-            if 0 in found else f"{default} does not fit context {floor} even so")
+        why = (
+            ""
+            if rank == 0
+            else (
+                f"{found[0][0] - moved} fewer {what} on the CPU than with {default}"
+                if 0 in found
+                else f"{default} does not fit context {floor} even so"
+            )
+        )
         if stage == "experts":
-            return _grow(search, lambda c: at(c, kv, ncmoe=n), floor, target), why
-        return _grow(search, lambda c: at(c, kv, ngl=n, ncmoe=ncmoe_all), floor, target), why
+            return _grow(search, lambda c: at(c, kv, ncmoe=n), floor, target), why  # noqa: B023
+        return _grow(search, lambda c: at(c, kv, ngl=n, ncmoe=ncmoe_all), floor, target), why  # noqa: B023
     return None, ""
 
 
@@ -482,30 +597,43 @@ def _grow(search: _Search, run: Callable[[int], _Result], floor: int, target: in
     """The largest context in [floor, target] (steps of 1024) that fits; ``floor`` does."""
     if run(target).ok:
         return run(target)
-    best = _largest(-(-floor // CTX_STEP), (target - 1) // CTX_STEP,
-                    lambda k: run(k * CTX_STEP).ok)
+    best = _largest(-(-floor // CTX_STEP), (target - 1) // CTX_STEP, lambda k: run(k * CTX_STEP).ok)
     return run(best * CTX_STEP) if best is not None else run(floor)
 
 
-def _finish(chosen: _Result | None, search: _Search, devices: Devices, usable, pairs,
-            names, given, catalog, model, target, kv_default, why_kv, notes) -> Plan:
+def _finish(
+    chosen: _Result | None,
+    search: _Search,
+    devices: Devices,
+    usable,
+    pairs,
+    names,
+    given,
+    catalog,
+    model,
+    target,
+    kv_default,
+    why_kv,
+    notes,
+) -> Plan:
     fits = chosen is not None
     result = chosen if chosen is not None else search.closest
     if result is None:  # not even one projection (cannot happen: the floor is tried)
         raise RuntimeError("the planner made no projection")
     c = result.config
     placed = {d.device.id: d for d in result.placed}
-    dev_plans = [placed.get(d.id) or DevicePlan(device=d, usable_bytes=usable[d.id])
-                 for d in devices.all]
+    dev_plans = [
+        placed.get(d.id) or DevicePlan(device=d, usable_bytes=usable[d.id]) for d in devices.all
+    ]
     used_gpus = [devices.gpus[i] for i in c.gpus]
     added: list[tuple[str, str | None]] = []
     env: dict[str, str] = {}
 
     # GPUs
-    if "device" not in given and devices.gpus and used_gpus and \
-            len(used_gpus) < len(devices.gpus):
-        added.append((names["device"], ",".join(
-            g.backend_name(devices.gpus.index(g)) for g in used_gpus)))
+    if "device" not in given and devices.gpus and used_gpus and len(used_gpus) < len(devices.gpus):
+        added.append(
+            (names["device"], ",".join(g.backend_name(devices.gpus.index(g)) for g in used_gpus))
+        )
         vendors = {g.visible_env() for g in used_gpus}
         if len(vendors) == 1 and None not in vendors:
             env[vendors.pop()] = ",".join(str(g.index) for g in used_gpus)
@@ -516,16 +644,20 @@ def _finish(chosen: _Result | None, search: _Search, devices: Devices, usable, p
             ngl = 0
             notes.append("no GPU has room: everything on the CPU")
         elif c.ngl >= 0:
-            notes.append(f"{c.ngl} of {n_layer + 1} layers on the GPU"
-                         f"{'s' if len(used_gpus) > 1 else ''} (the rest on the CPU): "
-                         f"all of them do not fit {_tightest(search, c)}")
+            notes.append(
+                f"{c.ngl} of {n_layer + 1} layers on the GPU"
+                f"{'s' if len(used_gpus) > 1 else ''} (the rest on the CPU): "
+                f"all of them do not fit {_tightest(search, c)}"
+            )
         added.append((names["ngl"], str(ngl)))
     if c.split is not None and "ts" not in given and len(used_gpus) >= 2:
         split = ",".join(f"{x:g}" for x in c.split)
         added.append((names["ts"], split))
         minus = " − committed" if any(d.committed_bytes for d in result.placed) else ""
-        notes.append(f"tensor split {split}: in proportion to usable memory (GiB free − "
-                     f"margin{minus} − compute buffers)")
+        notes.append(
+            f"tensor split {split}: in proportion to usable memory (GiB free − "
+            f"margin{minus} − compute buffers)"
+        )
     # context
     if "ctx" not in given:
         added.append((names["ctx"], str(c.ctx)))
@@ -544,17 +676,21 @@ def _finish(chosen: _Result | None, search: _Search, devices: Devices, usable, p
             added.append((names["ctv"], c.ctv))
         if c.fa != kv_default[2]:
             added.append((names["fa"], c.fa))
-        notes.append(f"KV cache K {c.ctk}, V {c.ctv}"
-                     f"{' with flash attention on' if c.fa == 'on' else ''}"
-                     + (f": {why_kv}" if why_kv else ""))
+        notes.append(
+            f"KV cache K {c.ctk}, V {c.ctv}"
+            f"{' with flash attention on' if c.fa == 'on' else ''}"
+            + (f": {why_kv}" if why_kv else "")
+        )
     # experts
     if c.ncmoe and "ncmoe" not in given and "cmoe" not in given:
         added.append((names["ncmoe"], str(c.ncmoe)))
         if c.ngl < 0:
             fewer = dataclasses.replace(c, ncmoe=max(0, c.ncmoe - 1))
-            notes.append(f"experts of the first {c.ncmoe} of {n_layer} layers on the CPU: "
-                         f"all of them do not fit {_tightest(search, fewer)}"
-                         "; every dense layer stays on the GPU")
+            notes.append(
+                f"experts of the first {c.ncmoe} of {n_layer} layers on the CPU: "
+                f"all of them do not fit {_tightest(search, fewer)}"
+                "; every dense layer stays on the GPU"
+            )
         else:
             notes.append(f"experts of all {n_layer} layers on the CPU, and still not enough room")
     notes.extend(n for n in result.notes if n not in notes)
@@ -563,17 +699,30 @@ def _finish(chosen: _Result | None, search: _Search, devices: Devices, usable, p
     if not fits:
         short = {d.device.id: d.over_bytes for d in result.placed if d.over_bytes}
         where = ", ".join(f"{human_bytes(n)} on {dev}" for dev, n in short.items())
-        notes.insert(0, f"does not fit by {human_bytes(sum(short.values()))} ({where}) "
-                        f"even at context {c.ctx}, KV cache {c.ctk}/{c.ctv}"
-                        + (f", {c.ngl} layers on the GPU" if c.ngl >= 0 and used_gpus else "")
-                        + (f", experts of {c.ncmoe} layers on the CPU" if c.ncmoe else ""))
+        notes.insert(
+            0,
+            f"does not fit by {human_bytes(sum(short.values()))} ({where}) "
+            f"even at context {c.ctx}, KV cache {c.ctk}/{c.ctv}"
+            + (f", {c.ngl} layers on the GPU" if c.ngl >= 0 and used_gpus else "")
+            + (f", experts of {c.ncmoe} layers on the CPU" if c.ncmoe else ""),
+        )
     from corral.builds.catalog import FlagCatalog
 
     merged = catalog.merge(pairs, added) if catalog is not None else [*pairs, *added]
     flags = catalog.to_argv(merged) if catalog is not None else FlagCatalog.to_argv(merged)
-    return Plan(fits=fits, flags=flags, added=added, context=c.ctx, cache_type_k=c.ctk,
-                cache_type_v=c.ctv, devices=dev_plans, notes=notes, env=env,
-                short_bytes=short, projections=search.calls)
+    return Plan(
+        fits=fits,
+        flags=flags,
+        added=added,
+        context=c.ctx,
+        cache_type_k=c.ctk,
+        cache_type_v=c.ctv,
+        devices=dev_plans,
+        notes=notes,
+        env=env,
+        short_bytes=short,
+        projections=search.calls,
+    )
 
 
 def _tightest(search: _Search, cfg: _Config) -> str:
@@ -590,27 +739,43 @@ def owned_and_mmproj(catalog, pairs, mmproj: str | None) -> list:
     """``pairs`` as a launch would pass them on: without the flags corral owns
     (``--model``, ``--port``, ``--host``), with the model's vision projector unless the
     user chose one (or ``--no-mmproj``), as the supervisor does."""
-    owned = {f.long for f in (catalog.lookup(n) for n in ("--model", "--port", "--host"))
-             if f is not None}
+    owned = {
+        f.long
+        for f in (catalog.lookup(n) for n in ("--model", "--port", "--host"))
+        if f is not None
+    }
     kept = [(n, v) for n, v in pairs if n not in owned]
     mm = catalog.lookup("--mmproj")
     names = {n for n, _ in kept}
-    if mmproj and mm is not None and mm.long not in names \
-            and not any(n.startswith("--no-mmproj") for n in names):
+    if (
+        mmproj
+        and mm is not None
+        and mm.long not in names
+        and not any(n.startswith("--no-mmproj") for n in names)
+    ):
         kept.append((mm.long, mmproj))
     return kept
 
 
-def fit(model_path: str, pairs, *, catalog=None, devices_spec: str | None = None,
-        margin: int | None = None, committed: dict[str, int] | None = None, probe=None,
-        estimator: Any = None) -> tuple[Plan, Devices]:
+def fit(
+    model_path: str,
+    pairs,
+    *,
+    catalog=None,
+    devices_spec: str | None = None,
+    margin: int | None = None,
+    committed: dict[str, int] | None = None,
+    probe=None,
+    estimator: Any = None,
+) -> tuple[Plan, Devices]:
     """Plan ``model_path`` with these normalised flags on the devices detected now (or
     simulated from ``devices_spec``). What ``corral fit`` and ``POST /api/v1/fit`` run."""
     if estimator is None:
         from corral.fit import estimate as estimator
     devs = detect_devices(devices_spec, probe)
     shape = estimator.load_model(str(model_path))
-    result = plan(shape, pairs, devs, catalog=catalog, margin=margin, committed=committed,
-                  estimator=estimator)
+    result = plan(
+        shape, pairs, devs, catalog=catalog, margin=margin, committed=committed, estimator=estimator
+    )
     result.notes.extend(w for w in devs.warnings if w not in result.notes)
     return result, devs

@@ -30,8 +30,14 @@ def _from_row(row) -> BuildRecord:
     return BuildRecord(**data)
 
 
-def add(store: Store, path: str, version: str | None, backend: str = "unknown",
-        origin: str = "added", build: str | None = None) -> BuildRecord:
+def add(
+    store: Store,
+    path: str,
+    version: str | None,
+    backend: str = "unknown",
+    origin: str = "added",
+    build: str | None = None,
+) -> BuildRecord:
     """Register a binary (idempotent on path); the first build becomes the default."""
     with store.tx() as conn:
         has_default = conn.execute("SELECT 1 FROM builds WHERE is_default = 1").fetchone()
@@ -50,8 +56,10 @@ def remove(store: Store, build_id: int) -> BuildRecord:
     with store.tx() as conn:
         conn.execute("DELETE FROM builds WHERE id = ?", (build_id,))
         if rec.is_default:
-            conn.execute("UPDATE builds SET is_default = 1 WHERE id = "
-                         "(SELECT id FROM builds ORDER BY added_at DESC LIMIT 1)")
+            conn.execute(
+                "UPDATE builds SET is_default = 1 WHERE id = "
+                "(SELECT id FROM builds ORDER BY added_at DESC LIMIT 1)"
+            )
     return rec
 
 

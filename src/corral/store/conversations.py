@@ -47,19 +47,41 @@ def _from_row(row) -> Conversation:
     return Conversation(**data)
 
 
-def create(store: Store, *, title: str = "", model: str | None = None, system: str = "",
-           params: dict | None = None, messages: list[dict] | None = None) -> Conversation:
+def create(
+    store: Store,
+    *,
+    title: str = "",
+    model: str | None = None,
+    system: str = "",
+    params: dict | None = None,
+    messages: list[dict] | None = None,
+) -> Conversation:
     """Insert a new conversation with a random id."""
     now = time.time()
-    conv = Conversation(id=secrets.token_hex(8), title=title, model=model, system=system,
-                        params=params or {}, messages=messages or [], created_at=now,
-                        updated_at=now)
+    conv = Conversation(
+        id=secrets.token_hex(8),
+        title=title,
+        model=model,
+        system=system,
+        params=params or {},
+        messages=messages or [],
+        created_at=now,
+        updated_at=now,
+    )
     with store.tx() as conn:
         conn.execute(
             "INSERT INTO conversations (id, title, model, system, params, messages, created_at,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (conv.id, conv.title, conv.model, conv.system, json.dumps(conv.params),
-             json.dumps(conv.messages), now, now),
+            (
+                conv.id,
+                conv.title,
+                conv.model,
+                conv.system,
+                json.dumps(conv.params),
+                json.dumps(conv.messages),
+                now,
+                now,
+            ),
         )
     return conv
 
@@ -86,8 +108,9 @@ def update(store: Store, conv_id: str, **changes) -> Conversation:
     values["updated_at"] = time.time()
     sets = ", ".join(f"{k} = :{k}" for k in values)
     with store.tx() as conn:
-        cur = conn.execute(f"UPDATE conversations SET {sets} WHERE id = :_id",
-                           {**values, "_id": conv_id})
+        cur = conn.execute(
+            f"UPDATE conversations SET {sets} WHERE id = :_id", {**values, "_id": conv_id}
+        )
         if cur.rowcount == 0:
             raise NotFound(f"no conversation with id {conv_id!r}")
     return get(store, conv_id)

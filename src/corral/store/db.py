@@ -86,10 +86,10 @@ ALTER TABLE instances ADD COLUMN version TEXT;   -- the binary's --version at la
 
 M003_MODELS = """
 CREATE TABLE models (
-    id          TEXT PRIMARY KEY,            -- 'org/repo:Q4_K_M' for hub models, 'local/<name>' else
+    id          TEXT PRIMARY KEY,            -- 'org/repo:Q4_K_M' (hub) or 'local/<name>'
     name        TEXT NOT NULL UNIQUE,        -- short name users type: 'gemma-3-270m'
     aliases     TEXT NOT NULL DEFAULT '[]',  -- JSON list of more names
-    files       TEXT NOT NULL,               -- JSON [{"path", "size", "sha256"}], split parts in order
+    files       TEXT NOT NULL,               -- JSON [{"path", "size", "sha256"}], parts in order
     mmproj      TEXT,                        -- path of the paired vision projector, if any
     size        INTEGER NOT NULL,            -- bytes, all parts
     source      TEXT NOT NULL,               -- 'hub' or 'local'
@@ -121,7 +121,7 @@ ALTER TABLE builds ADD COLUMN build TEXT;    -- llama.cpp build tag, e.g. 'b6000
 M005_PRESETS = """
 CREATE TABLE presets (
     name        TEXT PRIMARY KEY,        -- '*' holds the defaults applied to every launch
-    spec        TEXT NOT NULL,           -- JSON: model, build, flags, env, restart, idle_ttl, aliases, pinned
+    spec        TEXT NOT NULL,           -- JSON: model, build, flags, env, restart, ...
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL
 );
@@ -155,19 +155,27 @@ CREATE TABLE conversations (
 M008_INSTANCE_ROUTING = """
 ALTER TABLE instances ADD COLUMN env TEXT NOT NULL DEFAULT '{}';      -- JSON extra environment
 ALTER TABLE instances ADD COLUMN preset TEXT;                         -- preset it was launched from
-ALTER TABLE instances ADD COLUMN origin TEXT NOT NULL DEFAULT 'user'; -- 'user' | 'router' (on demand)
+ALTER TABLE instances ADD COLUMN origin TEXT NOT NULL DEFAULT 'user'; -- 'user' | 'router'
 ALTER TABLE instances ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;   -- never evicted nor idled out
-ALTER TABLE instances ADD COLUMN idle_ttl REAL;                       -- seconds; NULL = default; 0 = never
-ALTER TABLE instances ADD COLUMN aliases TEXT NOT NULL DEFAULT '[]';  -- JSON names it also answers to
+ALTER TABLE instances ADD COLUMN idle_ttl REAL;                       -- NULL: default; 0: never
+ALTER TABLE instances ADD COLUMN aliases TEXT NOT NULL DEFAULT '[]';  -- JSON: more names
 """
 
 M009_INSTANCE_PLACEMENT = """
-ALTER TABLE instances ADD COLUMN placement TEXT NOT NULL DEFAULT 'null';  -- JSON memory plan, or null
+ALTER TABLE instances ADD COLUMN placement TEXT NOT NULL DEFAULT 'null';  -- JSON plan or null
 """
 
-MIGRATIONS: list[str] = [M001_INITIAL, M002_INSTANCE_VERSION, M003_MODELS, M004_BUILD_NUMBER,
-                         M005_PRESETS, M006_API_KEYS, M007_CONVERSATIONS, M008_INSTANCE_ROUTING,
-                         M009_INSTANCE_PLACEMENT]
+MIGRATIONS: list[str] = [
+    M001_INITIAL,
+    M002_INSTANCE_VERSION,
+    M003_MODELS,
+    M004_BUILD_NUMBER,
+    M005_PRESETS,
+    M006_API_KEYS,
+    M007_CONVERSATIONS,
+    M008_INSTANCE_ROUTING,
+    M009_INSTANCE_PLACEMENT,
+]
 
 
 #: Errors that are the caller's business (a broken constraint, a bug), not the store's health.
@@ -190,15 +198,21 @@ def translate(exc: BaseException, path: Path | str) -> StoreError | None:
     text = str(exc)
     if code == sqlite3.SQLITE_FULL or "disk is full" in text:
         return DiskFull(f"no space left on the device holding {path} ({text})")
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "not a database" in text \
-            or "malformed" in text:
-        return StoreError(f"{path} is corrupt or not a corral database ({text}); "
-                          "move it aside and corral starts a new one")
+    if (
+        code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+        or "not a database" in text
+        or "malformed" in text
+    ):
+        return StoreError(
+            f"{path} is corrupt or not a corral database ({text}); "
+            "move it aside and corral starts a new one"
+        )
     if code == sqlite3.SQLITE_READONLY or "readonly" in text:
         return StoreError(f"the store {path} is read-only ({text})")
     if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
-        return StoreError(f"cannot open the store {path} ({text}): "
-                          "is its folder readable and writable?")
+        return StoreError(
+            f"cannot open the store {path} ({text}): is its folder readable and writable?"
+        )
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return StoreError(f"the store {path} is locked by another process ({text})")
     return StoreError(f"store error on {path}: {text}")
@@ -265,7 +279,8 @@ def connect(path: Path) -> sqlite3.Connection:
 
 def schema_version(conn: sqlite3.Connection) -> int:
     conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        " (version INTEGER PRIMARY KEY, applied_at REAL)"
     )
     row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
     return row[0] or 0
@@ -364,8 +379,11 @@ class Store:
             return
         with _REOPEN:
             if ident is None:
-                log.warning("%s was deleted while corral had it open: recreating it from the "
-                            "open handle and re-registering what runs", self.path)
+                log.warning(
+                    "%s was deleted while corral had it open: recreating it from the "
+                    "open handle and re-registering what runs",
+                    self.path,
+                )
                 self._rebuild()
             else:
                 log.warning("%s was replaced by another file: reopening it", self.path)
@@ -386,8 +404,10 @@ class Store:
     def _remember(self) -> None:
         """Note the identity of the open file and of its -wal/-shm."""
         self._ident = _identity(self.path)
-        self._sides = {Path(f"{self.path}{suffix}"): _identity(Path(f"{self.path}{suffix}"))
-                       for suffix in ("-wal", "-shm")}
+        self._sides = {
+            Path(f"{self.path}{suffix}"): _identity(Path(f"{self.path}{suffix}"))
+            for suffix in ("-wal", "-shm")
+        }
 
     def _rebuild(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.rebuild")

@@ -93,8 +93,9 @@ def update(store: Store, model_id: str, **changes) -> None:
     sets = ", ".join(f"{c} = :{c}" for c in values)
     with store.tx() as conn:
         if "name" in changes:
-            other = conn.execute("SELECT id FROM models WHERE name = ? AND id != ?",
-                                 (changes["name"], model_id)).fetchone()
+            other = conn.execute(
+                "SELECT id FROM models WHERE name = ? AND id != ?", (changes["name"], model_id)
+            ).fetchone()
             if other:
                 raise Conflict(f"a model named {changes['name']!r} already exists")
         conn.execute(f"UPDATE models SET {sets} WHERE id = :_id", {**values, "_id": model_id})

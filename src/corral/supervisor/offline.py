@@ -23,7 +23,9 @@ def offline_records(settings: Settings) -> list[table.InstanceRecord]:
     finally:
         store.close()
     for rec in records:
-        if State(rec.state) not in RESTING and not (rec.pid and same_process(rec.pid, rec.create_time)):
+        if State(rec.state) not in RESTING and not (
+            rec.pid and same_process(rec.pid, rec.create_time)
+        ):
             rec.state = State.EXITED.value
             rec.last_error = rec.last_error or "process gone while the daemon was not running"
             rec.pid = None
@@ -43,8 +45,14 @@ def stop_all_offline(settings: Settings, timeout: float | None = None) -> list[s
                 _stop_group(rec.pid, rec.create_time, timeout)
                 stopped.append(rec.name)
             if rec.state != State.STOPPED or rec.desired != "stopped":
-                table.update(store, rec.name, state=State.STOPPED.value, desired="stopped",
-                             pid=None, create_time=None)
+                table.update(
+                    store,
+                    rec.name,
+                    state=State.STOPPED.value,
+                    desired="stopped",
+                    pid=None,
+                    create_time=None,
+                )
     finally:
         store.close()
     return stopped

@@ -108,7 +108,7 @@ def cmdline_matches(cmdline: list[str], argv: list[str]) -> bool:
     if not argv or len(cmdline) < len(argv):
         return False
     tail = argv[1:]
-    if tail and cmdline[-len(tail):] != tail:
+    if tail and cmdline[-len(tail) :] != tail:
         return False
     head = cmdline[: len(cmdline) - len(tail)]
     name = os.path.basename(argv[0])
@@ -143,7 +143,9 @@ class ProcessOps:
             created = time.time()
         return ProcessHandle(pid=popen.pid, create_time=created, popen=popen)
 
-    def adopt(self, pid: int | None, create_time: float | None, argv: list[str]) -> ProcessHandle | None:
+    def adopt(
+        self, pid: int | None, create_time: float | None, argv: list[str]
+    ) -> ProcessHandle | None:
         """A handle on a live process we started earlier, or None if it is gone/replaced."""
         if not pid or not same_process(pid, create_time):
             return None
@@ -173,7 +175,9 @@ class ProcessOps:
                 if exc.errno == errno.EADDRNOTAVAIL:
                     from corral.errors import UsageError
 
-                    raise UsageError(f"cannot use host {host!r}: it is not an address of "
-                                     "this machine (use 127.0.0.1, 0.0.0.0 or a local address)")
+                    raise UsageError(
+                        f"cannot use host {host!r}: it is not an address of "
+                        "this machine (use 127.0.0.1, 0.0.0.0 or a local address)"
+                    )
                 raise
         return True

@@ -7,12 +7,12 @@ writer that calls it). An event that cannot happen in a state raises
 
 ::
 
-    STOPPED/EXITED/FAILED --start (spawned)--> STARTING --health ok--> READY <--health ok-- UNHEALTHY
+    STOPPED/EXITED/FAILED --start--> STARTING --health ok--> READY <--health ok-- UNHEALTHY
         STOPPED/EXITED/FAILED/BACKOFF --spawn failed (port taken, no binary)--> FAILED
         STARTING --exit (never ready since launch) / load timeout (killed)--> FAILED
         READY --probe failed--> UNHEALTHY --probe failed (below the limit)--> UNHEALTHY
         UNHEALTHY --hung (limit reached, killed)--> BACKOFF (respawn at once) / FAILED (crash loop)
-        STARTING/READY/UNHEALTHY --exit--> BACKOFF (policy says restart) / EXITED / FAILED (crash loop)
+        STARTING/READY/UNHEALTHY --exit--> BACKOFF (policy restarts) / EXITED / FAILED (crash loop)
         BACKOFF --delay over (respawned)--> STARTING
         any state --adopt (a live process found at daemon start)--> STARTING, or stays live
         BACKOFF/STARTING/READY/UNHEALTHY/STOPPING --vanished (gone while no daemon watched)-->
@@ -67,7 +67,9 @@ class InvalidTransition(ValueError):
     """The event cannot happen in that state (a supervisor bug, never user input)."""
 
 
-def transition(state: State, event: Event, *, restart: bool = False, give_up: bool = False) -> State:
+def transition(
+    state: State, event: Event, *, restart: bool = False, give_up: bool = False
+) -> State:
     """Next state after ``event``.
 
     ``restart``: on EXIT, whether the restart policy wants the process back.

@@ -14,8 +14,8 @@ import contextvars
 import ipaddress
 import logging
 import re
-import sqlite3
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +36,8 @@ from corral.errors import (
     UsageError,
 )
 from corral.events import Broadcaster
-from corral.launchspec import ENV_NAME_RE, LaunchSpec, check_env, check_model_file  # noqa: F401
 from corral.fit import placement as fit_placement
+from corral.launchspec import ENV_NAME_RE, LaunchSpec, check_env, check_model_file  # noqa: F401
 from corral.settings import Settings
 from corral.store import instances as table
 from corral.store.db import Store
@@ -145,8 +145,14 @@ class Supervisor:
     (``_flush_unsaved``) until it lands.
     """
 
-    def __init__(self, settings: Settings, store: Store, ops: ProcessOps | None = None,
-                 probe: Probe = http_health, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        ops: ProcessOps | None = None,
+        probe: Probe = http_health,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.ops = ops or ProcessOps()
@@ -165,7 +171,10 @@ class Supervisor:
 
     # -- queries ---------------------------------------------------------------
     def list(self) -> list[InstanceRecord]:
-        return [rt.rec for rt in sorted(self._rts.values(), key=lambda r: (r.rec.created_at, r.rec.name))]
+        return [
+            rt.rec
+            for rt in sorted(self._rts.values(), key=lambda r: (r.rec.created_at, r.rec.name))
+        ]
 
     def get(self, name: str) -> InstanceRecord:
         return self._rt(name).rec
@@ -188,7 +197,8 @@ class Supervisor:
         key = f"{resolved.path}:{st.st_size}:{st.st_mtime_ns}"  # a replaced binary re-parses
         if key not in self._catalogs:
             self._catalogs[key] = await asyncio.to_thread(
-                load_catalog, resolved.path, self.settings.cache_dir)
+                load_catalog, resolved.path, self.settings.cache_dir
+            )
         return self._catalogs[key]
 
     def subscribe(self) -> asyncio.Queue:
@@ -241,9 +251,16 @@ class Supervisor:
                 # Gone while no daemon watched it: its restart policy decides, as for a
                 # crash we saw (the exit status is unknowable: it counts as a failure).
                 restart = should_restart(rec.restart_policy, UNKNOWN_EXIT)
-                self._apply(rt, Event.VANISHED, restart=restart, pid=None, create_time=None,
-                            exit_code=None, last_error="process vanished while the daemon was down"
-                            + ("" if restart else f"; restart policy {rec.restart_policy!r}"))
+                self._apply(
+                    rt,
+                    Event.VANISHED,
+                    restart=restart,
+                    pid=None,
+                    create_time=None,
+                    exit_code=None,
+                    last_error="process vanished while the daemon was down"
+                    + ("" if restart else f"; restart policy {rec.restart_policy!r}"),
+                )
                 if restart:
                     self._run_task(rt, self._resume_vanished)
 
@@ -263,8 +280,12 @@ class Supervisor:
         host, pairs = self._split_owned(catalog, pairs)
         mm_flag = catalog.lookup("--mmproj")
         chosen = {f for f, _ in pairs}  # the user's own --mmproj / --no-mmproj wins
-        if mmproj and mm_flag is not None and mm_flag.long not in chosen \
-                and not any(f.startswith("--no-mmproj") for f in chosen):
+        if (
+            mmproj
+            and mm_flag is not None
+            and mm_flag.long not in chosen
+            and not any(f.startswith("--no-mmproj") for f in chosen)
+        ):
             pairs.append((mm_flag.long, mmproj))  # the vision projector pulled with the model
         return model, resolved, catalog, host, pairs, env
 
@@ -283,42 +304,68 @@ class Supervisor:
         name = self._choose_name(spec.name, model)
         port = self._choose_port(spec.port, host)
         argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
-        return {"name": name, "port": port, "host": host, "model": str(model),
-                "argv": argv + catalog.to_argv(pairs), "env": env, "restart": spec.restart,
-                "preset": spec.preset, "pinned": bool(spec.pinned), "idle_ttl": spec.idle_ttl,
-                "aliases": list(spec.aliases), "build": resolved.build_id,
-                "version": catalog.version, "placement": placement}
+        return {
+            "name": name,
+            "port": port,
+            "host": host,
+            "model": str(model),
+            "argv": argv + catalog.to_argv(pairs),
+            "env": env,
+            "restart": spec.restart,
+            "preset": spec.preset,
+            "pinned": bool(spec.pinned),
+            "idle_ttl": spec.idle_ttl,
+            "aliases": list(spec.aliases),
+            "build": resolved.build_id,
+            "version": catalog.version,
+            "placement": placement,
+        }
 
-    async def plan_fit(self, spec: LaunchSpec, *, devices: str | None = None,
-                       margin: int | None = None, always: bool = False):
+    async def plan_fit(
+        self,
+        spec: LaunchSpec,
+        *,
+        devices: str | None = None,
+        margin: int | None = None,
+        always: bool = False,
+    ):
         """The memory plan a launch of ``spec`` would get now (``fit.planner.Plan``),
         counting what the other instances hold; None when it would not be planned
         (``fit`` off, -ngl/-ts/--device given, a model that cannot be estimated) unless
         ``always`` (``POST /api/v1/fit``: a plan around the user's own flags). Never
         raises NoRoom: ``plan.fits`` says it. ``devices``/``margin`` override settings."""
         model, _, catalog, _, pairs, _ = await self._prepare(spec)
-        return await self._fit(spec, model, catalog, pairs, refuse=False, always=always,
-                               devices=devices, margin=margin)
+        return await self._fit(
+            spec, model, catalog, pairs, refuse=False, always=always, devices=devices, margin=margin
+        )
 
     def committed(self, devices, shown=None, exclude: str | None = None) -> dict[str, int]:
         """Bytes per device that live instances hold beyond what the devices' free
         figures show (see :func:`corral.fit.placement.committed`)."""
         return fit_placement.committed(
-            (rt.rec for rt in self._rts.values() if rt.rec.name != exclude), devices, shown)
+            (rt.rec for rt in self._rts.values() if rt.rec.name != exclude), devices, shown
+        )
 
-    async def _fit(self, spec: LaunchSpec, model: Path, catalog: FlagCatalog, pairs: list,
-                   *, refuse: bool = True, always: bool = False, devices: str | None = None,
-                   margin: int | None = None):
+    async def _fit(
+        self,
+        spec: LaunchSpec,
+        model: Path,
+        catalog: FlagCatalog,
+        pairs: list,
+        *,
+        refuse: bool = True,
+        always: bool = False,
+        devices: str | None = None,
+        margin: int | None = None,
+    ):
         """Plan the launch's memory; None when not planned. NoRoom when it cannot fit."""
         if not always:
             if not (spec.fit and self.settings.fit):
                 return None
-            fixed = {f.long for f in (catalog.lookup(n) for n in _PLACEMENT_FLAGS)
-                     if f is not None}
+            fixed = {f.long for f in (catalog.lookup(n) for n in _PLACEMENT_FLAGS) if f is not None}
             if any(flag in fixed for flag, _ in pairs):
                 return None  # the user placed it: launch exactly that
-        from corral.fit import devices as fit_devices
-        from corral.fit import estimate, planner
+        from corral.fit import devices as fit_devices, estimate, planner
 
         spec_text = (devices or self.settings.fit_devices).strip() or None
         margin = self.settings.fit_margin_mib * 1024 * 1024 if margin is None else margin
@@ -331,8 +378,9 @@ class Supervisor:
             devs = fit_devices.detect_devices(spec_text)
             shown = fit_devices.process_bytes(devs) if spec_text is None else {}
             committed = fit_placement.committed(live, devs, shown)
-            found = planner.plan(shape, pairs, devs, catalog=catalog, margin=margin,
-                                 committed=committed)
+            found = planner.plan(
+                shape, pairs, devs, catalog=catalog, margin=margin, committed=committed
+            )
             found.notes.extend(w for w in devs.warnings if w not in found.notes)
             return found
 
@@ -347,9 +395,11 @@ class Supervisor:
             log.info("no memory plan for %s: %s", model.name, exc)
             return None
         if refuse and not plan.fits:
-            raise NoRoom(f"{model.name} does not fit: {plan.notes[0] if plan.notes else ''}"
-                         " (corral fit shows the plan; --no-fit launches it anyway)",
-                         short_bytes=plan.short_bytes)
+            raise NoRoom(
+                f"{model.name} does not fit: {plan.notes[0] if plan.notes else ''}"
+                " (corral fit shows the plan; --no-fit launches it anyway)",
+                short_bytes=plan.short_bytes,
+            )
         return plan
 
     async def launch(self, spec: LaunchSpec) -> InstanceRecord:
@@ -368,12 +418,25 @@ class Supervisor:
             argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
             argv += catalog.to_argv(pairs)
             rec = InstanceRecord(
-                name=name, model=str(model), binary=str(resolved.path), port=port, host=host,
-                flags=[list(p) for p in pairs], argv=argv, build_id=resolved.build_id,
+                name=name,
+                model=str(model),
+                binary=str(resolved.path),
+                port=port,
+                host=host,
+                flags=[list(p) for p in pairs],
+                argv=argv,
+                build_id=resolved.build_id,
                 version=catalog.version,
-                restart_policy=spec.restart, desired="running", state=State.STOPPED,
-                env=env, preset=spec.preset, origin=spec.origin, pinned=int(bool(spec.pinned)),
-                idle_ttl=spec.idle_ttl, aliases=list(spec.aliases), placement=placement,
+                restart_policy=spec.restart,
+                desired="running",
+                state=State.STOPPED,
+                env=env,
+                preset=spec.preset,
+                origin=spec.origin,
+                pinned=int(bool(spec.pinned)),
+                idle_ttl=spec.idle_ttl,
+                aliases=list(spec.aliases),
+                placement=placement,
             )
             table.insert(self.store, rec)  # a full disk refuses the launch here (507)
             rt = Runtime(rec)
@@ -409,7 +472,8 @@ class Supervisor:
             if remaining is not None and remaining <= 0:
                 raise LaunchFailed(
                     f"instance {name!r} is still {state.value} after {timeout:g} s; it keeps "
-                    f"loading in the background (corral stop {name} to cancel)")
+                    f"loading in the background (corral stop {name} to cancel)"
+                )
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
             # arrives as the inner wait completes (the bug class of issue 10).
             try:
@@ -541,9 +605,13 @@ class Supervisor:
         if not self.settings.fit_learn:
             return pairs
         lv = catalog.lookup("--verbosity") or catalog.lookup("-lv")
-        chosen = {f.long for f in (catalog.lookup(n) for n in ("--verbosity", "-lv", "--verbose",
-                                                                "--log-disable"))
-                  if f is not None}
+        chosen = {
+            f.long
+            for f in (
+                catalog.lookup(n) for n in ("--verbosity", "-lv", "--verbose", "--log-disable")
+            )
+            if f is not None
+        }
         if lv is None or any(flag in chosen for flag, _ in pairs):
             return pairs
         return pairs + [(lv.long, "4")]
@@ -566,14 +634,17 @@ class Supervisor:
         for d in placement.get("devices", ()):
             projected, got = int(d.get("used_bytes") or 0), real.get(d.get("id"), 0)
             if (projected or got) and abs(got - projected) > MISMATCH * max(projected, 1):
-                mismatch.append({"id": d.get("id"), "projected_bytes": projected,
-                                 "real_bytes": got})
+                mismatch.append(
+                    {"id": d.get("id"), "projected_bytes": projected, "real_bytes": got}
+                )
         if mismatch:
-            log.warning("%s: llama-server allocated %s, the plan said %s (over %d %% apart)",
-                        rt.rec.name,
-                        ", ".join(f"{m['id']} {m['real_bytes'] >> 20} MiB" for m in mismatch),
-                        ", ".join(f"{m['projected_bytes'] >> 20} MiB" for m in mismatch),
-                        int(MISMATCH * 100))
+            log.warning(
+                "%s: llama-server allocated %s, the plan said %s (over %d %% apart)",
+                rt.rec.name,
+                ", ".join(f"{m['id']} {m['real_bytes'] >> 20} MiB" for m in mismatch),
+                ", ".join(f"{m['projected_bytes'] >> 20} MiB" for m in mismatch),
+                int(MISMATCH * 100),
+            )
         self._persist(rt, {"placement": {**placement, "real": real, "mismatch": mismatch}})
         self._emit(rt, "placement")
 
@@ -583,10 +654,13 @@ class Supervisor:
             return derive_name(model, taken)
         if not NAME_RE.fullmatch(wanted):
             raise UsageError(
-                f"invalid instance name {wanted!r}: use letters, digits, '.', '_' or '-' (max 64)")
+                f"invalid instance name {wanted!r}: use letters, digits, '.', '_' or '-' (max 64)"
+            )
         if wanted in taken:
-            raise Conflict(f"an instance named {wanted!r} already exists "
-                           f"(corral start {wanted}, or corral delete {wanted})")
+            raise Conflict(
+                f"an instance named {wanted!r} already exists "
+                f"(corral start {wanted}, or corral delete {wanted})"
+            )
         return wanted
 
     def _choose_port(self, wanted: int | None, host: str) -> int:
@@ -613,7 +687,9 @@ class Supervisor:
         self._check_epoch(rt)
         rec = rt.rec
         if not self.ops.port_free(rec.host, rec.port):
-            self._apply(rt, Event.SPAWN_FAILED, last_error=f"port {rec.port} is taken by another process")
+            self._apply(
+                rt, Event.SPAWN_FAILED, last_error=f"port {rec.port} is taken by another process"
+            )
             raise PortInUse(f"port {rec.port} on {rec.host} is already in use by another process")
         binary = Path(rec.argv[0])
         try:
@@ -625,9 +701,16 @@ class Supervisor:
             self._apply(rt, Event.SPAWN_FAILED, last_error=f"cannot run {binary}: {reason}")
             raise BinaryError(f"cannot run {binary}: {reason}")
         rt.handle = handle
-        self._apply(rt, event, pid=handle.pid, create_time=handle.create_time,
-                    started_at=self.clock(), exit_code=None,
-                    ready_at=rt.rec.ready_at if rt.ever_ready else None, **changes)
+        self._apply(
+            rt,
+            event,
+            pid=handle.pid,
+            create_time=handle.create_time,
+            started_at=self.clock(),
+            exit_code=None,
+            ready_at=rt.rec.ready_at if rt.ever_ready else None,
+            **changes,
+        )
 
     # -- internals: the supervision loop -------------------------------------------
     def _run_task(self, rt: Runtime, body: Callable[[Runtime], Awaitable[None]]) -> None:
@@ -656,13 +739,19 @@ class Supervisor:
                         try:
                             await self._learn(rt)
                         except (OSError, ValueError) as exc:  # never a reason to stop watching
-                            log.warning("reading the memory report of %s failed: %s",
-                                        rt.rec.name, exc)
+                            log.warning(
+                                "reading the memory report of %s failed: %s", rt.rec.name, exc
+                            )
                         continue
                     if outcome == "timeout":
                         await self._terminate(rt)
-                        self._apply(rt, Event.LOAD_TIMEOUT, pid=None, create_time=None,
-                                    last_error=f"not ready after {self.settings.load_timeout:g} s")
+                        self._apply(
+                            rt,
+                            Event.LOAD_TIMEOUT,
+                            pid=None,
+                            create_time=None,
+                            last_error=f"not ready after {self.settings.load_timeout:g} s",
+                        )
                         return
                 elif rt.state in (State.READY, State.UNHEALTHY):
                     outcome = await self._monitor(rt)
@@ -683,8 +772,13 @@ class Supervisor:
                 await self._terminate(rt)
             finally:
                 if rt.state not in RESTING:
-                    self._apply(rt, Event.FAULT, pid=None, create_time=None,
-                                last_error=f"supervisor error: {exc}")
+                    self._apply(
+                        rt,
+                        Event.FAULT,
+                        pid=None,
+                        create_time=None,
+                        last_error=f"supervisor error: {exc}",
+                    )
 
     async def _await_ready(self, rt: Runtime) -> str:
         """Poll /health fast until 200 ('ready'), the process exits ('exit') or time runs out."""
@@ -707,8 +801,11 @@ class Supervisor:
     async def _monitor(self, rt: Runtime) -> str:
         """Watch a ready instance: 'exit' when the process ends, 'hung' after failed probes."""
         failures = 0
-        next_probe = time.monotonic() if rt.state is State.UNHEALTHY else \
-            time.monotonic() + self.settings.probe_interval
+        next_probe = (
+            time.monotonic()
+            if rt.state is State.UNHEALTHY
+            else time.monotonic() + self.settings.probe_interval
+        )
         next_rotate = time.monotonic() + 5.0
         while True:
             if rt.handle is None or rt.handle.poll() is not None:
@@ -717,8 +814,11 @@ class Supervisor:
             if now >= next_rotate:
                 next_rotate = now + 5.0
                 try:
-                    logs.rotate_if_needed(self.log_path(rt.rec.name),
-                                          self.settings.log_max_bytes, self.settings.log_backups)
+                    logs.rotate_if_needed(
+                        self.log_path(rt.rec.name),
+                        self.settings.log_max_bytes,
+                        self.settings.log_backups,
+                    )
                 except OSError as exc:  # a full disk must not stop supervision
                     log.warning("rotating the log of %s failed: %s", rt.rec.name, exc)
             if now < next_probe:
@@ -735,8 +835,9 @@ class Supervisor:
                 continue
             failures += 1
             reason = "no answer" if status is None else f"HTTP {status}"
-            self._apply(rt, Event.PROBE_FAILED,
-                        last_error=f"health probe failed {failures}x ({reason})")
+            self._apply(
+                rt, Event.PROBE_FAILED, last_error=f"health probe failed {failures}x ({reason})"
+            )
             if failures >= self.settings.probe_failures:
                 return "hung"
 
@@ -773,8 +874,14 @@ class Supervisor:
         give_up = len(rt.crash_times) >= self.settings.crash_limit
         await self._terminate(rt)
         msg = f"hung: {self.settings.probe_failures} health probes failed; "
-        nxt = self._apply(rt, Event.HUNG, give_up=give_up, pid=None, create_time=None,
-                          last_error=msg + ("crash limit reached" if give_up else "restarted"))
+        nxt = self._apply(
+            rt,
+            Event.HUNG,
+            give_up=give_up,
+            pid=None,
+            create_time=None,
+            last_error=msg + ("crash limit reached" if give_up else "restarted"),
+        )
         if nxt is State.FAILED:
             return False
         return await self._respawn_after(rt, 0.0)
@@ -787,8 +894,15 @@ class Supervisor:
         reason = describe_exit(code) + (f": {last_line.strip()[:300]}" if last_line else "")
         if not rt.ever_ready:
             # Never became ready since the user launched it: fail fast, do not loop.
-            self._apply(rt, Event.EXIT, give_up=True, pid=None, create_time=None,
-                        exit_code=code, last_error=reason)
+            self._apply(
+                rt,
+                Event.EXIT,
+                give_up=True,
+                pid=None,
+                create_time=None,
+                exit_code=code,
+                last_error=reason,
+            )
             return False
         restart = should_restart(rt.rec.restart_policy, code)
         give_up = False
@@ -797,13 +911,23 @@ class Supervisor:
             rt.crash_times = recent(rt.crash_times + [now], now, self.settings.crash_window)
             give_up = len(rt.crash_times) >= self.settings.crash_limit
         if give_up:
-            reason = f"crashed {len(rt.crash_times)} times in {self.settings.crash_window:g} s; last {reason}"
-        nxt = self._apply(rt, Event.EXIT, restart=restart, give_up=give_up, pid=None,
-                          create_time=None, exit_code=code, last_error=reason)
+            n, window = len(rt.crash_times), self.settings.crash_window
+            reason = f"crashed {n} times in {window:g} s; last {reason}"
+        nxt = self._apply(
+            rt,
+            Event.EXIT,
+            restart=restart,
+            give_up=give_up,
+            pid=None,
+            create_time=None,
+            exit_code=code,
+            last_error=reason,
+        )
         if nxt is not State.BACKOFF:
             return False
-        delay = backoff_delay(len(rt.crash_times), self.settings.backoff_initial,
-                              self.settings.backoff_max)
+        delay = backoff_delay(
+            len(rt.crash_times), self.settings.backoff_initial, self.settings.backoff_max
+        )
         return await self._respawn_after(rt, delay)
 
     async def _respawn_after(self, rt: Runtime, delay: float) -> bool:
@@ -833,11 +957,14 @@ class Supervisor:
             return
         handle.signal_group(signal.SIGTERM)
         if not await self._wait_gone(handle, self.settings.stop_timeout):
-            log.warning("%s ignored SIGTERM for %g s: SIGKILL", rt.rec.name, self.settings.stop_timeout)
+            log.warning(
+                "%s ignored SIGTERM for %g s: SIGKILL", rt.rec.name, self.settings.stop_timeout
+            )
             handle.signal_group(signal.SIGKILL)
             if not await self._wait_gone(handle, KILL_WAIT):
-                log.error("%s (pid %s) still there %g s after SIGKILL", rt.rec.name,
-                          handle.pid, KILL_WAIT)
+                log.error(
+                    "%s (pid %s) still there %g s after SIGKILL", rt.rec.name, handle.pid, KILL_WAIT
+                )
         self._emit(rt, "terminated")
 
     @staticmethod
@@ -862,8 +989,12 @@ class Supervisor:
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=TASK_CANCEL_GRACE)
         if not done:
-            log.error("the supervision task of %s ignored its cancellation for %g s: abandoned "
-                      "(it can no longer act on the instance)", rt.rec.name, TASK_CANCEL_GRACE)
+            log.error(
+                "the supervision task of %s ignored its cancellation for %g s: abandoned "
+                "(it can no longer act on the instance)",
+                rt.rec.name,
+                TASK_CANCEL_GRACE,
+            )
             self.abandoned.append(rt.rec.name)
 
     # -- internals: state and events ------------------------------------------------
@@ -873,8 +1004,15 @@ class Supervisor:
         if mine is not None and mine[0] == id(rt) and mine[1] != rt.epoch:
             raise _StaleTask(rt.rec.name)
 
-    def _apply(self, rt: Runtime, event: Event, *, restart: bool = False,
-               give_up: bool = False, **changes: Any) -> State:
+    def _apply(
+        self,
+        rt: Runtime,
+        event: Event,
+        *,
+        restart: bool = False,
+        give_up: bool = False,
+        **changes: Any,
+    ) -> State:
         """The one writer of an instance's state: ``transition`` decides, this records.
 
         Memory first (the truth while the daemon lives), then the store; the new state
@@ -910,8 +1048,9 @@ class Supervisor:
             table.update(self.store, rt.rec.name, **rt.unsaved)
         except (StoreError, sqlite3.Error, OSError) as exc:
             if not self._store_warned:
-                log.warning("cannot write instance state (%s); keeping it in memory and "
-                            "retrying", exc)
+                log.warning(
+                    "cannot write instance state (%s); keeping it in memory and retrying", exc
+                )
                 self._store_warned = True
             return False
         rt.unsaved.clear()
@@ -925,9 +1064,20 @@ class Supervisor:
                 table.insert(store, rt.rec)
                 log.warning("re-registered instance %s in the rebuilt store", rt.rec.name)
             rt.unsaved.clear()
-            cols = {k: getattr(rt.rec, k) for k in ("state", "desired", "pid", "create_time",
-                                                    "restarts", "exit_code", "last_error",
-                                                    "started_at", "ready_at")}
+            cols = {
+                k: getattr(rt.rec, k)
+                for k in (
+                    "state",
+                    "desired",
+                    "pid",
+                    "create_time",
+                    "restarts",
+                    "exit_code",
+                    "last_error",
+                    "started_at",
+                    "ready_at",
+                )
+            }
             table.update(store, rt.rec.name, **cols)
 
     def _flush_unsaved(self) -> None:
@@ -944,9 +1094,15 @@ class Supervisor:
                 self._flush_unsaved()
 
     def _emit(self, rt: Runtime, kind: str) -> None:
-        payload = {"type": kind, "instance": rt.rec.name, "state": rt.rec.state,
-                   "pid": rt.rec.pid, "port": rt.rec.port, "restarts": rt.rec.restarts,
-                   "time": self.clock()}
+        payload = {
+            "type": kind,
+            "instance": rt.rec.name,
+            "state": rt.rec.state,
+            "pid": rt.rec.pid,
+            "port": rt.rec.port,
+            "restarts": rt.rec.restarts,
+            "time": self.clock(),
+        }
         self.events.publish(payload)
 
 
@@ -956,7 +1112,8 @@ class _StaleTask(Exception):
 
 #: (id of the Runtime, epoch) of the supervision task running in this context.
 _EPOCH: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
-    "corral_supervision_epoch", default=None)
+    "corral_supervision_epoch", default=None
+)
 
 
 def _retrieve(task: asyncio.Task) -> None:
@@ -983,8 +1140,10 @@ def _check_host(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise UsageError(f"--host must be an IP address of this machine (127.0.0.1, 0.0.0.0, "
-                         f"::1 ...), not {value[:100]!r}") from None
+        raise UsageError(
+            f"--host must be an IP address of this machine (127.0.0.1, 0.0.0.0, "
+            f"::1 ...), not {value[:100]!r}"
+        ) from None
 
 
 def _this_launch_log(path: Path, limit: int = 2 * 1024 * 1024) -> str:
