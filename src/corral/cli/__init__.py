@@ -44,6 +44,7 @@ COMMAND_MODULES = {
     "gpus": "system",
     "doctor": "system",
     "fit": "fit",
+    "completion": "completion",
 }
 
 
