@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from corral.errors import BinaryError, Conflict, CorralError, NotFound
+from corral.errors import (  # UnsafeArchive, TargetExists: importable from here too
+    BinaryError,
+    CorralError,
+    NotFound,
+    TargetExists,
+    UnsafeArchive,
+)
 
 __all__ = [
     "UnsafeArchive",
@@ -53,20 +59,6 @@ SERVER_NAMES = ("llama-server", "llama-server.exe")
 
 _CHUNK = 1 << 20
 _MAX_LINK_TARGET = 4096
-
-
-class UnsafeArchive(CorralError):
-    """The archive is corrupt, not an archive, or holds an entry we refuse to unpack."""
-
-    status = 422
-    code = "unsafe_archive"
-    exit_code = 2
-
-
-class TargetExists(Conflict):
-    """The directory ``safe_extract`` was asked to create already exists."""
-
-    code = "target_exists"
 
 
 # --------------------------------------------------------------------------- members

@@ -43,7 +43,16 @@ import httpx
 
 from corral.builds.archive import find_server, safe_extract, swap_into_place
 from corral.builds.resolve import binary_env, binary_version
-from corral.errors import BinaryError, Conflict, CorralError, NotFound, UsageError
+from corral.errors import (  # the release errors live in the one tree; importable from here too
+    AlreadyInstalled,
+    BinaryError,
+    CorralError,
+    NoAsset,
+    NotFound,
+    ReleaseDigestMismatch,
+    ReleaseError,
+    UsageError,
+)
 
 __all__ = [
     "InstalledBuild",
@@ -65,52 +74,15 @@ __all__ = [
 Progress = Callable[[int, int | None], None]
 
 
-class ReleaseError(CorralError):
-    """The releases API or download server failed or answered something unusable."""
-
-    status = 502
-    code = "release_error"
-    exit_code = 8
-
-
-class ReleaseDigestMismatch(ReleaseError):
-    """The downloaded asset's sha256 differs from the digest the release states."""
-
-    code = "download_corrupt"
-
-
-class NoAsset(NotFound):
-    """The release has no asset for this os/arch/backend."""
-
-    code = "no_release_asset"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        tag: str,
-        os_name: str,
-        arch: str,
-        backend: str,
-        detail: str | None = None,
-    ) -> None:
-        super().__init__(message, detail=detail)
-        self.tag, self.os_name, self.arch, self.backend = tag, os_name, arch, backend
-
-
-class AlreadyInstalled(Conflict):
-    """``<tag>-<backend>`` is already installed (pass ``force`` to replace it)."""
-
-    code = "already_installed"
-
-    def __init__(self, message: str, *, path: Path, name: str) -> None:
-        super().__init__(message)
-        self.path = path  # the build directory
-        self.name = name  # e.g. "b6000-cpu"
-        try:
-            self.binary: Path | None = find_server(path)
-        except CorralError:
-            self.binary = None
+def _already_installed(target: Path, name: str) -> AlreadyInstalled:
+    """The refusal for an installed ``name``, naming its llama-server when there is one."""
+    try:
+        binary: Path | None = find_server(target)
+    except CorralError:
+        binary = None
+    return AlreadyInstalled(
+        f"{name} is already installed at {target}", path=target, name=name, binary=binary
+    )
 
 
 @dataclass(frozen=True)
@@ -473,9 +445,7 @@ def install_release(
         name = f"{tag}-{_safe_component(backend)}"
         target = dest_root / name
         if os.path.lexists(target) and not force:
-            raise AlreadyInstalled(
-                f"{name} is already installed at {target}", path=target, name=name
-            )
+            raise _already_installed(target, name)
 
         downloads = dest_root / ".downloads"
         downloads.mkdir(parents=True, exist_ok=True)
@@ -511,9 +481,7 @@ def install_release(
             _check_libraries(server)
         rel_server = server.relative_to(staging)
         if not force and os.path.lexists(target):  # installed meanwhile by someone else
-            raise AlreadyInstalled(
-                f"{name} is already installed at {target}", path=target, name=name
-            )
+            raise _already_installed(target, name)
         swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

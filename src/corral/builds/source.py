@@ -53,7 +53,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from corral.builds.archive import safe_extract, swap_into_place
-from corral.errors import BinaryError, CorralError, NotFound, UsageError
+from corral.errors import (  # BuildFailed, SourceUnavailable: importable from here too
+    BinaryError,
+    BuildFailed,
+    NotFound,
+    SourceUnavailable,
+    UsageError,
+)
 from corral.gpu import HostInfo, amdgpu_targets, cuda_architectures
 
 __all__ = [
@@ -89,22 +95,6 @@ X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 
 _PERCENT = re.compile(r"^\[\s*(\d{1,3})%\]")
 _NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
-
-
-class BuildFailed(CorralError):
-    """cmake configure or build failed, or the built binary does not run."""
-
-    status = 500
-    code = "build_failed"
-    exit_code = 10
-
-
-class SourceUnavailable(CorralError):
-    """The llama.cpp source could not be fetched (network, pip, or not a llama.cpp tree)."""
-
-    status = 502
-    code = "source_unavailable"
-    exit_code = 10
 
 
 # --------------------------------------------------------------------------- cmake args
