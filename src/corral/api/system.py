@@ -1,4 +1,8 @@
-"""/api/v1/system: this host's CPU, RAM, GPUs, the backend corral would pick, builds."""
+"""/api/v1/system: this host's CPU, RAM, GPUs, the backend corral would pick, builds.
+
+/api/v1/schema: the names, patterns and ranges the web UI checks before it sends
+(:func:`corral.types.schema`), so the JavaScript does not type them again.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ from fastapi import APIRouter, Depends
 
 from corral.api.deps import Daemon, get_daemon
 
-router = APIRouter(prefix="/api/v1/system", tags=["system"])
+router = APIRouter(prefix="/api/v1", tags=["system"])
 psutil.cpu_percent(interval=None)  # primes the counter: each call reports use since the last
 
 
-@router.get("")
+@router.get("/system")
 async def system(d: Daemon = Depends(get_daemon)) -> dict:
     """Host detection (re-run on every call: free VRAM and RAM are live) plus builds."""
     from corral import gpu
@@ -30,3 +34,11 @@ async def system(d: Daemon = Depends(get_daemon)) -> dict:
     data["load_average"] = list(os.getloadavg())
     data["builds"] = [b.to_dict() for b in await asyncio.to_thread(builds.list_all, d.store)]
     return data
+
+
+@router.get("/schema")
+async def schema() -> dict:
+    """Instance-name pattern, restart policies, port range, environment-name pattern."""
+    from corral import types
+
+    return types.schema()

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from corral.types import RESTART_POLICIES  # noqa: F401 - importable from here, written once
+
 
 class State(StrEnum):
     STARTING = "starting"  # process spawned, /health not yet 200
@@ -59,8 +61,6 @@ ALIVE = frozenset({State.STARTING, State.READY, State.UNHEALTHY, State.STOPPING}
 ACTIVE = ALIVE | {State.BACKOFF}
 #: States that need an explicit start to leave.
 RESTING = frozenset({State.STOPPED, State.EXITED, State.FAILED})
-
-RESTART_POLICIES = ("always", "on-failure", "never")
 
 
 class InvalidTransition(ValueError):
