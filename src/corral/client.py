@@ -7,7 +7,20 @@ Kept free of third-party imports so ``corral ps`` stays fast. When no daemon ans
 Credentials: CORRAL_API_KEY when set, else the running daemon's local admin token
 (``CORRAL_HOME/daemon.token``, rewritten at each daemon start) -- so the CLI on the
 daemon's machine keeps working once API keys exist. The token goes to loopback
-addresses only: a CORRAL_URL naming another machine never receives it.
+addresses only (:func:`corral.net.is_loopback`): a CORRAL_URL naming another machine
+never receives it.
+
+TLS: an ``https://`` CORRAL_URL (a daemon behind a TLS proxy, or on another machine) is
+spoken with the stdlib ``ssl`` module, imported only then: port 443 by default, the
+system's trust store with host name checking and SNI (``ssl.create_default_context``),
+so ``SSL_CERT_FILE`` points at another CA bundle. A certificate that does not verify is
+one line, :class:`~corral.errors.TLSError` (exit 7), never a fall back to plain HTTP.
+corral never starts a daemon for an ``https://`` URL: ``corral serve`` speaks plain HTTP, so
+such a daemon is somebody else's to run.
+
+Errors: the daemon's ``{"error": {"code", "message", "detail"}}`` becomes the class of
+that code (:func:`corral.errors.by_code`, derived from the tree), so the CLI exits with
+the code the daemon-side error has.
 """
 
 from __future__ import annotations
@@ -21,36 +34,14 @@ from typing import Any, Iterator
 from urllib.parse import urlencode, urlsplit
 
 from corral import errors
+from corral.net import is_loopback
 from corral.settings import Settings
 
 #: The daemon's local admin token, in CORRAL_HOME (mode 0600).
 TOKEN_FILE = "daemon.token"
 
-_BY_CODE = {
-    cls.code: cls
-    for cls in (
-        errors.UsageError,
-        errors.UnknownFlag,
-        errors.FlagValueError,
-        errors.OwnedFlag,
-        errors.InvalidModelFile,
-        errors.NotFound,
-        errors.Conflict,
-        errors.PortInUse,
-        errors.BinaryError,
-        errors.LaunchFailed,
-        errors.DaemonUnavailable,
-        errors.HubError,
-        errors.HubAuthError,
-        errors.DownloadCorrupt,
-        errors.Cancelled,
-        errors.TooLarge,
-        errors.Forbidden,
-        errors.StoreError,
-        errors.DiskFull,
-        errors.NoRoom,
-    )
-}
+#: Each error code to its class (cli/hub.py reads it for a pull that failed).
+_BY_CODE = errors.by_code()
 
 
 class Client:
@@ -59,16 +50,24 @@ class Client:
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         self.settings = settings
         parts = urlsplit(settings.daemon_url)
+        self.tls = parts.scheme == "https"
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if self.tls else 80)
         self.timeout = timeout
+        self._tls_context = None  # made on first use: ssl is imported only for https
+
+    @property
+    def authority(self) -> str:
+        """``host:port`` as the Host header writes it (an IPv6 address in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def _headers(self, body: bool) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if body:
             headers["Content-Type"] = "application/json"
         secret = self.settings.api_key or (
-            read_token(self.settings) if _is_loopback(self.host) else ""
+            read_token(self.settings) if is_loopback(self.host) else ""
         )
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
@@ -95,7 +94,7 @@ class Client:
         except ValueError:
             payload = {"error": {"code": "internal", "message": raw[:200].decode(errors="replace")}}
         if status >= 400:
-            raise _to_error(status, payload)
+            raise error_from_answer(status, payload)
         return payload
 
     def _roundtrip(
@@ -106,13 +105,13 @@ class Client:
         http.client would cost ~17 ms of imports (ssl, email) on every CLI call.
         """
         headers = self._headers(data is not None)
-        headers["Host"] = f"{self.host}:{self.port}"
+        headers["Host"] = self.authority
         headers["Connection"] = "close"
         headers["Content-Length"] = str(len(data or b""))
         head = f"{method} {path} HTTP/1.1\r\n" + "".join(
             f"{k}: {v}\r\n" for k, v in headers.items()
         )
-        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+        with self._connect(timeout) as sock:
             sock.sendall(head.encode("latin-1") + b"\r\n" + (data or b""))
             chunks = []
             while True:
@@ -122,17 +121,56 @@ class Client:
                 chunks.append(chunk)
         return _parse_response(b"".join(chunks))
 
+    def _connect(self, timeout: float) -> socket.socket:
+        """A connected socket to the daemon, TLS-wrapped for an ``https://`` URL."""
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        if not self.tls:
+            return sock
+        try:
+            return self._ssl_context().wrap_socket(sock, server_hostname=self.host)
+        except OSError as exc:
+            sock.close()
+            raise self._tls_failure(exc) from exc
+
+    def _ssl_context(self):
+        if self._tls_context is None:
+            import ssl
+
+            self._tls_context = ssl.create_default_context()
+        return self._tls_context
+
+    def _tls_failure(self, exc: OSError) -> OSError | errors.TLSError:
+        """A TLSError naming why for a certificate or handshake failure; other OSErrors
+        (refused, reset, timed out) stay themselves, as over plain HTTP."""
+        import ssl
+
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return errors.TLSError(
+                f"the TLS certificate of {self.authority} is not trusted "
+                f"({exc.verify_message}); set SSL_CERT_FILE to the CA bundle that signed it"
+            )
+        if isinstance(exc, ssl.SSLError):
+            return errors.TLSError(f"TLS with {self.authority} failed ({exc.reason or exc})")
+        return exc
+
     def stream_lines(self, path: str, params: dict | None = None) -> Iterator[str]:
         """Yield the ``data:`` payloads of an SSE stream, decoded from JSON."""
         import http.client
 
         if params:
             path += "?" + urlencode(params)
-        conn = http.client.HTTPConnection(self.host, self.port)
-        conn.request("GET", path, headers=self._headers(False))
+        if self.tls:
+            conn = http.client.HTTPSConnection(self.host, self.port, context=self._ssl_context())
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port)
+        try:
+            conn.request("GET", path, headers=self._headers(False))
+        except OSError as exc:
+            conn.close()
+            raise (self._tls_failure(exc) if self.tls else exc) from exc
         resp = conn.getresponse()
         if resp.status >= 400:
-            raise _to_error(resp.status, json.loads(resp.read() or b"null"))
+            raise error_from_answer(resp.status, json.loads(resp.read() or b"null"))
         try:
             for raw in resp:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
@@ -142,9 +180,13 @@ class Client:
             conn.close()
 
     def alive(self, timeout: float = 0.5) -> bool:
+        """True when the daemon answers ``/healthz``; a TLS failure is raised, not False
+        (a daemon that answers with a bad certificate is not one to start anew)."""
         try:
             self.request("GET", "/healthz", timeout=timeout)
             return True
+        except errors.TLSError:
+            raise
         except (OSError, errors.CorralError):
             return False
 
@@ -155,14 +197,6 @@ def read_token(settings: Settings) -> str:
         return (settings.home / TOKEN_FILE).read_text().strip()
     except (OSError, UnicodeDecodeError):
         return ""
-
-
-def _is_loopback(host: str) -> bool:
-    # Not ipaddress: its import costs more than this whole check is worth on every CLI call.
-    if host in ("localhost", "::1"):
-        return True
-    parts = host.split(".")
-    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() for p in parts)
 
 
 def _parse_response(raw: bytes) -> tuple[int, bytes]:
@@ -194,7 +228,9 @@ def _dechunk(body: bytes) -> bytes:
     return b"".join(out)
 
 
-def _to_error(status: int, payload: Any) -> errors.CorralError:
+def error_from_answer(status: int, payload: Any) -> errors.CorralError:
+    """The CorralError an error answer stands for: the class of its code, else one by the
+    HTTP status (a proxy's or Starlette's answer without a corral code)."""
     err = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
     cls = _BY_CODE.get(err.get("code", ""))
     if cls is None:
@@ -272,6 +308,8 @@ def ensure_daemon(settings: Settings) -> Client:
     """A client for a daemon that answers, starting one when none does."""
     client = Client(settings)
     if not client.alive():
+        if client.tls:  # corral serve speaks plain HTTP: this daemon is not ours to start
+            raise errors.DaemonUnavailable(f"no corral daemon answers at {settings.daemon_url}")
         print(f"corral: starting the daemon ({settings.daemon_url})", file=sys.stderr)
         start_daemon(settings)
     return client

@@ -26,6 +26,7 @@
     │   └── UpstreamKeyError     502          upstream_key        its key file is unreadable
     ├── Busy                     503    13    busy                queue full, nothing to evict
     ├── DaemonUnavailable        503    7     daemon_unavailable  the CLI cannot reach/start it
+    │   └── TLSError             503          tls_error           its certificate did not verify
     ├── StoreError               503    12    store_unavailable   corral.db corrupt, gone, r/o
     │   └── DiskFull             507    11    disk_full           no space left to write
     ├── ReleaseError             502    8     release_error       releases API/download failed
@@ -277,6 +278,14 @@ class DaemonUnavailable(CorralError):
     status = 503
     code = "daemon_unavailable"
     exit_code = 7
+
+
+class TLSError(DaemonUnavailable):
+    """The daemon's TLS certificate did not verify, or the TLS handshake failed.
+
+    Raised by the CLI's client only (no daemon sends it), with the reason."""
+
+    code = "tls_error"
 
 
 class StoreError(CorralError):
