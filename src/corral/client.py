@@ -180,13 +180,9 @@ class Client:
             conn.close()
 
     def alive(self, timeout: float = 0.5) -> bool:
-        """True when the daemon answers ``/healthz``; a TLS failure is raised, not False
-        (a daemon that answers with a bad certificate is not one to start anew)."""
         try:
             self.request("GET", "/healthz", timeout=timeout)
             return True
-        except errors.TLSError:
-            raise
         except (OSError, errors.CorralError):
             return False
 
@@ -307,9 +303,11 @@ def start_daemon(settings: Settings, wait: float = 20.0) -> None:
 def ensure_daemon(settings: Settings) -> Client:
     """A client for a daemon that answers, starting one when none does."""
     client = Client(settings)
+    if client.tls:
+        # corral serve speaks plain HTTP: a daemon behind https:// is not ours to start, and
+        # the first request says what is wrong (refused, or a TLSError naming the cause).
+        return client
     if not client.alive():
-        if client.tls:  # corral serve speaks plain HTTP: this daemon is not ours to start
-            raise errors.DaemonUnavailable(f"no corral daemon answers at {settings.daemon_url}")
         print(f"corral: starting the daemon ({settings.daemon_url})", file=sys.stderr)
         start_daemon(settings)
     return client

@@ -351,12 +351,16 @@ class Cancelled(CorralError):
 
 
 def walk(root: type[CorralError] = CorralError) -> list[type[CorralError]]:
-    """``root`` and every class below it, each once, ancestors before descendants."""
+    """``root`` and every class of this module below it, each once, ancestors first.
+
+    A subclass defined in another module is not part of the tree (and the test of the
+    tree says where it should go): what the table holds must not depend on which modules
+    a process happened to import."""
     seen: list[type[CorralError]] = []
     todo = [root]
     while todo:
         cls = todo.pop(0)
-        if cls not in seen:
+        if cls not in seen and cls.__module__ == __name__:
             seen.append(cls)
             todo.extend(cls.__subclasses__())
     return seen
