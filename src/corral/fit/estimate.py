@@ -388,10 +388,34 @@ def _repack_rule(type_id: int, flags: frozenset[str]) -> bool:
 _REPACKABLE_TYPES = (2, 8, 10, 12, 13, 14, 20, 39)
 
 
-def shape_from_info(info: GGUFInfo) -> ModelShape:
-    """Build the shape from a parsed header (no I/O)."""
-    kv = info.kv
-    arch = info.architecture or "llama"
+@dataclass
+class _Hparams:
+    """The hyper-parameters llama.cpp sizes a model's buffers from, read from the GGUF
+    keys once (``llama_model::load_hparams``) so each step of :func:`shape_from_info`
+    reads named fields instead of the key table."""
+
+    arch: str
+    n_layer: int
+    #: ``n_layer`` plus the NextN/MTP layers, which have tensors and a KV cache too.
+    n_layer_all: int
+    n_embd: int
+    n_head: int
+    heads_kv: list[int]
+    head_k: int
+    head_v: int
+    n_ctx_train: int
+    n_expert: int
+    n_expert_used: int
+    is_mla: bool
+    n_swa: int
+    swa: list[bool]
+    d_inner: int
+    recurrent_width: int
+    recurrent: list[bool]
+
+
+def _read_hparams(kv: dict[str, Any], arch: str) -> _Hparams:
+    """The attention, expert, sliding-window and recurrent hyper-parameters of ``arch``."""
     n_layer = int(_kv_get(kv, arch, "block_count", 0) or 0)
     n_nextn = int(_kv_get(kv, arch, "nextn_predict_layers", 0) or 0)
     n_layer_all = n_layer + n_nextn
@@ -403,124 +427,181 @@ def shape_from_info(info: GGUFInfo) -> ModelShape:
     head_k = int(
         _kv_get(kv, arch, "attention.key_length", 0) or (n_embd // n_head if n_head else 0)
     )
-    head_v = int(_kv_get(kv, arch, "attention.value_length", 0) or head_k)
-    n_ffs = _per_layer(kv.get(f"{arch}.feed_forward_length"), n_layer_all)
-    n_expert = int(_kv_get(kv, arch, "expert_count", 0) or 0)
-    n_expert_used = int(_kv_get(kv, arch, "expert_used_count", 0) or 0)
-    n_ff_exp = int(_kv_get(kv, arch, "expert_feed_forward_length", 0) or 0)
-    n_ff_shexp = int(_kv_get(kv, arch, "expert_shared_feed_forward_length", 0) or 0)
-    n_shared = int(_kv_get(kv, arch, "expert_shared_count", 0) or (1 if n_ff_shexp else 0))
-    is_mla = bool(_kv_get(kv, arch, "attention.key_length_mla", 0))
     n_swa = int(
         _kv_get(kv, arch, "attention.sliding_window", 0) or SWA_WINDOW_DEFAULTS.get(arch, 0)
     )
-    swa = _swa_layers(kv, arch, n_layer, n_swa) + [False] * n_nextn
-
-    # recurrent / hybrid layers (llm_arch_is_recurrent, per-layer head_count_kv == 0)
-    d_conv = int(_kv_get(kv, arch, "ssm.conv_kernel", 0) or 0)
     d_inner = int(_kv_get(kv, arch, "ssm.inner_size", 0) or 0)
+    recurrent_width = _recurrent_width(kv, arch, n_embd, d_inner)
+    return _Hparams(
+        arch=arch,
+        n_layer=n_layer,
+        n_layer_all=n_layer_all,
+        n_embd=n_embd,
+        n_head=n_head,
+        heads_kv=heads_kv,
+        head_k=head_k,
+        head_v=int(_kv_get(kv, arch, "attention.value_length", 0) or head_k),
+        n_ctx_train=int(_kv_get(kv, arch, "context_length", 0) or 0),
+        n_expert=int(_kv_get(kv, arch, "expert_count", 0) or 0),
+        n_expert_used=int(_kv_get(kv, arch, "expert_used_count", 0) or 0),
+        is_mla=bool(_kv_get(kv, arch, "attention.key_length_mla", 0)),
+        n_swa=n_swa,
+        swa=_swa_layers(kv, arch, n_layer, n_swa) + [False] * n_nextn,
+        d_inner=d_inner,
+        recurrent_width=recurrent_width,
+        recurrent=_recurrent_layers(arch, recurrent_width, heads_kv, heads_kv_raw),
+    )
+
+
+def _recurrent_width(kv: dict[str, Any], arch: str, n_embd: int, d_inner: int) -> int:
+    """f32 elements of recurrent state per layer per sequence (``n_embd_r + n_embd_s``,
+    llama-hparams.cpp); RWKV's is its token shift plus the wkv state. 0: none."""
+    d_conv = int(_kv_get(kv, arch, "ssm.conv_kernel", 0) or 0)
     d_state = int(_kv_get(kv, arch, "ssm.state_size", 0) or 0)
     n_group = int(_kv_get(kv, arch, "ssm.group_count", 0) or 0)
-    recurrent_width = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state) + d_state * d_inner
+    width = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state) + d_state * d_inner
     wkv = int(_kv_get(kv, arch, "wkv.head_size", 0) or 0)
     if wkv:  # RWKV: token shift + wkv state
         shift = int(_kv_get(kv, arch, "token_shift_count", 2) or 2)
-        recurrent_width = shift * n_embd + n_embd * wkv
-    if arch in RECURRENT_ARCHS:
-        recurrent = [True] * n_layer_all
-    elif recurrent_width and isinstance(heads_kv_raw, list):
-        recurrent = [h == 0 for h in heads_kv]
-    else:
-        recurrent = [False] * n_layer_all
+        width = shift * n_embd + n_embd * wkv
+    return width
 
-    layers = [LayerShape(index=i) for i in range(n_layer_all)]
+
+def _recurrent_layers(arch: str, width: int, heads_kv: list[int], heads_kv_raw: Any) -> list[bool]:
+    """Which layers hold recurrent state: all of a recurrent architecture's
+    (``llm_arch_is_recurrent``), a hybrid's where the per-layer ``head_count_kv`` is 0."""
+    if arch in RECURRENT_ARCHS:
+        return [True] * len(heads_kv)
+    if width and isinstance(heads_kv_raw, list):
+        return [h == 0 for h in heads_kv]
+    return [False] * len(heads_kv)
+
+
+def _layer_shapes(kv: dict[str, Any], hp: _Hparams) -> list[LayerShape]:
+    """One LayerShape per layer with its KV widths (K and V per token, in elements).
+
+    A recurrent layer or one without KV heads caches nothing; an MLA layer caches only
+    K, ``kv_lora_rank + rope`` wide (one head), V being a view of it."""
+    layers = [LayerShape(index=i) for i in range(hp.n_layer_all)]
     for i, la in enumerate(layers):
-        la.swa = swa[i]
-        la.recurrent = recurrent[i]
-        if la.recurrent or heads_kv[i] == 0:
+        la.swa = hp.swa[i]
+        la.recurrent = hp.recurrent[i]
+        if la.recurrent or hp.heads_kv[i] == 0:
             continue
-        if is_mla:
-            kv_rank = int(_kv_get(kv, arch, "attention.kv_lora_rank", 0) or 0)
-            rope = int(_kv_get(kv, arch, "rope.dimension_count", 0) or 0)
-            la.k_width = head_k * heads_kv[i] if head_k else kv_rank + rope
+        if hp.is_mla:
+            kv_rank = int(_kv_get(kv, hp.arch, "attention.kv_lora_rank", 0) or 0)
+            rope = int(_kv_get(kv, hp.arch, "rope.dimension_count", 0) or 0)
+            la.k_width = hp.head_k * hp.heads_kv[i] if hp.head_k else kv_rank + rope
             la.v_width = 0
         else:
-            la.k_width = head_k * heads_kv[i]
-            la.v_width = head_v * heads_kv[i]
+            la.k_width = hp.head_k * hp.heads_kv[i]
+            la.v_width = hp.head_v * hp.heads_kv[i]
+    return layers
 
+
+def _repack_type(t: Any) -> int | None:
+    """The tensor's ggml type when the CPU backend may repack it (a ``.weight`` matrix of
+    a repackable type whose rows are a multiple of 8: every x86 rule needs ne1 % 8 == 0)."""
+    if (
+        t.type in _REPACKABLE_TYPES
+        and len(t.dims) >= 2
+        and t.dims[1] % 8 == 0
+        and t.name.endswith(".weight")
+    ):
+        return t.type
+    return None
+
+
+def _tensor_home(name: str, n_layer_all: int) -> int | str:
+    """Where a tensor belongs: its layer's index, ``"output"`` or ``"input"``."""
+    m = _LAYER_RE.match(name)
+    if m and int(m.group(1)) < n_layer_all:
+        return int(m.group(1))
+    return "output" if name.startswith(_OUTPUT_NAMES) else "input"
+
+
+def _count_tensors(shape: ModelShape, tensors: Iterable[Any]) -> dict[str, tuple[int, ...]]:
+    """Add every tensor's bytes to its layer, the output or the input part of ``shape``,
+    with what may repack and each part's span in the file; returns dims by tensor name."""
     dims_by_name: dict[str, tuple[int, ...]] = {}
-    shape = ModelShape(
-        path=info.path,
-        architecture=arch,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
-        head_dim_k=head_k,
-        n_ff=0,
-        n_vocab=0,
-        n_ctx_train=int(_kv_get(kv, arch, "context_length", 0) or 0),
-        layers=layers,
-        n_swa=n_swa,
-        is_mla=is_mla,
-        n_expert=n_expert,
-        n_expert_used=n_expert_used,
-        recurrent_width=recurrent_width if any(recurrent) else 0,
-        file_size=info.file_size,
-    )
-    in_lo = out_lo = None
-    in_hi = out_hi = 0
-    spans: dict[int, list[int]] = {}
-    for t in info.tensors:
+    spans: dict[int | str, tuple[int, int]] = {}  # home -> (first offset, end)
+    for t in tensors:
         if t.type not in GGML_TYPES:
             continue  # llama.cpp refuses the file at load; nothing sensible to count
         nbytes = tensor_bytes(t.type, t.dims)
         dims_by_name[t.name] = t.dims
         end = t.offset + nbytes
-        m = _LAYER_RE.match(t.name)
-        # a matrix the CPU backend may repack (every x86 rule needs ne1 % 8 == 0)
-        rep_type = (
-            t.type
-            if t.type in _REPACKABLE_TYPES
-            and len(t.dims) >= 2
-            and t.dims[1] % 8 == 0
-            and t.name.endswith(".weight")
-            else None
-        )
-        if m and int(m.group(1)) < n_layer_all:
-            la = layers[int(m.group(1))]
+        rep_type = _repack_type(t)
+        home = _tensor_home(t.name, len(shape.layers))
+        lo, hi = spans.get(home, (t.offset, end))
+        spans[home] = (min(lo, t.offset), max(hi, end))
+        if isinstance(home, int):
+            la = shape.layers[home]
             la.weights_bytes += nbytes
             if "_exps" in t.name:
                 la.expert_bytes += nbytes
             if rep_type is not None:
                 la.repackable[rep_type] = la.repackable.get(rep_type, 0) + nbytes
-            s = spans.setdefault(la.index, [t.offset, end])
-            s[0], s[1] = min(s[0], t.offset), max(s[1], end)
-        elif t.name.startswith(_OUTPUT_NAMES):
+        elif home == "output":
             shape.output_bytes += nbytes
             if rep_type is not None:
                 table = shape.output_repackable
                 table[rep_type] = table.get(rep_type, 0) + nbytes
-            out_lo = t.offset if out_lo is None else min(out_lo, t.offset)
-            out_hi = max(out_hi, end)
         else:
             shape.input_bytes += nbytes
             if t.name == "token_embd.weight":
                 shape.tok_embd_bytes = nbytes
                 shape.tok_embd_type = t.type if rep_type is not None else -1
-            in_lo = t.offset if in_lo is None else min(in_lo, t.offset)
-            in_hi = max(in_hi, end)
-    for i, (lo, hi) in spans.items():
-        layers[i].span = (lo, hi)
-    shape.input_span = (in_lo or 0, in_hi)
-    shape.output_span = (out_lo or 0, out_hi)
+    for la in shape.layers:
+        la.span = spans.get(la.index, la.span)
+    shape.input_span = spans.get("input", (0, 0))
+    shape.output_span = spans.get("output", (0, 0))
+    return dims_by_name
+
+
+def _ffn_width(kv: dict[str, Any], hp: _Hparams) -> int:
+    """The FFN width the compute buffer is sized by: the routed experts in use plus the
+    shared ones for MoE (the dense width when leading dense layers are wider), else
+    the widest layer, else a Mamba block's ``2 * d_inner``."""
+    arch = hp.arch
+    n_ffs = _per_layer(kv.get(f"{arch}.feed_forward_length"), hp.n_layer_all)
+    n_ff_exp = int(_kv_get(kv, arch, "expert_feed_forward_length", 0) or 0)
+    if not (hp.n_expert and n_ff_exp):
+        return max(n_ffs, default=0) or hp.d_inner * 2
+    n_ff_shexp = int(_kv_get(kv, arch, "expert_shared_feed_forward_length", 0) or 0)
+    n_shared = int(_kv_get(kv, arch, "expert_shared_count", 0) or (1 if n_ff_shexp else 0))
+    dense_lead = int(_kv_get(kv, arch, "leading_dense_block_count", 0) or 0)
+    moe = n_ff_exp * hp.n_expert_used + n_ff_shexp * n_shared
+    return max(moe, max(n_ffs, default=0) if dense_lead else 0)
+
+
+def shape_from_info(info: GGUFInfo) -> ModelShape:
+    """Build the shape from a parsed header (no I/O): the hyper-parameters, the layers'
+    KV widths, then every tensor's bytes counted where llama.cpp will place it."""
+    kv = info.kv
+    hp = _read_hparams(kv, info.architecture or "llama")
+    shape = ModelShape(
+        path=info.path,
+        architecture=hp.arch,
+        n_layer=hp.n_layer,
+        n_embd=hp.n_embd,
+        n_head=hp.n_head,
+        head_dim_k=hp.head_k,
+        n_ff=0,
+        n_vocab=0,
+        n_ctx_train=hp.n_ctx_train,
+        layers=_layer_shapes(kv, hp),
+        n_swa=hp.n_swa,
+        is_mla=hp.is_mla,
+        n_expert=hp.n_expert,
+        n_expert_used=hp.n_expert_used,
+        recurrent_width=hp.recurrent_width if any(hp.recurrent) else 0,
+        file_size=info.file_size,
+    )
+    dims_by_name = _count_tensors(shape, info.tensors)
     shape.tied_embeddings = "output.weight" not in dims_by_name and shape.tok_embd_bytes > 0
-    shape.n_vocab = _vocab_size(kv, arch, dims_by_name)
-    if n_expert and n_ff_exp:
-        dense_lead = int(_kv_get(kv, arch, "leading_dense_block_count", 0) or 0)
-        moe = n_ff_exp * n_expert_used + n_ff_shexp * n_shared
-        shape.n_ff = max(moe, max(n_ffs, default=0) if dense_lead else 0)
-    else:
-        shape.n_ff = max(n_ffs, default=0) or d_inner * 2
+    shape.n_vocab = _vocab_size(kv, hp.arch, dims_by_name)
+    shape.n_ff = _ffn_width(kv, hp)
     return shape
 
 
@@ -678,14 +759,32 @@ def _repack_bytes(table: dict[int, int], flags: frozenset[str]) -> int:
     return sum(b for type_id, b in table.items() if _repack_rule(type_id, flags))
 
 
-def project(model: ModelShape, opts: Options, gpus: int) -> Projection:
-    """Bytes per device for launching ``model`` with ``opts`` on ``gpus`` GPUs.
+@dataclass
+class _Launch:
+    """What llama.cpp resolves from the flags before it allocates anything: the cache
+    types, flash attention, the slots and the context (llama-context.cpp, server.cpp)."""
 
-    Pure and fast (no I/O). ``gpus=0`` puts everything on ``"host"``. Raises
-    FlagValueError for what llama.cpp would refuse (an unknown cache type, a quantized
-    V cache without flash attention).
-    """
-    notes: list[str] = []
+    cache_type_k: str
+    cache_type_v: str
+    flash_attn: bool
+    n_seq: int
+    unified: bool
+    n_ctx: int
+    n_ctx_seq: int
+    n_batch: int
+    n_ubatch: int
+    #: Cells of the full-attention and the SWA cache, per stream.
+    kv_cells: int = 0
+    swa_cells: int = 0
+
+    @property
+    def n_stream(self) -> int:
+        return 1 if self.unified else self.n_seq
+
+
+def _cache_and_fa(opts: Options) -> tuple[str, str, bool]:
+    """The K and V cache types and whether flash attention is on, refused as llama.cpp
+    refuses them (an unknown type, a quantized V cache without flash attention)."""
     ctk = _check_cache_type(opts.cache_type_k, "k")
     ctv = _check_cache_type(opts.cache_type_v, "v")
     fa_opt = (opts.flash_attn or "auto").lower()
@@ -697,8 +796,12 @@ def project(model: ModelShape, opts: Options, gpus: int) -> Projection:
             f"--cache-type-v {ctv} needs flash attention (-fa on): llama.cpp refuses a"
             " quantized V cache without it"
         )
+    return ctk, ctv, fa
 
-    # slots and context (server.cpp, llama-context.cpp)
+
+def _resolve(model: ModelShape, opts: Options, notes: list[str]) -> _Launch:
+    """Slots, context, batch sizes and cache cells as llama.cpp pads and clamps them."""
+    ctk, ctv, fa = _cache_and_fa(opts)
     if opts.n_parallel is None or opts.n_parallel < 0:
         n_seq, unified = AUTO_PARALLEL, True
         if opts.kv_unified is False:
@@ -715,139 +818,180 @@ def project(model: ModelShape, opts: Options, gpus: int) -> Projection:
     else:
         n_ctx_seq = _pad(n_ctx // n_seq, CTX_PAD)
         n_ctx = n_ctx_seq * n_seq
-    n_stream = 1 if unified else n_seq
     n_batch = min(n_ctx, opts.n_batch or 2048)
     n_ubatch = min(n_batch, opts.n_ubatch or n_batch)
     if n_ctx_seq > model.n_ctx_train > 0:
         notes.append(
             f"context per slot {n_ctx_seq} exceeds the training context {model.n_ctx_train}"
         )
-
-    # cells per stream
-    kv_cells = n_ctx_seq
-    swa_cells = 0
+    launch = _Launch(ctk, ctv, fa, n_seq, unified, n_ctx, n_ctx_seq, n_batch, n_ubatch)
+    launch.kv_cells = n_ctx_seq
     if any(la.swa and la.k_width for la in model.layers):
-        swa_cells = (
+        launch.swa_cells = (
             n_ctx_seq
             if opts.swa_full
             else _pad(min(n_ctx_seq, model.n_swa * (n_seq if unified else 1) + n_ubatch), CTX_PAD)
         )
+    return launch
 
+
+@dataclass
+class _HostWeights:
+    """The host's weights as llama.cpp holds them, gathered tensor group by group.
+
+    With mmap the default CPU buffer is one ``CPU_Mapped`` span of the file, from the
+    first host tensor to the end of the last, whatever lies between; without it just
+    the tensors. Repacked copies (``CPU_REPACK``) are counted at once, apart from both.
+    """
+
+    host: DeviceUse
+    cpu_flags: frozenset[str]
+    repack: bool
+    span: tuple[int, int] | None = None
+    plain: int = 0  # bytes of the host tensors that do not repack
+
+    def repacks(self, type_id: int) -> bool:
+        return self.repack and _repack_rule(type_id, self.cpu_flags)
+
+    def add(self, span: tuple[int, int], nbytes: int, repackable: dict[int, int]) -> None:
+        rep = _repack_bytes(repackable, self.cpu_flags) if self.repack else 0
+        self.add_repacked(rep)
+        self.plain += nbytes - rep
+        if span[1] > span[0]:
+            lo, hi = span if self.span is None else self.span
+            self.span = (min(lo, span[0]), max(hi, span[1]))
+
+    def add_repacked(self, nbytes: int) -> None:
+        self.host.weights_bytes += nbytes
+        self.host.repack_bytes += nbytes
+
+    def settle(self, mmap: bool) -> None:
+        """Add the mapped span (mmap) or the plain tensors to the host's weights."""
+        if mmap and self.span is not None:
+            self.host.weights_bytes += max(self.span[1] - self.span[0], 0)
+        else:
+            self.host.weights_bytes += self.plain
+
+
+def _layer_weights(
+    model: ModelShape,
+    opts: Options,
+    devs: list[DeviceUse],
+    placement: list[int],
+    weights: _HostWeights,
+) -> None:
+    """Each repeating layer's weights on its device; ``--n-cpu-moe`` keeps the experts of
+    the first layers on the host."""
+    host = devs[-1]
+    for la, dev_i in zip(model.layers, placement, strict=False):
+        dev = host if dev_i < 0 else devs[dev_i]
+        dev.layers += 1
+        if dev_i < 0:
+            weights.add(la.span, la.weights_bytes, la.repackable)
+            continue
+        experts_host = la.expert_bytes if la.index < opts.n_cpu_moe else 0
+        dev.weights_bytes += la.weights_bytes - experts_host
+        if experts_host:
+            # expert tensors stay in the host's buffers; they do not repack as mmap'd
+            host.weights_bytes += experts_host
+
+
+def _kv_cache(
+    model: ModelShape, opts: Options, devs: list[DeviceUse], placement: list[int], launch: _Launch
+) -> None:
+    """KV cache or recurrent state of each layer, on the layer's device (the host with
+    ``--no-kv-offload``)."""
+    # value width of the transposed V cache when layers differ (TAG_V_CACHE_VARIABLE)
+    v_max = max((la.v_width for la in model.layers), default=0)
+    k_row: dict[int, int] = {}
+    v_row: dict[int, int] = {}
+    for la, dev_i in zip(model.layers, placement, strict=False):
+        kv_dev = devs[-1] if opts.no_kv_offload or dev_i < 0 else devs[dev_i]
+        if la.recurrent:
+            kv_dev.kv_bytes += model.recurrent_width * 4 * max(1, launch.n_seq)
+        elif la.k_width:
+            cells = launch.swa_cells if la.swa else launch.kv_cells
+            vw = la.v_width if launch.flash_attn or not la.v_width else v_max
+            kb = k_row.get(la.k_width)
+            if kb is None:
+                kb = k_row[la.k_width] = _kv_row_bytes(launch.cache_type_k, la.k_width)
+            vb = v_row.get(vw, -1)
+            if vb < 0:
+                vb = v_row[vw] = _kv_row_bytes(launch.cache_type_v, vw) if vw else 0
+            kv_dev.kv_bytes += (kb + vb) * cells * launch.n_stream
+
+
+def _output_layer(
+    model: ModelShape, devs: list[DeviceUse], placement: list[int], weights: _HostWeights
+) -> None:
+    """The output layer on its device; with tied embeddings it needs ``token_embd``
+    there too (TENSOR_DUPLICATED), on the host only as the CPU's repacked copy."""
+    out_i = placement[-1]
+    if out_i >= 0:
+        devs[out_i].weights_bytes += model.output_bytes
+        if model.tied_embeddings:
+            devs[out_i].weights_bytes += model.tok_embd_bytes  # TENSOR_DUPLICATED copy
+        return
+    weights.add(model.output_span, model.output_bytes, model.output_repackable)
+    if model.tied_embeddings and model.tok_embd_type >= 0 and weights.repacks(model.tok_embd_type):
+        # the output matmul's repacked copy of token_embd (TENSOR_DUPLICATED)
+        weights.add_repacked(model.tok_embd_bytes)
+
+
+def project(model: ModelShape, opts: Options, gpus: int) -> Projection:
+    """Bytes per device for launching ``model`` with ``opts`` on ``gpus`` GPUs.
+
+    Pure and fast (no I/O). ``gpus=0`` puts everything on ``"host"``. Raises
+    FlagValueError for what llama.cpp would refuse (an unknown cache type, a quantized
+    V cache without flash attention). The steps follow llama.cpp's order: resolve the
+    context, place the weights, allocate the caches, then the output and compute
+    buffers, then what the extras add.
+    """
+    notes: list[str] = []
+    launch = _resolve(model, opts, notes)
     placement = _layer_devices(model, opts, gpus)
     devs = [DeviceUse(id=f"gpu{i}") for i in range(max(gpus, 0))] + [DeviceUse(id="host")]
     host = devs[-1]
     flags = opts.cpu_flags if opts.cpu_flags is not None else cpu_features()
-    repack = opts.repack
-    host_span: list[int] = []  # [lo, hi] of host tensors in the default CPU buffer
-    host_plain = 0
-
-    def on_host(span: tuple[int, int], nbytes: int, rep: int) -> None:
-        nonlocal host_plain
-        host.weights_bytes += rep
-        host.repack_bytes += rep
-        host_plain += nbytes - rep
-        if span[1] > span[0]:
-            if host_span:
-                host_span[0], host_span[1] = min(host_span[0], span[0]), max(host_span[1], span[1])
-            else:
-                host_span.extend(span)
-
+    weights = _HostWeights(host, flags, opts.repack)
     # input layer: always the host (llama-model.cpp: "always keep it on the CPU")
-    on_host(model.input_span, model.input_bytes, 0)
-
-    # value width of the transposed V cache when layers differ (TAG_V_CACHE_VARIABLE)
-    v_max = max((la.v_width for la in model.layers), default=0)
-    k_row = {}
-    v_row = {}
-    for la, dev_i in zip(model.layers, placement, strict=False):
-        dev = host if dev_i < 0 else devs[dev_i]
-        dev.layers += 1
-        experts_host = la.expert_bytes if la.index < opts.n_cpu_moe else 0
-        if dev_i < 0:
-            rep = _repack_bytes(la.repackable, flags) if repack else 0
-            on_host(la.span, la.weights_bytes, rep)
-        else:
-            dev.weights_bytes += la.weights_bytes - experts_host
-            if experts_host:
-                # expert tensors stay in the host's buffers; they do not repack as mmap'd
-                host.weights_bytes += experts_host
-        # KV cache / recurrent state
-        kv_dev = host if opts.no_kv_offload else dev
-        if la.recurrent:
-            kv_dev.kv_bytes += model.recurrent_width * 4 * max(1, n_seq)
-        elif la.k_width:
-            cells = swa_cells if la.swa else kv_cells
-            vw = la.v_width if fa or not la.v_width else v_max
-            kb = k_row.get(la.k_width)
-            if kb is None:
-                kb = k_row[la.k_width] = _kv_row_bytes(ctk, la.k_width)
-            vb = v_row.get(vw, -1)
-            if vb < 0:
-                vb = v_row[vw] = _kv_row_bytes(ctv, vw) if vw else 0
-            kv_dev.kv_bytes += (kb + vb) * cells * n_stream
-
-    # output layer
-    out_i = placement[-1]
-    if out_i < 0:
-        rep = _repack_bytes(model.output_repackable, flags) if repack else 0
-        on_host(model.output_span, model.output_bytes, rep)
-        if (
-            model.tied_embeddings
-            and repack
-            and model.tok_embd_type >= 0
-            and _repack_rule(model.tok_embd_type, flags)
-        ):
-            # the output matmul's repacked copy of token_embd (TENSOR_DUPLICATED)
-            host.weights_bytes += model.tok_embd_bytes
-            host.repack_bytes += model.tok_embd_bytes
-    else:
-        devs[out_i].weights_bytes += model.output_bytes
-        if model.tied_embeddings:
-            devs[out_i].weights_bytes += model.tok_embd_bytes  # TENSOR_DUPLICATED copy
-    if opts.mmap and host_span:
-        host.weights_bytes += max(host_span[1] - host_span[0], 0)
-    else:
-        host.weights_bytes += host_plain
-
+    weights.add(model.input_span, model.input_bytes, {})
+    _layer_weights(model, opts, devs, placement, weights)
+    _kv_cache(model, opts, devs, placement, launch)
+    _output_layer(model, devs, placement, weights)
+    weights.settle(opts.mmap)
     # output buffer: host memory (pinned host buffer of the output device)
-    n_out = n_seq
-    host.output_bytes = (model.n_vocab + (model.n_embd if opts.embeddings else 0)) * n_out * 4
-
-    _compute(model, devs, placement, opts, fa, unified, n_seq, n_ubatch, kv_cells, swa_cells)
+    host.output_bytes = (
+        (model.n_vocab + (model.n_embd if opts.embeddings else 0)) * launch.n_seq * 4
+    )
+    _compute(model, devs, placement, opts, launch)
     _extras(model, opts, devs, gpus, notes)
     if opts.tensor_split is None and gpus > 1 and opts.n_gpu_layers != 0:
         notes.append("no --tensor-split: layers split evenly (llama.cpp splits by free memory)")
     return Projection(
         devices=devs,
-        context=n_ctx,
-        n_parallel=n_seq,
-        cache_type_k=ctk,
-        cache_type_v=ctv,
-        flash_attn=fa,
+        context=launch.n_ctx,
+        n_parallel=launch.n_seq,
+        cache_type_k=launch.cache_type_k,
+        cache_type_v=launch.cache_type_v,
+        flash_attn=launch.flash_attn,
         notes=notes,
-        kv_unified=unified,
-        n_ctx_seq=n_ctx_seq,
-        n_batch=n_batch,
-        n_ubatch=n_ubatch,
-        kv_cells=kv_cells,
-        swa_cells=swa_cells,
+        kv_unified=launch.unified,
+        n_ctx_seq=launch.n_ctx_seq,
+        n_batch=launch.n_batch,
+        n_ubatch=launch.n_ubatch,
+        kv_cells=launch.kv_cells,
+        swa_cells=launch.swa_cells,
     )
 
 
 def _compute(
-    model: ModelShape,
-    devs: list[DeviceUse],
-    placement: list[int],
-    opts: Options,
-    fa: bool,
-    unified: bool,
-    n_seq: int,
-    n_ubatch: int,
-    kv_cells: int,
-    swa_cells: int,
+    model: ModelShape, devs: list[DeviceUse], placement: list[int], opts: Options, launch: _Launch
 ) -> None:
     """Compute buffer per device (see the module docstring for the model)."""
-    tokens = n_ubatch if unified else n_ubatch - n_ubatch % n_seq or n_seq
+    fa, n_seq, n_ubatch = launch.flash_attn, launch.n_seq, launch.n_ubatch
+    kv_cells, swa_cells = launch.kv_cells, launch.swa_cells
+    tokens = n_ubatch if launch.unified else n_ubatch - n_ubatch % n_seq or n_seq
     f32 = 4
     has_full = any(la.k_width and not la.swa for la in model.layers)
     has_swa = any(la.k_width and la.swa for la in model.layers)
