@@ -144,6 +144,7 @@ def cli() -> None:
       corral preset save chat -c 8192    named flag sets ('*' = defaults for every launch)
       corral keys create laptop          an API key (needed to listen beyond loopback)
       corral down                        stop every instance and the daemon
+      corral completion bash             shell completion: eval "$(corral completion bash)"
 
     State lives in CORRAL_HOME (default ~/.corral). The daemon is found at
     CORRAL_URL (default http://127.0.0.1:9380) and started on demand.
