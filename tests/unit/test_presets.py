@@ -52,7 +52,35 @@ class FakeSupervisor:
 
 
 def compose(sup: FakeSupervisor, **kw):
-    return asyncio.run(presets.compose(sup, **kw))
+    taken = [r.name for r in sup.list()]
+    return asyncio.run(presets.compose(sup.store, sup.catalog, taken=taken, **kw))
+
+
+def test_compose_still_takes_a_supervisor_as_before(store, catalog):
+    """The former signature, ``compose(supervisor, ...)``, composes the same launch."""
+    presets.save(store, Preset("chat", model="m.gguf", flags=["-c", "2048"]))
+    sup = FakeSupervisor(store, catalog, ("chat",))
+    before = asyncio.run(presets.compose(sup, preset="chat", flags=["-ngl", "1"]))
+    assert before == compose(sup, preset="chat", flags=["-ngl", "1"])
+    assert before.name == "chat-2"
+
+
+def test_compose_refuses_an_unknown_request_field(store, catalog):
+    with pytest.raises(TypeError):
+        compose(FakeSupervisor(store, catalog), model="m.gguf", colour="blue")
+
+
+def test_presets_import_no_supervisor():
+    """compose needs a store, a catalog and names: the supervisor stays out (corral fit)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, corral.presets; "
+        "print(any(m.startswith('corral.supervisor') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # -- validation -------------------------------------------------------------------------
@@ -359,6 +387,14 @@ def test_instance_named_after_the_preset_unless_taken(store, catalog):
     assert compose(FakeSupervisor(store, catalog, ("other",)), preset="chat").name == "chat"
     taken = FakeSupervisor(store, catalog, ("chat", "chat-2"))
     assert compose(taken, preset="chat").name == "chat-3"
+
+
+def test_instances_of_the_store_are_taken_names_too(store, catalog):
+    from corral.store import instances
+
+    presets.save(store, Preset("chat", model="m.gguf"))
+    instances.insert(store, instances.InstanceRecord("chat", "m.gguf", "/bin/x", 8081))
+    assert compose(FakeSupervisor(store, catalog), preset="chat").name == "chat-2"
 
 
 # -- YAML --------------------------------------------------------------------------------

@@ -40,7 +40,9 @@ def through_compose_sync(monkeypatch):
 
     def compose(sup, **kw):
         calls.append(kw)
-        return presets.compose_sync(SyncView(sup), **kw)
+        view = SyncView(sup)
+        taken = [r.name for r in view.list()]
+        return presets.compose_sync(view.store, view.catalog, taken=taken, **kw)
 
     monkeypatch.setattr(base, "compose", compose)
     yield
