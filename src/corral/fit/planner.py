@@ -375,6 +375,170 @@ def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
 # --------------------------------------------------------------------------- plan
 
 
+@dataclass
+class _Request:
+    """What :func:`plan` was asked, read once from the flags: the user's value per role,
+    what they fixed, the context range and the bytes each device may use."""
+
+    pairs: list
+    catalog: Any
+    names: dict[str, str]  # role -> this build's long flag
+    given: dict[str, str | None]  # role -> the user's value
+    base: Any  # the estimator's Options for the user's flags
+    margin: int
+    committed: dict[str, int]
+    usable: dict[str, int]  # device id -> free - margin - committed
+    n_layer: int
+    is_moe: bool
+    target: int  # the context to reach: the user's -c, else the training context
+    floor: int  # the smallest context the planner chooses by itself
+    kv_options: list[tuple[str, str, str]]
+
+    @property
+    def placement_fixed(self) -> bool:
+        return "ngl" in self.given
+
+    @property
+    def experts_fixed(self) -> bool:
+        return bool({"ncmoe", "cmoe", "ot"} & set(self.given))
+
+    @property
+    def devices_fixed(self) -> bool:
+        return bool({"device", "ts", "sm"} & set(self.given))
+
+    @property
+    def full_ngl(self) -> int:
+        """``-ngl`` for "every layer where it goes": the user's, else all (-1)."""
+        return int(self.base.n_gpu_layers) if self.placement_fixed else -1
+
+
+def _read_request(
+    model, pairs, devices: Devices, catalog, margin, committed, estimator
+) -> _Request:
+    """The request behind :func:`plan`; a bad number in a planner flag is a UsageError."""
+    pairs = list(pairs)
+    committed = dict(committed or {})
+    names = _names(catalog)
+    given = _given(pairs, names)
+    base = estimator.Options.from_pairs(pairs, catalog)
+    if margin is None:
+        target_mib = _int_value(given, "fit_target", "--fit-target")
+        margin = target_mib * MiB if target_mib is not None else DEFAULT_MARGIN
+    target, floor = _context_range(model, given)
+    return _Request(
+        pairs=pairs,
+        catalog=catalog,
+        names=names,
+        given=given,
+        base=base,
+        margin=margin,
+        committed=committed,
+        usable={d.id: d.free_bytes - margin - committed.get(d.id, 0) for d in devices.all},
+        n_layer=int(model.n_layer),
+        is_moe=bool(getattr(model, "is_moe", False) or getattr(model, "n_expert", 0)),
+        target=target,
+        floor=floor,
+        kv_options=_kv_ladder(
+            base.cache_type_k,
+            base.cache_type_v,
+            str(base.flash_attn),
+            "ctk" in given,
+            "ctv" in given,
+            "fa" in given,
+        ),
+    )
+
+
+def _context_range(model, given: dict[str, str | None]) -> tuple[int, int]:
+    """(target, floor) of the context search: a user's ``-c`` fixes both (0: the training
+    context); otherwise the training context down to ``--fit-ctx`` or 4096."""
+    n_ctx_train = int(getattr(model, "n_ctx_train", 0) or 0) or MIN_CONTEXT
+    ctx_given = _int_value(given, "ctx", "--ctx-size")
+    if ctx_given is not None:
+        target = ctx_given or n_ctx_train  # -c 0: the training context
+        return target, target
+    floor_ask = _int_value(given, "fit_ctx", "--fit-ctx")
+    return n_ctx_train, min(n_ctx_train, floor_ask if floor_ask is not None else MIN_CONTEXT)
+
+
+def _request_notes(req: _Request) -> list[str]:
+    """The notes every plan starts with: others' commitments and the flags kept."""
+    notes = [
+        f"{dev_id}: {human_bytes(n)} already committed to other instances"
+        for dev_id, n in sorted(req.committed.items())
+        if n
+    ]
+    for role in ("ngl", "ts", "device", "ctx", "ctk", "ctv", "fa", "ncmoe", "cmoe", "ot", "sm"):
+        if role in req.given:
+            value = req.given[role]
+            notes.append(f"{req.names[role]}{'' if value is None else ' ' + value} kept as given")
+    if "ot" in req.given:
+        notes.append(f"{req.names['ot']} is not modelled: the estimate ignores it")
+    return notes
+
+
+def _gpu_pool(devices: Devices, req: _Request, notes: list[str]) -> tuple[int, ...]:
+    """Positions of the GPUs that may take something: the user's ``--device`` choice as
+    given, else every GPU with room past the margin and what is committed."""
+    pool = _selected_gpus(devices.gpus, req.given.get("device"))
+    if "device" not in req.given:
+        for g in list(pool):
+            if req.usable[g.id] <= 0:
+                notes.append(
+                    f"{g.id}: {human_bytes(g.free_bytes)} free, not more than the "
+                    f"{human_bytes(req.margin)} margin"
+                    + (" and what is committed" if req.committed.get(g.id) else "")
+                    + ": not used"
+                )
+                pool.remove(g)
+    return tuple(devices.gpus.index(g) for g in pool)
+
+
+@dataclass
+class _Configs:
+    """Makes the search's configurations: the user's fixed choices, one lever changed.
+
+    ``gpus`` is read at each call, so narrowing it (fewer GPUs suffice) changes every
+    configuration made afterwards."""
+
+    base: Any
+    gpus: tuple[int, ...]
+
+    def __call__(self, ctx, kv, ngl=None, ncmoe=None, gpus=None) -> _Config:
+        ctk, ctv, fa = kv
+        return _Config(
+            ctx=ctx,
+            ctk=ctk,
+            ctv=ctv,
+            fa=fa,
+            ngl=int(self.base.n_gpu_layers) if ngl is None else ngl,
+            ncmoe=int(self.base.n_cpu_moe or 0) if ncmoe is None else ncmoe,
+            gpus=self.gpus if gpus is None else gpus,
+            split=tuple(self.base.tensor_split) if self.base.tensor_split else None,
+        )
+
+
+def _fewest_gpus(
+    search: _Search, cfg: _Configs, req: _Request, devices: Devices, notes: list[str]
+) -> None:
+    """Narrow ``cfg.gpus`` to the fewest GPUs with the most room when the model fits
+    there unchanged (every layer, the target context, the default KV cache)."""
+    positions = cfg.gpus
+    if len(positions) < 2 or req.devices_fixed:
+        return
+    ranked = sorted(positions, key=lambda i: (-req.usable[devices.gpus[i].id], i))
+    for k in range(1, len(positions)):
+        subset = tuple(sorted(ranked[:k]))
+        if search.evaluate(cfg(req.target, req.kv_options[0], req.full_ngl, gpus=subset)).ok:
+            left = [devices.gpus[i].id for i in positions if i not in subset]
+            notes.append(
+                f"fits on {', '.join(devices.gpus[i].id for i in subset)} "
+                f"alone: {', '.join(left)} not used"
+            )
+            cfg.gpus = subset
+            return
+
+
 def plan(
     model,
     pairs,
@@ -395,118 +559,21 @@ def plan(
     """
     if estimator is None:
         from corral.fit import estimate as estimator
-    pairs = list(pairs)
-    committed = dict(committed or {})
-    names = _names(catalog)
-    given = _given(pairs, names)
-    notes: list[str] = []
-    base = estimator.Options.from_pairs(pairs, catalog)
-
-    if margin is None:
-        target_mib = _int_value(given, "fit_target", "--fit-target")
-        margin = target_mib * MiB if target_mib is not None else DEFAULT_MARGIN
-    usable = {d.id: d.free_bytes - margin - committed.get(d.id, 0) for d in devices.all}
-    for dev_id, n in sorted(committed.items()):
-        if n:
-            notes.append(f"{dev_id}: {human_bytes(n)} already committed to other instances")
-
-    # -- what the user fixed
-    n_layer = int(model.n_layer)
-    n_ctx_train = int(getattr(model, "n_ctx_train", 0) or 0) or MIN_CONTEXT
-    is_moe = bool(getattr(model, "is_moe", False) or getattr(model, "n_expert", 0))
-    ctx_given = _int_value(given, "ctx", "--ctx-size")
-    if ctx_given is not None:
-        target = floor = ctx_given or n_ctx_train  # -c 0: the training context
-    else:
-        target = n_ctx_train
-        floor_ask = _int_value(given, "fit_ctx", "--fit-ctx")
-        floor = min(target, floor_ask if floor_ask is not None else MIN_CONTEXT)
-    for role in ("ngl", "ts", "device", "ctx", "ctk", "ctv", "fa", "ncmoe", "cmoe", "ot", "sm"):
-        if role in given:
-            value = given[role]
-            notes.append(f"{names[role]}{'' if value is None else ' ' + value} kept as given")
-    placement_fixed = "ngl" in given
-    experts_fixed = bool({"ncmoe", "cmoe", "ot"} & set(given))
-    if "ot" in given:
-        notes.append(f"{names['ot']} is not modelled: the estimate ignores it")
-    devices_fixed = bool({"device", "ts", "sm"} & set(given))
-    ngl_base = int(base.n_gpu_layers)
-    ncmoe_base = int(base.n_cpu_moe or 0)
-    fa_base = str(base.flash_attn)
-    kv_options = _kv_ladder(
-        base.cache_type_k, base.cache_type_v, fa_base, "ctk" in given, "ctv" in given, "fa" in given
-    )
-
-    # -- the GPUs that can take something
-    pool = _selected_gpus(devices.gpus, given.get("device"))
-    if "device" not in given:
-        for g in list(pool):
-            if usable[g.id] <= 0:
-                notes.append(
-                    f"{g.id}: {human_bytes(g.free_bytes)} free, not more than the "
-                    f"{human_bytes(margin)} margin"
-                    + (" and what is committed" if committed.get(g.id) else "")
-                    + ": not used"
-                )
-                pool.remove(g)
-    positions = tuple(devices.gpus.index(g) for g in pool)
-    search = _Search(estimator, model, base, devices, usable, committed, split_fixed="ts" in given)
-
-    def cfg(ctx, kv, ngl=None, ncmoe=None, gpus=None) -> _Config:
-        ctk, ctv, fa = kv
-        gpus = positions if gpus is None else gpus  # late: the GPU choice below narrows it
-        return _Config(
-            ctx=ctx,
-            ctk=ctk,
-            ctv=ctv,
-            fa=fa,
-            ngl=ngl_base if ngl is None else ngl,
-            ncmoe=ncmoe_base if ncmoe is None else ncmoe,
-            gpus=gpus,
-            split=tuple(base.tensor_split) if base.tensor_split else None,
-        )
-
-    full_ngl = ngl_base if placement_fixed else -1
-    # -- fewer GPUs, when the whole thing fits there unchanged
-    if len(positions) >= 2 and not devices_fixed:
-        ranked = sorted(positions, key=lambda i: (-usable[devices.gpus[i].id], i))
-        for k in range(1, len(positions)):
-            subset = tuple(sorted(ranked[:k]))
-            if search.evaluate(cfg(target, kv_options[0], full_ngl, gpus=subset)).ok:
-                left = [devices.gpus[i].id for i in positions if i not in subset]
-                notes.append(
-                    f"fits on {', '.join(devices.gpus[i].id for i in subset)} "
-                    f"alone: {', '.join(left)} not used"
-                )
-                positions = subset
-                break
-
-    chosen, why_kv = _choose(
-        search,
-        cfg,
-        kv_options,
-        floor,
-        target,
-        full_ngl,
-        n_layer,
-        placement_fixed or not positions,
-        is_moe and not experts_fixed and bool(positions),
-    )
-    return _finish(
-        chosen,
-        search,
-        devices,
-        usable,
-        pairs,
-        names,
-        given,
-        catalog,
+    req = _read_request(model, pairs, devices, catalog, margin, committed, estimator)
+    notes = _request_notes(req)
+    cfg = _Configs(req.base, _gpu_pool(devices, req, notes))
+    search = _Search(
+        estimator,
         model,
-        target,
-        kv_options[0],
-        why_kv,
-        notes,
+        req.base,
+        devices,
+        req.usable,
+        req.committed,
+        split_fixed="ts" in req.given,
     )
+    _fewest_gpus(search, cfg, req, devices, notes)
+    chosen, why_kv = _choose(search, cfg, req)
+    return _finish(chosen, search, devices, req, why_kv, notes)
 
 
 def _kv_ladder(
@@ -525,19 +592,13 @@ def _kv_ladder(
     return out
 
 
-def _choose(
-    search: _Search,
-    cfg,
-    kv_options,
-    floor,
-    target,
-    full_ngl,
-    n_layer,
-    placement_fixed: bool,
-    experts_free: bool,
-) -> tuple[_Result | None, str]:
+def _choose(search: _Search, cfg: _Configs, req: _Request) -> tuple[_Result | None, str]:
     """The first configuration that fits, pulling the levers in order (None if none),
     and why its KV cache type was chosen ("" for the default one)."""
+    kv_options, floor, target = req.kv_options, req.floor, req.target
+    full_ngl, n_layer = req.full_ngl, req.n_layer
+    placement_fixed = req.placement_fixed or not cfg.gpus
+    experts_free = req.is_moe and not req.experts_fixed and bool(cfg.gpus)
 
     def at(ctx, kv, ngl=full_ngl, ncmoe=None):
         return search.evaluate(cfg(ctx, kv, ngl, ncmoe))
@@ -601,125 +662,172 @@ def _grow(search: _Search, run: Callable[[int], _Result], floor: int, target: in
     return run(best * CTX_STEP) if best is not None else run(floor)
 
 
+@dataclass
+class _PlanDraft:
+    """The chosen (or closest) configuration on its way to a Plan: each step below adds
+    its flags to ``added`` and says why in ``notes``, in the order they are written."""
+
+    result: _Result
+    search: _Search
+    devices: Devices
+    req: _Request
+    notes: list[str]
+    added: list[tuple[str, str | None]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> _Config:
+        return self.result.config
+
+    @property
+    def used_gpus(self) -> list[Device]:
+        return [self.devices.gpus[i] for i in self.config.gpus]
+
+    def add(self, role: str, value: str | None) -> None:
+        self.added.append((self.req.names[role], value))
+
+
+def _device_flags(draft: _PlanDraft) -> None:
+    """``--device`` (and the same choice as a visible-devices env var) when only some
+    GPUs are used."""
+    gpus, used = draft.devices.gpus, draft.used_gpus
+    if "device" in draft.req.given or not gpus or not used or len(used) >= len(gpus):
+        return
+    draft.add("device", ",".join(g.backend_name(gpus.index(g)) for g in used))
+    vendors = {g.visible_env() for g in used}
+    if len(vendors) == 1 and None not in vendors:
+        draft.env[vendors.pop()] = ",".join(str(g.index) for g in used)
+
+
+def _layer_flags(draft: _PlanDraft) -> None:
+    """``--gpu-layers`` (every layer written as N+1) and ``--tensor-split``."""
+    c, used, n_layer = draft.config, draft.used_gpus, draft.req.n_layer
+    if "ngl" not in draft.req.given and draft.devices.gpus:
+        ngl = n_layer + 1 if c.ngl < 0 else c.ngl
+        if not used:
+            ngl = 0
+            draft.notes.append("no GPU has room: everything on the CPU")
+        elif c.ngl >= 0:
+            draft.notes.append(
+                f"{c.ngl} of {n_layer + 1} layers on the GPU"
+                f"{'s' if len(used) > 1 else ''} (the rest on the CPU): "
+                f"all of them do not fit {_tightest(draft.search, c)}"
+            )
+        draft.add("ngl", str(ngl))
+    if c.split is not None and "ts" not in draft.req.given and len(used) >= 2:
+        split = ",".join(f"{x:g}" for x in c.split)
+        draft.add("ts", split)
+        minus = " − committed" if any(d.committed_bytes for d in draft.result.placed) else ""
+        draft.notes.append(
+            f"tensor split {split}: in proportion to usable memory (GiB free − "
+            f"margin{minus} − compute buffers)"
+        )
+
+
+def _context_flags(draft: _PlanDraft) -> None:
+    """``--ctx-size`` unless the user gave it, and what it was shrunk to fit."""
+    c, target = draft.config, draft.req.target
+    if "ctx" not in draft.req.given:
+        draft.add("ctx", str(c.ctx))
+        if c.ctx < target:
+            up = dataclasses.replace(c, ctx=min(target, c.ctx + CTX_STEP))
+            draft.notes.append(f"context {target} → {c.ctx} to fit {_tightest(draft.search, up)}")
+        else:
+            draft.notes.append(f"context {c.ctx}: the model's training context")
+    elif c.ctx < MIN_CONTEXT:
+        draft.notes.append(f"context {c.ctx}, below {MIN_CONTEXT}, as asked")
+
+
+def _kv_flags(draft: _PlanDraft, why_kv: str) -> None:
+    """The KV cache types and flash attention, where they differ from the user's."""
+    c, kv_default = draft.config, draft.req.kv_options[0]
+    if (c.ctk, c.ctv, c.fa) == kv_default:
+        return
+    if c.ctk != kv_default[0]:
+        draft.add("ctk", c.ctk)
+    if c.ctv != kv_default[1]:
+        draft.add("ctv", c.ctv)
+    if c.fa != kv_default[2]:
+        draft.add("fa", c.fa)
+    draft.notes.append(
+        f"KV cache K {c.ctk}, V {c.ctv}"
+        f"{' with flash attention on' if c.fa == 'on' else ''}" + (f": {why_kv}" if why_kv else "")
+    )
+
+
+def _expert_flags(draft: _PlanDraft) -> None:
+    """``--n-cpu-moe`` when experts go to the CPU and the user fixed none."""
+    c, n_layer = draft.config, draft.req.n_layer
+    if not c.ncmoe or "ncmoe" in draft.req.given or "cmoe" in draft.req.given:
+        return
+    draft.add("ncmoe", str(c.ncmoe))
+    if c.ngl < 0:
+        fewer = dataclasses.replace(c, ncmoe=max(0, c.ncmoe - 1))
+        draft.notes.append(
+            f"experts of the first {c.ncmoe} of {n_layer} layers on the CPU: "
+            f"all of them do not fit {_tightest(draft.search, fewer)}"
+            "; every dense layer stays on the GPU"
+        )
+    else:
+        draft.notes.append(f"experts of all {n_layer} layers on the CPU, and still not enough room")
+
+
+def _shortfall(draft: _PlanDraft) -> dict[str, int]:
+    """The bytes missing per device, and the plan's first note saying so."""
+    c, result = draft.config, draft.result
+    short = {d.device.id: d.over_bytes for d in result.placed if d.over_bytes}
+    where = ", ".join(f"{human_bytes(n)} on {dev}" for dev, n in short.items())
+    draft.notes.insert(
+        0,
+        f"does not fit by {human_bytes(sum(short.values()))} ({where}) "
+        f"even at context {c.ctx}, KV cache {c.ctk}/{c.ctv}"
+        + (f", {c.ngl} layers on the GPU" if c.ngl >= 0 and draft.used_gpus else "")
+        + (f", experts of {c.ncmoe} layers on the CPU" if c.ncmoe else ""),
+    )
+    return short
+
+
 def _finish(
     chosen: _Result | None,
     search: _Search,
     devices: Devices,
-    usable,
-    pairs,
-    names,
-    given,
-    catalog,
-    model,
-    target,
-    kv_default,
-    why_kv,
-    notes,
+    req: _Request,
+    why_kv: str,
+    notes: list[str],
 ) -> Plan:
+    """The Plan for the chosen configuration (or, when none fits, the closest): the flags
+    to add, a note for each choice and, for a miss, by how much."""
     fits = chosen is not None
     result = chosen if chosen is not None else search.closest
     if result is None:  # not even one projection (cannot happen: the floor is tried)
         raise RuntimeError("the planner made no projection")
-    c = result.config
     placed = {d.device.id: d for d in result.placed}
     dev_plans = [
-        placed.get(d.id) or DevicePlan(device=d, usable_bytes=usable[d.id]) for d in devices.all
+        placed.get(d.id) or DevicePlan(device=d, usable_bytes=req.usable[d.id]) for d in devices.all
     ]
-    used_gpus = [devices.gpus[i] for i in c.gpus]
-    added: list[tuple[str, str | None]] = []
-    env: dict[str, str] = {}
-
-    # GPUs
-    if "device" not in given and devices.gpus and used_gpus and len(used_gpus) < len(devices.gpus):
-        added.append(
-            (names["device"], ",".join(g.backend_name(devices.gpus.index(g)) for g in used_gpus))
-        )
-        vendors = {g.visible_env() for g in used_gpus}
-        if len(vendors) == 1 and None not in vendors:
-            env[vendors.pop()] = ",".join(str(g.index) for g in used_gpus)
-    n_layer = int(model.n_layer)
-    if "ngl" not in given and devices.gpus:
-        ngl = n_layer + 1 if c.ngl < 0 else c.ngl
-        if not used_gpus:
-            ngl = 0
-            notes.append("no GPU has room: everything on the CPU")
-        elif c.ngl >= 0:
-            notes.append(
-                f"{c.ngl} of {n_layer + 1} layers on the GPU"
-                f"{'s' if len(used_gpus) > 1 else ''} (the rest on the CPU): "
-                f"all of them do not fit {_tightest(search, c)}"
-            )
-        added.append((names["ngl"], str(ngl)))
-    if c.split is not None and "ts" not in given and len(used_gpus) >= 2:
-        split = ",".join(f"{x:g}" for x in c.split)
-        added.append((names["ts"], split))
-        minus = " − committed" if any(d.committed_bytes for d in result.placed) else ""
-        notes.append(
-            f"tensor split {split}: in proportion to usable memory (GiB free − "
-            f"margin{minus} − compute buffers)"
-        )
-    # context
-    if "ctx" not in given:
-        added.append((names["ctx"], str(c.ctx)))
-        if c.ctx < target:
-            up = dataclasses.replace(c, ctx=min(target, c.ctx + CTX_STEP))
-            notes.append(f"context {target} → {c.ctx} to fit {_tightest(search, up)}")
-        else:
-            notes.append(f"context {c.ctx}: the model's training context")
-    elif c.ctx < MIN_CONTEXT:
-        notes.append(f"context {c.ctx}, below {MIN_CONTEXT}, as asked")
-    # KV cache
-    if (c.ctk, c.ctv, c.fa) != kv_default:
-        if c.ctk != kv_default[0]:
-            added.append((names["ctk"], c.ctk))
-        if c.ctv != kv_default[1]:
-            added.append((names["ctv"], c.ctv))
-        if c.fa != kv_default[2]:
-            added.append((names["fa"], c.fa))
-        notes.append(
-            f"KV cache K {c.ctk}, V {c.ctv}"
-            f"{' with flash attention on' if c.fa == 'on' else ''}"
-            + (f": {why_kv}" if why_kv else "")
-        )
-    # experts
-    if c.ncmoe and "ncmoe" not in given and "cmoe" not in given:
-        added.append((names["ncmoe"], str(c.ncmoe)))
-        if c.ngl < 0:
-            fewer = dataclasses.replace(c, ncmoe=max(0, c.ncmoe - 1))
-            notes.append(
-                f"experts of the first {c.ncmoe} of {n_layer} layers on the CPU: "
-                f"all of them do not fit {_tightest(search, fewer)}"
-                "; every dense layer stays on the GPU"
-            )
-        else:
-            notes.append(f"experts of all {n_layer} layers on the CPU, and still not enough room")
+    draft = _PlanDraft(result, search, devices, req, notes)
+    _device_flags(draft)
+    _layer_flags(draft)
+    _context_flags(draft)
+    _kv_flags(draft, why_kv)
+    _expert_flags(draft)
     notes.extend(n for n in result.notes if n not in notes)
-
-    short: dict[str, int] = {}
-    if not fits:
-        short = {d.device.id: d.over_bytes for d in result.placed if d.over_bytes}
-        where = ", ".join(f"{human_bytes(n)} on {dev}" for dev, n in short.items())
-        notes.insert(
-            0,
-            f"does not fit by {human_bytes(sum(short.values()))} ({where}) "
-            f"even at context {c.ctx}, KV cache {c.ctk}/{c.ctv}"
-            + (f", {c.ngl} layers on the GPU" if c.ngl >= 0 and used_gpus else "")
-            + (f", experts of {c.ncmoe} layers on the CPU" if c.ncmoe else ""),
-        )
+    short = {} if fits else _shortfall(draft)
     from corral.builds.catalog import FlagCatalog
 
-    merged = catalog.merge(pairs, added) if catalog is not None else [*pairs, *added]
-    flags = catalog.to_argv(merged) if catalog is not None else FlagCatalog.to_argv(merged)
+    catalog, pairs = req.catalog, req.pairs
+    merged = catalog.merge(pairs, draft.added) if catalog is not None else [*pairs, *draft.added]
+    c = result.config
     return Plan(
         fits=fits,
-        flags=flags,
-        added=added,
+        flags=catalog.to_argv(merged) if catalog is not None else FlagCatalog.to_argv(merged),
+        added=draft.added,
         context=c.ctx,
         cache_type_k=c.ctk,
         cache_type_v=c.ctv,
         devices=dev_plans,
         notes=notes,
-        env=env,
+        env=draft.env,
         short_bytes=short,
         projections=search.calls,
     )
