@@ -21,12 +21,14 @@ import os
 import secrets
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from corral.client import TOKEN_FILE
-from corral.errors import NotFound, StoreError, UsageError
+from corral.errors import Conflict, NotFound, StoreError, UsageError
+from corral.store import keys as table
 from corral.store.db import Store, add_companion, connect, remove_companion
+from corral.store.keys import ApiKey
 
 PREFIX = "crl_"
 ID_PREFIX = "key_"
@@ -35,25 +37,6 @@ SCOPES = ("admin", "inference")
 USED_GRANULARITY = 60.0
 
 log = logging.getLogger("corral.keys")
-
-
-@dataclass
-class ApiKey:
-    """One key as listed: never the secret, never its hash."""
-
-    id: str
-    name: str
-    scope: str
-    created_at: float
-    last_used_at: float | None
-    revoked_at: float | None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "active": self.active}
 
 
 def hash_secret(secret: str) -> str:
@@ -81,48 +64,32 @@ def create_key(store: Store, name: str, scope: str = "admin") -> tuple[ApiKey, s
         secret = PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(public_id(secret), name, scope, time.time(), None, None)
         try:
-            with store.tx() as conn:
-                conn.execute(
-                    "INSERT INTO api_keys (id, name, hash, scope, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (key.id, key.name, hash_secret(secret), key.scope, key.created_at),
-                )
-        except sqlite3.IntegrityError:  # a 48-bit id collision: draw again
+            table.insert(store, key, hash_secret(secret))
+        except Conflict:  # a 48-bit id collision: draw again
             continue
         return key, secret
 
 
 def list_keys(store: Store) -> list[ApiKey]:
-    rows = store.query(
-        "SELECT id, name, scope, created_at, last_used_at, revoked_at "
-        "FROM api_keys ORDER BY created_at, id"
-    )
-    return [ApiKey(**dict(r)) for r in rows]
+    return table.list_all(store)
 
 
 def get_key(store: Store, key_id: str) -> ApiKey:
-    rows = store.query(
-        "SELECT id, name, scope, created_at, last_used_at, revoked_at FROM api_keys WHERE id = ?",
-        (key_id,),
-    )
-    if not rows:
+    key = table.get(store, key_id)
+    if key is None:
         raise NotFound(f"no API key {key_id!r} (see `corral keys ls`)")
-    return ApiKey(**dict(rows[0]))
+    return key
 
 
 def revoke_key(store: Store, key_id: str) -> ApiKey:
     """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
     get_key(store, key_id)
-    with store.tx() as conn:
-        conn.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (time.time(), key_id),
-        )
+    table.revoke(store, key_id)
     return get_key(store, key_id)
 
 
 def active_count(store: Store) -> int:
-    return store.query("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")[0][0]
+    return table.active_count(store)
 
 
 @dataclass(frozen=True)
@@ -183,9 +150,7 @@ class KeyRing:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._version:
                 return
-            rows = conn.execute(
-                "SELECT id, hash, scope, last_used_at FROM api_keys WHERE revoked_at IS NULL"
-            ).fetchall()
+            rows = table.active_rows(conn)
         except (
             sqlite3.Error,
             StoreError,
@@ -220,7 +185,7 @@ class KeyRing:
 
     def _stamp(self, key_id: str, now: float) -> None:
         try:  # one autocommit statement: no transaction left open on failure
-            self._open().execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+            table.stamp_used(self._open(), key_id, now)
         except (
             sqlite3.Error,
             StoreError,

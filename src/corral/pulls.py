@@ -18,6 +18,7 @@ from corral import hub as hubmod
 from corral.errors import Cancelled, CorralError, NotFound
 from corral.events import Broadcaster
 from corral.settings import Settings
+from corral.store import pulls as table
 from corral.store.db import Store
 
 ACTIVE = ("queued", "running")
@@ -76,20 +77,10 @@ class PullManager:
         self._load_history()
 
     def _load_history(self) -> None:
-        for row in self.store.query("SELECT * FROM pulls ORDER BY created_at DESC LIMIT 100"):
-            state = row["state"]
-            if state in ACTIVE:  # the daemon died during it: the partial files remain
-                state = "interrupted"
-            job = PullJob(
-                id=row["id"],
-                ref=row["ref"],
-                state=state,
-                total=row["total"],
-                done=row["done"],
-                error=row["error"],
-                model_id=row["model_id"],
-                created_at=row["created_at"],
-            )
+        for row in table.recent(self.store, 100):
+            if row["state"] in ACTIVE:  # the daemon died during it: the partial files remain
+                row["state"] = "interrupted"
+            job = PullJob(**row)
             self.jobs[job.id] = job
 
     # -- API ---------------------------------------------------------------------------
@@ -211,19 +202,20 @@ class PullManager:
         if throttle and now - self._last_persist.get(job.id, 0.0) < 1.0:
             return
         self._last_persist[job.id] = now
-        with self.store.tx() as conn:
-            if insert:
-                conn.execute(
-                    "INSERT INTO pulls (id, ref, state, total, done, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job.id, job.ref, job.state, job.total, job.done, job.created_at, time.time()),
-                )
-            else:
-                conn.execute(
-                    "UPDATE pulls SET state=?, total=?, done=?, error=?, model_id=?, "
-                    "updated_at=? WHERE id=?",
-                    (job.state, job.total, job.done, job.error, job.model_id, time.time(), job.id),
-                )
+        if insert:
+            table.insert(
+                self.store, job.id, job.ref, job.state, job.total, job.done, job.created_at
+            )
+        else:
+            table.update(
+                self.store,
+                job.id,
+                state=job.state,
+                total=job.total,
+                done=job.done,
+                error=job.error,
+                model_id=job.model_id,
+            )
 
     def _emit(self, job: PullJob) -> None:
         if self._loop is None:
