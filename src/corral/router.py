@@ -28,7 +28,8 @@ host bytes from its plan (the file size when it was not planned: it fixed its ow
 ``-ngl``/``-ts``/``--device``).
 
 Who may start what. A request's caller is ``admin`` or ``inference`` (the guard puts it in
-the ASGI scope, :func:`caller_scope`). Anyone may have the router start what is meant
+the ASGI scope, :func:`corral.api.openai.caller_scope` reads it; the router is told
+``admin=``). Anyone may have the router start what is meant
 for it: presets, indexed models, the router's own instances, and a user instance the
 router itself stopped for being idle (scale to zero, remembered while this daemon runs).
 Any other resting instance someone launched (origin ``user``: stopped, exited, failed)
@@ -82,12 +83,6 @@ USAGE_TAIL = 16 * 1024
 USAGE_BODY_MAX = 4 * 1024 * 1024
 ROUTE_CACHE_MAX = 1024
 CLIENT_GONE = 499  # status recorded for a request whose client left before the answer
-#: The key under ``scope["state"]`` where the guard leaves the caller's scope.
-CALLER_SCOPE = "corral_caller_scope"
-
-
-def openai_error(status: int, message: str, typ: str = "invalid_request_error") -> dict:
-    return {"error": {"message": message, "type": typ, "code": status}}
 
 
 class Busy(CorralError):
@@ -110,12 +105,6 @@ class UpstreamKeyError(UpstreamError):
     """The key an instance wants (its ``--api-key-file``) cannot be read: 502, not a 500."""
 
     code = "upstream_key"
-
-
-def caller_scope(scope) -> str | None:
-    """The caller's scope (``admin``, ``inference``) the guard found for an ASGI request."""
-    state = scope.get("state")
-    return state.get(CALLER_SCOPE) if isinstance(state, dict) else None
 
 
 @dataclass
@@ -211,9 +200,9 @@ class Router:
         cached = self._routes.get(model)
         if cached is not None:  # the hot path: no SQLite, no scan
             name, label = cached
-            rt = self.supervisor._rts.get(name)
-            if rt is not None and rt.rec.desired == "running" and rt.rec.state == State.READY:
-                return rt.rec, Target(key=f"instance:{name}", label=label)
+            rec = self.supervisor.find(name)
+            if rec is not None and rec.desired == "running" and rec.state == State.READY:
+                return rec, Target(key=f"instance:{name}", label=label)
             del self._routes[model]
         rec, target = self._resolve(model, admin)
         if rec is not None and State(rec.state) is State.READY:
@@ -374,7 +363,7 @@ class Router:
         if not model:
             return 0
         try:
-            path, _ = self.supervisor._resolve_model(model)
+            path, _ = self.supervisor.resolve_model(model)
             return path.stat().st_size
         except (CorralError, OSError):
             return 0

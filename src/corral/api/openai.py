@@ -36,8 +36,6 @@ from corral.router import (
     USAGE_TAIL,
     Busy,
     Router,
-    caller_scope,
-    openai_error,
     parse_request,
 )
 from corral.supervisor.states import State
@@ -55,6 +53,20 @@ SSE_START_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+#: The key under ``scope["state"]`` where the guard (:mod:`corral.api.security`) leaves
+#: the caller's scope.
+CALLER_SCOPE = "corral_caller_scope"
+
+
+def openai_error(status: int, message: str, typ: str = "invalid_request_error") -> dict:
+    """OpenAI's error body: what OpenAI clients read on ``/v1/*`` (the guard's refusals too)."""
+    return {"error": {"message": message, "type": typ, "code": status}}
+
+
+def caller_scope(scope) -> str | None:
+    """The caller's scope (``admin``, ``inference``) the guard found for an ASGI request."""
+    state = scope.get("state")
+    return state.get(CALLER_SCOPE) if isinstance(state, dict) else None
 
 
 @router.get("/v1/models")

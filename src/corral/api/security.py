@@ -12,7 +12,7 @@ One pure ASGI middleware (:class:`Guard`) checks every request on the raw scope,
    token in CORRAL_HOME/daemon.token (both admin), and keys from ``corral keys create``.
    An ``inference`` key may call only ``/v1/*``.
 
-The guard leaves the caller's scope in ``scope["state"]`` (``router.CALLER_SCOPE``) for
+The guard leaves the caller's scope in ``scope["state"]`` (``openai.CALLER_SCOPE``) for
 what comes after it, so nothing downstream reads keys again: ``admin`` for an admin key,
 the local token or CORRAL_API_KEY, and for anyone when no key is required (a loopback
 daemon without keys: whoever can reach it is its admin today); ``inference`` for an
@@ -28,8 +28,9 @@ import hmac
 import json
 
 from corral.api import errors
+from corral.api.openai import CALLER_SCOPE, openai_error
 from corral.keys import KeyRing, write_token
-from corral.router import CALLER_SCOPE, openai_error
+from corral.net import is_loopback
 from corral.settings import Settings
 
 #: Open to anyone, whatever the method.
@@ -46,8 +47,6 @@ _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error"}
 
 def _allowed_hosts(settings: Settings) -> set[str] | None:
     """Host header values naming this daemon; None = any (bound beyond loopback, key required)."""
-    from corral.api.server import is_loopback
-
     if not is_loopback(settings.host):
         return None
     port = settings.port
@@ -83,8 +82,6 @@ class Guard:
     """The daemon's one security middleware (see the module docstring for the rules)."""
 
     def __init__(self, app, settings: Settings) -> None:
-        from corral.api.server import is_loopback
-
         self.app = app
         self.settings = settings
         self.hosts = _allowed_hosts(settings)

@@ -12,7 +12,6 @@ what was asked), and the loopback URL local clients use when it differs.
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import logging
 import os
 import sys
@@ -23,19 +22,11 @@ from corral import keys
 from corral.api.app import create_app, front
 from corral.builds.resolve import resolve_binary
 from corral.errors import BinaryError, Conflict, UsageError
+from corral.net import is_loopback
 from corral.settings import MIN_API_KEY_LENGTH, Settings, private_umask
 from corral.store.db import Store, translated
 
 log = logging.getLogger("corral.server")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _keys_exist(settings: Settings) -> bool:

@@ -177,7 +177,15 @@ class Supervisor:
         ]
 
     def get(self, name: str) -> InstanceRecord:
+        """The record of the instance named ``name`` (or listening on that port), else
+        NotFound."""
         return self._rt(name).rec
+
+    def find(self, name: str) -> InstanceRecord | None:
+        """The record of the instance named ``name``, or None: one dict lookup, no port
+        fallback and no exception (the router's hot path asks this per request)."""
+        rt = self._rts.get(name)
+        return None if rt is None else rt.rec
 
     def _rt(self, name_or_port: str) -> Runtime:
         rt = self._rts.get(name_or_port)
@@ -272,7 +280,7 @@ class Supervisor:
         env = check_env(spec.env)
         if spec.idle_ttl is not None and not spec.idle_ttl >= 0:
             raise UsageError("idle_ttl must be a number of seconds >= 0 (0 = never)")
-        model, mmproj = self._resolve_model(spec.model)
+        model, mmproj = self.resolve_model(spec.model)
         resolved = resolve_binary(self.settings, self.store, spec.binary, spec.build_id)
         catalog = await self.catalog(str(resolved.path))
         pairs = catalog.normalize(list(spec.flags))
@@ -559,9 +567,9 @@ class Supervisor:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(name) for name in list(self._rts)))
 
-    # -- internals: launching ----------------------------------------------------
-    def _resolve_model(self, text: str) -> tuple[Path, str | None]:
-        """A GGUF path as given, else a model of the index (id, name, alias, prefix)."""
+    def resolve_model(self, text: str) -> tuple[Path, str | None]:
+        """(GGUF path, mmproj path or None) for a launch's MODEL: a file as given, else a
+        model of the index (id, name, alias, prefix). NotFound / InvalidModelFile else."""
         try:
             exists = Path(text).expanduser().exists()
         except (RuntimeError, OSError, ValueError):  # "~nosuchuser/...", too long, NUL
@@ -578,6 +586,7 @@ class Supervisor:
             raise NotFound(f"no model {text!r}: not a file, and not in the index (corral ls)")
         return check_model_file(rec.path), rec.mmproj
 
+    # -- internals: launching ----------------------------------------------------
     def _split_owned(self, catalog: FlagCatalog, pairs: list) -> tuple[str, list]:
         owned = {}
         for name in ("--model", "--port", "--host"):
