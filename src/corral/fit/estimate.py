@@ -905,20 +905,22 @@ def _kv_cache(
     v_max = max((la.v_width for la in model.layers), default=0)
     k_row: dict[int, int] = {}
     v_row: dict[int, int] = {}
+    fa, n_stream = launch.flash_attn, launch.n_stream  # read once: this loop is the hot one
+    state = model.recurrent_width * 4 * max(1, launch.n_seq)
     for la, dev_i in zip(model.layers, placement, strict=False):
         kv_dev = devs[-1] if opts.no_kv_offload or dev_i < 0 else devs[dev_i]
         if la.recurrent:
-            kv_dev.kv_bytes += model.recurrent_width * 4 * max(1, launch.n_seq)
+            kv_dev.kv_bytes += state
         elif la.k_width:
             cells = launch.swa_cells if la.swa else launch.kv_cells
-            vw = la.v_width if launch.flash_attn or not la.v_width else v_max
+            vw = la.v_width if fa or not la.v_width else v_max
             kb = k_row.get(la.k_width)
             if kb is None:
                 kb = k_row[la.k_width] = _kv_row_bytes(launch.cache_type_k, la.k_width)
             vb = v_row.get(vw, -1)
             if vb < 0:
                 vb = v_row[vw] = _kv_row_bytes(launch.cache_type_v, vw) if vw else 0
-            kv_dev.kv_bytes += (kb + vb) * cells * launch.n_stream
+            kv_dev.kv_bytes += (kb + vb) * cells * n_stream
 
 
 def _output_layer(
