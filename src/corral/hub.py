@@ -18,6 +18,7 @@ import re
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -434,39 +435,20 @@ class Hub:
         if start and f.size is not None and start == f.size:
             return sha256_file(part)  # complete already
         timeout = httpx.Timeout(30.0, read=120.0)
-        _bigger_reads()
         hasher = _Hasher()
         try:
             # httpx drops Authorization when a redirect leaves the origin (the CDN).
-            with httpx.Client(follow_redirects=True, timeout=timeout) as client:
-                with client.stream("GET", url, headers=headers) as resp:
-                    self._check_status(resp, plan, f)
-                    if resp.status_code == 200 and start:
-                        start = 0  # the server ignored Range: take the whole body
-                    if start:
-                        hasher.feed_file(part, start)
-                    done = start
-                    if progress:
-                        progress(f.path, done, f.size)
-                    last = time.monotonic()
-                    with open(part, "ab" if start else "wb") as out:
-                        for (
-                            chunk
-                        ) in resp.iter_bytes():  # as it arrives: a drop loses nothing written
-                            if cancel is not None and cancel.is_set():
-                                raise Cancelled(f"pull of {f.path} cancelled")
-                            out.write(chunk)
-                            hasher.feed(chunk)
-                            done += len(chunk)
-                            now = time.monotonic()
-                            if progress and now - last >= 0.1:
-                                last = now
-                                progress(f.path, done, f.size)
-                    if progress:
-                        progress(f.path, done, f.size)
-        except httpx.TransportError as exc:
-            hasher.abandon()
-            raise _Transient(f"network error: {type(exc).__name__}") from None
+            with (
+                _hub_errors(plan.repo, plan.revision, f.path),
+                httpx.Client(follow_redirects=True, timeout=timeout) as client,
+                client.stream("GET", url, headers=headers) as resp,
+            ):
+                _check_status(resp, plan.repo, plan.revision, f.path)
+                if resp.status_code == 200 and start:
+                    start = 0  # the server ignored Range: take the whole body
+                if start:
+                    hasher.feed_file(part, start)
+                self._stream_into(resp, part, start, hasher, f, progress, cancel)
         except BaseException:
             hasher.abandon()
             raise
@@ -476,38 +458,25 @@ class Hub:
         return hasher.hexdigest()
 
     @staticmethod
-    def _check_status(resp, plan: PullPlan, f: HubFile) -> None:
-        code = resp.status_code
-        if code in (200, 206):
-            return
-        resp.read()
-        if code == 429 or code >= 500:
-            after = resp.headers.get("retry-after", "")
-            raise _Transient(f"HTTP {code} from the Hub", float(after) if after.isdigit() else None)
-        err = resp.headers.get("x-error-code", "")
-        if err == "GatedRepo" or code in (401, 403):
-            raise HubAuthError(
-                f"{plan.repo}: access denied (HTTP {code}); accept its terms and set HF_TOKEN"
-            )
-        if code == 404:
-            raise NotFound(f"{plan.repo} has no file {f.path!r} at {plan.revision[:12]}")
-        raise HubError(f"{f.path}: HTTP {code} from the Hub")
-
-
-def _bigger_reads() -> None:
-    """Let httpcore read 1 MiB per recv instead of 64 KiB.
-
-    A pull is CPU-bound on loopback or fast links: at 64 KiB, per-chunk Python overhead
-    (h11 parsing, iteration, write, queue) dominates. The attribute is httpcore's own knob
-    (class level, so every client in this process reads bigger buffers, which is harmless).
-    """
-    try:
-        from httpcore._sync import http11
-
-        if getattr(http11.HTTP11Connection, "READ_NUM_BYTES", 0) < (1 << 20):
-            http11.HTTP11Connection.READ_NUM_BYTES = 1 << 20
-    except (ImportError, AttributeError):
-        pass
+    def _stream_into(resp, part, start, hasher, f, progress, cancel) -> None:
+        """Append the body to ``part`` as it arrives (a drop loses nothing written)."""
+        done = start
+        if progress:
+            progress(f.path, done, f.size)
+        last = time.monotonic()
+        with open(part, "ab" if start else "wb") as out:
+            for chunk in resp.iter_bytes():
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"pull of {f.path} cancelled")
+                out.write(chunk)
+                hasher.feed(chunk)
+                done += len(chunk)
+                now = time.monotonic()
+                if progress and now - last >= 0.1:
+                    last = now
+                    progress(f.path, done, f.size)
+        if progress:
+            progress(f.path, done, f.size)
 
 
 _TIMEOUTS_SET = False
@@ -515,25 +484,29 @@ _TIMEOUTS_SET = False
 
 def _install_client_timeouts() -> None:
     """huggingface_hub's shared client has no timeout: a Hub that accepts the connection
-    and never answers would hang a pull (and the daemon's worker) forever."""
+    and never answers would hang a pull (and the daemon's worker) forever.
+
+    Through its public doors only: the client it makes by default (``get_session``) gives
+    the event hooks (offline mode, request ids) and the redirect policy, and
+    ``set_client_factory`` installs a factory of the same client with timeouts, in the
+    HTTP library it uses (``huggingface_hub.utils.httpx``: httpx in 1.x, httpx2 in 2.x)."""
     global _TIMEOUTS_SET
     if _TIMEOUTS_SET:
         return
-    try:
-        import httpx2
-        from huggingface_hub.utils import _http
+    from huggingface_hub import get_session, set_client_factory
+    from huggingface_hub.utils import httpx as hf_httpx
 
-        def factory():
-            return httpx2.Client(
-                event_hooks={"request": [_http.hf_request_event_hook]},
-                follow_redirects=True,
-                timeout=httpx2.Timeout(30.0, read=60.0),
-            )
+    default = get_session()
+    hooks = {event: list(fns) for event, fns in default.event_hooks.items()}
+    follow = default.follow_redirects
 
-        _http.set_client_factory(factory)
-        _TIMEOUTS_SET = True
-    except (ImportError, AttributeError):
-        pass
+    def factory():
+        return hf_httpx.Client(
+            event_hooks=hooks, follow_redirects=follow, timeout=hf_httpx.Timeout(30.0, read=60.0)
+        )
+
+    set_client_factory(factory)  # closes the default client made above
+    _TIMEOUTS_SET = True
 
 
 class _Hasher:
@@ -651,71 +624,86 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-def _transport_errors(httpx) -> tuple[type[BaseException], ...]:
-    """Network errors of httpx and of the httpx fork huggingface_hub 2.x ships (httpx2)."""
-    errs: list[type[BaseException]] = [httpx.TransportError, OSError]
+def _retry_after(headers) -> float | None:
+    after = headers.get("retry-after") or ""
+    return float(after) if after.isdigit() else None
+
+
+def _status_error(status: int, headers, repo: str, revision: str | None, path: str | None):
+    """The error for an HTTP error status from the Hub: of a metadata call (``path`` None)
+    or of a file's download. 429 and 5xx are transient (retried by a download)."""
+    if status == 429 or status >= 500:
+        return _Transient(f"HTTP {status} from the Hub", _retry_after(headers))
+    if status in (401, 403) or headers.get("x-error-code") == "GatedRepo":
+        hint = "accept its terms and set HF_TOKEN" if path else "set HF_TOKEN"
+        return HubAuthError(f"{repo}: access denied (HTTP {status}); {hint}")
+    if status == 404 and path:
+        return NotFound(f"{repo} has no file {path!r} at {(revision or '')[:12]}")
+    return HubError(f"{path or repo}: HTTP {status} from the Hub")
+
+
+def _check_status(resp, repo: str, revision: str | None, path: str) -> None:
+    """Raise the error of a file download's answer unless it is 200 or 206."""
+    if resp.status_code not in (200, 206):
+        resp.read()
+        raise _status_error(resp.status_code, resp.headers, repo, revision, path)
+
+
+#: huggingface_hub's errors (names in ``huggingface_hub.errors``), most specific first: an
+#: entry also takes its subclasses. The corral error each is, and what it says.
+_HF_ERRORS = (
+    ("GatedRepoError", HubAuthError, "{repo} is gated: accept its terms on the Hub and set HF_TOKEN"),  # noqa: E501
+    ("RepositoryNotFoundError", NotFound, "repo {repo} not found (or private: set HF_TOKEN)"),
+    ("RevisionNotFoundError", NotFound, "revision {revision!r} not found in {repo}"),
+    ("LocalEntryNotFoundError", HubError, "{repo}: the Hub is unreachable (offline?)"),
+    ("EntryNotFoundError", NotFound, "file not found in {repo}: {exc}"),
+)  # fmt: skip
+
+#: Already corral's: passed through as they are.
+_OURS = (Cancelled, HubError, NotFound, UsageError, _Transient)
+
+
+def _transport_errors(path: str | None) -> tuple[type[BaseException], ...]:
+    """Network errors of corral's httpx and of huggingface_hub's HTTP library. A plain
+    OSError counts for a metadata call only: in a download it is the disk's (ENOSPC)."""
+    import httpx
+    from huggingface_hub.utils import httpx as hf_httpx
+
+    errs: tuple[type[BaseException], ...] = (httpx.TransportError, hf_httpx.TransportError)
+    return errs if path else (*errs, OSError)
+
+
+def _map_error(exc: BaseException, repo: str, revision: str | None, path: str | None):
+    """The corral error (or _Transient) that ``exc`` is, or None for one that is not the
+    Hub's (a bug keeps its traceback)."""
+    from huggingface_hub import errors as hf
+
+    for name, cls, says in _HF_ERRORS:
+        if isinstance(exc, getattr(hf, name)):
+            return cls(says.format(repo=repo, revision=revision, exc=exc).splitlines()[0])
+    if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
+        response = exc.response
+        return _status_error(response.status_code, response.headers, repo, revision, path)
+    if isinstance(exc, _transport_errors(path)) and not isinstance(exc, FileNotFoundError):
+        return _Transient(f"network error: {type(exc).__name__}: {exc}".splitlines()[0])
+    return None
+
+
+@contextmanager
+def _hub_errors(repo: str, revision: str | None = None, path: str | None = None):
+    """Every error of a Hub call as corral's, one line each: the one mapping (as httpx's
+    ``map_httpcore_exceptions``), over :data:`_HF_ERRORS` and :func:`_status_error`.
+
+    A metadata call (``path`` None) fails at once on a transient fault (HubError); a
+    file's download (``path`` given) raises ``_Transient`` for its retry loop."""
     try:
-        import httpx2
-
-        errs.append(httpx2.TransportError)
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
-class _hub_errors:
-    """Map huggingface_hub / httpx errors to corral's, one line each.
-
-    With ``retry=True`` (downloads) transient faults raise ``_Transient`` for the retry
-    loop; otherwise (metadata calls) they are a HubError at once.
-    """
-
-    def __init__(self, repo: str, revision: str | None = None, retry: bool = False) -> None:
-        self.repo, self.revision, self.retry = repo, revision, retry
-
-    def __exit__(self, typ, exc, tb):
-        try:
-            return self._map(exc)
-        except _Transient as t:
-            if self.retry:
-                raise
-            raise HubError(f"{self.repo}: {t.reason}") from None
-
-    def __enter__(self):
-        return self
-
-    def _map(self, exc):
-        if exc is None or isinstance(exc, (Cancelled, HubError, NotFound, UsageError)):
-            return False
-        import httpx
-        from huggingface_hub import errors as hf
-
-        repo = self.repo
-        if isinstance(exc, hf.GatedRepoError):
-            raise HubAuthError(
-                f"{repo} is gated: accept its terms on the Hub and set HF_TOKEN"
-            ) from None
-        if isinstance(exc, hf.RepositoryNotFoundError):
-            raise NotFound(f"repo {repo} not found (or private: set HF_TOKEN)") from None
-        if isinstance(exc, hf.RevisionNotFoundError):
-            raise NotFound(f"revision {self.revision!r} not found in {repo}") from None
-        if isinstance(exc, hf.LocalEntryNotFoundError):
-            raise HubError(f"{repo}: the Hub is unreachable (offline?)") from None
-        if isinstance(exc, hf.EntryNotFoundError):
-            raise NotFound(f"file not found in {repo}: {exc}".splitlines()[0]) from None
-        if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
-            status = exc.response.status_code
-            if status == 429 or status >= 500:
-                after = exc.response.headers.get("retry-after")
-                raise _Transient(
-                    f"HTTP {status} from the Hub",
-                    float(after) if after and after.isdigit() else None,
-                ) from None
-            if status in (401, 403):
-                raise HubAuthError(f"{repo}: access denied (HTTP {status}); set HF_TOKEN") from None
-            raise HubError(f"{repo}: HTTP {status} from the Hub") from None
-        if isinstance(exc, _transport_errors(httpx)) and not isinstance(exc, FileNotFoundError):
-            raise _Transient(
-                f"network error: {type(exc).__name__}: {exc}".splitlines()[0]
-            ) from None
-        return False
+        yield
+    except _OURS:
+        raise
+    except Exception as exc:
+        err = _map_error(exc, repo, revision, path)
+        if err is None:
+            raise
+        if isinstance(err, _Transient) and path is None:
+            err = HubError(f"{repo}: {err.reason}")
+        raise err from None
