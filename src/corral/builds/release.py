@@ -425,67 +425,20 @@ def install_release(
         release = get_release(url, version, timeout, client=c)
         tag = _safe_component(str(release["tag_name"]))
         backend = backend.lower()
-        asset = pick_asset(release, os_name, arch, backend)
-        if asset is None:
-            names = [a.get("name", "") for a in release.get("assets") or []]
-            msg = (
-                f"release {tag} has no {backend} build for "
-                f"{normalise_os(os_name)}/{normalise_arch(arch)}"
-            )
-            if backend == "cuda" and normalise_os(os_name) == "linux":
-                msg += " (llama.cpp publishes no CUDA build for Linux: build from source)"
-            raise NoAsset(
-                msg,
-                tag=tag,
-                os_name=os_name,
-                arch=arch,
-                backend=backend,
-                detail="assets: " + ", ".join(names),
-            )
+        asset = _asset_or_refuse(release, tag, os_name, arch, backend)
         name = f"{tag}-{_safe_component(backend)}"
         target = dest_root / name
         if os.path.lexists(target) and not force:
             raise _already_installed(target, name)
-
         downloads = dest_root / ".downloads"
         downloads.mkdir(parents=True, exist_ok=True)
-        asset_name = _safe_component(asset["name"])
-        part = downloads / f"{asset_name}.part"
+        part = downloads / f"{_safe_component(asset['name'])}.part"
         _download(c, asset, part, attempts=attempts, progress=progress)
     finally:
         if own:
             c.close()
-
-    digest = asset.get("digest") or ""
-    actual = _sha256(part)
-    if digest.startswith("sha256:"):
-        expected = digest.split(":", 1)[1].strip().lower()
-        if actual != expected:
-            bad = downloads / f"{asset_name}.bad"
-            os.replace(part, bad)
-            raise ReleaseDigestMismatch(
-                f"{asset['name']}: sha256 {actual} does not match the release's {expected}; "
-                f"nothing installed (file kept at {bad})"
-            )
-
-    # The archive needs an extension safe_extract can sniff; it sniffs content, so the
-    # .part name is fine.
-    staging = dest_root / f".{name}.installing-{uuid.uuid4().hex[:8]}"
-    try:
-        safe_extract(part, staging)
-        server = find_server(staging)
-        if not os.access(server, os.X_OK):
-            raise BinaryError(f"{asset['name']}: {server.name} is not executable")
-        version_text = binary_version(server)
-        if sys.platform.startswith("linux") and normalise_os(os_name) == "linux":
-            _check_libraries(server)
-        rel_server = server.relative_to(staging)
-        if not force and os.path.lexists(target):  # installed meanwhile by someone else
-            raise _already_installed(target, name)
-        swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    actual = _check_digest(part, asset)
+    rel_server, version_text = _unpack_into_place(part, target, asset["name"], os_name, force)
     part.unlink(missing_ok=True)
     return InstalledBuild(
         path=target / rel_server,
@@ -496,3 +449,65 @@ def install_release(
         asset=asset["name"],
         sha256=actual,
     )
+
+
+def _asset_or_refuse(release: dict, tag: str, os_name: str, arch: str, backend: str) -> dict:
+    """The release's asset for os/arch/backend, or NoAsset listing what it has."""
+    asset = pick_asset(release, os_name, arch, backend)
+    if asset is not None:
+        return asset
+    names = [a.get("name", "") for a in release.get("assets") or []]
+    msg = f"release {tag} has no {backend} build for {normalise_os(os_name)}/{normalise_arch(arch)}"
+    if backend == "cuda" and normalise_os(os_name) == "linux":
+        msg += " (llama.cpp publishes no CUDA build for Linux: build from source)"
+    raise NoAsset(
+        msg,
+        tag=tag,
+        os_name=os_name,
+        arch=arch,
+        backend=backend,
+        detail="assets: " + ", ".join(names),
+    )
+
+
+def _check_digest(part: Path, asset: dict) -> str:
+    """The sha256 of the downloaded ``part``; when the release states a digest and it
+    differs, the file is set aside as ``.bad`` and nothing is installed."""
+    digest = asset.get("digest") or ""
+    actual = _sha256(part)
+    if digest.startswith("sha256:"):
+        expected = digest.split(":", 1)[1].strip().lower()
+        if actual != expected:
+            bad = part.with_name(part.name.removesuffix(".part") + ".bad")
+            os.replace(part, bad)
+            raise ReleaseDigestMismatch(
+                f"{asset['name']}: sha256 {actual} does not match the release's {expected}; "
+                f"nothing installed (file kept at {bad})"
+            )
+    return actual
+
+
+def _unpack_into_place(
+    part: Path, target: Path, asset_name: str, os_name: str, force: bool
+) -> tuple[Path, str]:
+    """Unpack ``part`` into a staging directory beside ``target``, check its llama-server
+    runs, and swap it into place: (the server's path inside the build, its --version)."""
+    # The archive needs an extension safe_extract can sniff; it sniffs content, so the
+    # .part name is fine.
+    staging = target.parent / f".{target.name}.installing-{uuid.uuid4().hex[:8]}"
+    try:
+        safe_extract(part, staging)
+        server = find_server(staging)
+        if not os.access(server, os.X_OK):
+            raise BinaryError(f"{asset_name}: {server.name} is not executable")
+        version_text = binary_version(server)
+        if sys.platform.startswith("linux") and normalise_os(os_name) == "linux":
+            _check_libraries(server)
+        rel_server = server.relative_to(staging)
+        if not force and os.path.lexists(target):  # installed meanwhile by someone else
+            raise _already_installed(target, target.name)
+        swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return rel_server, version_text
