@@ -101,6 +101,23 @@ export async function follow(path, onEvent, { signal, method = "GET", body } = {
   }
 }
 
+let schemaOnce = null;
+
+/**
+ * What the daemon checks and the forms check before they send (``GET /api/v1/schema``):
+ * the instance-name pattern, restart policies, port range, environment-name pattern.
+ * Fetched once per page and shared by every view; a failed fetch is tried again next time.
+ */
+export function schema() {
+  if (!schemaOnce) schemaOnce = get("/api/v1/schema").catch((err) => { schemaOnce = null; throw err; });
+  return schemaOnce;
+}
+
+/** True when ``value`` matches the schema's ``pattern`` whole (patterns are full-match). */
+export function fullMatch(pattern, value) {
+  return new RegExp(`^(?:${pattern})$`).test(String(value));
+}
+
 /** Encode one path segment (instance names, model ids with slashes stay one segment). */
 export function seg(value) {
   return encodeURIComponent(String(value));
