@@ -13,8 +13,8 @@ only, cheap to import: the CLI uses it) that every layer takes its facts from.
   :func:`is_mmproj`.
 - **Scalars**: :func:`to_bool`, :func:`to_int`, :func:`to_float`, :func:`to_seconds`:
   range-checked, and every failure is a one-line :class:`~corral.errors.UsageError`.
-  ``strict=True`` takes only values that already have the type (JSON, YAML);
-  otherwise text is parsed too (environment variables, command lines, config files).
+  ``strict=True`` takes no text, only values that already are numbers or bools (JSON,
+  YAML); otherwise text is read too (environment variables, command lines, config).
 
 :func:`schema` hands the facts the web UI needs to ``GET /api/v1/schema``, so the
 JavaScript does not type them again. Patterns are full-match (``re.fullmatch``; in JS
@@ -108,7 +108,12 @@ Port = Annotated[int, Between(PORT_MIN, PORT_MAX)]
 
 def check_port(value: object, what: str = "port") -> int:
     """A port number (1-65535) from an int or its text."""
-    return to_int(value, what, low=PORT_MIN, high=PORT_MAX)
+    try:
+        return to_int(value, what, low=PORT_MIN, high=PORT_MAX)
+    except UsageError:
+        raise UsageError(
+            f"{what} must be a port number ({PORT_MIN}-{PORT_MAX}), got {_shown(value)}"
+        ) from None
 
 
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
@@ -175,18 +180,12 @@ def to_int(
     strict: bool = False,
 ) -> int:
     """A whole number within ``low..high`` (inclusive, either may be open)."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif not strict and isinstance(value, str):
-        try:
-            number = int(value.strip())
-        except ValueError:
-            pass
-    elif not strict and isinstance(value, float) and value.is_integer():
-        number = int(value)
-    if number is None or not _within(number, low, high):
-        raise UsageError(f"{what} must be a whole number{_range(low, high)}, got {_shown(value)}")
+    number = _number(value, what, strict)
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise UsageError(f"{what} must be a whole number, got {_shown(value)}")
+        number = int(number)
+    _check_range(number, what, low, high)
     return number
 
 
@@ -196,19 +195,14 @@ def to_float(
     *,
     low: float | None = None,
     high: float | None = None,
+    above: float | None = None,
     strict: bool = False,
 ) -> float:
-    """A finite number within ``low..high`` (inclusive, either may be open)."""
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif not strict and isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            pass
-    if number is None or not math.isfinite(number) or not _within(number, low, high):
-        raise UsageError(f"{what} must be a number{_range(low, high)}, got {_shown(value)}")
+    """A finite number within ``low..high`` (inclusive) and over ``above`` (exclusive)."""
+    number = float(_number(value, what, strict))
+    if not math.isfinite(number):
+        raise UsageError(f"{what} must be a finite number, got {_shown(value)}")
+    _check_range(number, what, low, high, above)
     return number
 
 
@@ -222,18 +216,38 @@ def to_seconds(value: object, what: str, *, strict: bool = False) -> float:
         ) from None
 
 
-def _within(number: float, low: float | None, high: float | None) -> bool:
-    return (low is None or number >= low) and (high is None or number <= high)
+def _number(value: object, what: str, strict: bool) -> int | float:
+    """An int or float as given; unless ``strict``, also read from text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if not strict and isinstance(value, str):
+        text = value.strip()
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    raise UsageError(f"{what} must be a number, got {_shown(value)}")
 
 
-def _range(low: float | None, high: float | None) -> str:
-    if low is not None and high is not None:
-        return f" within {low}-{high}"
-    if low is not None:
-        return f" >= {low}"
-    if high is not None:
-        return f" <= {high}"
-    return ""
+def _check_range(
+    number: float,
+    what: str,
+    low: float | None,
+    high: float | None,
+    above: float | None = None,
+) -> None:
+    if low is not None and number < low:
+        raise UsageError(f"{what} must be >= {_num(low)}, got {_num(number)}")
+    if above is not None and number <= above:
+        raise UsageError(f"{what} must be > {_num(above)}, got {_num(number)}")
+    if high is not None and number > high:
+        raise UsageError(f"{what} must be <= {_num(high)}, got {_num(number)}")
+
+
+def _num(number: float) -> str:
+    """An int as it is, a float in its short form (1e+300, 0.5)."""
+    return str(number) if isinstance(number, int) else f"{number:g}"
 
 
 def _shown(value: object) -> str:

@@ -89,7 +89,7 @@ def test_every_port_in_range_passes_as_int_and_text(port):
 
 @pytest.mark.parametrize("bad", [0, -1, 65536, "http", "", True, 80.5, None])
 def test_a_port_out_of_range_or_not_a_number_is_refused(bad):
-    with pytest.raises(UsageError, match=r"port must be a whole number within 1-65535"):
+    with pytest.raises(UsageError, match=r"port must be a port number \(1-65535\)"):
         types.check_port(bad)
 
 
@@ -183,20 +183,35 @@ def test_to_bool_refuses_other_text():
 
 @given(st.integers(min_value=-(10**6), max_value=10**6))
 def test_to_int_checks_the_range(n):
-    inside_range = 0 <= n <= 100
     try:
         got = types.to_int(str(n), "n", low=0, high=100)
     except UsageError as exc:
-        assert not inside_range and "n must be a whole number within 0-100" in str(exc)
+        assert str(exc) == (f"n must be >= 0, got {n}" if n < 0 else f"n must be <= 100, got {n}")
     else:
-        assert inside_range and got == n
+        assert 0 <= n <= 100 and got == n
 
 
-def test_to_int_strict_takes_only_ints():
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [(2.5, "n must be a whole number, got 2.5"), ("x", "n must be a number, got 'x'")],
+)
+def test_to_int_tells_a_fraction_from_no_number(value, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        types.to_int(value, "n")
+
+
+def test_to_int_strict_takes_no_text():
     assert types.to_int(5, "build", strict=True) == 5
-    for bad in ("5", 5.0, True):
-        with pytest.raises(UsageError):
+    assert types.to_int(5.0, "build", strict=True) == 5
+    for bad in ("5", True, None, [5]):
+        with pytest.raises(UsageError, match="build must be a number"):
             types.to_int(bad, "build", strict=True)
+
+
+def test_to_float_exclusive_bound():
+    assert types.to_float(0.1, "t", above=0) == 0.1
+    with pytest.raises(UsageError, match="t must be > 0, got 0"):
+        types.to_float(0, "t", above=0)
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True))
@@ -253,7 +268,7 @@ def guarded(tmp_path):
     app.include_router(router)
     store = Store(tmp_path / "c.db")
     app.state.daemon = std_types.SimpleNamespace(store=store, settings=settings)
-    with TestClient(Guard(app, settings), base_url="http://127.0.0.1") as client:
+    with TestClient(Guard(app, settings), base_url=settings.daemon_url) as client:
         yield client
     store.close()
 

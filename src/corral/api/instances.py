@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -21,6 +20,7 @@ from corral.api.deps import Daemon, get_daemon
 from corral.redact import SECRET_FLAGS, redact_argv, redact_env, redact_pairs
 from corral.supervisor import logs
 from corral.supervisor.supervisor import instance_view
+from corral.types import DEFAULT_RESTART, NAME_MAX, Port, Restart
 
 router = APIRouter(prefix="/api/v1/instances", tags=["instances"])
 
@@ -39,14 +39,14 @@ class LaunchRequest(BaseModel):
         max_length=4096,
         description="GGUF path, or a model of the index",
     )
-    preset: str | None = Field(default=None, min_length=1, max_length=64)
-    name: str | None = Field(default=None, max_length=64)
-    port: int | None = Field(default=None, ge=1, le=65535)
+    preset: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
+    name: str | None = Field(default=None, max_length=NAME_MAX)
+    port: Port | None = None
     flags: list[str] = Field(
         default_factory=list, max_length=512, examples=[["-c", "4096", "-ngl", "99"]]
     )
-    restart: Literal["always", "on-failure", "never"] | None = Field(
-        default=None, description="default: the preset's, else on-failure"
+    restart: Restart | None = Field(
+        default=None, description=f"default: the preset's, else {DEFAULT_RESTART}"
     )
     env: dict[str, str] = Field(
         default_factory=dict, max_length=64, examples=[{"CUDA_VISIBLE_DEVICES": "0"}]
@@ -73,8 +73,11 @@ async def list_instances(d: Daemon = Depends(get_daemon)) -> list[dict]:
 
 
 async def _spec(req: LaunchRequest, d: Daemon):
+    sup = d.supervisor
     return await presets.compose(
-        d.supervisor,
+        sup.store,
+        sup.catalog,
+        taken=[r.name for r in sup.list()],
         model=req.model,
         preset=req.preset,
         flags=req.flags,

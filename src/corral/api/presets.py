@@ -18,6 +18,7 @@ from corral.api.deps import Daemon, get_daemon
 from corral.builds.catalog import FlagCatalog
 from corral.builds.resolve import MAX_BUILD_ID
 from corral.errors import BinaryError, NotFound, UsageError
+from corral.types import Restart
 
 router = APIRouter(prefix="/api/v1/presets", tags=["presets"])
 
@@ -44,7 +45,7 @@ class PresetBody(BaseModel):
     env: dict[str, str] = Field(
         default_factory=dict, max_length=lib.MAX_ENV, examples=[{"CUDA_VISIBLE_DEVICES": "0"}]
     )
-    restart: Literal["always", "on-failure", "never"] | None = None
+    restart: Restart | None = None
     idle_ttl: float | None = Field(
         default=None, ge=0, le=10 * 365 * 86400, description="seconds unused before stop; 0 = never"
     )

@@ -8,6 +8,7 @@ import time
 import click
 
 from corral.settings import Settings, load_settings, secure_home
+from corral.types import RESTART_POLICIES, check_port, to_int, to_seconds
 
 
 def settings() -> Settings:
@@ -55,11 +56,18 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def split_own_options(
-    args, valued: set[str], switches: set[str], repeated: set[str] = frozenset()
+    args,
+    valued: set[str],
+    switches: set[str],
+    repeated: set[str] = frozenset(),
+    *,
+    dashdash: bool = False,
 ) -> tuple[dict, list[str]]:
     """corral's own options out of the tokens after MODEL; the rest are llama flags.
 
     ``--opt V`` and ``--opt=V`` for ``valued``; options in ``repeated`` collect a list.
+    With ``dashdash``, every token after ``--`` is a llama flag (``preset save``:
+    llama-server's own ``-- --alias X``).
     """
     from corral.errors import UsageError
 
@@ -67,6 +75,9 @@ def split_own_options(
     llama: list[str] = []
     it = iter(args)
     for token in it:
+        if dashdash and token == "--":
+            llama.extend(it)
+            break
         key, eq, value = token.partition("=")
         if key in valued:
             if not eq:
@@ -82,3 +93,24 @@ def split_own_options(
         else:
             llama.append(token)
     return own, llama
+
+
+class Checked(click.ParamType):
+    """A click type made of a :mod:`corral.types` check: an option typed before MODEL
+    (parsed by click) and after it (by :func:`split_own_options`) is checked by the same
+    function, and a bad value is the same one-line usage error (exit 2)."""
+
+    def __init__(self, name: str, check) -> None:
+        self.name, self.check = name, check
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):  # a default, or already converted
+            return value
+        return self.check(value, param.opts[0] if param is not None else self.name)
+
+
+PORT = Checked("port", check_port)
+WHOLE = Checked("integer", to_int)
+SECONDS = Checked("seconds", to_seconds)
+#: ``--restart`` before MODEL: click lists the choices in --help and completes them.
+RESTART = click.Choice(RESTART_POLICIES)

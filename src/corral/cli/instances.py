@@ -6,24 +6,42 @@ import sys
 
 import click
 
-from corral.cli.common import ago, local_model, print_json, settings, split_own_options, table
+from corral.cli.common import (
+    PORT,
+    RESTART,
+    SECONDS,
+    WHOLE,
+    ago,
+    local_model,
+    print_json,
+    settings,
+    split_own_options,
+    table,
+)
 from corral.cli.terminal import printable
 from corral.errors import NotFound, UsageError
+from corral.types import DEFAULT_RESTART, check_port, check_restart, to_int, to_seconds
 
-# corral's own options of `run`, also recognised after MODEL (llama flags come there too).
-RUN_VALUED = {
-    "--name",
-    "--port",
-    "--restart",
-    "--binary",
-    "--build",
-    "--timeout",
-    "--preset",
-    "--env",
-    "--idle-ttl",
+# corral's own options of `run`, also recognised after MODEL (llama flags come there too):
+# option -> (parameter of run(), the check of its value).
+RUN_OPTIONS = {
+    "--name": ("name", None),
+    "--port": ("port", check_port),
+    "--restart": ("restart", check_restart),
+    "--binary": ("binary", None),
+    "--build": ("build", to_int),
+    "--timeout": ("timeout", to_seconds),
+    "--preset": ("preset", None),
+    "--env": ("env", None),
+    "--idle-ttl": ("idle_ttl", to_seconds),
+    "--detach": ("detach", None),
+    "--json": ("as_json", None),
+    "--pin": ("pin", None),
+    "--no-fit": ("no_fit", None),
 }
 RUN_REPEATED = {"--env"}
 RUN_SWITCHES = {"--detach", "--json", "--pin", "--no-fit"}
+RUN_VALUED = set(RUN_OPTIONS) - RUN_SWITCHES
 
 
 def Client(s):  # noqa: N802 - lazy: `corral --help` must not pay for the client
@@ -38,11 +56,6 @@ def ensure_daemon(s):
     return _ensure(s)
 
 
-def _split_run_args(args: tuple[str, ...]) -> tuple[dict, list[str]]:
-    """Pull corral's own options out of the tokens after MODEL (``--env`` repeats)."""
-    return split_own_options(args, RUN_VALUED, RUN_SWITCHES, RUN_REPEATED)
-
-
 def env_pairs(items) -> dict[str, str]:
     """``["K=V", ...]`` as a dict (``--env`` of run and preset save)."""
     env = {}
@@ -54,15 +67,6 @@ def env_pairs(items) -> dict[str, str]:
     return env
 
 
-def _number(own: dict, key: str, kind: type, default):
-    if key not in own:
-        return default
-    try:
-        return kind(own[key])
-    except ValueError:
-        raise UsageError(f"{key} needs a number, got {own[key]!r}")
-
-
 @click.command(
     context_settings={
         "ignore_unknown_options": True,
@@ -71,16 +75,16 @@ def _number(own: dict, key: str, kind: type, default):
     }
 )
 @click.option("--name", help="Instance name (default: from the model file name).")
-@click.option("--port", type=int, help="Port for llama-server (default: first free in 8081-8999).")
+@click.option("--port", type=PORT, help="Port for llama-server (default: first free in 8081-8999).")
 @click.option(
     "--restart",
     "restart",
-    type=click.Choice(["always", "on-failure", "never"]),
+    type=RESTART,
     default=None,
-    help="Restart policy (default: the preset's, else on-failure).",
+    help=f"Restart policy (default: the preset's, else {DEFAULT_RESTART}).",
 )
 @click.option("--binary", help="llama-server binary to run.")
-@click.option("--build", type=int, help="Registered build id to run.")
+@click.option("--build", type=WHOLE, help="Registered build id to run.")
 @click.option("--preset", help="Start from this preset (corral preset ls).")
 @click.option(
     "--env",
@@ -91,10 +95,10 @@ def _number(own: dict, key: str, kind: type, default):
 )
 @click.option("--pin", is_flag=True, default=None, help="Never stop it when idle nor evict it.")
 @click.option(
-    "--idle-ttl", type=float, metavar="SECONDS", help="Stop after this long unused (0 = never)."
+    "--idle-ttl", type=SECONDS, metavar="SECONDS", help="Stop after this long unused (0 = never)."
 )
 @click.option("--detach", is_flag=True, help="Return once spawned, without waiting for ready.")
-@click.option("--timeout", type=float, help="Seconds to wait for ready (default: load_timeout).")
+@click.option("--timeout", type=SECONDS, help="Seconds to wait for ready (default: load_timeout).")
 @click.option(
     "--no-fit",
     "no_fit",
@@ -104,23 +108,7 @@ def _number(own: dict, key: str, kind: type, default):
 @click.option("--json", "as_json", is_flag=True, help="Print the instance as JSON.")
 @click.argument("model", required=False)
 @click.argument("llama_flags", nargs=-1, type=click.UNPROCESSED)
-def run(
-    name,
-    port,
-    restart,
-    binary,
-    build,
-    preset,
-    env,
-    pin,
-    idle_ttl,
-    detach,
-    timeout,
-    no_fit,
-    as_json,
-    model,
-    llama_flags,
-) -> None:
+def run(**opts) -> None:
     """Launch llama-server on MODEL with any llama-server flags.
 
     MODEL is a GGUF path, or a model of the index (`corral ls`): its id, short name,
@@ -146,51 +134,59 @@ def run(
       corral run --preset chat -c 2048 --env CUDA_VISIBLE_DEVICES=1
       corral run model.gguf --no-fit -ngl 0
     """
+    opts = _run_options(opts)
+    body = _launch_body(opts)  # checked before a daemon is started for it
+    inst = ensure_daemon(settings()).request("POST", "/api/v1/instances", body, timeout=None)
+    _print_launched(inst, opts["as_json"])
+
+
+def _run_options(opts: dict) -> dict:
+    """click's values, overridden by corral's options typed after MODEL (checked alike)."""
+    model, tokens = opts["model"], opts["llama_flags"]
     if model is not None and model.startswith("-"):
         # `run --preset P -c 2048`: no MODEL, the first token is already a llama flag.
-        model, llama_flags = None, (model, *llama_flags)
-    own, flags = _split_run_args(llama_flags)
-    name = own.get("--name", name)
-    port = _number(own, "--port", int, port)
-    restart = own.get("--restart", restart)
-    if restart not in (None, "always", "on-failure", "never"):
-        raise UsageError(f"--restart must be always, on-failure or never, got {restart!r}")
-    binary = own.get("--binary", binary)
-    build = _number(own, "--build", int, build)
-    preset = own.get("--preset", preset)
-    idle_ttl = _number(own, "--idle-ttl", float, idle_ttl)
-    pin = True if own.get("--pin") else pin
-    timeout = _number(own, "--timeout", float, timeout)
-    detach = bool(own.get("--detach", detach))
-    as_json = bool(own.get("--json", as_json))
-    no_fit = bool(own.get("--no-fit", no_fit))
-    if model is None and preset is None:
+        model, tokens = None, (model, *tokens)
+    own, flags = split_own_options(tokens, RUN_VALUED, RUN_SWITCHES, RUN_REPEATED)
+    opts = {**opts, "model": model, "flags": flags}
+    for option, value in own.items():
+        param, check = RUN_OPTIONS[option]
+        if option in RUN_REPEATED:
+            opts[param] = (*opts[param], *value)
+        else:
+            opts[param] = check(value, option) if check else value
+    if opts["model"] is None and opts["preset"] is None:
         raise UsageError("give MODEL (a GGUF path or a model of the index), or --preset NAME")
+    return opts
+
+
+def _launch_body(opts: dict) -> dict:
+    """The ``POST /api/v1/instances`` body of a run."""
     from pathlib import Path
 
-    client = ensure_daemon(settings())
-    body = {
-        "model": local_model(model),
-        "preset": preset,
-        "flags": flags,
-        "name": name,
-        "port": port,
-        "restart": restart,
-        "env": env_pairs([*env, *own.get("--env", [])]),
-        "pinned": pin,
-        "idle_ttl": idle_ttl,
+    binary = opts["binary"]
+    return {
+        "model": local_model(opts["model"]),
+        "preset": opts["preset"],
+        "flags": opts["flags"],
+        "name": opts["name"],
+        "port": opts["port"],
+        "restart": opts["restart"],
+        "env": env_pairs(opts["env"]),
+        "pinned": opts["pin"],
+        "idle_ttl": opts["idle_ttl"],
         "binary": str(Path(binary).expanduser().resolve()) if binary else None,
-        "build": build,
-        "wait": not detach,
-        "timeout": timeout,
-        "fit": not no_fit,
+        "build": opts["build"],
+        "wait": not opts["detach"],
+        "timeout": opts["timeout"],
+        "fit": not opts["no_fit"],
     }
-    inst = client.request("POST", "/api/v1/instances", body, timeout=None)
+
+
+def _print_launched(inst: dict, as_json: bool) -> None:
     if as_json:
         print_json(inst)
         return
-    state = inst["state"]
-    click.echo(f"{inst['name']}  {state}  port {inst['port']}  {inst['url']}")
+    click.echo(f"{inst['name']}  {inst['state']}  port {inst['port']}  {inst['url']}")
     line = placement_line(inst)
     if line:  # stderr: stdout stays the one line scripts read
         click.echo(line, err=True)

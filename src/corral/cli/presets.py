@@ -12,17 +12,17 @@ from urllib.parse import quote
 
 import click
 
-from corral.cli.common import print_json, settings, table
+from corral.cli.common import print_json, settings, split_own_options, table
 from corral.cli.instances import env_pairs
 from corral.cli.terminal import printable
 from corral.errors import UsageError
+from corral.types import check_restart, to_int, to_seconds
 
 # corral's own options of `preset save`; the other tokens are llama-server flags.
 # After `--` every token is a llama-server flag (e.g. llama-server's own `-- --alias X`).
 SAVE_VALUED = {"--model", "--build", "--env", "--restart", "--idle-ttl", "--alias", "--description"}
 SAVE_REPEATED = {"--env", "--alias"}
 SAVE_SWITCHES = {"--pin"}
-RESTARTS = ("always", "on-failure", "never")
 
 
 def _client():
@@ -42,52 +42,26 @@ def _warn(warnings: list[str]) -> None:
 
 def _split_save_args(args: tuple[str, ...]) -> tuple[dict, list[str]]:
     """corral's options (anywhere before ``--``) and the llama-server flags."""
-    own: dict = {}
-    llama: list[str] = []
-    it = iter(args)
-    for token in it:
-        if token == "--":
-            llama.extend(it)
-            break
-        key, eq, value = token.partition("=")
-        if key in SAVE_VALUED:
-            if not eq:
-                value = next(it, None)
-                if value is None:
-                    raise UsageError(f"{key} needs a value")
-            if key in SAVE_REPEATED:
-                own.setdefault(key, []).append(value)
-            else:
-                own[key] = value
-        elif token in SAVE_SWITCHES:
-            own[token] = True
-        else:
-            llama.append(token)
-    return own, llama
+    return split_own_options(args, SAVE_VALUED, SAVE_SWITCHES, SAVE_REPEATED, dashdash=True)
 
 
 def _save_body(own: dict, flags: list[str]) -> dict:
     restart = own.get("--restart")
-    if restart is not None and restart not in RESTARTS:
-        raise UsageError(f"--restart must be always, on-failure or never, got {restart!r}")
     body: dict = {
         "flags": flags,
         "env": env_pairs(own.get("--env", [])),
         "aliases": own.get("--alias", []),
         "pinned": bool(own.get("--pin")),
-        "restart": restart,
+        "restart": None if restart is None else check_restart(restart, "--restart"),
         "description": own.get("--description", ""),
     }
-    for key, field, kind in (
-        ("--model", "model", str),
-        ("--build", "build", int),
-        ("--idle-ttl", "idle_ttl", float),
+    for key, field, check in (
+        ("--model", "model", None),
+        ("--build", "build", to_int),
+        ("--idle-ttl", "idle_ttl", to_seconds),
     ):
         if key in own:
-            try:
-                body[field] = kind(own[key])
-            except ValueError:
-                raise UsageError(f"{key} needs a number, got {own[key]!r}") from None
+            body[field] = check(own[key], key) if check else own[key]
     return body
 
 
@@ -119,7 +93,7 @@ def save(name: str, args: tuple[str, ...]) -> None:
       --model M          model of the index, or a GGUF path
       --build ID         registered build (corral builds ls)
       --env K=V          environment variable (repeatable)
-      --restart P        always | on-failure | never
+      --restart P        on-failure | always | never
       --idle-ttl S       stop after S seconds unused (0 = never)
       --alias A          another name requests may use (repeatable)
       --pin              never stopped when idle nor evicted
