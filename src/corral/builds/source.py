@@ -465,6 +465,23 @@ def _stage(build_dir: Path, stage: Path) -> Path:
     return stage / "llama-server"
 
 
+class _LoggedRun:
+    """cmake's steps, their output appended to the build log and, line by line, to
+    ``progress``; the last lines are kept for a BuildFailed's detail."""
+
+    def __init__(self, log, log_path: Path, progress, env: dict[str, str]) -> None:
+        self.log, self.log_path, self.progress, self.env = log, log_path, progress, env
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL)
+
+    def step(self, argv: list[str], what: str) -> None:
+        rc = _run_logged(argv, self.log, self.tail, self.progress, self.env)
+        if rc != 0:
+            raise self.failed(f"{what} failed (exit {rc})")
+
+    def failed(self, message: str) -> BuildFailed:
+        return BuildFailed(f"{message}; see {self.log_path}", detail="\n".join(self.tail))
+
+
 def build(
     src: Path,
     out_dir: Path,
@@ -490,9 +507,7 @@ def build(
     lines of the log as ``detail``) when configure or build fails or the result does not
     answer ``--version``; ``out_dir`` is then untouched.
     """
-    src = Path(src)
-    out_dir = Path(out_dir)
-    log_path = Path(log_path)
+    src, out_dir, log_path = Path(src), Path(out_dir), Path(log_path)
     jobs = max(1, jobs or os.cpu_count() or 1)
     args = cmake_args(backend, host, cpu_flags, cuda_archs=cuda_archs, gpu_targets=gpu_targets)
     version = version_from_source(src)
@@ -509,58 +524,17 @@ def build(
         else Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     )
     stage = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
-    run_env = dict(os.environ if env is None else env)
-    tail: deque[str] = deque(maxlen=LOG_TAIL)
-
-    def failed(message: str) -> BuildFailed:
-        return BuildFailed(f"{message}; see {log_path}", detail="\n".join(tail))
-
+    info = {"backend": backend, "source": str(src), "version": version}
     try:
         with open(log_path, "w", encoding="utf-8") as log:
-            rc = _run_logged(
-                [cmake, "-S", str(src), "-B", str(bdir), *args], log, tail, progress, run_env
-            )
-            if rc != 0:
-                raise failed(f"cmake configure failed (exit {rc})")
-            rc = _run_logged(
-                [
-                    cmake,
-                    "--build",
-                    str(bdir),
-                    "--config",
-                    "Release",
-                    "--target",
-                    "llama-server",
-                    "-j",
-                    str(jobs),
-                ],
-                log,
-                tail,
-                progress,
-                run_env,
-            )
-            if rc != 0:
-                raise failed(f"cmake build failed (exit {rc})")
-            if os.path.lexists(stage):
-                shutil.rmtree(stage)
-            binary = _stage(bdir, stage)
-            try:
-                from corral.builds.resolve import binary_version
-
-                reported = binary_version(binary)
-            except BinaryError as exc:
-                log.write(f"built binary does not run: {exc.message}\n")
-                tail.append(exc.message)
-                raise failed("the built llama-server does not run") from exc
-            log.write(f"built: {reported.splitlines()[0] if reported else ''}\n")
-            info = {
-                "backend": backend,
-                "source": str(src),
-                "version": version,
-                "version_output": reported,
-                "cmake_args": args,
-            }
-            (stage / "corral-build.json").write_text(json.dumps(info, indent=2) + "\n")
+            run = _LoggedRun(log, log_path, progress, dict(os.environ if env is None else env))
+            run.step([cmake, "-S", str(src), "-B", str(bdir), *args], "cmake configure")
+            run.step(
+                [cmake, "--build", str(bdir), "--config", "Release", "--target", "llama-server",
+                 "-j", str(jobs)],
+                "cmake build",
+            )  # fmt: skip
+            _stage_checked(bdir, stage, run, info, args)
             swap_into_place(stage, out_dir)
     finally:
         if os.path.lexists(stage):
@@ -568,3 +542,22 @@ def build(
         if own_build_dir:
             shutil.rmtree(bdir, ignore_errors=True)
     return out_dir / "llama-server"
+
+
+def _stage_checked(bdir: Path, stage: Path, run: _LoggedRun, info: dict, args: list[str]) -> None:
+    """Stage the built server and its libraries, check it answers ``--version``, and
+    record the build (``corral-build.json``: ``info``, what it reported, cmake's args)."""
+    if os.path.lexists(stage):
+        shutil.rmtree(stage)
+    binary = _stage(bdir, stage)
+    try:
+        from corral.builds.resolve import binary_version
+
+        reported = binary_version(binary)
+    except BinaryError as exc:
+        run.log.write(f"built binary does not run: {exc.message}\n")
+        run.tail.append(exc.message)
+        raise run.failed("the built llama-server does not run") from exc
+    run.log.write(f"built: {reported.splitlines()[0] if reported else ''}\n")
+    record = {**info, "version_output": reported, "cmake_args": args}
+    (stage / "corral-build.json").write_text(json.dumps(record, indent=2) + "\n")
