@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from corral.errors import UsageError
+from corral.types import PORT_MAX, PORT_MIN, to_bool, to_float, to_int
 
 DEFAULT_DAEMON_PORT = 9380
 #: Group and other get nothing under CORRAL_HOME (see the module docstring).
@@ -180,8 +181,8 @@ class Settings:
             low, high = (int(p) for p in self.port_range.split("-", 1))
         except ValueError:
             raise UsageError(f"port_range must look like 8081-8999, got {self.port_range!r}")
-        if not (1 <= low <= high <= 65535):
-            raise UsageError(f"port_range {self.port_range!r} is not within 1-65535")
+        if not (PORT_MIN <= low <= high <= PORT_MAX):
+            raise UsageError(f"port_range {self.port_range!r} is not within {PORT_MIN}-{PORT_MAX}")
         return low, high
 
     def ensure_dirs(self) -> None:
@@ -196,26 +197,19 @@ class Settings:
         secure_home(self.home)
 
 
-def _coerce(name: str, value: object, typ: type) -> object:
-    try:
-        if typ is Path:
-            return Path(str(value)).expanduser()
-        if typ is int:
-            return int(value)  # type: ignore[arg-type]
-        if typ is float:
-            return float(value)  # type: ignore[arg-type]
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        return str(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"setting {name} has an invalid value {value!r}")
+def coerce(name: str, value: object, typ: type) -> object:
+    """``value`` (from the environment, config.toml or a caller) as setting ``name`` of
+    type ``typ``; a one-line UsageError naming the setting otherwise."""
+    what = f"setting {name}"
+    if typ is Path:
+        return Path(str(value)).expanduser()
+    if typ is int:
+        return to_int(value, what)
+    if typ is float:
+        return to_float(value, what)
+    if typ is bool:
+        return to_bool(value, what)
+    return str(value)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -239,5 +233,5 @@ def load_settings(**overrides: object) -> Settings:
     unknown = set(values) - set(types)
     if unknown:
         raise UsageError(f"unknown setting(s) in {config}: {', '.join(sorted(unknown))}")
-    kwargs = {k: _coerce(k, v, typemap[str(types[k])]) for k, v in values.items()}
+    kwargs = {k: coerce(k, v, typemap[str(types[k])]) for k, v in values.items()}
     return Settings(**kwargs)  # type: ignore[arg-type]

@@ -6,25 +6,24 @@ here and whether a change applies ``live`` or after a daemon ``restart``. Secret
 (``api_key``, ``hf_token``) show only whether they are set.
 
 ``PUT`` takes ``{key: value}``; a ``null`` value removes the key from the config file
-(back to the default). Every value is checked first (type via the coercion of
-:mod:`corral.settings`, then its range); one bad key and nothing is written. The keys
+(back to the default). Every value is checked first (type and range, with the
+converters of :mod:`corral.types`); one bad key and nothing is written. The keys
 are then written to ``CORRAL_HOME/config.toml`` and set on the daemon's own
 :class:`Settings`, which the supervisor, router, pulls and builds share and read at each
 use — so every editable key applies live. A key set by a ``CORRAL_*`` variable is
 written too (a later daemon without the variable uses it) but not applied: the
 variable still wins, and the answer says so.
 
-The config file is edited line by line (comments and other keys stay as they are); when
-that would not give exactly the intended values (a quoted key, a multi-line string) the
-whole file is rewritten from its parsed values instead. Either result is checked with
-:mod:`tomllib` before it atomically replaces the old file.
+The config file is edited as a document with :mod:`tomlkit`: comments, ordering, blank
+lines and keys corral does not know stay as the user wrote them, and only the changed
+values differ. The result is checked with :mod:`tomllib` before it atomically replaces
+the old file.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import tomllib
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -35,7 +34,8 @@ from fastapi import APIRouter, Body, Depends
 
 from corral.api.deps import Daemon, get_daemon
 from corral.errors import UsageError
-from corral.settings import Settings, _coerce
+from corral.settings import Settings
+from corral.types import to_float, to_int
 
 router = APIRouter(tags=["settings"])
 
@@ -203,20 +203,11 @@ def _check(name: str, raw: Any, knob: Knob) -> Any:
             )
         _check_text(name, value)
         return value
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):  # JSON numbers only
-        raise UsageError(f"setting {name} must be a number, got {_short(raw)}")
-    if typ is int and isinstance(raw, float) and not raw.is_integer():
-        raise UsageError(f"setting {name} must be a whole number, got {_short(raw)}")
-    value = _coerce(name, raw, typ)
-    if not math.isfinite(value):
-        raise UsageError(f"setting {name} must be a finite number, got {_short(raw)}")
-    if knob.low is not None and value < knob.low:
-        raise UsageError(f"setting {name} must be >= {knob.low:g}, got {value:g}")
-    if knob.above is not None and value <= knob.above:
-        raise UsageError(f"setting {name} must be > {knob.above:g}, got {value:g}")
-    if knob.high is not None and value > knob.high:
-        raise UsageError(f"setting {name} must be <= {knob.high:g}, got {value:g}")
-    return value
+    check = to_int if typ is int else to_float  # JSON numbers only: strict
+    bounds = {"low": knob.low, "high": knob.high}
+    if knob.above is not None:
+        bounds["above"] = knob.above
+    return check(raw, f"setting {name}", strict=True, **bounds)
 
 
 def _check_text(name: str, value: str) -> None:
@@ -240,75 +231,36 @@ def _short(value: Any, limit: int = 80) -> str:
 
 # -- TOML writing -----------------------------------------------------------------------
 
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\t": "\\t",
-    "\n": "\\n",
-    "\f": "\\f",
-    "\r": "\\r",
-}
-
-
-def toml_value(value: Any) -> str:
-    """A TOML literal for a scalar: basic strings escaped, floats that read back exactly."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"not a finite number: {value!r}")
-        return repr(value)  # shortest round-tripping form; valid TOML (1e+16, 0.1, -2.5)
-    if isinstance(value, str):
-        return '"' + "".join(_escape_char(c) for c in value) + '"'
-    raise TypeError(f"cannot write {type(value).__name__} to the config file")
-
-
-def _escape_char(c: str) -> str:
-    if c in _ESCAPES:
-        return _ESCAPES[c]
-    if ord(c) < 0x20 or ord(c) == 0x7F:  # control characters must be escaped in TOML
-        return f"\\u{ord(c):04X}"
-    return c
-
-
-def render_config(values: dict[str, Any]) -> str:
-    """A whole config file of flat ``key = value`` lines."""
-    return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
-
 
 def edit_config(text: str, changes: dict[str, Any]) -> str:
-    """``text`` with each changed key's line replaced (or appended), None keys removed.
+    """``text`` with each changed key set (added at the end of the top-level keys when it
+    is new) and each None key removed; everything else stays as the user wrote it:
+    comments, order, blank lines, unknown keys and tables (tomlkit edits the document).
 
-    Keeps comments and every other line; the result equals the parsed old file updated
-    with ``changes`` — or, when a line edit cannot reach that, a full rewrite of it.
+    The result is checked to read back as the old values updated with ``changes``.
     """
-    old = tomllib.loads(text)
-    want = {**old, **changes}
-    want = {k: v for k, v in want.items() if v is not None}
-    lines = [line + "\n" for line in text.split("\n")]  # not splitlines(): U+2028 is no break
-    if lines[-1] == "\n":
-        lines.pop()
-    pending = dict(changes)
-    edited = []
-    for line in lines:
-        m = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", line)
-        if m and m.group(1) in pending:
-            value = pending.pop(m.group(1))
-            if value is not None:
-                edited.append(f"{m.group(1)} = {toml_value(value)}\n")
-            continue
-        edited.append(line)
-    edited += [f"{k} = {toml_value(v)}\n" for k, v in pending.items() if v is not None]
-    result = "".join(edited)
-    try:
-        if tomllib.loads(result) == want:
-            return result
-    except tomllib.TOMLDecodeError:
-        pass
-    return render_config(want)
+    import tomlkit  # only a PUT needs it
+
+    doc = tomlkit.parse(text)
+    for key, value in changes.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = _scalar(value)
+    result = tomlkit.dumps(doc)
+    want = {k: v for k, v in {**tomllib.loads(text), **changes}.items() if v is not None}
+    if tomllib.loads(result) != want:  # tomlkit keeps what it parsed; checked all the same
+        raise UsageError("config.toml could not be edited in place; edit the file by hand")
+    return result
+
+
+def _scalar(value: Any) -> Any:
+    """A value the config file can hold: a string, a bool, an int or a finite float."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    if not isinstance(value, (str, bool, int, float)):
+        raise TypeError(f"cannot write {type(value).__name__} to the config file")
+    return value
 
 
 def write_config(path: Path, changes: dict[str, Any]) -> None:
@@ -320,7 +272,7 @@ def write_config(path: Path, changes: dict[str, Any]) -> None:
         mode = 0o600  # it may come to hold a token
     try:
         new = edit_config(text, changes)
-    except TypeError as exc:  # a hand-edited value the flat writer cannot carry over
+    except (TypeError, ValueError) as exc:  # a value no TOML scalar carries
         raise UsageError(f"{path}: {exc}; edit the file by hand")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
