@@ -56,6 +56,11 @@ export function field(label, control, hint) {
     hint ? h("span", { class: "hint" }, hint) : null);
 }
 
+/** A field whose label names its control by id: <div><label for=id>text</label> control extra</div>. */
+export function labelled(id, text, control, extra) {
+  return h("div", { class: "field" }, h("label", { class: "field-label", for: id }, text), control, extra || null);
+}
+
 /** A short-lived message in the corner; errors stay until dismissed. */
 export function toast(message, kind = "info") {
   const box = document.getElementById("toasts");

@@ -7,7 +7,7 @@
 // being streamed (null when none); every function below takes it.
 
 import { api, follow, get, seg } from "../api.js";
-import { confirmAction, h, replace, toast } from "../dom.js";
+import { confirmAction, h, labelled, replace, toast } from "../dom.js";
 import { render } from "../markdown.js";
 
 export async function mount(root, { query }) {
@@ -54,10 +54,6 @@ function controls() {
   el.composer = h("form", { class: "stack composer" }, el.prompt,
     h("div", { class: "row" }, el.sendBtn, el.stopBtn, el.status));
   return el;
-}
-
-function labelled(id, text, control) {
-  return h("div", { class: "field" }, h("label", { class: "field-label", for: id }, text), control);
 }
 
 function layout(el) {

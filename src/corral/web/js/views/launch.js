@@ -14,7 +14,7 @@
 // below takes it.
 
 import { api, fullMatch, get, schema, seg } from "../api.js";
-import { h, meter, replace, toast } from "../dom.js";
+import { h, labelled, meter, replace, toast } from "../dom.js";
 import { bytes, redactArgv, shellQuote, shellSplit } from "../format.js";
 import * as flags from "../flags.js";
 
@@ -106,10 +106,6 @@ function controls(facts, query) {
   el.fitSuggest = h("div", { class: "row fit-suggest hidden", id: "fit-suggest" },
     h("span", { class: "field-label" }, "Suggested flags"), el.fitFlags, el.fitApply);
   return el;
-}
-
-function labelled(id, text, control, extraNode) {
-  return h("div", { class: "field" }, h("label", { class: "field-label", for: id }, text), control, extraNode || null);
 }
 
 /** The four cards of the view, in a form (``el.form``). */
