@@ -8,11 +8,11 @@ process machinery (``corral fit`` must stay fast).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.errors import InvalidModelFile, UsageError
+from corral.types import DEFAULT_RESTART, ENV_NAME_RE
 
 
 @dataclass
@@ -23,7 +23,7 @@ class LaunchSpec:
     flags: list[str] = field(default_factory=list)
     name: str | None = None
     port: int | None = None
-    restart: str = "on-failure"
+    restart: str = DEFAULT_RESTART
     binary: str | None = None
     build_id: int | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment (CUDA_VISIBLE_DEVICES...)
@@ -33,9 +33,6 @@ class LaunchSpec:
     idle_ttl: float | None = None  # None = settings.idle_ttl; 0 = never
     aliases: list[str] = field(default_factory=list)  # more names /v1/* requests may use
     fit: bool = True  # plan memory (-ngl, -ts, --device, -c, KV) unless the flags fix it
-
-
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def check_env(env: dict) -> dict[str, str]:

@@ -42,6 +42,7 @@ from corral.errors import Conflict, CorralError, InvalidModelFile, NotFound, Usa
 from corral.store import models as table
 from corral.store.db import Store
 from corral.store.models import ModelRecord
+from corral.types import NAME_MAX, is_inside, is_mmproj, unique_name
 
 __all__ = [
     "ModelRecord",
@@ -58,7 +59,6 @@ __all__ = [
 SPLIT_RE = re.compile(r"(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
 _HF_REPO_DIR = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>.+)")
 _NAME_BAD = re.compile(r"[^a-z0-9._-]+")
-NAME_MAX = 64
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -77,12 +77,6 @@ def split_info(filename: str) -> tuple[str, int, int] | None:
 
 def split_part_name(base: str, index: int, count: int) -> str:
     return f"{base}-{index:05d}-of-{count:05d}.gguf"
-
-
-def is_mmproj(path: str | os.PathLike[str]) -> bool:
-    """A vision projector by its file name (``mmproj*.gguf``, any case)."""
-    name = os.path.basename(os.fspath(path)).lower()
-    return name.startswith("mmproj") and name.endswith(".gguf")
 
 
 def _abs(path: str | os.PathLike[str]) -> str:
@@ -121,18 +115,6 @@ def _taken_names(store: Store) -> set[str]:
         taken.add(rec.name)
         taken.update(rec.aliases)
     return taken
-
-
-def _unique(wanted: str, taken: set[str]) -> str:
-    if wanted not in taken:
-        return wanted
-    n = 2
-    while True:
-        suffix = f"-{n}"
-        candidate = wanted[: NAME_MAX - len(suffix)] + suffix
-        if candidate not in taken:
-            return candidate
-        n += 1
 
 
 def _metadata(info: gguf.GGUFInfo) -> dict:
@@ -237,7 +219,7 @@ def _insert_unique(
         if id_prefix is not None:
             ids = {r.id for r in table.list_all(store)}
             taken |= {i[len(id_prefix) :] for i in ids if i.startswith(id_prefix)}
-        rec.name = _unique(wanted, taken)
+        rec.name = unique_name(wanted, taken)
         if id_prefix is not None:
             rec.id = id_prefix + rec.name
         try:
@@ -452,14 +434,6 @@ def _ambiguous(text: str, hits: list[ModelRecord]) -> UsageError:
 # -- removal ---------------------------------------------------------------------------
 
 
-def _inside(path: str, root: Path) -> bool:
-    try:
-        Path(os.path.realpath(path)).relative_to(root)
-        return True
-    except ValueError:
-        return False
-
-
 def instances_using(store: Store, paths: list[str]) -> list[str]:
     """Names of the instances that run, or are meant to run, with one of ``paths``.
 
@@ -503,7 +477,7 @@ def remove(
     kept: list[str] = []
     if delete_files and rec.owned:
         root = Path(os.path.realpath(models_dir))
-        outside = [p for p in paths if not _inside(p, root)]
+        outside = [p for p in paths if not is_inside(root, p)]
         if outside:
             raise UsageError(
                 f"refusing to delete {outside[0]}: it is outside the models directory {root}"
@@ -542,7 +516,7 @@ def remove(
 def _prune_empty_dirs(dirs: set[str], root: Path) -> None:
     for d in sorted(dirs, key=len, reverse=True):
         cur = Path(os.path.realpath(d))
-        while cur != root and _inside(str(cur), root):
+        while cur != root and is_inside(root, cur):
             try:
                 cur.rmdir()
             except OSError:

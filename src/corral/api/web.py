@@ -20,7 +20,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
-from corral.errors import NotFound
+from corral.errors import NotFound, UsageError
+from corral.types import inside
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -58,11 +59,10 @@ def _file(path: Path) -> FileResponse:
 def asset_path(rel: str) -> Path:
     """The file under WEB_DIR that ``/ui/<rel>`` names; NotFound for anything else
     (unknown suffix, a directory, or a path escaping WEB_DIR through ``..`` or a link)."""
-    root = WEB_DIR.resolve()
     try:
-        path = (root / rel).resolve()
-        found = path.is_relative_to(root) and path.suffix in CONTENT_TYPES and path.is_file()
-    except (OSError, ValueError):  # a NUL byte, a name too long for the filesystem...
+        path = inside(WEB_DIR, rel)
+        found = path.suffix in CONTENT_TYPES and path.is_file()
+    except (UsageError, OSError):  # outside, a NUL byte, a name too long for the filesystem
         found = False
     if not found:
         raise NotFound(f"no UI file {rel[:200]!r}")

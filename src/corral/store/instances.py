@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from corral.errors import Conflict, NotFound
 from corral.redact import redact_argv, redact_env, redact_pairs
 from corral.store.db import Store
+from corral.types import DEFAULT_RESTART
 
 FlagPairs = list[list]  # [[flag, value | None], ...] (JSON friendly)
 
@@ -26,7 +27,7 @@ class InstanceRecord:
     host: str = "127.0.0.1"
     build_id: int | None = None
     version: str | None = None
-    restart_policy: str = "on-failure"
+    restart_policy: str = DEFAULT_RESTART
     desired: str = "running"
     state: str = "stopped"
     pid: int | None = None
