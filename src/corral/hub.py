@@ -33,6 +33,7 @@ from corral.errors import (
     UsageError,
 )
 from corral.gguf import quant_from_filename
+from corral.types import is_inside, is_mmproj
 
 DEFAULT_QUANT = "Q4_K_M"
 MAX_RETRY_AFTER = 300.0  # longer waits fail the pull with the Hub's figure instead
@@ -168,10 +169,6 @@ class PullPlan:
     @property
     def total_size(self) -> int:
         return sum(f.size or 0 for f in self.all_files)
-
-
-def is_mmproj(path: str) -> bool:
-    return os.path.basename(path).lower().startswith("mmproj") and path.lower().endswith(".gguf")
 
 
 def group_quants(files: list[HubFile]) -> list[QuantGroup]:
@@ -349,7 +346,7 @@ class Hub:
         (metadata, URLs and auth headers still come from huggingface_hub).
         """
         final = dest / f.path
-        if not _inside(final, dest):
+        if ".." in Path(f.path).parts or not is_inside(dest, f.path):
             raise HubError(f"refusing the Hub's file path {f.path!r}: it leaves {dest}")
         with _file_lock(final):  # two pulls sharing a file (an mmproj) take turns
             return self._download_locked(plan, f, dest, final, progress, cancel, retries)
@@ -542,14 +539,6 @@ class _Hasher:
     def abandon(self) -> None:
         if self._t.is_alive():
             self._q.put(None)
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return ".." not in Path(path).parts
 
 
 def part_path(dest: Path, f: HubFile) -> Path:
