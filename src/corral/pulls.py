@@ -208,13 +208,7 @@ class PullManager:
             )
         else:
             table.update(
-                self.store,
-                job.id,
-                state=job.state,
-                total=job.total,
-                done=job.done,
-                error=job.error,
-                model_id=job.model_id,
+                self.store, job.id, job.state, job.total, job.done, job.error, job.model_id
             )
 
     def _emit(self, job: PullJob) -> None:

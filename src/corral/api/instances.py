@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from corral import presets
 from corral.api.deps import Daemon, get_daemon
+from corral.launchspec import LaunchSpec
 from corral.redact import SECRET_FLAGS, redact_argv, redact_env, redact_pairs
 from corral.supervisor import logs
 from corral.supervisor.supervisor import instance_view
@@ -72,7 +73,8 @@ async def list_instances(d: Daemon = Depends(get_daemon)) -> list[dict]:
     return [instance_view(r) for r in d.supervisor.list()]
 
 
-async def _spec(req: LaunchRequest, d: Daemon):
+async def launch_spec(req: LaunchRequest, d: Daemon) -> LaunchSpec:
+    """The LaunchSpec of a launch body: ``*`` defaults < its preset < its fields."""
     sup = d.supervisor
     return await presets.compose(
         sup.store,
@@ -98,7 +100,7 @@ async def _spec(req: LaunchRequest, d: Daemon):
 async def plan(req: LaunchRequest, d: Daemon = Depends(get_daemon)) -> dict:
     """The command line a launch with this body would run (``*`` defaults and preset
     merged, flags validated), without running anything."""
-    return _plan_view(await d.supervisor.plan(await _spec(req, d)))
+    return _plan_view(await d.supervisor.plan(await launch_spec(req, d)))
 
 
 def _plan_view(plan: dict) -> dict:
@@ -118,7 +120,7 @@ def _plan_view(plan: dict) -> dict:
 
 @router.post("", status_code=201)
 async def launch(req: LaunchRequest, d: Daemon = Depends(get_daemon)) -> dict:
-    rec = await d.supervisor.launch(await _spec(req, d))
+    rec = await d.supervisor.launch(await launch_spec(req, d))
     if req.wait:
         rec = await d.supervisor.wait_ready(rec.name, req.timeout)
     return instance_view(rec)

@@ -36,7 +36,6 @@ def insert(
 def update(
     store: Store,
     job_id: str,
-    *,
     state: str,
     total: int,
     done: int,
