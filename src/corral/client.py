@@ -130,7 +130,8 @@ class Client:
             return self._ssl_context().wrap_socket(sock, server_hostname=self.host)
         except OSError as exc:
             sock.close()
-            raise self._tls_failure(exc) from exc
+            self._raise_tls_failure(exc)
+            raise
 
     def _ssl_context(self):
         if self._tls_context is None:
@@ -139,19 +140,20 @@ class Client:
             self._tls_context = ssl.create_default_context()
         return self._tls_context
 
-    def _tls_failure(self, exc: OSError) -> OSError | errors.TLSError:
+    def _raise_tls_failure(self, exc: OSError) -> None:
         """A TLSError naming why for a certificate or handshake failure; other OSErrors
-        (refused, reset, timed out) stay themselves, as over plain HTTP."""
+        (refused, reset, timed out) are left to the caller to re-raise, as over HTTP."""
         import ssl
 
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return errors.TLSError(
+            raise errors.TLSError(
                 f"the TLS certificate of {self.authority} is not trusted "
                 f"({exc.verify_message}); set SSL_CERT_FILE to the CA bundle that signed it"
-            )
+            ) from exc
         if isinstance(exc, ssl.SSLError):
-            return errors.TLSError(f"TLS with {self.authority} failed ({exc.reason or exc})")
-        return exc
+            raise errors.TLSError(
+                f"TLS with {self.authority} failed ({exc.reason or exc})"
+            ) from exc
 
     def stream_lines(self, path: str, params: dict | None = None) -> Iterator[str]:
         """Yield the ``data:`` payloads of an SSE stream, decoded from JSON."""
@@ -167,7 +169,9 @@ class Client:
             conn.request("GET", path, headers=self._headers(False))
         except OSError as exc:
             conn.close()
-            raise (self._tls_failure(exc) if self.tls else exc) from exc
+            if self.tls:
+                self._raise_tls_failure(exc)
+            raise
         resp = conn.getresponse()
         if resp.status >= 400:
             raise error_from_answer(resp.status, json.loads(resp.read() or b"null"))

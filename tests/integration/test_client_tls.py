@@ -155,3 +155,10 @@ def test_ssl_is_imported_only_for_https():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_refused_https_connection_stays_refused_for_the_cli_to_say_so():
+    from tests.conftest import free_port
+
+    with pytest.raises(ConnectionRefusedError):
+        _client(f"https://127.0.0.1:{free_port()}").request("GET", "/healthz")
