@@ -29,10 +29,11 @@ from corral.errors import Conflict, NotFound, StoreError, UsageError
 from corral.store import keys as table
 from corral.store.db import Store, add_companion, connect, remove_companion
 from corral.store.keys import ApiKey
+from corral.types import KEY_NAME_MAX, KEY_SCOPES
 
 PREFIX = "crl_"
 ID_PREFIX = "key_"
-SCOPES = ("admin", "inference")
+SCOPES = KEY_SCOPES
 #: last_used_at is written at most this often per key: a write per request would cost latency.
 USED_GRANULARITY = 60.0
 
@@ -50,8 +51,8 @@ def public_id(secret: str) -> str:
 
 def _check(name: str, scope: str) -> str:
     name = name.strip()
-    if not 1 <= len(name) <= 64 or not name.isprintable():
-        raise UsageError("a key name must be 1-64 printable characters")
+    if not 1 <= len(name) <= KEY_NAME_MAX or not name.isprintable():
+        raise UsageError(f"a key name must be 1-{KEY_NAME_MAX} printable characters")
     if scope not in SCOPES:
         raise UsageError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
     return name

@@ -9,6 +9,7 @@ only, cheap to import: the CLI uses it) that every layer takes its facts from.
   :func:`check_restart`; :data:`Restart` is the same tuple as a ``Literal`` for pydantic.
 - **Ports**: :func:`check_port`; :data:`Port` for pydantic.
 - **Environment names**: :data:`ENV_NAME_PATTERN`.
+- **API keys**: :data:`KEY_SCOPES`, :data:`KEY_NAME_MAX`.
 - **Files**: :func:`inside` ("is this path inside that folder", links followed),
   :func:`is_mmproj`.
 - **Scalars**: :func:`to_bool`, :func:`to_int`, :func:`to_float`, :func:`to_seconds`:
@@ -118,6 +119,13 @@ def check_port(value: object, what: str = "port") -> int:
 
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
 ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)  # always .fullmatch
+
+
+# -- API keys --------------------------------------------------------------------------
+
+#: ``admin`` may call everything; ``inference`` only the OpenAI router (``/v1/*``).
+KEY_SCOPES = ("admin", "inference")
+KEY_NAME_MAX = 64
 
 
 # -- files -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from corral import keys
 from corral.api.deps import Daemon, get_daemon
+from corral.types import KEY_NAME_MAX, KEY_SCOPES
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 
@@ -20,8 +21,8 @@ router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 class KeyRequest(BaseModel):
     """A new key: ``admin`` may call everything, ``inference`` only /v1/*."""
 
-    name: str = Field(min_length=1, max_length=64)
-    scope: Literal["admin", "inference"] = "admin"
+    name: str = Field(min_length=1, max_length=KEY_NAME_MAX)
+    scope: Literal[KEY_SCOPES] = "admin"  # type: ignore[valid-type]
 
 
 @router.get("")

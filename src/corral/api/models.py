@@ -10,13 +10,14 @@ from pydantic import BaseModel, Field
 from corral import models as lib
 from corral.api.deps import Daemon, get_daemon
 from corral.store import models as table
+from corral.types import NAME_MAX
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
 
 class ImportRequest(BaseModel):
     path: str = Field(min_length=1, max_length=4096)
-    name: str | None = Field(default=None, min_length=1, max_length=64)
+    name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
 
 
 @router.get("")

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import click
 
 from corral.cli.common import ago, print_json, settings, table
+from corral.types import KEY_SCOPES
 
 
 @click.group()
@@ -47,7 +48,7 @@ def _store():
 @click.argument("name")
 @click.option(
     "--scope",
-    type=click.Choice(["admin", "inference"]),
+    type=click.Choice(KEY_SCOPES),
     default="admin",
     show_default=True,
     help="admin: the whole API; inference: only /v1/*.",
