@@ -6,7 +6,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel
 
 from corral import __version__
@@ -53,10 +53,10 @@ def front(app: FastAPI, settings: Settings):
     return security.Guard(openai_api.Relay(app), settings)
 
 
-def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
-    """Build the daemon's FastAPI app (serve it wrapped by :func:`front`).
-
-    The supervisor starts (and re-adopts) in the lifespan."""
+def _lifespan(settings: Settings, supervisor_factory):
+    """The daemon's life around the server's: the store, supervisor (which re-adopts the
+    running instances), router, pulls and builds come up before the first request and go
+    down, in the reverse order, after the last."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -88,60 +88,74 @@ def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
             await supervisor.close()
             store.close()
 
+    return lifespan
+
+
+daemon_routes = APIRouter(tags=["daemon"])
+
+
+@daemon_routes.get("/healthz")
+async def healthz(request: Request) -> dict:
+    d: Daemon = request.app.state.daemon
+    return {
+        "status": "ok",
+        "version": __version__,
+        "pid": os.getpid(),
+        "home": str(d.settings.home),
+        "uptime": time.time() - d.started_at,
+    }
+
+
+@daemon_routes.post("/api/v1/shutdown")
+async def shutdown(req: ShutdownRequest, request: Request, d: Daemon = Depends(get_daemon)) -> dict:
+    """Stop the daemon; with ``stop_instances`` stop every instance first."""
+    stopped = [r.name for r in d.supervisor.list() if r.pid]
+    if req.stop_instances:
+        await d.supervisor.stop_all()
+    server = getattr(request.app.state, "server", None)
+    if server is not None:
+        server.should_exit = True
+    d.shutdown.set()
+    return {"stopping": True, "stopped_instances": stopped if req.stop_instances else []}
+
+
+#: The API's resources, one module each, in the order their routes are matched.
+RESOURCES = (
+    instances,
+    flags,
+    builds,
+    pulls_api,
+    models_api,
+    system_api,
+    openai_api,
+    presets_api,
+    keys,
+    conversations,
+    events,
+    metrics,
+    settings_api,
+    fit_api,
+)
+
+
+def create_app(settings: Settings, supervisor_factory=Supervisor) -> FastAPI:
+    """Build the daemon's FastAPI app (serve it wrapped by :func:`front`).
+
+    The supervisor starts (and re-adopts) in the lifespan."""
     # No /docs nor /redoc: FastAPI's pages load swagger-ui/redoc from a CDN into the
     # daemon's origin. /openapi.json stays; see docs in corral.api.web.
     app = FastAPI(
         title="corral",
         version=__version__,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, supervisor_factory),
         docs_url=None,
         redoc_url=None,
         description="Run, supervise and route llama.cpp llama-server instances.",
     )
     errors.install(app)
     app.add_middleware(limits.BodyLimit)  # 1 MiB bodies, refused before they are read
-
-    @app.get("/healthz", tags=["daemon"])
-    async def healthz(request: Request) -> dict:
-        d: Daemon = request.app.state.daemon
-        return {
-            "status": "ok",
-            "version": __version__,
-            "pid": os.getpid(),
-            "home": str(d.settings.home),
-            "uptime": time.time() - d.started_at,
-        }
-
-    @app.post("/api/v1/shutdown", tags=["daemon"])
-    async def shutdown(
-        req: ShutdownRequest, request: Request, d: Daemon = Depends(get_daemon)
-    ) -> dict:
-        """Stop the daemon; with ``stop_instances`` stop every instance first."""
-        stopped = [r.name for r in d.supervisor.list() if r.pid]
-        if req.stop_instances:
-            await d.supervisor.stop_all()
-        server = getattr(request.app.state, "server", None)
-        if server is not None:
-            server.should_exit = True
-        d.shutdown.set()
-        return {"stopping": True, "stopped_instances": stopped if req.stop_instances else []}
-
-    for part in (
-        instances,
-        flags,
-        builds,
-        pulls_api,
-        models_api,
-        system_api,
-        openai_api,
-        presets_api,
-        keys,
-        conversations,
-        events,
-        metrics,
-        settings_api,
-    ):
+    app.include_router(daemon_routes)
+    for part in RESOURCES:
         app.include_router(part.router)
-    app.include_router(fit_api.router)
     web.install(app)  # last: the UI's static files at /
     return app

@@ -247,10 +247,20 @@ async def _reject(rt: Router, exc: CorralError, started: bool, send) -> None:
     """Count a refused request and answer it: an SSE error event once heartbeats have
     started the stream, else an error response."""
     rt.metrics.rejected.labels(exc.code).inc()
-    if started:
-        await send({"type": "http.response.body", "body": _sse_error(exc)})
-    else:
-        await _send_error(send, exc)
+    await _answer_error(exc, started, send)
+
+
+class _Seen:
+    """What the relay saw of one answer, for :meth:`Router.end`. Kept current while the
+    answer streams, so an answer cut short is still counted with what had arrived."""
+
+    __slots__ = ("status", "ttft", "tail", "keep")
+
+    def __init__(self) -> None:
+        self.status = 502  # until the instance answers
+        self.ttft: float | None = None
+        self.tail = bytearray()  # the end of the answer, where usage is reported
+        self.keep = True  # False once a plain body outgrew USAGE_BODY_MAX
 
 
 async def _relay(
@@ -266,70 +276,115 @@ async def _relay(
     started: bool,
     stream: bool,
 ) -> None:
-    """Forward to the instance and stream its answer back, counting it afterwards."""
+    """Forward to the instance and stream its answer back, counting it afterwards.
+
+    The steps: the request head (with the instance's own key), the upstream request, the
+    response head, the body's chunks, and what to say when the body was cut short."""
     host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
-    headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
     try:
-        key = rt.upstream_key(rec)
+        head = _upstream_head(rt, rec, host, endpoint, scope, len(body))
     except UpstreamError as exc:
         await _reject(rt, exc, started, send)
         return
-    if key is not None:
-        headers.append((b"authorization", b"Bearer " + key.encode()))
-    head = request_head(f"/v1/{endpoint}", host, rec.port, headers, len(body))
     usage = rt.begin(rec, label)
-    status = 502
-    ttft = None
-    tail = bytearray()
-    keep = True
-    streamed = started
+    seen = _Seen()
     resp = None
     on_gone = None
-    ended = False
     try:
         try:
-            if stream:  # llama-server answers a stream's head at once
-                resp = await rt.upstream.request(host, rec.port, head, body)
-            else:  # the head comes after the whole generation: watch for the client leaving
-                resp = await _unless_gone(
-                    rt.upstream.request(host, rec.port, head, body), gone.watch()
-                )
-                if resp is None:
-                    status = CLIENT_GONE
-                    return
+            resp = await _request(rt, rec, host, head, body, stream, gone)
         except UpstreamError as exc:
-            exc = UpstreamError(f"instance {rec.name!r}: {exc.message}")
-            if started:
-                await send({"type": "http.response.body", "body": _sse_error(exc)})
-            else:
-                await _send_error(send, exc)
+            await _answer_error(exc, started, send)
             return
-        status = resp.status
-        ctype = resp.header(b"content-type") or b""
-        streamed = b"text/event-stream" in ctype
+        if resp is None:
+            seen.status = CLIENT_GONE
+            return
+        seen.status = resp.status
+        streamed = b"text/event-stream" in (resp.header(b"content-type") or b"")
         on_gone = _aborter(resp)  # a client that leaves stops generation upstream
         if gone.future is not None:
             gone.future.add_done_callback(on_gone)
-        if started:
-            if status >= 400:  # the status line is sent: say it in the stream
-                detail = (await resp.read(4096)).decode("utf-8", "replace")
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": _sse_error(
-                            f"instance {rec.name!r} answered {status}: {detail}", status
-                        ),
-                    }
-                )
-                return
-        else:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [(k, v) for k, v in resp.headers if k in KEEP_HEADERS],
-                }
-            )
+        if not await _send_head(resp, rec, started, send):
+            return
+        if not await _pump(resp, seen, t0, gone, on_gone, streamed, send):
+            await _end_unfinished(resp, rec, seen, gone, streamed, send)
+    finally:
+        if on_gone is not None and gone.future is not None:
+            gone.future.remove_done_callback(on_gone)
+        if resp is not None:
+            resp.release()
+        rt.end(
+            rec,
+            label,
+            usage,
+            status=seen.status,
+            ttft=seen.ttft,
+            elapsed=time.perf_counter() - t0,
+            tail=bytes(seen.tail) if seen.keep else None,
+            endpoint=endpoint,
+        )
+
+
+def _upstream_head(rt: Router, rec, host: str, endpoint: str, scope, size: int) -> bytes:
+    """The request head for the instance: the client's headers without the hop-by-hop
+    ones (and without its ``Authorization``), plus the instance's own key if it has one
+    (UpstreamKeyError when that key cannot be read)."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
+    key = rt.upstream_key(rec)
+    if key is not None:
+        headers.append((b"authorization", b"Bearer " + key.encode()))
+    return request_head(f"/v1/{endpoint}", host, rec.port, headers, size)
+
+
+async def _request(rt: Router, rec, host: str, head: bytes, body: bytes, stream: bool, gone):
+    """The instance's response (its head read), or None when the client left first; an
+    UpstreamError naming the instance when it cannot be reached."""
+    try:
+        if stream:  # llama-server answers a stream's head at once
+            return await rt.upstream.request(host, rec.port, head, body)
+        # The head comes after the whole generation: watch for the client leaving.
+        return await _unless_gone(rt.upstream.request(host, rec.port, head, body), gone.watch())
+    except UpstreamError as exc:
+        raise UpstreamError(f"instance {rec.name!r}: {exc.message}") from None
+
+
+async def _answer_error(exc: CorralError, started: bool, send) -> None:
+    """An SSE error event once heartbeats have started the stream, else an error response."""
+    if started:
+        await send({"type": "http.response.body", "body": _sse_error(exc)})
+    else:
+        await _send_error(send, exc)
+
+
+async def _send_head(resp, rec, started: bool, send) -> bool:
+    """Send the response's status and headers; False when the answer ends here (an error
+    status after heartbeats sent 200: said as an SSE error event instead)."""
+    if not started:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": resp.status,
+                "headers": [(k, v) for k, v in resp.headers if k in KEEP_HEADERS],
+            }
+        )
+        return True
+    if resp.status < 400:
+        return True
+    detail = (await resp.read(4096)).decode("utf-8", "replace")
+    message = f"instance {rec.name!r} answered {resp.status}: {detail}"
+    await send({"type": "http.response.body", "body": _sse_error(message, resp.status)})
+    return False
+
+
+async def _pump(resp, seen: _Seen, t0: float, gone: _Gone, on_gone, streamed: bool, send) -> bool:
+    """Pass each socket read on as one ASGI message, keeping the tail for usage; True when
+    the last message ended the response. The per-chunk loop of every token: locals only,
+    nothing allocated or awaited beyond the read and the send."""
+    ttft = seen.ttft
+    tail = seen.tail
+    keep = seen.keep
+    ended = False
+    try:
         async for data in resp.chunks():
             if ttft is None:
                 ttft = time.perf_counter() - t0
@@ -347,39 +402,28 @@ async def _relay(
                 # More is to come: from now on notice the client leaving. (An answer that
                 # arrives whole never needs the watcher, which is a task per request.)
                 gone.watch().add_done_callback(on_gone)
-        if ended:
-            return
-        if not resp.complete:
-            if gone.done():
-                status = CLIENT_GONE  # the client left: we cut the upstream ourselves
-                return
-            # The instance went away mid-answer. A stream ends with an error event the
-            # client can show; a plain body cannot be completed, so the connection aborts.
-            status = 502
-            if not streamed:
-                raise ConnectionResetError(f"instance {rec.name!r} failed mid-response")
-            await send(
-                {
-                    "type": "http.response.body",
-                    "more_body": True,
-                    "body": _sse_error(
-                        f"instance {rec.name!r} failed mid-response (connection lost)"
-                    ),
-                }
-            )
-        await send({"type": "http.response.body", "body": b""})
     finally:
-        if on_gone is not None and gone.future is not None:
-            gone.future.remove_done_callback(on_gone)
-        if resp is not None:
-            resp.release()
-        rt.end(
-            rec,
-            label,
-            usage,
-            status=status,
-            ttft=ttft,
-            elapsed=time.perf_counter() - t0,
-            tail=bytes(tail) if keep else None,
-            endpoint=endpoint,
+        seen.ttft, seen.tail, seen.keep = ttft, tail, keep
+    return ended
+
+
+async def _end_unfinished(resp, rec, seen: _Seen, gone: _Gone, streamed: bool, send) -> None:
+    """End a response whose last chunk did not end it: an empty last message when the
+    body is whole; else the client left (499), or the instance went away mid-answer."""
+    if not resp.complete:
+        if gone.done():
+            seen.status = CLIENT_GONE  # the client left: we cut the upstream ourselves
+            return
+        # The instance went away mid-answer. A stream ends with an error event the
+        # client can show; a plain body cannot be completed, so the connection aborts.
+        seen.status = 502
+        if not streamed:
+            raise ConnectionResetError(f"instance {rec.name!r} failed mid-response")
+        await send(
+            {
+                "type": "http.response.body",
+                "more_body": True,
+                "body": _sse_error(f"instance {rec.name!r} failed mid-response (connection lost)"),
+            }
         )
+    await send({"type": "http.response.body", "body": b""})
