@@ -42,7 +42,7 @@ from corral.errors import Conflict, CorralError, InvalidModelFile, NotFound, Usa
 from corral.store import models as table
 from corral.store.db import Store
 from corral.store.models import ModelRecord
-from corral.types import NAME_MAX, is_inside, is_mmproj, unique_name
+from corral.types import is_inside, is_mmproj, name_from, unique_name
 
 __all__ = [
     "ModelRecord",
@@ -58,7 +58,6 @@ __all__ = [
 
 SPLIT_RE = re.compile(r"(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
 _HF_REPO_DIR = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>.+)")
-_NAME_BAD = re.compile(r"[^a-z0-9._-]+")
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -104,9 +103,7 @@ def base_name(filename: str) -> str:
 
 def slug(text: str) -> str:
     """A short model name from free text: lower-case ``[a-z0-9._-]``, at most 64 chars."""
-    s = _NAME_BAD.sub("-", text.lower()).strip("-._")
-    s = s[:NAME_MAX].rstrip("-._")
-    return s or "model"
+    return name_from(text.lower(), "model")
 
 
 def _taken_names(store: Store) -> set[str]:

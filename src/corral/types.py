@@ -4,7 +4,8 @@ Like Supervisor's ``datatypes.py``: one leaf module (stdlib and :mod:`corral.err
 only, cheap to import: the CLI uses it) that every layer takes its facts from.
 
 - **Names**: :data:`NAME_PATTERN` (instances, presets, models), :func:`check_name`,
-  :func:`unique_name` (``base``, ``base-2``, ``base-3`` ... within 64 characters).
+  :func:`name_from` (free text made a name), :func:`unique_name` (``base``,
+  ``base-2``, ``base-3`` ... within 64 characters).
 - **Restart policies**: :data:`RESTART_POLICIES`, :data:`DEFAULT_RESTART`,
   :func:`check_restart`; :data:`Restart` is the same tuple as a ``Literal`` for pydantic.
 - **Ports**: :func:`check_port`; :data:`Port` for pydantic.
@@ -47,6 +48,17 @@ def check_name(value: object, what: str = "instance name") -> str:
             f"invalid {what} {_shown(value)}: use letters, digits, '.', '_' or '-' (max 64)"
         )
     return value
+
+
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def name_from(text: str, fallback: str, *, max_length: int = NAME_MAX) -> str:
+    """A valid name made of free text (a file name, an INI section): runs of other
+    characters become ``-``, the ends are trimmed, cut to ``max_length``; ``fallback``
+    when nothing is left."""
+    name = _NOT_IN_NAME.sub("-", text).strip("-._")[:max_length].rstrip("-._")
+    return name or fallback
 
 
 def unique_name(base: str, taken: Container[str], *, max_length: int = NAME_MAX) -> str:

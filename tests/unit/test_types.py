@@ -37,6 +37,18 @@ def test_a_name_with_a_newline_is_refused_in_one_line():
     assert "\n" not in str(err.value) and "invalid instance name" in str(err.value)
 
 
+@given(st.text(max_size=200))
+def test_name_from_any_text_is_a_valid_name_or_the_fallback(text):
+    got = types.name_from(text, "instance")
+    assert got == "instance" or types.check_name(got) == got
+
+
+def test_name_from_keeps_what_a_name_may_hold():
+    assert types.name_from("org/repo:Q4_K_M", "x") == "org-repo-Q4_K_M"
+    assert types.name_from("--..", "model") == "model"
+    assert types.name_from("a" * 63 + "-b", "x") == "a" * 63
+
+
 def test_unique_name_counts_from_two():
     assert types.unique_name("chat", set()) == "chat"
     assert types.unique_name("chat", {"chat"}) == "chat-2"

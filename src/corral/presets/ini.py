@@ -38,7 +38,7 @@ from corral.presets.model import (
     unset,
     validate,
 )
-from corral.types import NAME_MAX, NAME_RE
+from corral.types import NAME_RE, name_from
 
 _BLANK_RE = re.compile(r"[ \t]*")
 _COMMENT_RE = re.compile(r"^[ \t]*[;#]")
@@ -125,8 +125,8 @@ def _ini_name(section: str, lineno: int) -> str:
     """The corral name for a section: itself when valid, else a cleaned-up spelling."""
     if section == DEFAULTS or NAME_RE.fullmatch(section):
         return section
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", section).strip("-._")[:NAME_MAX]
-    if not NAME_RE.fullmatch(clean):
+    clean = name_from(section, "")
+    if not clean:
         raise UsageError(f"INI line {lineno}: section [{section}] gives no usable preset name")
     return clean
 
