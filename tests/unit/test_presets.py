@@ -70,6 +70,17 @@ def test_compose_refuses_an_unknown_request_field(store, catalog):
         compose(FakeSupervisor(store, catalog), model="m.gguf", colour="blue")
 
 
+def test_the_package_exports_what_its_callers_use():
+    """router, supervisor, the API and the CLI import these from ``corral.presets``."""
+    used = {"Preset", "compose", "compose_sync", "find", "list_all", "get", "save"}
+    used |= {"save_many", "delete", "validate", "to_yaml", "from_yaml", "to_ini", "from_ini"}
+    used |= {"preset_view", "keep_secrets", "DEFAULTS", "MAX_MODEL", "MAX_FLAGS", "MAX_ENV"}
+    used |= {"MAX_ALIASES", "MAX_DESCRIPTION"}
+    assert used <= set(presets.__all__)
+    assert all(hasattr(presets, name) for name in presets.__all__)
+    assert callable(presets.compose) and callable(presets.compose_sync)
+
+
 def test_presets_import_no_supervisor():
     """compose needs a store, a catalog and names: the supervisor stays out (corral fit)."""
     import subprocess
