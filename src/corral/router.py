@@ -51,12 +51,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import CorralError, Forbidden, LaunchFailed, NoRoom, NotFound
+from corral.errors import (
+    Busy,
+    CorralError,
+    Forbidden,
+    LaunchFailed,
+    NoRoom,
+    NotFound,
+    UpstreamKeyError,
+    UsageError,
+)
 from corral.events import Broadcaster
 from corral.redact import first_api_key, first_key_line
 from corral.supervisor.states import RESTING, State
 from corral.supervisor.supervisor import Supervisor
-from corral.upstream import Pool, UpstreamError
+from corral.upstream import Pool
 
 log = logging.getLogger("corral.router")
 
@@ -83,28 +92,6 @@ USAGE_TAIL = 16 * 1024
 USAGE_BODY_MAX = 4 * 1024 * 1024
 ROUTE_CACHE_MAX = 1024
 CLIENT_GONE = 499  # status recorded for a request whose client left before the answer
-
-
-class Busy(CorralError):
-    """Too many requests wait for a model, or no instance can be evicted to make room."""
-
-    status = 503
-    code = "busy"
-
-    def __init__(self, message: str, retry_after: int = 5) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class _BadRequest(CorralError):
-    status = 400
-    code = "bad_request"
-
-
-class UpstreamKeyError(UpstreamError):
-    """The key an instance wants (its ``--api-key-file``) cannot be read: 502, not a 500."""
-
-    code = "upstream_key"
 
 
 @dataclass
@@ -861,10 +848,10 @@ def parse_request(body: bytes) -> tuple[str, bool]:
     try:
         data = json.loads(body)
     except ValueError:
-        raise _BadRequest("request body is not valid JSON")
+        raise UsageError("request body is not valid JSON")
     if not isinstance(data, dict):
-        raise _BadRequest("request body must be a JSON object")
+        raise UsageError("request body must be a JSON object")
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise _BadRequest('request body needs a "model" (see GET /v1/models)')
+        raise UsageError('request body needs a "model" (see GET /v1/models)')
     return model, data.get("stream") is True

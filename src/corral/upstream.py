@@ -15,18 +15,11 @@ from collections import deque
 
 import httptools
 
-from corral.errors import CorralError
+from corral.errors import UpstreamError
 
 READ_SIZE = 64 * 1024
 MAX_IDLE_PER_UPSTREAM = 64
 CONNECT_TIMEOUT = 10.0
-
-
-class UpstreamError(CorralError):
-    """The instance's llama-server could not be reached, or broke the protocol."""
-
-    status = 502
-    code = "upstream_error"
 
 
 class _Events:

@@ -28,18 +28,17 @@ import time
 from fastapi import APIRouter, Depends
 
 from corral.api.deps import Daemon, get_daemon
-from corral.errors import CorralError
+from corral.errors import Busy, CorralError, TooLarge, UpstreamError
 from corral.router import (
     CLIENT_GONE,
     HOP_HEADERS,
     USAGE_BODY_MAX,
     USAGE_TAIL,
-    Busy,
     Router,
     parse_request,
 )
 from corral.supervisor.states import State
-from corral.upstream import UpstreamError, request_head
+from corral.upstream import request_head
 
 router = APIRouter(tags=["openai"])
 
@@ -73,11 +72,6 @@ def caller_scope(scope) -> str | None:
 async def list_models(d: Daemon = Depends(get_daemon)) -> dict:
     """Every name a request may use: running instances, presets, indexed models."""
     return {"object": "list", "data": d.router.models()}
-
-
-class _TooLarge(CorralError):
-    status = 413
-    code = "too_large"
 
 
 def _sse_error(exc_or_message, status: int = 502) -> bytes:
@@ -115,7 +109,7 @@ async def _read_body(receive) -> bytes:
         if body:
             size += len(body)
             if size > MAX_BODY:
-                raise _TooLarge(f"request body larger than {MAX_BODY // (1024 * 1024)} MiB")
+                raise TooLarge(f"request body larger than {MAX_BODY // (1024 * 1024)} MiB")
             chunks.append(body)
         if not message.get("more_body", False):
             return b"".join(chunks)
