@@ -64,7 +64,7 @@ from corral.errors import (
 from corral.events import Broadcaster
 from corral.redact import first_api_key, first_key_line
 from corral.supervisor.states import RESTING, State
-from corral.supervisor.supervisor import Supervisor
+from corral.supervisor.supervisor import Supervisor, derive_name
 from corral.upstream import Pool
 
 log = logging.getLogger("corral.router")
@@ -314,11 +314,17 @@ class Router:
                     lambda: self.supervisor.start_instance(name), target.label
                 )
         else:
+            sup = self.supervisor
             spec = await presets.compose(
-                self.supervisor, preset=target.preset, model=target.model, origin="router"
+                sup.store,
+                sup.catalog,
+                taken=[r.name for r in sup.list()],
+                preset=target.preset,
+                model=target.model,
+                origin="router",
             )
-            if spec.name is None:
-                spec.name = self._free_name(target.label)
+            if spec.name is None:  # a model of the index (a preset names its own)
+                spec.name = derive_name(Path(target.label), sup.taken_names())
             async with self._evict_lock:  # room made and taken in one step
                 await self._make_room(await self._host_need(spec))
                 rec = await self._launch_with_room(
@@ -336,15 +342,6 @@ class Router:
         self._last_used[rec.name] = time.monotonic()
         self.metrics.load_seconds.labels(target.label).observe(time.monotonic() - began)
         return rec
-
-    def _free_name(self, base: str) -> str:
-        from corral.store import instances as inst_table
-        from corral.supervisor.supervisor import derive_name
-
-        taken = {r.name for r in self.supervisor.list()} | {
-            r.name for r in inst_table.list_all(self.supervisor.store)
-        }
-        return derive_name(Path(base), taken)
 
     def _model_bytes(self, model: str | None) -> int:
         if not model:

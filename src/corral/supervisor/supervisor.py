@@ -13,7 +13,6 @@ import asyncio
 import contextvars
 import ipaddress
 import logging
-import re
 import signal
 import sqlite3
 import time
@@ -37,7 +36,7 @@ from corral.errors import (
 )
 from corral.events import Broadcaster
 from corral.fit import placement as fit_placement
-from corral.launchspec import ENV_NAME_RE, LaunchSpec, check_env, check_model_file  # noqa: F401
+from corral.launchspec import LaunchSpec, check_env, check_model_file
 from corral.settings import Settings
 from corral.store import instances as table
 from corral.store.db import Store
@@ -47,7 +46,6 @@ from corral.supervisor.probe import http_health
 from corral.supervisor.process import UNKNOWN_EXIT, ProcessHandle, ProcessOps
 from corral.supervisor.states import (
     ACTIVE,
-    RESTART_POLICIES,
     RESTING,
     Event,
     State,
@@ -56,12 +54,12 @@ from corral.supervisor.states import (
     should_restart,
     transition,
 )
+from corral.types import check_name, check_port, check_restart, name_from, unique_name
 
 log = logging.getLogger("corral.supervisor")
 
 Probe = Callable[[str, int, float], Awaitable[int | None]]
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch
 LOG_TAIL_LINES = 20
 #: How often a ready instance's process is checked for exit (cheap: waitpid/psutil).
 EXIT_CHECK_INTERVAL = 0.2
@@ -111,13 +109,10 @@ def describe_exit(code: int | None) -> str:
 
 
 def derive_name(model: Path, taken: set[str]) -> str:
-    """A short instance name from the model file name, unique among ``taken``."""
-    stem = model.name.removesuffix(".gguf")
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._").lower()[:48] or "instance"
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base}-{n}", n + 1
-    return name
+    """A short instance name from the model file name (lower case, at most 48
+    characters), unique among ``taken``."""
+    base = name_from(model.name.removesuffix(".gguf").lower(), "instance", max_length=48)
+    return unique_name(base, taken)
 
 
 class Supervisor:
@@ -194,6 +189,10 @@ class Supervisor:
         if rt is None:
             raise NotFound(f"no instance named {name_or_port!r}")
         return rt
+
+    def taken_names(self) -> set[str]:
+        """Every instance name in use: supervised here or recorded in the store."""
+        return set(self._rts) | {r.name for r in table.list_all(self.store)}
 
     def log_path(self, name: str) -> Path:
         return self.settings.logs_dir / f"{name}.log"
@@ -275,8 +274,7 @@ class Supervisor:
     # -- commands ----------------------------------------------------------------
     async def _prepare(self, spec: LaunchSpec):
         """Everything a launch decides before choosing a name and port; raises on bad input."""
-        if spec.restart not in RESTART_POLICIES:
-            raise UsageError(f"restart policy must be one of {', '.join(RESTART_POLICIES)}")
+        check_restart(spec.restart, "restart policy")
         env = check_env(spec.env)
         if spec.idle_ttl is not None and not spec.idle_ttl >= 0:
             raise UsageError("idle_ttl must be a number of seconds >= 0 (0 = never)")
@@ -658,13 +656,10 @@ class Supervisor:
         self._emit(rt, "placement")
 
     def _choose_name(self, wanted: str | None, model: Path) -> str:
-        taken = set(self._rts) | {r.name for r in table.list_all(self.store)}
+        taken = self.taken_names()
         if wanted is None:
             return derive_name(model, taken)
-        if not NAME_RE.fullmatch(wanted):
-            raise UsageError(
-                f"invalid instance name {wanted!r}: use letters, digits, '.', '_' or '-' (max 64)"
-            )
+        check_name(wanted, "instance name")
         if wanted in taken:
             raise Conflict(
                 f"an instance named {wanted!r} already exists "
@@ -675,8 +670,7 @@ class Supervisor:
     def _choose_port(self, wanted: int | None, host: str) -> int:
         used = table.used_ports(self.store)
         if wanted is not None:
-            if not 1 <= wanted <= 65535:
-                raise UsageError(f"port {wanted} is not within 1-65535")
+            check_port(wanted)
             if wanted in used:
                 raise Conflict(f"port {wanted} is already assigned to another instance")
             if not self.ops.port_free(host, wanted):
