@@ -56,13 +56,12 @@ def compose(sup: FakeSupervisor, **kw):
     return asyncio.run(presets.compose(sup.store, sup.catalog, taken=taken, **kw))
 
 
-def test_compose_still_takes_a_supervisor_as_before(store, catalog):
-    """The former signature, ``compose(supervisor, ...)``, composes the same launch."""
+def test_compose_names_a_preset_launch_past_the_names_taken(store, catalog):
+    """Names in use beyond the store (``taken``) push a preset's launch to ``-2``."""
     presets.save(store, Preset("chat", model="m.gguf", flags=["-c", "2048"]))
-    sup = FakeSupervisor(store, catalog, ("chat",))
-    before = asyncio.run(presets.compose(sup, preset="chat", flags=["-ngl", "1"]))
-    assert before == compose(sup, preset="chat", flags=["-ngl", "1"])
-    assert before.name == "chat-2"
+    spec = compose(FakeSupervisor(store, catalog, ("chat",)), preset="chat", flags=["-ngl", "1"])
+    assert spec.name == "chat-2"
+    assert compose(FakeSupervisor(store, catalog), preset="chat").name == "chat"
 
 
 def test_compose_refuses_an_unknown_request_field(store, catalog):

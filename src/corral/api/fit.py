@@ -11,9 +11,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pydantic import Field
 
-from corral import presets
 from corral.api.deps import Daemon, get_daemon
-from corral.api.instances import LaunchRequest
+from corral.api.instances import LaunchRequest, launch_spec
 from corral.redact import redact_argv
 
 router = APIRouter(prefix="/api/v1", tags=["fit"])
@@ -41,21 +40,7 @@ async def fit(req: FitRequest, d: Daemon = Depends(get_daemon)) -> dict:
     from corral.errors import UsageError
     from corral.fit.devices import MiB
 
-    spec = await presets.compose(
-        d.supervisor,
-        model=req.model,
-        preset=req.preset,
-        flags=req.flags,
-        name=req.name,
-        port=req.port,
-        restart=req.restart,
-        env=req.env,
-        pinned=req.pinned,
-        idle_ttl=req.idle_ttl,
-        aliases=req.aliases,
-        binary=req.binary,
-        build_id=req.build,
-    )
+    spec = await launch_spec(req, d)
     margin = None if req.margin_mib is None else int(req.margin_mib * MiB)
     plan = await d.supervisor.plan_fit(spec, devices=req.devices, margin=margin, always=True)
     if plan is None:

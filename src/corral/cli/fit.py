@@ -23,14 +23,11 @@ def _split_args(args: tuple[str, ...]) -> tuple[dict, list[str]]:
 
 
 class _Local:
-    """What :func:`corral.presets.compose_sync` asks of a supervisor, from the store alone."""
+    """The flag catalogs ``corral fit`` needs, from the store alone (no daemon)."""
 
     def __init__(self, s, store) -> None:
         self.settings, self.store = s, store
         self._catalogs: dict[tuple, object] = {}
-
-    def list(self) -> list:
-        return []
 
     def catalog(self, binary=None, build_id=None):
         """The flag catalog of that build, read once (compose asks, then the planner)."""
@@ -80,7 +77,9 @@ def plan_local(
     store = Store(s.db_path)
     try:
         local = _Local(s, store)
-        spec = presets.compose_sync(local, model=model, flags=flags, binary=binary, build_id=build)
+        spec = presets.compose_sync(
+            store, local.catalog, model=model, flags=flags, binary=binary, build_id=build
+        )
         catalog = local.catalog(spec.binary, spec.build_id)
         path, mmproj = _resolve(store, spec.model)
     finally:

@@ -47,7 +47,7 @@ class LaunchRequest:
 
 async def compose(
     store: Store,
-    catalog: AsyncCatalogFor | None = None,
+    catalog: AsyncCatalogFor,
     *,
     taken: Iterable[str] = (),
     **request,
@@ -60,11 +60,7 @@ async def compose(
     (a launch from a preset is named after it, ``-2``, ``-3``... when taken).
     ``fit=False`` (``--no-fit``) asks the supervisor to launch the flags as they are,
     without a memory plan.
-
-    Called the former way, ``compose(supervisor, ...)`` (an object with ``store``, an
-    async ``catalog`` and ``list()``), it takes the three from it.
     """
-    store, catalog, taken = _sources(store, catalog, taken)
     req = LaunchRequest(**request)
     layers = _Layers.read(store, req)
     return layers.spec(await catalog(req.binary, layers.build_id), req, store, taken)
@@ -72,7 +68,7 @@ async def compose(
 
 def compose_sync(
     store: Store,
-    catalog: CatalogFor | None = None,
+    catalog: CatalogFor,
     *,
     taken: Iterable[str] = (),
     **request,
@@ -82,19 +78,9 @@ def compose_sync(
     ``corral fit`` composes from the store alone, with no event loop: importing asyncio
     to run :func:`compose` costs ~30 ms of a command that should take well under 150.
     """
-    store, catalog, taken = _sources(store, catalog, taken)
     req = LaunchRequest(**request)
     layers = _Layers.read(store, req)
     return layers.spec(catalog(req.binary, layers.build_id), req, store, taken)
-
-
-def _sources(store, catalog, taken) -> tuple[Store, Callable, Iterable[str]]:
-    """(store, catalog function, names taken), given so or read off a supervisor-like
-    object (the former signature, kept until every caller passes the three)."""
-    if catalog is not None:
-        return store, catalog, taken
-    source = store
-    return source.store, source.catalog, [*taken, *(r.name for r in source.list())]
 
 
 def _name_for(store: Store, chosen: Preset | None, name, taken: Iterable[str]) -> str | None:
