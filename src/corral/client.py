@@ -35,10 +35,7 @@ from urllib.parse import urlencode, urlsplit
 
 from corral import errors
 from corral.net import is_loopback
-from corral.settings import Settings
-
-#: The daemon's local admin token, in CORRAL_HOME (mode 0600).
-TOKEN_FILE = "daemon.token"
+from corral.settings import TOKEN_FILE, Settings
 
 #: Each error code to its class (cli/hub.py reads it for a pull that failed).
 _BY_CODE = errors.by_code()

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.client import TOKEN_FILE
 from corral.errors import Conflict, NotFound, StoreError, UsageError
+from corral.settings import TOKEN_FILE
 from corral.store import keys as table
 from corral.store.db import Store, add_companion, connect, remove_companion
 from corral.store.keys import ApiKey

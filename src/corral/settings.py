@@ -42,6 +42,10 @@ PRIVATE_UMASK = 0o077
 #: Shortest CORRAL_API_KEY accepted (a key that guards a non-loopback bind must not be guessable).
 MIN_API_KEY_LENGTH = 16
 
+#: The daemon's local admin token, in CORRAL_HOME (mode 0600): written by the daemon
+#: (keys.py), read by the CLI client on loopback.
+TOKEN_FILE = "daemon.token"
+
 log = logging.getLogger("corral.settings")
 
 

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from corral.client import TOKEN_FILE
+from corral.settings import TOKEN_FILE
 from tests.conftest import wait_for
 from tests.integration.conftest import api, launch, wait_state
 

@@ -13,8 +13,8 @@ import sys
 import openai
 import pytest
 
-from corral.client import TOKEN_FILE
 from corral.keys import hash_secret, public_id
+from corral.settings import TOKEN_FILE
 from tests.conftest import DaemonProcess, free_port, wait_for
 from tests.integration.conftest import api, assert_error, launch
 

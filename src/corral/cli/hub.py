@@ -84,8 +84,8 @@ def pull(ref: str, as_json: bool, detach: bool) -> None:
     Split models bring every part; a repo with mmproj-*.gguf brings the projector too.
     Interrupted pulls (Ctrl-C, kill, network) resume from the bytes on disk.
     """
-    from corral.client import _BY_CODE, ensure_daemon
-    from corral.errors import Cancelled, CorralError
+    from corral.client import ensure_daemon
+    from corral.errors import Cancelled, CorralError, by_code
 
     client = ensure_daemon(settings())
     job = client.request("POST", "/api/v1/pulls", {"ref": ref})
@@ -109,7 +109,7 @@ def pull(ref: str, as_json: bool, detach: bool) -> None:
         if not as_json:
             click.echo(f"pulled {final['model']} ({human(final['total'])})")
         return
-    cls = _BY_CODE.get(final.get("error_code") or "", CorralError)
+    cls = by_code().get(final.get("error_code") or "", CorralError)
     raise cls(final.get("error") or f"pull ended: {final['state']}")
 
 
