@@ -19,8 +19,8 @@
     ├── Cancelled                409    9     cancelled           a pull or build, on request
     ├── BinaryError              424    5     no_binary           no llama-server, or it fails
     ├── UnsafeArchive            422    2     unsafe_archive      corrupt, or a refused entry
-    ├── BuildFailed              500    10    build_failed        cmake, or the built binary
-    ├── SourceUnavailable        502    10    source_unavailable  llama.cpp source not fetched
+    ├── BuildFailed              500    15    build_failed        cmake, or the built binary
+    ├── SourceUnavailable        502    15    source_unavailable  llama.cpp source not fetched
     ├── LaunchFailed             502    6     launch_failed       exited/timed out loading
     ├── UpstreamError            502    14    upstream_error      an instance gone or not HTTP
     │   └── UpstreamKeyError     502          upstream_key        its key file is unreadable
@@ -225,7 +225,7 @@ class BuildFailed(CorralError):
 
     status = 500
     code = "build_failed"
-    exit_code = 10
+    exit_code = 15
 
 
 class SourceUnavailable(CorralError):
@@ -233,7 +233,7 @@ class SourceUnavailable(CorralError):
 
     status = 502
     code = "source_unavailable"
-    exit_code = 10
+    exit_code = 15
 
 
 class LaunchFailed(CorralError):

@@ -392,7 +392,7 @@ def test_build_failure_has_log_tail_and_no_out_dir(tmp_path, fake_cmake, monkeyp
     with pytest.raises(BuildFailed) as ei:
         do_build(tmp_path, fake_cmake)
     err = ei.value
-    assert err.status == 500 and err.code == "build_failed" and err.exit_code == 10
+    assert err.status == 500 and err.code == "build_failed" and err.exit_code == 15
     expected = "CMake Error: no compiler" if stage == "configure" else "expected unqualified-id"
     assert expected in err.detail
     assert len(err.detail.splitlines()) <= 20
