@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from corral.builds.catalog import FlagCatalog, load_catalog
-from corral.builds.resolve import binary_env, resolve_binary
+from corral.builds.resolve import ResolvedBinary, binary_env, resolve_binary
 from corral.errors import (
     BinaryError,
     Conflict,
@@ -94,6 +94,22 @@ class Runtime:
     @property
     def state(self) -> State:
         return State(self.rec.state)
+
+
+@dataclass
+class _Placed:
+    """What one launch runs, decided by :meth:`Supervisor._place` (for ``plan`` too)."""
+
+    name: str
+    port: int
+    host: str
+    model: Path
+    resolved: ResolvedBinary
+    catalog: FlagCatalog
+    pairs: list
+    env: dict
+    placement: dict | None
+    argv: list[str]
 
 
 def describe_exit(code: int | None) -> str:
@@ -300,7 +316,29 @@ class Supervisor:
 
         Same checks as a launch; the name and port are the ones free right now.
         """
-        model, resolved, catalog, host, pairs, env = await self._prepare(spec)
+        d = await self._place(spec, await self._prepare(spec))
+        return {
+            "name": d.name,
+            "port": d.port,
+            "host": d.host,
+            "model": str(d.model),
+            "argv": d.argv,
+            "env": d.env,
+            "restart": spec.restart,
+            "preset": spec.preset,
+            "pinned": bool(spec.pinned),
+            "idle_ttl": spec.idle_ttl,
+            "aliases": list(spec.aliases),
+            "build": d.resolved.build_id,
+            "version": d.catalog.version,
+            "placement": d.placement,
+        }
+
+    async def _place(self, spec: LaunchSpec, prepared: tuple) -> _Placed:
+        """What a launch of ``spec`` runs, given :meth:`_prepare`'s answer: the memory
+        plan's flags and env added (unless the flags place it themselves), the name and
+        the port chosen, the command line. Run under the launch lock for a launch."""
+        model, resolved, catalog, host, pairs, env = prepared
         fitted = await self._fit(spec, model, catalog, pairs)
         placement = None
         if fitted is not None:
@@ -310,22 +348,8 @@ class Supervisor:
         name = self._choose_name(spec.name, model)
         port = self._choose_port(spec.port, host)
         argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
-        return {
-            "name": name,
-            "port": port,
-            "host": host,
-            "model": str(model),
-            "argv": argv + catalog.to_argv(pairs),
-            "env": env,
-            "restart": spec.restart,
-            "preset": spec.preset,
-            "pinned": bool(spec.pinned),
-            "idle_ttl": spec.idle_ttl,
-            "aliases": list(spec.aliases),
-            "build": resolved.build_id,
-            "version": catalog.version,
-            "placement": placement,
-        }
+        argv += catalog.to_argv(pairs)
+        return _Placed(name, port, host, model, resolved, catalog, pairs, env, placement, argv)
 
     async def plan_fit(
         self,
@@ -411,38 +435,30 @@ class Supervisor:
     async def launch(self, spec: LaunchSpec) -> InstanceRecord:
         """Validate ``spec`` completely, then spawn it. Nothing is spawned on bad input,
         and a launch that fails to spawn leaves no record behind."""
-        model, resolved, catalog, host, pairs, env = await self._prepare(spec)
+        prepared = await self._prepare(spec)
         async with self._launch_lock:  # plan and launch in one step: no double-counted bytes
-            fitted = await self._fit(spec, model, catalog, pairs)
-            placement = None
-            if fitted is not None:
-                placement = fit_placement.record(fitted)
-                pairs, env = pairs + list(fitted.added), {**fitted.env, **env}
-                pairs = self._with_memory_report(catalog, pairs)
-            name = self._choose_name(spec.name, model)
-            port = self._choose_port(spec.port, host)
-            argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
-            argv += catalog.to_argv(pairs)
+            d = await self._place(spec, prepared)
+            name = d.name
             rec = InstanceRecord(
                 name=name,
-                model=str(model),
-                binary=str(resolved.path),
-                port=port,
-                host=host,
-                flags=[list(p) for p in pairs],
-                argv=argv,
-                build_id=resolved.build_id,
-                version=catalog.version,
+                model=str(d.model),
+                binary=str(d.resolved.path),
+                port=d.port,
+                host=d.host,
+                flags=[list(p) for p in d.pairs],
+                argv=d.argv,
+                build_id=d.resolved.build_id,
+                version=d.catalog.version,
                 restart_policy=spec.restart,
                 desired="running",
                 state=State.STOPPED,
-                env=env,
+                env=d.env,
                 preset=spec.preset,
                 origin=spec.origin,
                 pinned=int(bool(spec.pinned)),
                 idle_ttl=spec.idle_ttl,
                 aliases=list(spec.aliases),
-                placement=placement,
+                placement=d.placement,
             )
             table.insert(self.store, rec)  # a full disk refuses the launch here (507)
             rt = Runtime(rec)
