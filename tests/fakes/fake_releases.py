@@ -87,6 +87,9 @@ def _default_entries(build: int, server: bytes | None, prefix: str) -> list[tupl
     return [
         (f"{p}", "dir", None, 0o755),
         (f"{p}llama-server", "file", server, 0o755),
+        # release archives carry llama.cpp's other tools beside the server
+        (f"{p}rpc-server", "file", b"#!/bin/sh\nexit 0\n", 0o755),
+        (f"{p}llama-fit-params", "file", b"#!/bin/sh\nexit 0\n", 0o755),
         (f"{p}libggml.so.0.1", "file", b"\x7fELF fake libggml", 0o644),
         (f"{p}libggml.so.0", "link", "libggml.so.0.1", 0o777),
         (f"{p}libggml.so", "link", "libggml.so.0", 0o777),

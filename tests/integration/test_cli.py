@@ -338,12 +338,13 @@ def test_builds_add_then_ls(daemon_env, fake_binary):
     assert line.startswith("build 1: ") and str(fake_binary.resolve()) in line
     assert "[default]" in line and "flags" in line
     table = ok(cli(daemon_env, "builds", "ls")).stdout.splitlines()
-    assert table[0].split() == ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "PATH"]
+    assert table[0].split() == ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "TOOLS", "PATH"]
+    assert table[1].split()[-2] == "-"  # a lone llama-server: no rpc-server beside it
     assert table[1].split()[:2] == ["1", "*"]
     assert table[1].split()[-1] == str(fake_binary.resolve())
     builds = json.loads(ok(cli(daemon_env, "builds", "ls", "--json")).stdout)
-    assert [(b["id"], b["path"], b["is_default"]) for b in builds] == [
-        (1, str(fake_binary.resolve()), True)
+    assert [(b["id"], b["path"], b["is_default"], b["tools"]) for b in builds] == [
+        (1, str(fake_binary.resolve()), True, [])
     ]
     # adding the same binary again does not duplicate it
     ok(cli(daemon_env, "builds", "add", str(fake_binary)))

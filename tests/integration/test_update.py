@@ -43,6 +43,7 @@ def test_update_from_release_installs_registers_and_is_idempotent(env):
         builds = json.loads(cli(env, "builds", "ls", "--json").stdout)
         assert len(builds) == 1 and builds[0]["build"] == "b6000"
         assert builds[0]["backend"] == "cpu" and builds[0]["origin"] == "release"
+        assert builds[0]["tools"] == ["llama-fit-params", "rpc-server"]
         binary = Path(builds[0]["path"])
         assert binary.is_file()
         assert Path(env["CORRAL_HOME"]) / "bin" / "b6000-cpu" in binary.parents

@@ -175,6 +175,9 @@ def test_prerequisites_missing():
 
 def make_tree(root: Path) -> Path:
     (root / "tools" / "server").mkdir(parents=True)
+    (root / "tools" / "rpc").mkdir()
+    (root / "tools" / "rpc" / "CMakeLists.txt").write_text("set(TARGET ggml-rpc-server)\n")
+    (root / "tools" / "fit-params").mkdir()
     (root / "CMakeLists.txt").write_text("project(llama.cpp)\n")
     (root / "tools" / "server" / "server.cpp").write_text("int main(){}\n")
     return root
@@ -315,6 +318,10 @@ FAKE_CMAKE = textwrap.dedent("""\
     exit 3
     EOF
     chmod +x "$b/bin/llama-server"
+    for tool in ggml-rpc-server llama-fit-params; do
+        printf '#!/bin/sh\\nexit 0\\n' > "$b/bin/$tool"; chmod +x "$b/bin/$tool"
+    done
+    echo "not a tool" > "$b/bin/llama-bench"
     echo lib > "$b/bin/libfoo.so.1.2.3"
     ln -s libfoo.so.1.2.3 "$b/bin/libfoo.so.1"
     ln -s libfoo.so.1 "$b/bin/libfoo.so"
@@ -368,9 +375,19 @@ def test_build_installs_binary_and_libs(tmp_path, fake_cmake):
     assert 50 in [p for p, _ in events] and 100 in [p for p, _ in events]
     assert (None, "-- Configuring done") in events
     log = (tmp_path / "logs" / "build.log").read_text()
-    assert "[ 50%] Building CXX" in log and "--target llama-server" in log and "-j 3" in log
+    assert "[ 50%] Building CXX" in log and "-j 3" in log
+    assert "--target llama-server ggml-rpc-server llama-fit-params" in log
+    # the tools are installed beside the server, other binaries of bin/ are not
+    from corral.builds.tools import tools_beside
+
+    assert tools_beside(binary) == {
+        "rpc-server": str(out / "ggml-rpc-server"),
+        "llama-fit-params": str(out / "llama-fit-params"),
+    }
+    assert not (out / "llama-bench").exists()
     args = (tmp_path / "cmake-args.txt").read_text().splitlines()
     assert "-DCMAKE_INSTALL_RPATH=$ORIGIN" in args
+    assert "-DGGML_RPC=ON" in args
     assert "-DLLAMA_BUILD_NUMBER=11434" in args
     assert "-DGGML_AVX2=ON" in args and "-DGGML_FMA=OFF" in args
     # no leftovers beside the install: staging and build dirs are gone
@@ -466,3 +483,32 @@ def test_a_cancelled_build_step_kills_the_compilers_it_started_too(tmp_path):
     except psutil.TimeoutExpired:
         gone = False
     assert gone, "the compiler child of a cancelled build is still running"
+
+
+def test_build_targets_follow_the_tree(tmp_path):
+    """An older tree names its RPC target rpc-server; a tree without the tools builds the
+    server alone."""
+    from corral.builds.source import build_targets
+
+    bare = tmp_path / "bare"
+    (bare / "tools" / "server").mkdir(parents=True)
+    assert build_targets(bare) == ["llama-server"]
+    old = tmp_path / "old"
+    (old / "tools" / "rpc").mkdir(parents=True)
+    (old / "tools" / "rpc" / "CMakeLists.txt").write_text("set(TARGET rpc-server)\n")
+    assert build_targets(old) == ["llama-server", "rpc-server"]
+    assert build_targets(make_tree(tmp_path / "new")) == [
+        "llama-server",
+        "ggml-rpc-server",
+        "llama-fit-params",
+    ]
+
+
+def test_tools_beside_takes_the_first_alias_present_and_executable(tmp_path):
+    from corral.builds.tools import tools_beside
+
+    server = tmp_path / "llama-server"
+    for name, mode in (("llama-server", 0o755), ("rpc-server", 0o755), ("llama-fit-params", 0o644)):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(mode)
+    assert tools_beside(server) == {"rpc-server": str(tmp_path / "rpc-server")}

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from corral.api.deps import Daemon, get_daemon
 from corral.api.sse import job_stream
 from corral.builds.resolve import MAX_BUILD_ID, binary_version, resolve_binary
+from corral.builds.tools import build_view
 from corral.store import builds as table
 
 router = APIRouter(prefix="/api/v1/builds", tags=["builds"])
@@ -24,7 +25,7 @@ class AddBuild(BaseModel):
 
 @router.get("")
 async def list_builds(d: Daemon = Depends(get_daemon)) -> list[dict]:
-    return [b.to_dict() for b in table.list_all(d.store)]
+    return [build_view(b) for b in table.list_all(d.store)]
 
 
 @router.post("", status_code=201)

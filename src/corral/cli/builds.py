@@ -51,7 +51,8 @@ def add(path: str, make_default: bool) -> None:
 @builds.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ls(as_json: bool) -> None:
-    """List registered builds."""
+    """List registered builds, with the llama.cpp tools each carries beside llama-server."""
+    from corral.builds.tools import build_view, tools_beside
     from corral.store import builds as table_
 
     _, store = _store()
@@ -60,7 +61,7 @@ def ls(as_json: bool) -> None:
     finally:
         store.close()
     if as_json:
-        print_json([r.to_dict() for r in recs])
+        print_json([build_view(r) for r in recs])
         return
     if not recs:
         click.echo("no builds registered (corral builds add PATH)", err=True)
@@ -72,12 +73,13 @@ def ls(as_json: bool) -> None:
             r.build or "-",
             r.backend,
             (r.version or "?").splitlines()[0],
+            ",".join(sorted(tools_beside(r.path))) or "-",
             r.path,
         ]
         for r in recs
     ]
     rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
-    click.echo(table(rows, ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "PATH"]))
+    click.echo(table(rows, ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "TOOLS", "PATH"]))
 
 
 @builds.command("use")
