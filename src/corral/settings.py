@@ -112,6 +112,8 @@ class Settings:
     home: Path = field(default_factory=_home_from_env)
     host: str = "127.0.0.1"
     port: int = DEFAULT_DAEMON_PORT
+    # a second port answering the Ollama API (and /v1/*), e.g. 11434 (Ollama's); 0 = off
+    ollama_port: int = 0
     url: str = ""  # where the CLI finds the daemon; derived from host/port when empty
     llama_server: str = ""  # binary path (CORRAL_LLAMA_SERVER)
     port_range: str = "8081-8999"

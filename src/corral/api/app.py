@@ -22,6 +22,7 @@ from corral.api import (
     limits,
     metrics,
     models as models_api,
+    ollama as ollama_api,
     openai as openai_api,
     presets as presets_api,
     pulls as pulls_api,
@@ -45,12 +46,14 @@ class ShutdownRequest(BaseModel):
 
 def front(app: FastAPI, settings: Settings):
     """What the server runs: the guard (keys, Host, Origin, content type) in front of
-    everything, then the ``/v1/*`` relay, then the FastAPI app.
+    everything, then the Ollama layer (its inference paths, translated for the relay,
+    and ``/`` on the Ollama port), then the ``/v1/*`` relay, then the FastAPI app.
 
     The relay sits outside FastAPI's own middleware and routing on purpose: those layers
-    cost more per request than the whole relay (see docs/BENCHMARKS.md).
+    cost more per request than the whole relay (see docs/BENCHMARKS.md). One stack serves
+    both ports (corral's and ``ollama_port``): one guard, one lifespan.
     """
-    return security.Guard(openai_api.Relay(app), settings)
+    return security.Guard(ollama_api.OllamaFront(openai_api.Relay(app), app, settings), settings)
 
 
 def _lifespan(settings: Settings, supervisor_factory):
@@ -135,6 +138,7 @@ RESOURCES = (
     metrics,
     settings_api,
     fit_api,
+    ollama_api,
 )
 
 

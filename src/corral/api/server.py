@@ -7,6 +7,11 @@ loopback a short key is accepted with a warning: it only keeps out other local u
 a port in use; a store that cannot be opened (corrupt, read-only, full: StoreError /
 DiskFull). The start-up line names the address actually bound (``0.0.0.0`` when that is
 what was asked), and the loopback URL local clients use when it differs.
+
+With ``ollama_port`` set (``--ollama-port 11434``) the same server listens on a second
+socket, on the same host: one event loop, one app stack, one guard and one lifespan, so
+the Ollama API (and ``/v1/*``) answer there under the same rules. Both sockets are bound
+before uvicorn starts, so a taken Ollama port is one line at start, not a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import sys
 
 import uvicorn
@@ -25,6 +31,7 @@ from corral.errors import BinaryError, Conflict, UsageError
 from corral.net import is_loopback
 from corral.settings import MIN_API_KEY_LENGTH, Settings, private_umask
 from corral.store.db import Store, translated
+from corral.types import check_port
 
 log = logging.getLogger("corral.server")
 
@@ -84,6 +91,54 @@ def check_api_key(settings: Settings) -> None:
     )
 
 
+def check_ollama_port(settings: Settings) -> int:
+    """The Ollama port to listen on (0: none); a UsageError for one out of range or equal
+    to the daemon's own port."""
+    port = settings.ollama_port
+    if not port:
+        return 0
+    check_port(port, "ollama_port")
+    if port == settings.port:
+        raise UsageError(f"ollama_port {port} is the daemon's own port: choose another one")
+    return port
+
+
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """A listening socket on ``host:port``, or a one-line Conflict naming ``what`` it is for."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise Conflict(
+            f"cannot listen on {bind_url(host, port)} for {what}: {exc.strerror or exc}"
+        ) from None
+
+
+def _ollama_socket(settings: Settings, port: int) -> socket.socket:
+    from corral.supervisor.process import ProcessOps
+
+    if not ProcessOps().port_free(settings.host, port):
+        raise Conflict(
+            f"cannot listen on {settings.host}:{port} for the Ollama API: the port is in use "
+            "(is Ollama itself running? stop it, or set another --ollama-port / "
+            "CORRAL_OLLAMA_PORT, 0 = off)"
+        )
+    return listen(settings.host, port, "the Ollama API")
+
+
+def _sockets(settings: Settings, ollama_port: int) -> list[socket.socket] | None:
+    """Both listening sockets when there is an Ollama port, else None (uvicorn binds)."""
+    if not ollama_port:
+        return None
+    ollama_sock = _ollama_socket(settings, ollama_port)
+    try:
+        main = listen(settings.host, settings.port, "the daemon")
+    except BaseException:
+        ollama_sock.close()
+        raise
+    return [main, ollama_sock]
+
+
 def serve(settings: Settings) -> None:
     """Run the daemon in the foreground until SIGINT/SIGTERM or /api/v1/shutdown."""
     private_umask()  # see corral.settings, "File modes"
@@ -93,6 +148,7 @@ def serve(settings: Settings) -> None:
             f"refusing to listen on {settings.host} without an API key: "
             "run `corral keys create NAME` (or set CORRAL_API_KEY)"
         )
+    ollama_port = check_ollama_port(settings)
     lock = acquire_lock(settings)
     from corral.supervisor.process import ProcessOps
 
@@ -102,6 +158,11 @@ def serve(settings: Settings) -> None:
             f"cannot listen on {settings.host}:{settings.port}: the port is in use "
             "(set CORRAL_PORT or --port)"
         )
+    try:
+        sockets = _sockets(settings, ollama_port)
+    except BaseException:
+        lock.close()
+        raise
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -132,14 +193,17 @@ def serve(settings: Settings) -> None:
     app.state.server = server
     bound = bind_url(settings.host, settings.port)
     local = "" if bound == settings.daemon_url else f", local clients use {settings.daemon_url}"
+    also = f", the Ollama API on {bind_url(settings.host, ollama_port)}" if ollama_port else ""
     print(
-        f"corral: daemon listening on {bound} (home {settings.home}{local})",
+        f"corral: daemon listening on {bound}{also} (home {settings.home}{local})",
         file=sys.stderr,
         flush=True,
     )
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
+        for sock in sockets or ():
+            sock.close()
         lock.close()
     if not server.started:
         raise Conflict(f"could not listen on {settings.host}:{settings.port} (in use?)")

@@ -18,15 +18,27 @@ from corral.cli.common import settings
     "corral keys create, or CORRAL_API_KEY).",
 )
 @click.option("--port", type=int, default=None, help="Port of the daemon (default 9380).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--ollama-port",
+    type=int,
+    default=None,
+    help="Also answer the Ollama API (and /v1/*) on this port, e.g. 11434 "
+    "(setting ollama_port; default 0 = off).",
+)
+def serve(host: str | None, port: int | None, ollama_port: int | None) -> None:
     """Run the daemon (REST API, supervisor) in the foreground.
 
     Instances it starts keep running when it exits; the next daemon re-adopts them.
+
+    \b
+    Examples:
+      corral serve                       on 127.0.0.1:9380
+      corral serve --ollama-port 11434   tools made for Ollama work unchanged too
     """
     from corral.api.server import serve as run
     from corral.settings import load_settings
 
-    overrides = {"host": host, "port": port}
+    overrides = {"host": host, "port": port, "ollama_port": ollama_port}
     s = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     if host is not None or port is not None:
         s.url = ""  # the daemon's own address follows --host/--port
