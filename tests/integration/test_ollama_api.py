@@ -1,0 +1,242 @@
+"""The Ollama API through the official ``ollama`` SDK: a real daemon, the fake llama-server.
+
+Breadth here (every route, streamed and not, errors, the Ollama port); the real model's
+smoke run is in tests/real/test_real_ollama.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+from pathlib import Path
+
+import ollama
+import pytest
+
+from tests.conftest import free_port, wait_for
+from tests.integration.conftest import api, listening_socket, sidecar
+from tests.integration.test_pulls import REPO, gguf_bytes, hub, hub_daemon  # noqa: F401
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(24)).decode()
+
+
+def write_gguf(path: Path, *, arch: str = "llama", context: int = 2048) -> Path:
+    """A small valid GGUF (gguf-py) with the metadata /api/tags and /api/show read."""
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(path.stem)
+    w.add_file_type(15)  # Q4_K_M
+    w.add_context_length(context)
+    w.add_string("general.size_label", "268M")
+    w.add_string("tokenizer.chat_template", "{% for m in messages %}{{ m.content }}{% endfor %}")
+    w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(200)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture
+def tiny(daemon, tmp_path) -> dict:
+    """An indexed model ``tiny`` whose fake instance also answers embeddings."""
+    path = write_gguf(tmp_path / "models" / "tiny-Q4_K_M.gguf")
+    sidecar(path, embeddings=True, tokens=5)
+    status, out = api(daemon, "POST", "/api/v1/models/import", {"path": str(path), "name": "tiny"})
+    assert status == 200, out
+    return out["models"][0]
+
+
+@pytest.fixture
+def client(daemon):
+    with ollama.Client(host=f"http://127.0.0.1:{daemon.settings.port}", timeout=60) as c:
+        yield c
+
+
+def raw(port: int, method: str, path: str, body: bytes | None = None, ctype="application/json"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        headers = {"Content-Type": ctype} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("content-type"), resp.read()
+    finally:
+        conn.close()
+
+
+def test_version_tags_and_show(client, tiny):
+    status, _, body = raw(client._client.base_url.port, "GET", "/api/version")
+    assert status == 200 and json.loads(body)["version"].startswith("0.")
+    models = client.list().models
+    assert [m.model for m in models] == ["tiny:latest"]
+    m = models[0]
+    assert m.details.format == "gguf" and m.details.family == "llama"
+    assert m.details.parameter_size == "268M" and m.details.quantization_level == "Q4_K_M"
+    assert m.size == Path(tiny["path"]).stat().st_size and len(m.digest) == 64
+    shown = client.show("tiny")
+    assert shown.template.startswith("{% for m in messages %}")
+    assert shown.modelinfo["general.architecture"] == "llama"
+    assert shown.modelinfo["llama.context_length"] == 2048
+    assert shown.modelinfo["tokenizer.ggml.tokens"] is None  # a long array, left out
+    assert "completion" in shown.capabilities and "vision" not in shown.capabilities
+    assert client.show("tiny:latest").details.family == "llama"
+
+
+def test_chat_streamed_and_not_then_ps(client, tiny):
+    parts = list(
+        client.chat(
+            model="tiny:latest",
+            messages=[{"role": "user", "content": "hello"}],
+            stream=True,
+            options={"temperature": 0.1, "num_predict": 4},
+        )
+    )
+    assert len(parts) >= 2 and parts[-1].done and not any(p.done for p in parts[:-1])
+    assert "".join(p.message.content for p in parts).strip()
+    last = parts[-1]
+    assert last.done_reason == "length"  # num_predict 4 < the fake's 5 tokens
+    assert last.eval_count == 4 and last.prompt_eval_count > 0 and last.total_duration > 0
+    whole = client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], stream=False)
+    assert whole.done and whole.message.role == "assistant" and whole.message.content
+    assert whole.model == "tiny" and whole.eval_count == 5
+    running = client.ps().models
+    assert len(running) == 1 and running[0].model == "tiny:latest"
+    assert running[0].size > 0 and running[0].expires_at is not None
+
+
+def test_generate_and_embed(client, tiny):
+    out = client.generate(model="tiny", prompt="Why is the sky blue?", stream=False)
+    assert out.done and out.response
+    streamed = list(client.generate(model="tiny", prompt="again", stream=True))
+    assert streamed[-1].done and "".join(p.response for p in streamed)
+    raw_out = client.generate(model="tiny", prompt="<s>raw", raw=True, stream=False)
+    assert raw_out.response
+    emb = client.embed(model="tiny", input=["one", "two"])
+    assert len(emb.embeddings) == 2 and all(len(v) > 0 for v in emb.embeddings)
+    legacy = client.embeddings(model="tiny", prompt="one")
+    assert len(legacy.embedding) > 0
+
+
+def test_copy_makes_an_alias_and_delete_removes(client, tiny):
+    assert client.copy("tiny", "my-tiny:latest").status == "success"
+    assert client.show("my-tiny").details.family == "llama"
+    assert client.chat(model="my-tiny", messages=[{"role": "user", "content": "x"}]).done
+    with pytest.raises(ollama.ResponseError) as err:
+        client.copy("nope", "other")
+    assert err.value.status_code == 404
+    assert client.delete("tiny").status == "success"  # imported: files kept, index entry gone
+    assert client.list().models == []
+    assert Path(tiny["path"]).exists()
+
+
+def test_bad_input_is_a_4xx_ollama_error(client, tiny):
+    port = client._client.base_url.port
+    cases = [
+        ("POST", "/api/chat", b"{not json"),
+        ("POST", "/api/chat", b"[1, 2]"),
+        ("POST", "/api/generate", json.dumps({"model": "tiny", "prompt": 5}).encode()),
+        ("POST", "/api/show", b"{}"),
+        ("POST", "/api/pull", json.dumps({"model": "llama3.2"}).encode()),
+        ("DELETE", "/api/delete", b"nope"),
+    ]
+    for method, path, body in cases:
+        status, ctype, payload = raw(port, method, path, body)
+        assert status == 400, (path, body, status, payload)
+        assert set(json.loads(payload)) == {"error"}, payload
+    bad = [
+        ({"model": "nope", "messages": []}, 404, "model 'nope' not found"),
+        ({"model": "tiny", "messages": [], "options": {"temperature": "hot"}}, 400, "number"),
+        ({"model": "tiny", "messages": [], "options": {"num_ctx": 1 << 30}}, 400, "num_ctx"),
+        ({"model": "tiny", "messages": [], "options": {"num_ctx": 4096}}, 400, "context length"),
+        ({"model": "tiny", "messages": [], "keep_alive": "soon"}, 400, "keep_alive"),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "?", "images": [PNG]}]},
+            400,
+            "mmproj",
+        ),
+    ]
+    for body, want, text in bad:
+        status, _, payload = raw(port, "POST", "/api/chat", json.dumps(body).encode())
+        assert status == want, (body, status, payload)
+        assert text in json.loads(payload)["error"], payload
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 404
+
+
+def test_num_ctx_launches_with_that_context_and_keep_alive_zero_unloads(daemon, client, tiny):
+    out = client.chat(
+        model="tiny",
+        messages=[{"role": "user", "content": "x"}],
+        options={"num_ctx": 1024},
+        keep_alive="10m",
+    )
+    assert out.done
+    status, insts = api(daemon, "GET", "/api/v1/instances")
+    assert len(insts) == 1, insts
+    argv = insts[0]["argv"]
+    assert argv[argv.index("--ctx-size") + 1] == "1024"
+    assert insts[0]["idle_ttl"] == 600
+    assert client.ps().models[0].context_length == 1024
+    # the same num_ctx reuses it; an empty request with keep_alive 0 unloads it
+    client.chat(
+        model="tiny", messages=[{"role": "user", "content": "y"}], options={"num_ctx": 1024}
+    )
+    assert len(api(daemon, "GET", "/api/v1/instances")[1]) == 1
+    unloaded = client.chat(model="tiny", messages=[], keep_alive=0)
+    assert unloaded.done_reason == "unload"
+    wait_for(lambda: client.ps().models == [], 10, message="unloaded")
+
+
+def test_pull_from_the_hub_with_progress(hub_daemon):  # noqa: F811
+    with ollama.Client(host=f"http://127.0.0.1:{hub_daemon.settings.port}", timeout=60) as c:
+        _pull_checks(c)
+
+
+def _pull_checks(c: ollama.Client) -> None:
+    progress = list(c.pull(f"hf.co/{REPO}:Q4_K_M", stream=True))
+    statuses = [p.status for p in progress]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    downloads = [p for p in progress if p.status.startswith("downloading")]
+    assert downloads and downloads[-1].completed == downloads[-1].total > 0
+    [pulled] = c.list().models
+    assert pulled.details.quantization_level == "Q4_K_M" and pulled.model.endswith(":latest")
+    # the model answers to the name it was pulled as
+    assert c.show(f"hf.co/{REPO}:Q4_K_M").details.quantization_level == "Q4_K_M"
+    assert c.pull(f"{REPO}:Q8_0", stream=False).status == "success"
+    with pytest.raises(ollama.ResponseError) as err:
+        c.pull("acme/nope-GGUF:Q4_K_M", stream=False)
+    assert err.value.status_code == 404
+
+
+def test_the_ollama_port(spawn_daemon, daemon_env, tmp_path):
+    port = free_port()
+    d = spawn_daemon(CORRAL_OLLAMA_PORT=str(port))
+    status, ctype, body = raw(port, "GET", "/")
+    assert (status, body) == (200, b"Ollama is running") and ctype.startswith("text/plain")
+    assert raw(port, "HEAD", "/")[:2] == (200, "text/plain; charset=utf-8")
+    # corral's own port keeps the web UI at /
+    status, ctype, _ = raw(d.settings.port, "GET", "/")
+    assert status == 200 and ctype.startswith("text/html")
+    path = write_gguf(tmp_path / "m2" / "small-Q4_K_M.gguf")
+    assert api(d, "POST", "/api/v1/models/import", {"path": str(path), "name": "small"})[0] == 200
+    with ollama.Client(host=f"http://127.0.0.1:{port}", timeout=60) as c:
+        assert [m.model for m in c.list().models] == ["small:latest"]
+        assert c.chat(model="small", messages=[{"role": "user", "content": "hi"}]).done
+    status, _, body = raw(port, "GET", "/v1/models")
+    assert status == 200 and json.loads(body)["data"]
+
+
+def test_a_taken_ollama_port_is_one_line_at_start(daemon_env):
+    from tests.conftest import DaemonProcess
+
+    with listening_socket() as taken:
+        env = dict(daemon_env, CORRAL_OLLAMA_PORT=str(taken.getsockname()[1]))
+        d = DaemonProcess(env)
+        with pytest.raises(RuntimeError):
+            d.start(timeout=10)
+        d.stop()
+        log = d.log_text()
+        assert "for the Ollama API: the port is in use" in log and "Traceback" not in log
