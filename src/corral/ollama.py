@@ -632,8 +632,12 @@ class StreamTranslator:
             if isinstance(event.get(key), dict):
                 self.last[key] = event[key]
         out = []
-        for choice in event.get("choices") or ():
-            line = self._choice(choice)
+        choices = event.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            try:
+                line = self._choice(choice)
+            except (AttributeError, TypeError):  # not llama-server's shape: nothing to say
+                continue
             if line is not None:
                 out.append(line)
         return out

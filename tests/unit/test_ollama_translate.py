@@ -6,9 +6,11 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, strategies as st
 
 from corral import ollama
 from corral.errors import UsageError
+from tests.property.conftest import any_json, profile
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(32)).decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(32)).decode()
@@ -466,3 +468,84 @@ def test_bodies_are_checked():
     assert ollama.model_of({"name": "old-client"}) == "old-client"
     with pytest.raises(UsageError):
         ollama.wants_stream({"stream": "yes"})
+
+
+# -- hostile bodies ----------------------------------------------------------------------
+
+_FIELDS = {
+    "model": any_json,
+    "messages": any_json
+    | st.lists(
+        st.fixed_dictionaries(
+            {"role": any_json, "content": any_json},
+            optional={"images": any_json, "tool_calls": any_json, "tool_name": any_json},
+        ),
+        max_size=3,
+    ),
+    "prompt": any_json,
+    "system": any_json,
+    "images": any_json,
+    "raw": any_json,
+    "input": any_json,
+    "options": any_json | st.dictionaries(st.sampled_from(list(ollama.OPTIONS)), any_json),
+    "format": any_json,
+    "think": any_json,
+    "tools": any_json,
+    "stream": any_json,
+    "keep_alive": any_json,
+    "dimensions": any_json,
+}
+bodies = st.fixed_dictionaries({}, optional=_FIELDS)
+
+
+@profile(300)
+@given(body=bodies)
+def test_hostile_bodies_are_usage_errors_or_translate(body):
+    """Whatever the body, the translation answers or raises UsageError (a 400), nothing
+    else; what it makes is JSON."""
+    for translate in (
+        lambda: ollama.chat_request(body, "m"),
+        lambda: ollama.generate_request(body, "m"),
+        lambda: ollama.embed_request(body, "m", legacy=False),
+        lambda: ollama.embed_request(body, "m", legacy=True),
+        lambda: ollama.keep_alive_seconds(body.get("keep_alive")),
+        lambda: ollama.num_ctx_of(body),
+        lambda: ollama.model_of(body),
+        lambda: ollama.is_empty("chat", body),
+    ):
+        try:
+            out = translate()
+        except UsageError:
+            continue
+        json.dumps(out)
+
+
+@profile(200)
+@given(
+    stream=st.lists(
+        st.binary(max_size=40)
+        | st.sampled_from(
+            [
+                b"data: ",
+                b"\n",
+                b"[DONE]",
+                b'{"choices":[{"delta":{"content":"x"}}]}',
+                b'{"error":1}',
+            ]
+        ),
+        max_size=20,
+    )
+)
+def test_any_bytes_through_the_stream_translator(stream):
+    t = ollama.StreamTranslator("chat", "m", 0.0)
+    for piece in stream:
+        for line in t.feed(piece):
+            json.loads(line)
+    t.finish()
+
+
+def test_odd_chunks_are_skipped():
+    t = ollama.StreamTranslator("chat", "m", 0.0)
+    odd = [{"choices": [1]}, {"choices": "x"}, {"choices": [{"delta": 3}]}, [1], "s"]
+    assert t.feed(_sse(*odd)) == []
+    assert json.loads(t.finish())["done"] is True
