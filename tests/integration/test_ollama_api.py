@@ -240,3 +240,66 @@ def test_a_taken_ollama_port_is_one_line_at_start(daemon_env):
         d.stop()
         log = d.log_text()
         assert "for the Ollama API: the port is in use" in log and "Traceback" not in log
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def test_tools_and_format_both_ways(client, tiny):
+    ask = [{"role": "user", "content": "call get_weather for Paris"}]
+    whole = client.chat(model="tiny", messages=ask, tools=TOOLS, stream=False)
+    [call] = whole.message.tool_calls
+    assert call.function.name == "get_weather" and isinstance(call.function.arguments, dict)
+    parts = list(client.chat(model="tiny", messages=ask, tools=TOOLS, stream=True))
+    calls = [c for p in parts for c in (p.message.tool_calls or ())]
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert isinstance(calls[0].function.arguments, dict) and parts[-1].done
+    # the call and its result go back in the next turn, arguments as an object
+    follow = ask + [
+        {"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
+        {"role": "tool", "content": "22 C", "tool_name": "get_weather"},
+    ]
+    assert client.chat(model="tiny", messages=follow, stream=False).done
+    out = client.generate(model="tiny", prompt="a JSON object please", format="json", stream=False)
+    assert isinstance(json.loads(out.response), dict)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    out = client.chat(
+        model="tiny", messages=[{"role": "user", "content": "n?"}], format=schema, stream=False
+    )
+    json.loads(out.message.content)
+
+
+def test_images_for_a_model_with_a_projector(daemon, tmp_path):
+    folder = tmp_path / "vision"
+    path = write_gguf(folder / "eye-Q4_K_M.gguf")
+    write_gguf(folder / "mmproj-eye-F16.gguf", arch="clip")
+    status, out = api(daemon, "POST", "/api/v1/models/import", {"path": str(path), "name": "eye"})
+    assert status == 200 and out["models"][0]["mmproj"], out
+    with ollama.Client(host=f"http://127.0.0.1:{daemon.settings.port}", timeout=60) as c:
+        assert "vision" in c.show("eye").capabilities
+        msg = [{"role": "user", "content": "what is this?", "images": [PNG]}]
+        assert c.chat(model="eye", messages=msg, stream=False).message.content
+        assert c.generate(model="eye", prompt="describe", images=[PNG], stream=False).response
+
+
+def test_keep_alive_zero_stops_the_instance_after_the_answer(daemon, client, tiny):
+    out = client.chat(model="tiny", messages=[{"role": "user", "content": "x"}], keep_alive=0)
+    assert out.done and out.message.content
+    wait_for(lambda: client.ps().models == [], 10, message="stopped after the answer")
+    loaded = client.generate(model="tiny", prompt="", keep_alive="1h")  # an empty request loads
+    assert loaded.done_reason == "load"
+    [inst] = api(daemon, "GET", "/api/v1/instances")[1]
+    assert inst["state"] == "ready" and inst["idle_ttl"] == 3600
