@@ -77,6 +77,7 @@ HOP_HEADERS = {
     "transfer-encoding",
     "content-length",
     "authorization",
+    "x-api-key",  # Anthropic clients' way to send a corral key: never forwarded either
     "te",
     "trailer",
     "upgrade",
@@ -91,6 +92,7 @@ LIVE = (State.READY, State.STARTING, State.UNHEALTHY, State.BACKOFF)
 USAGE_TAIL = 16 * 1024
 USAGE_BODY_MAX = 4 * 1024 * 1024
 ROUTE_CACHE_MAX = 1024
+MODEL_NAMES_SHOWN = 30  # names listed in the answer to a request without a model
 CLIENT_GONE = 499  # status recorded for a request whose client left before the answer
 
 
@@ -556,8 +558,10 @@ class Router:
         )
 
     # -- listing -------------------------------------------------------------------------
-    def models(self) -> list[dict]:
-        """Every name a request may use: instances, presets and indexed models."""
+    def models(self, *, admin: bool = True) -> list[dict]:
+        """Every name a request may use, each once: instances, presets and indexed models
+        (a router instance shares its model's name: the instance, with its state, is the
+        one listed). File paths only for an ``admin`` caller."""
         from corral import presets
         from corral.store import models as model_table
 
@@ -602,7 +606,27 @@ class Router:
                     "model_path": m.path,
                 }
             )
-        return out
+        return _once(out, admin)
+
+    def sole_instance(self) -> str:
+        """The name a request without ``model`` means: the only live instance. UsageError
+        (400) listing the names a request may use when there is not exactly one."""
+        live = [
+            r.name
+            for r in self.supervisor.list()
+            if r.desired == "running" and State(r.state) in LIVE
+        ]
+        if len(live) == 1:
+            return live[0]
+        names = [m["id"] for m in self.models()]
+        shown = ", ".join(names[:MODEL_NAMES_SHOWN]) + (
+            ", ..." if len(names) > MODEL_NAMES_SHOWN else ""
+        )
+        why = f"{len(live)} instances are running" if live else "no instance is running"
+        raise UsageError(
+            f'request body needs a "model": {why}; '
+            + (f"use one of: {shown}" if names else "nothing is indexed yet (corral pull)")
+        )
 
     def usage(self) -> dict:
         """Counters per instance and summed per model label."""
@@ -700,8 +724,12 @@ class Router:
         elapsed: float,
         tail: bytes | None,
         endpoint: str,
+        head: bytes | None = None,
     ) -> None:
-        """Record a finished request: counters, tokens from usage/timings, metrics."""
+        """Record a finished request: counters, tokens from usage/timings, metrics.
+
+        ``head`` is the answer's first read: an Anthropic stream states its input tokens
+        in its first event only, which a long stream's tail no longer holds."""
         u.in_flight -= 1
         u.requests += 1
         u.last_used_at = time.time()
@@ -735,6 +763,8 @@ class Router:
         if found is None:
             return
         tin, tout, tps = found
+        if not tin and head:
+            tin = input_tokens_from(head[:USAGE_TAIL])
         u.tokens_in += tin
         u.tokens_out += tout
         tokens_in.inc(tin)
@@ -742,6 +772,21 @@ class Router:
         if tps:
             u.tokens_per_second = tps
             tps_g.set(tps)
+
+
+def _once(entries: list[dict], admin: bool) -> list[dict]:
+    """``entries`` with each id once (the first wins: instances come first), without
+    ``model_path`` unless for an admin."""
+    seen: set[str] = set()
+    out = []
+    for entry in entries:
+        if entry["id"] in seen:
+            continue
+        seen.add(entry["id"])
+        if not admin:
+            entry.pop("model_path", None)
+        out.append(entry)
+    return out
 
 
 def _file_bytes(path: str) -> int:
@@ -809,19 +854,32 @@ def usage_from(data: bytes) -> tuple[int, int, float | None] | None:
             tps = _num(timings.get("predicted_per_second")) or tps
             tin = tin or int(_num(timings.get("prompt_n")) or 0)
             tout = tout or int(_num(timings.get("predicted_n")) or 0)
-        if isinstance(usage, dict):
+        if isinstance(usage, dict):  # OpenAI's names, or Anthropic's and Responses'
             seen = True
-            tin = int(_num(usage.get("prompt_tokens")) or 0) or tin
-            tout = int(_num(usage.get("completion_tokens")) or 0) or tout
+            tin = (
+                int(_num(usage.get("prompt_tokens")) or _num(usage.get("input_tokens")) or 0) or tin
+            )
+            tout = (
+                int(_num(usage.get("completion_tokens")) or _num(usage.get("output_tokens")) or 0)
+                or tout
+            )
     return (tin, tout, tps) if seen else None
+
+
+def input_tokens_from(head: bytes) -> int:
+    """The input tokens an answer's first ``usage`` states (0 if none): Anthropic's
+    ``message_start`` event, the only one of its stream that says them."""
+    usage = _object_after(head, b'"usage"', first=True) or {}
+    return int(_num(usage.get("input_tokens")) or _num(usage.get("prompt_tokens")) or 0)
 
 
 _DECODER = json.JSONDecoder()
 
 
-def _object_after(data: bytes, marker: bytes) -> dict | None:
-    """The JSON object that is the value of the last ``marker`` key in ``data``, if any."""
-    at = data.rfind(marker)
+def _object_after(data: bytes, marker: bytes, first: bool = False) -> dict | None:
+    """The JSON object that is the value of the last (or ``first``) ``marker`` key in
+    ``data``, if any."""
+    at = data.find(marker) if first else data.rfind(marker)
     if at < 0:
         return None
     window = data[at + len(marker) : at + len(marker) + 8192].decode("utf-8", "replace")

@@ -1,22 +1,26 @@
 """/v1/*: the OpenAI-compatible endpoints, proxied to llama-server instances.
 
-``POST /v1/{chat/completions,completions,embeddings,rerank,responses}`` are served by
+Every inference path of llama-server (the table in :mod:`corral.api.paths`: the OpenAI
+ones, Anthropic's ``/v1/messages``, ``/infill``, ``/tokenize`` ...) is served by
 :class:`Relay`, a plain ASGI middleware in front of FastAPI: the relay is the hot path of
 every token a user sees, and routing, dependency injection and a response class per
 request would cost more than the whole relay. It reads the body, finds (or starts) the
-instance, sends the request over a kept-alive connection (:mod:`corral.upstream`) and
-passes each socket read on as one message.
+instance the body's ``model`` names (without one: the only running instance), sends the
+request over a kept-alive connection (:mod:`corral.upstream`) and passes each socket
+read on as one message. Corral's own errors take the path's dialect (OpenAI's shape, or
+Anthropic's on ``/v1/messages*``, :mod:`corral.api.anthropic`).
 
 Only when the model must be loaded first does a streaming request get an early
 ``200 text/event-stream`` with SSE comments every ``router_heartbeat`` seconds, so
 clients with read timeouts keep waiting; errors that happen before the first heartbeat
 keep their own status. After the status line is sent, an error is an OpenAI-shaped
-``data: {"error": ...}`` event.
+``data: {"error": ...}`` event (Anthropic's ``event: error`` on ``/v1/messages``).
 
 The caller's scope comes from the guard through the ASGI scope (never from re-reading
 keys here): only an ``admin`` caller may have a stopped user instance started (403
-otherwise, see :mod:`corral.router`). The client's ``Authorization`` is never forwarded;
-an instance launched with an API key gets its own (``Router.upstream_key``).
+otherwise, see :mod:`corral.router`). The client's ``Authorization`` (or ``x-api-key``)
+is never forwarded; an instance launched with an API key gets its own
+(``Router.upstream_key``).
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ import asyncio
 import json
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
+from corral.api import anthropic
 from corral.api.deps import Daemon, get_daemon
+from corral.api.paths import ROUTES, Route, request_fields
 from corral.errors import Busy, CorralError, TooLarge, UpstreamError
 from corral.router import (
     CLIENT_GONE,
@@ -35,15 +41,12 @@ from corral.router import (
     USAGE_BODY_MAX,
     USAGE_TAIL,
     Router,
-    parse_request,
 )
 from corral.supervisor.states import State
 from corral.upstream import request_head
 
 router = APIRouter(tags=["openai"])
 
-ROUTED = ("chat/completions", "completions", "embeddings", "rerank", "responses")
-ROUTED_PATHS = {f"/v1/{p}": p for p in ROUTED}
 MAX_BODY = 64 * 1024 * 1024
 KEEP_HEADERS = (b"content-type", b"cache-control", b"x-accel-buffering", b"content-length")
 _HOP = {h.encode() for h in HOP_HEADERS}
@@ -62,6 +65,21 @@ def openai_error(status: int, message: str, typ: str = "invalid_request_error") 
     return {"error": {"message": message, "type": typ, "code": status}}
 
 
+def _openai_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return {401: "authentication_error", 403: "permission_error"}.get(
+        status, "invalid_request_error"
+    )
+
+
+def error_payload(dialect: str, status: int, message: str) -> dict:
+    """The error body a client of ``dialect`` (``openai``, ``anthropic``) reads."""
+    if dialect == "anthropic":
+        return anthropic.error_body(status, message)
+    return openai_error(status, message, _openai_type(status))
+
+
 def caller_scope(scope) -> str | None:
     """The caller's scope (``admin``, ``inference``) the guard found for an ASGI request."""
     state = scope.get("state")
@@ -69,28 +87,25 @@ def caller_scope(scope) -> str | None:
 
 
 @router.get("/v1/models")
-async def list_models(d: Daemon = Depends(get_daemon)) -> dict:
-    """Every name a request may use: running instances, presets, indexed models."""
-    return {"object": "list", "data": d.router.models()}
+async def list_models(request: Request, d: Daemon = Depends(get_daemon)) -> dict:
+    """Every name a request may use, once each: running instances, presets, indexed
+    models (file paths only for an admin caller)."""
+    admin = caller_scope(request.scope) == "admin"
+    return {"object": "list", "data": d.router.models(admin=admin)}
 
 
-def _sse_error(exc_or_message, status: int = 502) -> bytes:
+def _sse_error(exc_or_message, status: int = 502, dialect: str = "openai") -> bytes:
     if isinstance(exc_or_message, CorralError):
         status, message = exc_or_message.status, exc_or_message.message
     else:
         message = str(exc_or_message)
+    if dialect == "anthropic":
+        return anthropic.sse_error(status, message)
     return b"data: " + json.dumps(openai_error(status, message, "server_error")).encode() + b"\n\n"
 
 
-async def _send_error(send, exc: CorralError) -> None:
-    typ = (
-        "server_error"
-        if exc.status >= 500
-        else "permission_error"
-        if exc.status == 403
-        else "invalid_request_error"
-    )
-    body = json.dumps(openai_error(exc.status, exc.message, typ)).encode()
+async def _send_error(send, exc: CorralError, dialect: str = "openai") -> None:
+    body = json.dumps(error_payload(dialect, exc.status, exc.message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if isinstance(exc, Busy):
         headers.append((b"retry-after", str(exc.retry_after).encode()))
@@ -116,34 +131,37 @@ async def _read_body(receive) -> bytes:
 
 
 class Relay:
-    """ASGI wrapper of the FastAPI app: the routed ``POST /v1/*`` here, the rest to it."""
+    """ASGI wrapper of the FastAPI app: the routed ``POST`` paths (:data:`ROUTES`) here,
+    the rest to it."""
 
     def __init__(self, app) -> None:
         self.app = app  # the FastAPI app: its state holds the daemon
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path") if scope["type"] == "http" else None
-        endpoint = ROUTED_PATHS.get(path) if path else None
-        if endpoint is None or scope["method"] != "POST":
+        route = ROUTES.get(path) if path else None
+        if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         rt: Router = self.app.state.daemon.router
         try:
-            await _serve(rt, endpoint, scope, receive, send)
+            await _serve(rt, route, scope, receive, send)
         except ConnectionResetError:
             pass  # the client left; nothing to answer
 
 
-async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
+async def _serve(rt: Router, route: Route, scope, receive, send) -> None:
     t0 = time.perf_counter()
     try:
         body = await _read_body(receive)
-        model, stream = parse_request(body)
+        model, stream = request_fields(route, body, scope["headers"])
+        if model is None:
+            model = rt.sole_instance()
         admin = caller_scope(scope) == "admin"
         rec, target = rt.resolve(model, admin=admin)
-    except CorralError as exc:  # OpenAI clients expect OpenAI's error shape
+    except CorralError as exc:  # clients expect their dialect's error shape
         rt.metrics.rejected.labels(exc.code).inc()
-        await _send_error(send, exc)
+        await _send_error(send, exc, route.dialect)
         return
     gone = _Gone(receive)
     try:
@@ -162,9 +180,9 @@ async def _serve(rt: Router, endpoint: str, scope, receive, send) -> None:
             try:
                 rec, label = waiting.result()
             except CorralError as exc:
-                await _reject(rt, exc, started, send)
+                await _reject(rt, exc, started, send, route.dialect)
                 return
-        await _relay(rt, rec, label, endpoint, scope, body, t0, gone, send, started, stream)
+        await _relay(rt, rec, label, route, scope, body, t0, gone, send, started, stream)
     finally:
         gone.cancel()
 
@@ -237,31 +255,32 @@ def _retrieve(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-async def _reject(rt: Router, exc: CorralError, started: bool, send) -> None:
+async def _reject(rt: Router, exc: CorralError, started: bool, send, dialect: str) -> None:
     """Count a refused request and answer it: an SSE error event once heartbeats have
     started the stream, else an error response."""
     rt.metrics.rejected.labels(exc.code).inc()
-    await _answer_error(exc, started, send)
+    await _answer_error(exc, started, send, dialect)
 
 
 class _Seen:
     """What the relay saw of one answer, for :meth:`Router.end`. Kept current while the
     answer streams, so an answer cut short is still counted with what had arrived."""
 
-    __slots__ = ("status", "ttft", "tail", "keep")
+    __slots__ = ("status", "ttft", "tail", "keep", "head")
 
-    def __init__(self) -> None:
+    def __init__(self, counted: bool) -> None:
         self.status = 502  # until the instance answers
         self.ttft: float | None = None
         self.tail = bytearray()  # the end of the answer, where usage is reported
-        self.keep = True  # False once a plain body outgrew USAGE_BODY_MAX
+        self.keep = counted  # False once a plain body outgrew USAGE_BODY_MAX
+        self.head: bytes | None = None  # the first read (Anthropic's input tokens are there)
 
 
 async def _relay(
     rt: Router,
     rec,
     label: str,
-    endpoint: str,
+    route: Route,
     scope,
     body: bytes,
     t0: float,
@@ -275,20 +294,21 @@ async def _relay(
     The steps: the request head (with the instance's own key), the upstream request, the
     response head, the body's chunks, and what to say when the body was cut short."""
     host = "127.0.0.1" if rec.host in ("0.0.0.0", "::") else rec.host
+    dialect = route.dialect
     try:
-        head = _upstream_head(rt, rec, host, endpoint, scope, len(body))
+        head = _upstream_head(rt, rec, host, route.upstream, scope, len(body))
     except UpstreamError as exc:
-        await _reject(rt, exc, started, send)
+        await _reject(rt, exc, started, send, dialect)
         return
     usage = rt.begin(rec, label)
-    seen = _Seen()
+    seen = _Seen(route.counted)
     resp = None
     on_gone = None
     try:
         try:
             resp = await _request(rt, rec, host, head, body, stream, gone)
         except UpstreamError as exc:
-            await _answer_error(exc, started, send)
+            await _answer_error(exc, started, send, dialect)
             return
         if resp is None:
             seen.status = CLIENT_GONE
@@ -298,10 +318,10 @@ async def _relay(
         on_gone = _aborter(resp)  # a client that leaves stops generation upstream
         if gone.future is not None:
             gone.future.add_done_callback(on_gone)
-        if not await _send_head(resp, rec, started, send):
+        if not await _send_head(resp, rec, started, send, dialect):
             return
         if not await _pump(resp, seen, t0, gone, on_gone, streamed, send):
-            await _end_unfinished(resp, rec, seen, gone, streamed, send)
+            await _end_unfinished(resp, rec, seen, gone, streamed, send, dialect)
     finally:
         if on_gone is not None and gone.future is not None:
             gone.future.remove_done_callback(on_gone)
@@ -315,19 +335,20 @@ async def _relay(
             ttft=seen.ttft,
             elapsed=time.perf_counter() - t0,
             tail=bytes(seen.tail) if seen.keep else None,
-            endpoint=endpoint,
+            endpoint=route.label,
+            head=seen.head if seen.keep else None,
         )
 
 
-def _upstream_head(rt: Router, rec, host: str, endpoint: str, scope, size: int) -> bytes:
+def _upstream_head(rt: Router, rec, host: str, path: str, scope, size: int) -> bytes:
     """The request head for the instance: the client's headers without the hop-by-hop
-    ones (and without its ``Authorization``), plus the instance's own key if it has one
-    (UpstreamKeyError when that key cannot be read)."""
+    ones (and without its ``Authorization`` or ``x-api-key``), plus the instance's own
+    key if it has one (UpstreamKeyError when that key cannot be read)."""
     headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
     key = rt.upstream_key(rec)
     if key is not None:
         headers.append((b"authorization", b"Bearer " + key.encode()))
-    return request_head(f"/v1/{endpoint}", host, rec.port, headers, size)
+    return request_head(path, host, rec.port, headers, size)
 
 
 async def _request(rt: Router, rec, host: str, head: bytes, body: bytes, stream: bool, gone):
@@ -342,15 +363,15 @@ async def _request(rt: Router, rec, host: str, head: bytes, body: bytes, stream:
         raise UpstreamError(f"instance {rec.name!r}: {exc.message}") from None
 
 
-async def _answer_error(exc: CorralError, started: bool, send) -> None:
+async def _answer_error(exc: CorralError, started: bool, send, dialect: str) -> None:
     """An SSE error event once heartbeats have started the stream, else an error response."""
     if started:
-        await send({"type": "http.response.body", "body": _sse_error(exc)})
+        await send({"type": "http.response.body", "body": _sse_error(exc, dialect=dialect)})
     else:
-        await _send_error(send, exc)
+        await _send_error(send, exc, dialect)
 
 
-async def _send_head(resp, rec, started: bool, send) -> bool:
+async def _send_head(resp, rec, started: bool, send, dialect: str) -> bool:
     """Send the response's status and headers; False when the answer ends here (an error
     status after heartbeats sent 200: said as an SSE error event instead)."""
     if not started:
@@ -366,7 +387,8 @@ async def _send_head(resp, rec, started: bool, send) -> bool:
         return True
     detail = (await resp.read(4096)).decode("utf-8", "replace")
     message = f"instance {rec.name!r} answered {resp.status}: {detail}"
-    await send({"type": "http.response.body", "body": _sse_error(message, resp.status)})
+    body = _sse_error(message, resp.status, dialect)
+    await send({"type": "http.response.body", "body": body})
     return False
 
 
@@ -382,6 +404,7 @@ async def _pump(resp, seen: _Seen, t0: float, gone: _Gone, on_gone, streamed: bo
         async for data in resp.chunks():
             if ttft is None:
                 ttft = time.perf_counter() - t0
+                seen.head = data  # once per answer: where a stream states its input tokens
             if keep:
                 tail += data
                 if streamed:
@@ -401,7 +424,9 @@ async def _pump(resp, seen: _Seen, t0: float, gone: _Gone, on_gone, streamed: bo
     return ended
 
 
-async def _end_unfinished(resp, rec, seen: _Seen, gone: _Gone, streamed: bool, send) -> None:
+async def _end_unfinished(
+    resp, rec, seen: _Seen, gone: _Gone, streamed: bool, send, dialect: str
+) -> None:
     """End a response whose last chunk did not end it: an empty last message when the
     body is whole; else the client left (499), or the instance went away mid-answer."""
     if not resp.complete:
@@ -417,7 +442,9 @@ async def _end_unfinished(resp, rec, seen: _Seen, gone: _Gone, streamed: bool, s
             {
                 "type": "http.response.body",
                 "more_body": True,
-                "body": _sse_error(f"instance {rec.name!r} failed mid-response (connection lost)"),
+                "body": _sse_error(
+                    f"instance {rec.name!r} failed mid-response (connection lost)", 502, dialect
+                ),
             }
         )
     await send({"type": "http.response.body", "body": b""})

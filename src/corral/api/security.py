@@ -2,15 +2,25 @@
 
 One pure ASGI middleware (:class:`Guard`) checks every request on the raw scope, in order:
 
-1. ``Host`` names this daemon (loopback binds): a page on another site that resolves its
-   name to 127.0.0.1 (DNS rebinding) sends its own name and is refused (403).
+1. ``Host`` names this daemon (loopback binds), on its port or on its Ollama port
+   (setting ``ollama_port``): a page on another site that resolves its name to 127.0.0.1
+   (DNS rebinding) sends its own name and is refused (403).
 2. ``Origin``, when sent, is this daemon: cross-site fetches and forms are refused (403).
 3. A state-changing request with a body is ``application/json`` (else 415): an HTML form
    can post without a CORS preflight, but only as urlencoded, multipart or text/plain.
+   The one exception is multipart on the transcription paths (OpenAI's API takes the
+   audio file so); a form posted there from another site still carries its ``Origin``.
 4. A key, when one is required: always beyond loopback; on loopback as soon as an
    unrevoked key exists or CORRAL_API_KEY is set. Accepted: CORRAL_API_KEY and the local
-   token in CORRAL_HOME/daemon.token (both admin), and keys from ``corral keys create``.
-   An ``inference`` key may call only ``/v1/*``.
+   token in CORRAL_HOME/daemon.token (both admin), and keys from ``corral keys create``,
+   sent as ``Authorization: Bearer <key>`` or (Anthropic's clients) ``x-api-key: <key>``.
+   An ``inference`` key may call only the inference paths (:func:`is_inference`):
+   ``/v1/*``, every routed llama-server path (:data:`corral.api.paths.ROUTES`), and the
+   Ollama API's reading and inference calls (not pull, delete or copy).
+
+Refusals take the shape the path's clients read: OpenAI's under ``/v1/`` and the routed
+paths, Anthropic's on ``/v1/messages*``, Ollama's ``{"error": "..."}`` under ``/api/``
+(but ``/api/v1/``), corral's own elsewhere.
 
 The guard leaves the caller's scope in ``scope["state"]`` (``openai.CALLER_SCOPE``) for
 what comes after it, so nothing downstream reads keys again: ``admin`` for an admin key,
@@ -28,7 +38,8 @@ import hmac
 import json
 
 from corral.api import errors
-from corral.api.openai import CALLER_SCOPE, openai_error
+from corral.api.openai import CALLER_SCOPE, error_payload
+from corral.api.paths import MULTIPART_PATHS, ROUTES
 from corral.keys import KeyRing, write_token
 from corral.net import is_loopback
 from corral.settings import Settings
@@ -38,20 +49,56 @@ OPEN_PATHS = ("/healthz",)
 #: The web UI's static files, open to GET/HEAD so the UI can load and then ask for a key.
 #: An entry ending in "/" is a prefix, except "/" itself, which is the root page only.
 PUBLIC_PREFIXES = ("/", "/ui/", "/favicon.ico")
-#: The OpenAI router: all an ``inference`` key may call.
+#: The OpenAI router: an ``inference`` key may call all of it (and the routed paths).
 INFERENCE_PREFIX = "/v1/"
+#: The Ollama API's calls an ``inference`` key may make: reading the index and inference.
+#: Its pull, delete and copy change the index: admin only.
+OLLAMA_INFERENCE = frozenset(
+    {
+        ("GET", "/api/version"),
+        ("GET", "/api/tags"),
+        ("POST", "/api/show"),
+        ("GET", "/api/ps"),
+        ("POST", "/api/chat"),
+        ("POST", "/api/generate"),
+        ("POST", "/api/embed"),
+        ("POST", "/api/embeddings"),
+    }
+)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error"}
+MULTIPART = "multipart/form-data"
 
 
 def _allowed_hosts(settings: Settings) -> set[str] | None:
-    """Host header values naming this daemon; None = any (bound beyond loopback, key required)."""
+    """Host header values naming this daemon (its port and its Ollama port); None = any
+    (bound beyond loopback, key required)."""
     if not is_loopback(settings.host):
         return None
-    port = settings.port
     names = {"127.0.0.1", "localhost", "[::1]", settings.host.lower()}
-    return {f"{n}:{port}" for n in names} | (names if port == 80 else set())
+    ports = {settings.port, getattr(settings, "ollama_port", None)} - {None}
+    hosts = {f"{n}:{port}" for n in names for port in ports}
+    return hosts | (names if 80 in ports else set())
+
+
+def is_inference(method: str, path: str) -> bool:
+    """Whether an ``inference`` key may call ``method path``."""
+    if path.startswith(INFERENCE_PREFIX) or path in ROUTES:
+        return True
+    return ("GET" if method == "HEAD" else method, path) in OLLAMA_INFERENCE
+
+
+def dialect_of(path: str) -> str:
+    """Whose error shape a refusal on ``path`` takes: anthropic, openai, ollama or corral."""
+    route = ROUTES.get(path)
+    if route is not None:
+        return route.dialect
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith(INFERENCE_PREFIX):
+        return "openai"
+    if path.startswith("/api/") and not path.startswith("/api/v1/"):
+        return "ollama"
+    return "corral"
 
 
 def is_public(method: str, path: str) -> bool:
@@ -131,14 +178,17 @@ class Guard:
                 b"host",
                 b"origin",
                 b"authorization",
+                b"x-api-key",
                 b"content-type",
                 b"content-length",
                 b"transfer-encoding",
             ):
                 head[name] = value.decode("latin-1")
         method = scope.get("method", "GET")  # a websocket handshake is a GET
-        self._check_browser(method, head)
-        caller = self._check_key(method, scope["path"], head.get(b"authorization", ""))
+        path = scope["path"]
+        self._check_browser(method, path, head)
+        secret = _bearer(head.get(b"authorization", "")) or head.get(b"x-api-key", "").strip()
+        caller = self._check_key(method, path, secret)
         state = scope.get("state")
         if not isinstance(state, dict):
             state = scope["state"] = {}
@@ -147,7 +197,7 @@ class Guard:
         else:
             state[CALLER_SCOPE] = caller
 
-    def _check_browser(self, method: str, head: dict[bytes, str]) -> None:
+    def _check_browser(self, method: str, path: str, head: dict[bytes, str]) -> None:
         host = head.get(b"host", "").lower()
         if self.hosts is not None and host not in self.hosts:
             raise Denied(403, "forbidden_host", f"Host {host!r} is not this daemon")
@@ -158,27 +208,33 @@ class Guard:
             head.get(b"content-length", "0") != "0" or b"transfer-encoding" in head
         ):
             ctype = head.get(b"content-type", "").split(";", 1)[0].strip().lower()
-            if ctype != "application/json":
+            if ctype != "application/json" and not (ctype == MULTIPART and path in MULTIPART_PATHS):
                 raise Denied(
                     415,
                     "unsupported_media_type",
                     f"a request body must be application/json, not {ctype or 'untyped'}",
                 )
 
-    def _check_key(self, method: str, path: str, authorization: str) -> str | None:
+    def _check_key(self, method: str, path: str, secret: str) -> str | None:
         """The caller's scope (None on a public path, where no key is checked), or Denied."""
         if is_public(method, path):
             return None
-        secret = _bearer(authorization)
         scope = self._scope_of(secret) if secret else None
         if scope is None:
             if self.always_required or self.env_key or self.keyring().any_active():
                 raise Denied(
-                    401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)"
+                    401,
+                    "unauthorized",
+                    "missing or wrong API key (Authorization: Bearer <key>, or x-api-key)",
                 )
             return "admin"  # no key required: whoever may call is the admin today
-        if scope != "admin" and not path.startswith(INFERENCE_PREFIX):
-            raise Denied(403, "forbidden", f"this {scope} key may only call {INFERENCE_PREFIX}*")
+        if scope != "admin" and not is_inference(method, path):
+            raise Denied(
+                403,
+                "forbidden",
+                f"this {scope} key may only call inference endpoints "
+                f"({INFERENCE_PREFIX}*, llama-server's and Ollama's)",
+            )
         return scope
 
     def _scope_of(self, secret: str) -> str | None:
@@ -197,12 +253,13 @@ async def _refuse(scope, send, denied: Denied) -> None:
     if scope["type"] == "websocket":  # closing before accept answers the handshake with 403
         await send({"type": "websocket.close", "code": 1008})
         return
-    if scope["path"].startswith(INFERENCE_PREFIX):  # OpenAI clients read OpenAI's shape
-        payload = openai_error(
-            denied.status, denied.message, _OPENAI_TYPES.get(denied.status, "invalid_request_error")
-        )
-    else:
+    dialect = dialect_of(scope["path"])  # each client reads its own API's shape
+    if dialect == "corral":
         payload = errors.error_body(denied.code, denied.message)
+    elif dialect == "ollama":
+        payload = {"error": denied.message}
+    else:
+        payload = error_payload(dialect, denied.status, denied.message)
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if denied.status == 401:
