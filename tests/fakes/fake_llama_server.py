@@ -56,6 +56,22 @@ strict_args         false      reject flags the captured --help does not list, l
                                the real one ("error: invalid argument: X", exit 1)
 ==================  =========  =======================================================
 
+Inference endpoints (the paths of llama-server's ``server.cpp``, answer shapes copied
+from its ``server-task.cpp``): ``/v1/chat/completions`` (also bare; ``stream``,
+``tools`` -> a ``tool_calls`` answer when the last user message says "call",
+``response_format`` json_object / json_schema -> JSON text, ``usage`` and ``timings``),
+``/v1/completions`` (OpenAI) and ``/completion``, ``/completions``, ``/infill`` (llama.cpp's
+own shape: ``content``, ``stop``, ``timings``; a stream ends without ``[DONE]``),
+``/v1/responses`` (stream: ``response.created`` ... ``response.completed``),
+``/v1/messages`` (Anthropic: ``message_start``, ``content_block_start``,
+``content_block_delta`` ..., ``message_delta``, ``message_stop``),
+``/v1/messages/count_tokens`` and ``.../input_tokens`` (``{"input_tokens": N}``),
+``/v1/embeddings`` (OpenAI) and ``/embedding(s)`` (``[{"index", "embedding"}]``),
+``/rerank`` and its three other paths (501 unless ``--reranking``), ``/tokenize`` and
+``/detokenize`` (a vocabulary grown as words are seen, so the two round-trip),
+``/apply-template`` (``{"prompt": ...}`` in Gemma's turn format),
+``/v1/audio/transcriptions`` (multipart with a ``file`` part -> ``{"text": ...}``).
+
 Control endpoints (answered even while loading, never need an API key):
 
 * ``POST /_fake/crash?code=N``  answer, flush, then ``os._exit(N)`` (default 1)
@@ -63,6 +79,9 @@ Control endpoints (answered even while loading, never need an API key):
                                 control endpoints) blocks forever; the socket stays open
 * ``POST /_fake/ignore-sigterm``  ignore SIGTERM/SIGINT from now on
 * ``GET  /_fake/state``         pid, model, port, requests, cancelled, loading, hung, ...
+* ``GET  /_fake/requests``      every API request received (not /_fake/*), oldest first:
+                                ``{"method", "path", "model", "headers"}`` (header names
+                                lower-case; ``model`` from the JSON body or form field)
 
 ``requests`` in the state counts finished API requests (not /_fake/*); ``cancelled``
 counts streams stopped because the client went away.
@@ -70,6 +89,7 @@ counts streams stopped because the client went away.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -329,6 +349,7 @@ class Args:
         self.aliases: list[str] = []
         self.api_keys: list[str] = []
         self.embeddings = False
+        self.reranking = False
         self.help = False
         self.version = False
         self.unknown: list[str] = []
@@ -410,6 +431,8 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Args:
             a.embeddings = True
         elif name in ("--no-embedding", "--no-embeddings"):
             a.embeddings = False
+        elif name in ("--reranking", "--rerank"):
+            a.reranking = True
         else:
             if catalog is not None and name in catalog:
                 # exact: the real parser takes the next token(s) whatever they look like
@@ -496,6 +519,33 @@ class State:
         self.fingerprint = _build_info()
         self.forever = threading.Event()  # never set: hung requests wait on it
         self.tasks = 0
+        self.reranking = args.reranking
+        self.received: list[dict[str, object]] = []  # see GET /_fake/requests
+        self.vocab: dict[str, int] = {}  # piece -> id, grown by /tokenize
+        self.pieces: dict[int, str] = {}
+
+    def record(self, method: str, path: str, headers, body: bytes) -> None:
+        entry = {
+            "method": method,
+            "path": path,
+            "model": _model_of(headers.get("Content-Type") or "", body),
+            "headers": {k.lower(): v for k, v in headers.items()},
+        }
+        with self.lock:
+            self.received.append(entry)
+            del self.received[:-1000]
+
+    def token_ids(self, text: str) -> list[tuple[int, str]]:
+        """(id, piece) for each word-with-its-leading-space of ``text``."""
+        out = []
+        with self.lock:
+            for piece in re.findall(r"\s*\S+|\s+", text):
+                tid = self.vocab.get(piece)
+                if tid is None:
+                    tid = self.vocab[piece] = 1000 + len(self.vocab)
+                    self.pieces[tid] = piece
+                out.append((tid, piece))
+        return out
 
     def snapshot(self) -> dict[str, object]:
         with self.lock:
@@ -559,8 +609,96 @@ def _count_tokens(value: object) -> int:
     if isinstance(value, list):
         return sum(_count_tokens(v) for v in value) or 1
     if isinstance(value, dict):
-        return _count_tokens(value.get("content", "")) + 3
+        return _count_tokens(value.get("content", value.get("text", ""))) + 3
     return 1
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, bytes]:
+    """name -> value of each part of a multipart/form-data body (files too)."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not m or not content_type.lower().startswith("multipart/form-data"):
+        return {}
+    out = {}
+    for part in body.split(b"--" + m.group(1).encode())[1:]:
+        head, sep, value = part.partition(b"\r\n\r\n")
+        name = re.search(rb'name="([^"]*)"', head)
+        if sep and name:
+            out[name.group(1).decode()] = value[:-2] if value.endswith(b"\r\n") else value
+    return out
+
+
+def _model_of(content_type: str, body: bytes) -> str | None:
+    if content_type.lower().startswith("multipart/"):
+        value = _form_fields(content_type, body).get("model")
+        return value.decode(errors="replace") if value is not None else None
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _fake_value(schema: object) -> object:
+    """A value that satisfies a (simple) JSON schema: what a grammar would force."""
+    if not isinstance(schema, dict):
+        return "fake"
+    if "enum" in schema and isinstance(schema["enum"], list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = kind[0] if kind else "string"
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        return {k: _fake_value(v) for k, v in props.items()}
+    if kind == "array":
+        return [_fake_value(schema.get("items"))]
+    return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(str(kind), "fake")
+
+
+def _forced_text(body: dict) -> str | None:
+    """The JSON text a ``response_format`` forces, or None."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_object":
+        return json.dumps({"answer": "Hello"})
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), dict) else {}
+        return json.dumps(_fake_value(spec.get("schema", spec)))
+    return None
+
+
+def _tool_call(body: dict) -> dict | None:
+    """A call of the first tool, when tools are given and the last user message says "call"."""
+    tools = body.get("tools")
+    msgs = body.get("messages")
+    if not isinstance(tools, list) or not tools or not isinstance(msgs, list):
+        return None
+    users = [m for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
+    text = users[-1].get("content") if users else ""
+    if not isinstance(text, str) or "call" not in text.lower():
+        return None
+    fn = tools[0].get("function") if isinstance(tools[0], dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        return None
+    args = _fake_value(fn.get("parameters") or {"type": "object"})
+    return {
+        "type": "function",
+        "function": {"name": fn["name"], "arguments": json.dumps(args)},
+        "id": _rand_id(),
+    }
+
+
+def _gemma_prompt(messages: list) -> str:
+    out = []
+    for m in messages:
+        if isinstance(m, dict):
+            role = "model" if m.get("role") == "assistant" else m.get("role", "user")
+            content = m.get("content")
+            text = content if isinstance(content, str) else json.dumps(content)
+            out.append(f"<start_of_turn>{role}\n{text}<end_of_turn>\n")
+    return "<bos>" + "".join(out) + "<start_of_turn>model\n"
 
 
 class Server(ThreadingHTTPServer):
@@ -631,8 +769,12 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(code, _error_body(message, type_, code))
 
     def _read_body(self) -> bytes:
+        cached = getattr(self, "_body", None)
+        if cached is not None:  # read once per request (recorded, then handled)
+            return cached
         n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
+        self._body = self.rfile.read(n) if n > 0 else b""
+        return self._body
 
     def _json_body(self) -> dict | None:
         raw = self._read_body()
@@ -701,9 +843,11 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path
         query = parse_qs(url.query)
 
+        self._body = None
         if path.startswith("/_fake/"):
             self._control(method, path, query)
             return
+        st.record(method, path, self.headers, self._read_body())
 
         if st.loading and path != "/":
             self._read_body()
@@ -754,10 +898,10 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         elif method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
             self._completion(chat=True)
-        elif method == "POST" and path in ("/v1/completions", "/completions"):
+        elif method == "POST" and path == "/v1/completions":
             self._completion(chat=False)
-        elif method == "POST" and path in ("/v1/embeddings", "/embeddings", "/embedding"):
-            self._embeddings()
+        elif method == "POST" and path in POSTS:
+            getattr(self, POSTS[path])()
         else:
             self._read_body()
             self.close_connection = True
@@ -777,6 +921,10 @@ class Handler(BaseHTTPRequestHandler):
                 code = 1
             self._send_json(200, {"ok": True, "exiting": code})
             _exit_soon(code, f"fake-llama: crashing with exit code {code}")
+        elif path == "/_fake/requests" and method == "GET":
+            with st.lock:
+                received = list(st.received)
+            self._send_json(200, received)
         elif path == "/_fake/hang" and method == "POST":
             st.hang()  # before answering: the next request must already hang
             log("fake-llama: hanging: no request will be answered from now on", "W")
@@ -873,6 +1021,13 @@ class Handler(BaseHTTPRequestHandler):
         model = st.model_name
         cid = "chatcmpl-" + _rand_id()
         pieces = [_WORDS[i % len(_WORDS)] for i in range(n_gen)]
+        call = _tool_call(body) if chat else None
+        forced = _forced_text(body)
+        if call is not None:  # one tool call instead of text
+            pieces, n_gen, finish = [], 1, "tool_calls"
+        elif forced is not None:  # the grammar forces JSON: all of it, whatever the limit
+            pieces = [forced[i : i + 6] for i in range(0, len(forced), 6)]
+            n_gen, finish = len(pieces), "stop"
         t0 = time.monotonic()
         prompt_ms = 0.5 * n_prompt
         task = st.next_task()
@@ -945,7 +1100,11 @@ class Handler(BaseHTTPRequestHandler):
                         {
                             "finish_reason": finish,
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
+                            "message": (
+                                {"role": "assistant", "content": None, "tool_calls": [call]}
+                                if call
+                                else {"role": "assistant", "content": text}
+                            ),
                         }
                     ]
                 }
@@ -1007,6 +1166,8 @@ class Handler(BaseHTTPRequestHandler):
                 finals = []
                 if not pieces:  # the real server always sends the role delta first
                     finals.append(chat_delta({"role": "assistant", "content": None}))
+                if call:
+                    finals.append(chat_delta({"tool_calls": [{"index": 0, **call}]}))
                 last = {"choices": [{"finish_reason": finish, "index": 0, "delta": {}}]}
                 last.update(base("chat.completion.chunk"))
                 finals.append(last)
@@ -1034,6 +1195,389 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             slot("     release", task, "stop processing: client disconnected, task cancelled")
 
+    # ---- the other inference endpoints (shapes of server-task.cpp)
+
+    def _generate(self, body: dict) -> tuple[list[str], str]:
+        """The pieces a request generates (tokens knob, max_tokens/n_predict) and why it
+        stopped, after sleeping token_delay per piece when not streaming."""
+        n = max(0, int(_num(self.st.cfg.get("tokens"), 8)))
+        limit = next(
+            (
+                v
+                for v in (body.get(k) for k in ("max_tokens", "n_predict"))
+                if isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            ),
+            None,
+        )
+        n_gen = n if limit is None else min(n, limit)
+        return [_WORDS[i % len(_WORDS)] for i in range(n_gen)], ("length" if n_gen < n else "stop")
+
+    def _delay(self) -> float:
+        return max(0.0, _num(self.st.cfg.get("token_delay"), 0.01))
+
+    def _start_sse(self) -> None:
+        self.send_response(200)
+        self.send_header("X-Accel-Buffering", "no")
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _stream_events(self, events) -> None:
+        """Send (event name or None, data) pairs as SSE, one chunk each, as they come."""
+        self._start_sse()
+        try:
+            for name, data in events:
+                self.st.block_if_hung()
+                line = "data: " + json.dumps(data, separators=(",", ":")) + "\n\n"
+                self._chunk((f"event: {name}\n" if name else "") + line)
+            self._end_chunks()
+        except ClientGone:
+            with self.st.lock:
+                self.st.cancelled += 1
+            self.close_connection = True
+
+    def _paced(self, items):
+        delay = self._delay()
+        for item in items:
+            if delay:
+                time.sleep(delay)
+            yield item
+
+    def _native(self, infill: bool = False) -> None:
+        """/completion, /completions, /infill: llama.cpp's own completion shape."""
+        body = self._json_body()
+        if body is None:
+            return
+        if infill:
+            for key in ("input_prefix", "input_suffix"):
+                if key not in body:
+                    self._exception(f'"{key}" is required')
+                    return
+            prompt = f"{body['input_prefix']}<FIM>{body['input_suffix']}"
+        elif "prompt" not in body:
+            self._exception('"prompt" must be provided')
+            return
+        else:
+            prompt = body["prompt"]
+        n_prompt = _count_tokens(prompt)
+        pieces, finish = self._generate(body)
+        t0 = time.monotonic()
+
+        def final(content: str) -> dict:
+            gen_ms = max((time.monotonic() - t0) * 1000.0, 1e-3)
+            return {
+                "index": 0,
+                "content": content,
+                "tokens": [],
+                "id_slot": 0,
+                "stop": True,
+                "model": self.st.model_name,
+                "tokens_predicted": len(pieces),
+                "tokens_evaluated": n_prompt,
+                "prompt": prompt if isinstance(prompt, str) else json.dumps(prompt),
+                "stop_type": "limit" if finish == "length" else "eos",
+                "stopping_word": "",
+                "tokens_cached": n_prompt + len(pieces),
+                "timings": {
+                    "prompt_n": n_prompt,
+                    "predicted_n": len(pieces),
+                    "predicted_ms": gen_ms,
+                    "predicted_per_second": 1000.0 * len(pieces) / gen_ms,
+                },
+            }
+
+        if body.get("stream"):
+            partial = [
+                (None, {"index": 0, "content": p, "tokens": [], "stop": False, "id_slot": 0})
+                for p in pieces
+            ]
+
+            def events():
+                yield from self._paced(partial)
+                yield None, final("")  # made when reached: its timings are current
+
+            self._stream_events(events())
+            return
+        list(self._paced(pieces))
+        self._send_json(200, final("".join(pieces)))
+
+    def _infill(self) -> None:
+        self._native(infill=True)
+
+    def _messages(self) -> None:
+        """/v1/messages: Anthropic's Messages API, as llama-server converts it."""
+        body = self._json_body()
+        if body is None:
+            return
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            self._exception("'messages' is required")
+            return
+        n_prompt = _count_tokens(msgs) + _count_tokens(body.get("system") or "")
+        pieces, finish = self._generate(body)
+        stop = "max_tokens" if finish == "length" else "end_turn"
+        mid = "chatcmpl-" + _rand_id()
+        usage = {"cache_read_input_tokens": 0, "input_tokens": n_prompt}
+        if not body.get("stream"):
+            list(self._paced(pieces))
+            self._send_json(
+                200,
+                {
+                    "id": mid,
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "".join(pieces)}],
+                    "model": self.st.model_name,
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": {**usage, "output_tokens": len(pieces)},
+                },
+            )
+            return
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": mid,
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": self.st.model_name,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {**usage, "output_tokens": 0},
+            },
+        }
+        block = {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
+        deltas = [
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": p},
+                },
+            )
+            for p in pieces
+        ]
+        end = [
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": len(pieces)},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        events = [("message_start", start), ("content_block_start", block)]
+        self._stream_events(itertools.chain(events, self._paced(deltas), end))
+
+    def _responses(self) -> None:
+        """/v1/responses: OpenAI's Responses API, as llama-server converts it."""
+        body = self._json_body()
+        if body is None:
+            return
+        inp = body.get("input")
+        if inp is None:
+            self._exception("'input' is required")
+            return
+        n_prompt = _count_tokens(inp) + _count_tokens(body.get("instructions") or "")
+        pieces, _ = self._generate({**body, "max_tokens": body.get("max_output_tokens")})
+        rid, msg_id = "resp_" + _rand_id(), "msg_" + _rand_id()
+        text = "".join(pieces)
+        part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        item = {
+            "content": [part],
+            "id": msg_id,
+            "role": "assistant",
+            "status": "completed",
+            "type": "message",
+        }
+        usage = {
+            "input_tokens": n_prompt,
+            "output_tokens": len(pieces),
+            "total_tokens": n_prompt + len(pieces),
+            "input_tokens_details": {"cached_tokens": 0},
+        }
+        now = int(time.time())
+        done = {
+            "completed_at": now,
+            "created_at": now,
+            "id": rid,
+            "model": self.st.model_name,
+            "object": "response",
+            "output": [item],
+            "status": "completed",
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            list(self._paced(pieces))
+            self._send_json(200, done)
+            return
+        progress = {"id": rid, "object": "response", "status": "in_progress"}
+        added = {**item, "content": [], "status": "in_progress"}
+        head = [
+            ("response.created", {"type": "response.created", "response": progress}),
+            ("response.in_progress", {"type": "response.in_progress", "response": progress}),
+            ("response.output_item.added", {"type": "response.output_item.added", "item": added}),
+            (
+                "response.content_part.added",
+                {
+                    "type": "response.content_part.added",
+                    "item_id": msg_id,
+                    "part": {**part, "text": ""},
+                },
+            ),
+        ]
+        deltas = [
+            (
+                "response.output_text.delta",
+                {"type": "response.output_text.delta", "item_id": msg_id, "delta": p},
+            )
+            for p in pieces
+        ]
+        end = [
+            (
+                "response.output_text.done",
+                {"type": "response.output_text.done", "item_id": msg_id, "text": text},
+            ),
+            (
+                "response.content_part.done",
+                {"type": "response.content_part.done", "item_id": msg_id, "part": part},
+            ),
+            ("response.output_item.done", {"type": "response.output_item.done", "item": item}),
+            ("response.completed", {"type": "response.completed", "response": done}),
+        ]
+        self._stream_events(itertools.chain(head, self._paced(deltas), end))
+
+    def _input_tokens(self, oai: bool = True) -> None:
+        """The token counting endpoints: ``{"input_tokens": N}`` (OpenAI's add an object)."""
+        body = self._json_body()
+        if body is None:
+            return
+        prompt = body.get("messages", body.get("input"))
+        if prompt is None:
+            self._exception("'messages' is required")
+            return
+        n = _count_tokens(prompt) + _count_tokens(body.get("system") or "")
+        self._send_json(
+            200, {"input_tokens": n, **({"object": "response.input_tokens"} if oai else {})}
+        )
+
+    def _count_tokens_anthropic(self) -> None:
+        self._input_tokens(oai=False)
+
+    def _rerank(self) -> None:
+        st = self.st
+        if not st.reranking:
+            self._read_body()
+            self._error(
+                "This server does not support reranking. Start it with `--reranking`",
+                "not_supported_error",
+                501,
+            )
+            return
+        body = self._json_body()
+        if body is None:
+            return
+        query = body.get("query")
+        if not isinstance(query, str):
+            self._error('"query" must be provided', "invalid_request_error", 400)
+            return
+        tei = "texts" in body
+        docs = body.get("documents", body.get("texts"))
+        if not isinstance(docs, list) or not docs:
+            self._error(
+                '"documents" must be a non-empty string array', "invalid_request_error", 400
+            )
+            return
+        words = set(query.lower().split())
+        label = "score" if tei else "relevance_score"
+        ranks = [
+            {"index": i, label: round(len(words & set(str(d).lower().split())) - i * 0.01, 4)}
+            for i, d in enumerate(docs)
+        ]
+        ranks.sort(key=lambda r: -r[label])
+        top_n = body.get("top_n") if isinstance(body.get("top_n"), int) else len(docs)
+        ranks = ranks[:top_n]
+        if tei:
+            self._send_json(200, ranks)
+            return
+        n_tok = _count_tokens(query) * len(docs) + _count_tokens(docs)
+        self._send_json(
+            200,
+            {
+                "model": body.get("model", st.model_name),
+                "object": "list",
+                "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok},
+                "results": ranks,
+            },
+        )
+
+    def _tokenize(self) -> None:
+        body = self._json_body()
+        if body is None:
+            return
+        content = body.get("content")
+        tokens: list = []
+        if isinstance(content, str):
+            found = self.st.token_ids(content)
+            if body.get("add_special"):
+                found = [(2, "<bos>"), *found]
+            if body.get("with_pieces"):
+                tokens = [{"id": t, "piece": p} for t, p in found]
+            else:
+                tokens = [t for t, _ in found]
+        self._send_json(200, {"tokens": tokens})
+
+    def _detokenize(self) -> None:
+        body = self._json_body()
+        if body is None:
+            return
+        ids = body.get("tokens") or []
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            self._exception("[json.exception.type_error.302] type must be number")
+            return
+        with self.st.lock:
+            content = "".join(self.st.pieces.get(t, "") for t in ids)
+        self._send_json(200, {"content": content})
+
+    def _apply_template(self) -> None:
+        body = self._json_body()
+        if body is None:
+            return
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            self._exception("'messages' is required")
+            return
+        self._send_json(200, {"prompt": _gemma_prompt(msgs)})
+
+    def _transcriptions(self) -> None:
+        fields = _form_fields(self.headers.get("Content-Type") or "", self._read_body())
+        if "file" not in fields:
+            self._exception("No input file found for transcription")
+            return
+        n = len(fields["file"])
+        self._send_json(
+            200,
+            {
+                "type": "transcript.text.done",
+                "text": f"fake transcription of {n} bytes",
+                "usage": {
+                    "type": "tokens",
+                    "input_tokens": n // 100 + 1,
+                    "output_tokens": 5,
+                    "total_tokens": n // 100 + 6,
+                },
+            },
+        )
+
     def _peer_closed(self) -> bool:
         """Whether the client has closed its end (readable with nothing to read)."""
         import select
@@ -1044,7 +1588,10 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             return True
 
-    def _embeddings(self) -> None:
+    def _embeddings_native(self) -> None:
+        self._embeddings(oai=False)
+
+    def _embeddings(self, oai: bool = True) -> None:
         st = self.st
         body = self._json_body()
         if body is None:
@@ -1072,6 +1619,11 @@ class Handler(BaseHTTPRequestHandler):
             vec = [round(((seed + k * 31) % 97) / 97.0 - 0.5, 6) for k in range(8)]
             data.append({"embedding": vec, "index": idx, "object": "embedding"})
             n_tok += _count_tokens(item)
+        if not oai:  # llama.cpp's own shape: one pooled vector per input, in a list
+            self._send_json(
+                200, [{"index": d["index"], "embedding": [d["embedding"]]} for d in data]
+            )
+            return
         self._send_json(
             200,
             {
@@ -1081,6 +1633,34 @@ class Handler(BaseHTTPRequestHandler):
                 "data": data,
             },
         )
+
+
+#: POST path -> Handler method, for the endpoints beyond chat and OpenAI completions.
+POSTS = {
+    "/completion": "_native",
+    "/completions": "_native",
+    "/infill": "_infill",
+    "/v1/embeddings": "_embeddings",
+    "/embeddings": "_embeddings_native",
+    "/embedding": "_embeddings_native",
+    "/v1/responses": "_responses",
+    "/responses": "_responses",
+    "/v1/chat/completions/input_tokens": "_input_tokens",
+    "/chat/completions/input_tokens": "_input_tokens",
+    "/v1/responses/input_tokens": "_input_tokens",
+    "/responses/input_tokens": "_input_tokens",
+    "/v1/messages": "_messages",
+    "/v1/messages/count_tokens": "_count_tokens_anthropic",
+    "/rerank": "_rerank",
+    "/reranking": "_rerank",
+    "/v1/rerank": "_rerank",
+    "/v1/reranking": "_rerank",
+    "/tokenize": "_tokenize",
+    "/detokenize": "_detokenize",
+    "/apply-template": "_apply_template",
+    "/v1/audio/transcriptions": "_transcriptions",
+    "/audio/transcriptions": "_transcriptions",
+}
 
 
 # --------------------------------------------------------------------------- process
