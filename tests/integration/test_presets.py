@@ -11,7 +11,7 @@ import yaml
 from tests.integration.conftest import api, assert_error, fake_processes, get, launch
 
 #: argv = [binary, --model, M, --host, H, --port, P, <flags...>]
-OWNED = 7
+OWNED = 9  # binary, --model, --host, --port and the --alias corral gives the instance
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -348,6 +348,7 @@ class Supervisor:
         name = self._choose_name(spec.name, model)
         port = self._choose_port(spec.port, host)
         argv = [str(resolved.path), "--model", str(model), "--host", host, "--port", str(port)]
+        argv += _alias_argv(catalog, pairs, env, name)
         argv += catalog.to_argv(pairs)
         return _Placed(name, port, host, model, resolved, catalog, pairs, env, placement, argv)
 
@@ -1180,6 +1181,16 @@ def _this_launch_log(path: Path, limit: int = 2 * 1024 * 1024) -> str:
     if at < 0 and data.startswith(b"--- corral "):
         at = 0
     return data[at:].decode("utf-8", errors="replace") if at >= 0 else ""
+
+
+def _alias_argv(catalog: FlagCatalog, pairs: list, env: dict, name: str) -> list[str]:
+    """``--alias NAME`` unless the user named the model themselves (``-a``/``--alias`` or
+    ``LLAMA_ARG_ALIAS``) or the build has no such flag: llama-server then answers with
+    ``"model": NAME``, the name clients used, instead of the file's path."""
+    flag = catalog.lookup("--alias")
+    if flag is None or "LLAMA_ARG_ALIAS" in env or any(f == flag.long for f, _ in pairs):
+        return []
+    return [flag.long, name]
 
 
 def _refuse_nul(pairs: list) -> None:
