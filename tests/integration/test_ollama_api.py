@@ -303,3 +303,13 @@ def test_keep_alive_zero_stops_the_instance_after_the_answer(daemon, client, tin
     assert loaded.done_reason == "load"
     [inst] = api(daemon, "GET", "/api/v1/instances")[1]
     assert inst["state"] == "ready" and inst["idle_ttl"] == 3600
+
+
+def test_presets_are_listed_and_answer(daemon, client, tiny):
+    status, out = api(daemon, "PUT", "/api/v1/presets/tiny-long", {"model": "tiny", "flags": []})
+    assert status in (200, 201), out
+    listed = {m.model: m for m in client.list().models}
+    assert set(listed) == {"tiny:latest", "tiny-long:latest"}
+    assert listed["tiny-long:latest"].details.family == "llama"
+    assert client.chat(model="tiny-long", messages=[{"role": "user", "content": "x"}]).done
+    assert client.show("tiny-long:latest").details.quantization_level == "Q4_K_M"

@@ -534,12 +534,32 @@ def _listed(rec: model_table.ModelRecord) -> dict:
     }
 
 
+def _listed_presets(d: Daemon, entries: list[model_table.ModelRecord]) -> list[dict]:
+    """Presets with a model of the index, listed under their own names (with that
+    model's details): a preset is a name requests may use, like a model."""
+    from corral.presets.model import DEFAULTS
+    from corral.presets.saved import list_all
+
+    out = []
+    taken = {e.name for e in entries}
+    for preset in list_all(d.store):
+        if preset.name == DEFAULTS or not preset.model or preset.name in taken:
+            continue
+        entry = next((e for e in entries if preset.model in (e.id, e.name, e.path)), None)
+        if entry is not None:
+            out.append({**_listed(entry), "name": ollama.listed_name(preset.name)})
+            out[-1]["model"] = out[-1]["name"]
+    return out
+
+
 @router.get("/api/tags")
 async def tags(request: Request):
-    """The models of the index, as Ollama lists its models."""
+    """The models of the index and the presets of those models, as Ollama lists its
+    models."""
 
     async def handler(d: Daemon, _body: dict) -> dict:
-        return {"models": [_listed(r) for r in model_table.list_all(d.store)]}
+        entries = model_table.list_all(d.store)
+        return {"models": [_listed(r) for r in entries] + _listed_presets(d, entries)}
 
     return await _run(request, handler, with_body=False)
 
