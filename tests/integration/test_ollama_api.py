@@ -185,6 +185,10 @@ def test_num_ctx_launches_with_that_context_and_keep_alive_zero_unloads(daemon, 
         model="tiny", messages=[{"role": "user", "content": "y"}], options={"num_ctx": 1024}
     )
     assert len(api(daemon, "GET", "/api/v1/instances")[1]) == 1
+    # another num_ctx relaunches it (an idle router instance), as Ollama reloads a model
+    client.chat(model="tiny", messages=[{"role": "user", "content": "z"}], options={"num_ctx": 512})
+    [inst] = api(daemon, "GET", "/api/v1/instances")[1]
+    assert inst["argv"][inst["argv"].index("--ctx-size") + 1] == "512"
     unloaded = client.chat(model="tiny", messages=[], keep_alive=0)
     assert unloaded.done_reason == "unload"
     wait_for(lambda: client.ps().models == [], 10, message="unloaded")
