@@ -484,10 +484,21 @@ class OllamaFront:
             await self.app(scope, receive, send)
             return
         d: Daemon = self.fastapi_app.state.daemon
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await serve_inference(d, self.app, kind, scope, receive, send)
+            await serve_inference(d, self.app, kind, scope, receive, tracked)
         except ConnectionResetError:
             pass  # the client left
+        except Exception:  # a bug: said in Ollama's shape, never a bare 500 page
+            log.exception("%s %s", method, path)
+            if not started:
+                await _send_json(send, 500, {"error": "internal error (see the daemon log)"})
 
     def _on_ollama_port(self, scope) -> bool:
         server = scope.get("server")
