@@ -581,8 +581,25 @@ def embed_answer(answer: dict, model: str, total_s: float, legacy: bool) -> dict
     }
 
 
+_stamps: list = [0, b""]  # (millisecond, its created_at): one strftime per ms at most
+
+
+def _stamp() -> bytes:
+    """``created_at`` for now, as bytes, shared by the lines of the same millisecond."""
+    now = time.time()
+    ms = int(now * 1000)
+    if _stamps[0] != ms:
+        _stamps[0], _stamps[1] = ms, rfc3339(now).encode()
+    return _stamps[1]
+
+
+_loads = json.JSONDecoder().decode
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def ndjson(obj: dict) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    """One NDJSON line."""
+    return _dumps(obj).encode() + b"\n"
 
 
 class StreamTranslator:
@@ -596,6 +613,8 @@ class StreamTranslator:
 
     def __init__(self, kind: str, model: str, t0: float) -> None:
         self.kind, self.model, self.t0 = kind, model, t0
+        self._model_json = _dumps(model).encode()
+        self._pre: bytes | None = None  # a line's start (model, created_at), per read
         self._buf = b""
         self._calls: dict[int, dict] = {}
         self.reason = "stop"
@@ -604,11 +623,13 @@ class StreamTranslator:
         self.ended = False
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
+        lines = (self._buf + data).split(b"\n")
+        self._buf = lines.pop()  # the part after the last newline: not whole yet
+        self._pre = None  # the lines of one read share their created_at
         out: list[bytes] = []
-        while not self.ended and b"\n" in self._buf:
-            line, self._buf = self._buf.split(b"\n", 1)
-            line = line.strip()
+        for line in lines:
+            if self.ended:
+                break
             if not line.startswith(b"data:"):
                 continue  # blank separators, ": comments", event names
             payload = line[5:].strip()
@@ -620,8 +641,8 @@ class StreamTranslator:
 
     def _event(self, payload: bytes) -> list[bytes]:
         try:
-            event = json.loads(payload)
-        except ValueError:
+            event = _loads(payload.decode())
+        except ValueError:  # UnicodeDecodeError included
             return []
         if not isinstance(event, dict):
             return []
@@ -659,7 +680,23 @@ class StreamTranslator:
                 self._calls = {}
         if not text and not thinking and not calls:
             return None
-        return ndjson(self._line(text, thinking, calls, done=False))
+        return self._delta_line(text, thinking, calls)
+
+    def _delta_line(self, text: str, thinking: str, calls) -> bytes:
+        """One line of the stream, as :meth:`_line` would give it, but built as bytes:
+        this runs for every token of every Ollama stream."""
+        if self._pre is None:
+            stamp = _stamp()
+            self._pre = b'{"model":' + self._model_json + b',"created_at":"' + stamp + b'",'
+        if self.kind == "chat" and not thinking and not calls:  # most lines: text only
+            body = b'"message":{"role":"assistant","content":' + _dumps(text).encode() + b"}"
+        elif self.kind == "chat":
+            body = b'"message":' + _dumps(_message(text, thinking, calls)).encode()
+        else:
+            body = b'"response":' + _dumps(text).encode()
+            if thinking:
+                body += b',"thinking":' + _dumps(thinking).encode()
+        return self._pre + body + b',"done":false}\n'
 
     def _line(self, text: str, thinking: str, calls, done: bool) -> dict:
         out = _head(self.model)
