@@ -317,3 +317,19 @@ def test_presets_are_listed_and_answer(daemon, client, tiny):
     assert listed["tiny-long:latest"].details.family == "llama"
     assert client.chat(model="tiny-long", messages=[{"role": "user", "content": "x"}]).done
     assert client.show("tiny-long:latest").details.quantization_level == "Q4_K_M"
+
+
+def test_create_and_push_say_what_corral_does_instead(client, daemon):
+    for path in ("/api/create", "/api/push"):
+        status, _, body = raw(daemon.settings.port, "POST", path, b'{"model": "x"}')
+        assert status == 501 and "hf.co/ORG/REPO:QUANT" in json.loads(body)["error"]
+
+
+def test_ollama_port_equal_to_the_daemon_port_is_refused(daemon_env):
+    from tests.conftest import DaemonProcess
+
+    d = DaemonProcess(daemon_env)
+    proc = d.cli("serve", "--ollama-port", daemon_env["CORRAL_PORT"], timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "ollama_port" in proc.stderr and "daemon's own port" in proc.stderr
+    assert "Traceback" not in proc.stderr

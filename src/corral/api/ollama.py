@@ -719,3 +719,14 @@ async def _copy(d: Daemon, body: dict):
 async def copy(request: Request):
     """Give a model another name (an alias in the index), as ``ollama cp`` does."""
     return await _run(request, _copy)
+
+
+@router.post("/api/create")
+@router.post("/api/push")
+async def not_supported() -> JSONResponse:
+    """Ollama's model building and pushing: not corral's; a clear 501 in Ollama's shape."""
+    return _error_json(
+        501,
+        "corral does not build or push Ollama models: pull GGUF models from Hugging Face "
+        "(ollama pull hf.co/ORG/REPO:QUANT), or import GGUF files (corral import PATH)",
+    )
