@@ -179,11 +179,18 @@ def _live(rec) -> bool:
     return rec is not None and rec.desired == "running" and State(rec.state) in LIVE
 
 
-def _has_vision(route: _Route) -> bool:
+def _has_vision(d: Daemon, route: _Route) -> bool:
+    """Whether what the route leads to reads images: its model has an mmproj in the
+    index, or the instance (or preset) passes one itself."""
     if route.entry is not None and route.entry.mmproj:
         return True
-    argv = getattr(route.rec, "argv", None) or ()
-    return any(a in _MMPROJ_FLAGS for a in argv)
+    argv = list(getattr(route.rec, "argv", None) or ())
+    if getattr(route.target, "preset", None):
+        from corral.presets.saved import find
+
+        preset = find(d.store, route.target.preset)
+        argv += preset.flags if preset is not None else []
+    return any(a.split("=", 1)[0] in _MMPROJ_FLAGS for a in argv)
 
 
 # -- instances: num_ctx and keep_alive ---------------------------------------------------
@@ -226,13 +233,24 @@ async def ensure_instance(
                 and (num_ctx is None or ollama.ctx_of(rec.flags, rec.argv) == num_ctx)
             ):
                 return rec.name
-        if live is not None and live.origin == "router" and _idle(d, live.name):
+        if _replaceable(d, live):
             await d.supervisor.remove(live.name)  # Ollama reloads a model for a new num_ctx
-        return await _launch(d, route, num_ctx, keep)
+        name = await _launch(d, route, num_ctx, keep)
+    if len(_locks) > 256:  # one per model and num_ctx asked: forget the idle ones
+        for k in [k for k, held in _locks.items() if not held.locked()]:
+            del _locks[k]
+    return name
 
 
-def _idle(d: Daemon, name: str) -> bool:
-    return not d.router.usage()["instances"].get(name, {}).get("in_flight")
+def _replaceable(d: Daemon, rec) -> bool:
+    """Whether ``rec`` may be stopped for a relaunch with another context: a router
+    instance, loaded (not one the router is starting), with nothing in flight."""
+    return (
+        rec is not None
+        and rec.origin == "router"
+        and State(rec.state) is State.READY
+        and not d.router.usage()["instances"].get(rec.name, {}).get("in_flight")
+    )
 
 
 async def _launch(d: Daemon, route: _Route, num_ctx: int | None, keep: float | None) -> str:
@@ -382,7 +400,7 @@ class _Asked:
     empty: bool
 
 
-def _translate(kind: str, body: dict, route: _Route) -> _Asked:
+def _translate(d: Daemon, kind: str, body: dict, route: _Route) -> _Asked:
     model = ollama.model_of(body)
     keep = ollama.keep_alive_seconds(body.get("keep_alive"))
     if kind in ("embed", "embeddings"):
@@ -393,7 +411,7 @@ def _translate(kind: str, body: dict, route: _Route) -> _Asked:
         endpoint = "chat/completions"
     else:
         endpoint, payload, images = ollama.generate_request(body, route.name)
-    if images and not _has_vision(route):
+    if images and not _has_vision(d, route):
         raise UsageError(f"model '{model}' has no vision projector (mmproj): it cannot read images")
     n = ollama.num_ctx_of(body)
     if n is not None:
@@ -410,7 +428,7 @@ async def serve_inference(d: Daemon, relay, kind: str, scope, receive, send) -> 
     try:
         body = ollama.check_body(await _read_body(receive))
         route = resolve_route(d, ollama.model_of(body), admin)
-        asked = _translate(kind, body, route)
+        asked = _translate(d, kind, body, route)
         if asked.empty:
             await _load_or_unload(d, asked, route, admin, send)
             return
