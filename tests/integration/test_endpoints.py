@@ -105,6 +105,17 @@ def test_answers_name_the_model_the_client_used(daemon, two):
         assert status == 200 and body["model"] == "alpha", (path, body)
 
 
+def test_claude_codes_query_string_is_routed_like_the_path(daemon, model_file):
+    inst = launch(daemon, model_file, name="cc")
+    body = {"model": "cc", "max_tokens": 4, "messages": MESSAGES}
+    status, answer = api(daemon, "POST", "/v1/messages?beta=true", body)
+    assert status == 200 and answer["type"] == "message", answer
+    status, answer = api(daemon, "POST", "/v1/messages/count_tokens?beta=true", body)
+    assert status == 200 and answer["input_tokens"] > 0
+    paths = [r["path"] for r in received(inst["port"])]
+    assert paths[-2:] == ["/v1/messages", "/v1/messages/count_tokens"]
+
+
 def test_a_users_own_alias_is_kept(daemon, model_file):
     inst = launch(daemon, model_file, name="own", flags=["--alias", "served-as"])
     argv = inst["argv"]

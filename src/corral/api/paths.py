@@ -92,7 +92,7 @@ def form_fields(body: bytes, content_type: str, wanted: tuple[str, ...]) -> dict
     ctype, _, params = content_type.partition(";")
     if ctype.strip().lower() != "multipart/form-data":
         raise UsageError(
-            f"this endpoint takes multipart/form-data, not {ctype.strip() or 'no type'}"
+            f"this endpoint takes multipart/form-data, not {ctype.strip() or 'an untyped body'}"
         )
     boundary = ""
     for param in params.split(";"):
