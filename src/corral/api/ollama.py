@@ -343,13 +343,16 @@ class _Answer:
         self.translator = ollama.StreamTranslator(kind, model, t0)
         self.stream, self.client_send = stream, send
         self.status: int | None = None
+        self.retry_after: list = []  # a Busy answer's Retry-After, kept for its error
         self.streaming = False
         self.body = bytearray()
 
     async def send(self, message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            ctype = dict(message.get("headers") or ()).get(b"content-type", b"")
+            headers = message.get("headers") or ()
+            self.retry_after = [(k, v) for k, v in headers if k == b"retry-after"]
+            ctype = dict(headers).get(b"content-type", b"")
             if self.stream and self.status < 400 and b"text/event-stream" in ctype:
                 self.streaming = True
                 await self.client_send(
@@ -429,10 +432,10 @@ async def serve_inference(d: Daemon, relay, kind: str, scope, receive, send) -> 
         body = ollama.check_body(await _read_body(receive))
         route = resolve_route(d, ollama.model_of(body), admin)
         asked = _translate(d, kind, body, route)
-        if asked.empty:
-            await _load_or_unload(d, asked, route, admin, send)
-            return
         num_ctx = ollama.num_ctx_of(body)
+        if asked.empty:
+            await _load_or_unload(d, asked, route, num_ctx, admin, send)
+            return
         asked.payload["model"] = await ensure_instance(d, route, num_ctx, asked.keep, admin)
     except CorralError as exc:
         await _send_error(send, exc)
@@ -444,14 +447,17 @@ async def serve_inference(d: Daemon, relay, kind: str, scope, receive, send) -> 
         await _unload(d, asked.payload["model"], admin)
 
 
-async def _load_or_unload(d: Daemon, asked: _Asked, route: _Route, admin: bool, send) -> None:
-    """An empty chat/generate: ``keep_alive: 0`` unloads the model now, else it is loaded."""
+async def _load_or_unload(
+    d: Daemon, asked: _Asked, route: _Route, num_ctx: int | None, admin: bool, send
+) -> None:
+    """An empty chat/generate: ``keep_alive: 0`` unloads the model now, else it is loaded
+    (with ``num_ctx`` if asked)."""
     if asked.keep == 0:
         await _unload(d, route.name, admin)
         reason = "unload"
     else:
-        await ensure_instance(d, route, None, asked.keep, admin)
-        await d.router.instance_for(route.name, admin=admin)
+        name = await ensure_instance(d, route, num_ctx, asked.keep, admin)
+        await d.router.instance_for(name, admin=admin)
         reason = "load"
     await _send_json(send, 200, ollama.empty_answer(asked.kind, asked.model, reason))
 
@@ -465,7 +471,7 @@ async def _finish(answer: _Answer, asked: _Asked, t0: float, send) -> None:
         return  # the client left before anything was answered
     if answer.status >= 400:
         message = ollama.error_message(answer.status, bytes(answer.body))
-        await _send_json(send, answer.status, {"error": message})
+        await _send_json(send, answer.status, {"error": message}, answer.retry_after)
         return
     try:
         data = json.loads(answer.body)
