@@ -333,3 +333,24 @@ def test_ollama_port_equal_to_the_daemon_port_is_refused(daemon_env):
     assert proc.returncode == 2, proc.stderr
     assert "ollama_port" in proc.stderr and "daemon's own port" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_keys_hold_on_the_ollama_port(spawn_daemon, tmp_path):
+    port = free_port()
+    d = spawn_daemon(CORRAL_OLLAMA_PORT=str(port))
+    path = write_gguf(tmp_path / "k" / "keyed-Q4_K_M.gguf")
+    assert api(d, "POST", "/api/v1/models/import", {"path": str(path), "name": "keyed"})[0] == 200
+    proc = d.cli("keys", "create", "tool", "--scope", "inference")
+    assert proc.returncode == 0, proc.stderr
+    secret = proc.stdout.strip()
+    wait_for(lambda: raw(port, "GET", "/api/tags")[0] == 401, 5, message="keys required")
+    status, _, body = raw(port, "GET", "/api/tags")
+    assert isinstance(json.loads(body)["error"], str)  # Ollama's shape, for Ollama clients
+    assert raw(port, "GET", "/")[:2] == (200, "text/plain; charset=utf-8")  # the probe stays open
+    auth = {"authorization": f"Bearer {secret}"}
+    with ollama.Client(host=f"http://127.0.0.1:{port}", headers=auth, timeout=60) as c:
+        assert [m.model for m in c.list().models] == ["keyed:latest"]
+        assert c.chat(model="keyed", messages=[{"role": "user", "content": "hi"}]).done
+        with pytest.raises(ollama.ResponseError) as err:
+            c.delete("keyed")  # changes the index: an admin's
+        assert err.value.status_code == 403
