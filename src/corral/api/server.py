@@ -106,8 +106,10 @@ def check_ollama_port(settings: Settings) -> int:
 def listen(host: str, port: int, what: str) -> socket.socket:
     """A listening socket on ``host:port``, or a one-line Conflict naming ``what`` it is for."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # "::" takes IPv4 too, as when uvicorn binds it itself (create_server says v6 only)
+    dual = host == "::" and socket.has_dualstack_ipv6()
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        return socket.create_server((host, port), family=family, backlog=2048, dualstack_ipv6=dual)
     except OSError as exc:
         raise Conflict(
             f"cannot listen on {bind_url(host, port)} for {what}: {exc.strerror or exc}"
