@@ -1311,7 +1311,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
-            self._exception("'messages' is required")
+            # the real conversion throws a runtime_error here, which ex_wrapper makes a 500
+            self._send_json(500, _error_body("'messages' is required", "server_error", 500))
             return
         n_prompt = _count_tokens(msgs) + _count_tokens(body.get("system") or "")
         pieces, finish = self._generate(body)

@@ -216,6 +216,9 @@ def test_anthropic_errors_take_anthropics_shape(daemon, model_file):
     cases = [
         ({"model": "nope", "max_tokens": 4, "messages": MESSAGES}, 404, "not_found_error"),
         ({"model": 7, "max_tokens": 4, "messages": MESSAGES}, 400, "invalid_request_error"),
+        # llama-server would answer these with a 500: corral checks first
+        ({"model": "ant", "max_tokens": 4}, 400, "invalid_request_error"),
+        ({"model": "ant", "max_tokens": 4, "messages": "hi"}, 400, "invalid_request_error"),
     ]
     for body, status, typ in cases:
         got, answer = api(daemon, "POST", "/v1/messages", body)

@@ -44,14 +44,16 @@ def test_the_table_holds_llama_servers_paths_and_what_the_relay_needs():
 
 def test_request_fields_of_json_bodies():
     route = ROUTES["/v1/messages"]
-    assert request_fields(route, b'{"model": "m", "stream": true}', []) == ("m", True)
-    assert request_fields(route, b'{"stream": "yes"}', []) == (None, False)
-    assert request_fields(route, b'{"model": ""}', []) == (None, False)
+    ok = b'"messages": []'
+    assert request_fields(route, b'{"model": "m", "stream": true, ' + ok + b"}", []) == ("m", True)
+    assert request_fields(route, b'{"stream": "yes", ' + ok + b"}", []) == (None, False)
+    assert request_fields(ROUTES["/tokenize"], b'{"model": ""}', []) == (None, False)
     for body, msg in [
         (b"{nope", "not valid JSON"),
         (b"[1]", "JSON object"),
         (b'{"model": 3}', "must be a string"),
         (b'{"model": ["a"]}', "not list"),
+        (b'{"model": "m", "messages": {}}', '"messages" is required'),
     ]:
         with pytest.raises(CorralError) as err:
             request_fields(route, body, [])

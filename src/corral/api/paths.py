@@ -13,6 +13,9 @@ changes nothing but the host. Each :class:`Route` says what the relay needs to k
   ``anthropic``; the guard's 401/403 too).
 * ``counted``: whether the answer reports token usage to read afterwards (token counting,
   tokenize and template endpoints do not, so their answers are not even kept).
+* ``requires``: a list member checked before relaying, where llama-server would answer
+  its absence with a 500 (its Anthropic conversion throws a runtime error for a missing
+  ``messages``): corral says 400 in the dialect's shape instead.
 * ``label``: the ``endpoint`` label of the request metrics: the path without ``/v1/`` or
   its leading ``/`` (``chat/completions``, ``infill``), so the same work under its ``/v1``
   and its bare path is one series.
@@ -39,6 +42,7 @@ class Route:
     dialect: str = "openai"  # openai | anthropic
     counted: bool = True
     label: str = ""
+    requires: str | None = None
 
 
 def _routes(*rows: tuple) -> dict[str, Route]:
@@ -47,7 +51,8 @@ def _routes(*rows: tuple) -> dict[str, Route]:
     for row in rows:
         path, kind, dialect, counted = row + defaults[len(row) - 1 :]
         label = path.removeprefix("/v1/").lstrip("/")
-        table[path] = Route(path, path, kind, dialect, counted, label)
+        requires = "messages" if dialect == "anthropic" else None
+        table[path] = Route(path, path, kind, dialect, counted, label, requires)
     return table
 
 
@@ -141,7 +146,8 @@ def request_fields(route: Route, body: bytes, headers) -> tuple[str | None, bool
     that is not what the endpoint takes, or a ``model`` that is not a name."""
     if route.kind == "multipart":
         ctype = next((v for k, v in headers if k == b"content-type"), b"").decode("latin-1")
-        fields = form_fields(body, ctype, ("model", "stream"))
+        fields: dict = form_fields(body, ctype, ("model", "stream"))
+        data = fields
         model: object = fields.get("model")
         stream = fields.get("stream", "").strip().lower() == "true"
     else:
@@ -153,10 +159,12 @@ def request_fields(route: Route, body: bytes, headers) -> tuple[str | None, bool
             raise UsageError("request body must be a JSON object")
         model = data.get("model")
         stream = data.get("stream") is True
-    if model is None or model == "":
-        return None, stream
-    if not isinstance(model, str):
+    if model == "":
+        model = None
+    if model is not None and not isinstance(model, str):
         raise UsageError(
             f'"model" must be a string (a name from GET /v1/models), not {type(model).__name__}'
         )
+    if route.requires is not None and not isinstance(data.get(route.requires), list):
+        raise UsageError(f'"{route.requires}" is required: a list')
     return model, stream
