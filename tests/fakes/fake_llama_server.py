@@ -1472,6 +1472,11 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _count_tokens_anthropic(self) -> None:
+        body = self._json_body()
+        if body is not None and not isinstance(body.get("messages"), list):
+            # the same Anthropic conversion as /v1/messages: a runtime_error, a 500
+            self._send_json(500, _error_body("'messages' is required", "server_error", 500))
+            return
         self._input_tokens(oai=False)
 
     def _rerank(self) -> None:
