@@ -322,7 +322,7 @@ def test_presets_are_listed_and_answer(daemon, client, tiny):
 def test_create_and_push_say_what_corral_does_instead(client, daemon):
     for path in ("/api/create", "/api/push"):
         status, _, body = raw(daemon.settings.port, "POST", path, b'{"model": "x"}')
-        assert status == 501 and "hf.co/ORG/REPO:QUANT" in json.loads(body)["error"]
+        assert status == 400 and "hf.co/ORG/REPO:QUANT" in json.loads(body)["error"]
 
 
 def test_ollama_port_equal_to_the_daemon_port_is_refused(daemon_env):

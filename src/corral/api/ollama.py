@@ -748,9 +748,10 @@ async def copy(request: Request):
 @router.post("/api/create")
 @router.post("/api/push")
 async def not_supported() -> JSONResponse:
-    """Ollama's model building and pushing: not corral's; a clear 501 in Ollama's shape."""
+    """Ollama's model building and pushing: not corral's; a clear 400 in Ollama's shape
+    (not 501: no 5xx for what a client asked wrongly)."""
     return _error_json(
-        501,
+        400,
         "corral does not build or push Ollama models: pull GGUF models from Hugging Face "
         "(ollama pull hf.co/ORG/REPO:QUANT), or import GGUF files (corral import PATH)",
     )
