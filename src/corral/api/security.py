@@ -8,8 +8,10 @@ One pure ASGI middleware (:class:`Guard`) checks every request on the raw scope,
 2. ``Origin``, when sent, is this daemon: cross-site fetches and forms are refused (403).
 3. A state-changing request with a body is ``application/json`` (else 415): an HTML form
    can post without a CORS preflight, but only as urlencoded, multipart or text/plain.
-   The one exception is multipart on the transcription paths (OpenAI's API takes the
-   audio file so); a form posted there from another site still carries its ``Origin``.
+   The exceptions: multipart on the transcription paths (OpenAI's API takes the audio
+   file so; a form posted there from another site still carries its ``Origin``), and any
+   type on the Ollama API's paths when no ``Origin`` is sent (``curl -d``, as Ollama's
+   documentation calls it; browsers send an ``Origin`` with every POST).
 4. A key, when one is required: always beyond loopback; on loopback as soon as an
    unrevoked key exists or CORRAL_API_KEY is set. Accepted: CORRAL_API_KEY and the local
    token in CORRAL_HOME/daemon.token (both admin), and keys from ``corral keys create``,
@@ -65,6 +67,15 @@ OLLAMA_INFERENCE = frozenset(
         ("POST", "/api/embeddings"),
     }
 )
+#: Every path of the Ollama API that takes a body. Ollama's own documentation calls it
+#: with ``curl -d '{...}'``, which says urlencoded: there a body of any type is read as
+#: JSON when no ``Origin`` came with it (a browser always sends one with a POST).
+OLLAMA_BODY_PATHS = frozenset(
+    {
+        "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show",
+        "/api/pull", "/api/delete", "/api/copy", "/api/create", "/api/push",
+    }
+)  # fmt: skip
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MULTIPART = "multipart/form-data"
 
@@ -75,7 +86,7 @@ def _allowed_hosts(settings: Settings) -> set[str] | None:
     if not is_loopback(settings.host):
         return None
     names = {"127.0.0.1", "localhost", "[::1]", settings.host.lower()}
-    ports = {settings.port, getattr(settings, "ollama_port", None)} - {None}
+    ports = {settings.port, getattr(settings, "ollama_port", None)} - {None, 0}  # 0: off
     hosts = {f"{n}:{port}" for n in names for port in ports}
     return hosts | (names if 80 in ports else set())
 
@@ -208,7 +219,9 @@ class Guard:
             head.get(b"content-length", "0") != "0" or b"transfer-encoding" in head
         ):
             ctype = head.get(b"content-type", "").split(";", 1)[0].strip().lower()
-            if ctype != "application/json" and not (ctype == MULTIPART and path in MULTIPART_PATHS):
+            if ctype == "application/json" or (origin is None and path in OLLAMA_BODY_PATHS):
+                return
+            if not (ctype == MULTIPART and path in MULTIPART_PATHS):
                 raise Denied(
                     415,
                     "unsupported_media_type",
