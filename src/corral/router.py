@@ -129,6 +129,11 @@ class Target:
     preset: str | None = None
     model: str | None = None  # model id/path when no preset
 
+    @classmethod
+    def of_model(cls, entry) -> Target:
+        """The target of a model of the index (its ``ModelRecord``), started from its file."""
+        return cls(key=f"model:{entry.path}", label=entry.name, model=entry.id)
+
 
 class Router:
     """Finds (or starts) the instance serving a model, proxies requests, keeps counters."""
@@ -241,7 +246,7 @@ class Router:
                 "(GET /v1/models lists what can be used)"
             ) from None
         rec = self._live(lambda r: r.model == entry.path and r.preset is None)
-        return rec, Target(key=f"model:{entry.path}", label=entry.name, model=entry.id)
+        return rec, Target.of_model(entry)
 
     async def instance_for(self, model: str, *, admin: bool = False):
         """(ready instance, label) for ``model``, started on demand (once per target)."""
@@ -255,23 +260,68 @@ class Router:
             if rec is not None
             else target.key
         )
+        ready = await self._queued(qkey, target.label, lambda: self._await_ready(rec, target))
+        return ready, target.label
+
+    async def ensure(
+        self,
+        target: Target,
+        *,
+        flags: tuple[str, ...] | list[str] = (),
+        idle_ttl: float | None = None,
+        replace: str | None = None,
+    ):
+        """Start an instance of ``target`` (a preset or a model of the index) launched with
+        the extra llama-server ``flags``, and return it ready: the on-demand start's path
+        (room made under the cap and the memory budget, eviction, the queue, events, load
+        metrics). Concurrent calls for the same target and flags share one start; with no
+        flags that is the on-demand start's own.
+
+        The caller has looked for a live instance that already fits (only it knows what
+        "fits" means for its flags). ``replace`` names an instance this start supersedes
+        (the same model with another context): it is retired first, under the eviction
+        lock, if it may still be evicted then (a router instance, loaded, nothing in
+        flight, not pinned); otherwise the new one starts beside it. ``idle_ttl`` (seconds,
+        0 = never) is the instance's own, also when the start was another caller's.
+        """
+        if target.key.startswith("instance:"):
+            raise UsageError(
+                f"{target.label!r} is an instance: flags can be chosen for a preset or a "
+                "model of the index"
+            )
+        flags = tuple(flags)
+        key = target.key + (" " + " ".join(flags) if flags else "")
+        start = Target(key=key, label=target.label, preset=target.preset, model=target.model)
+
+        async def started():
+            task = self._start_task(key, lambda: self._start(start, flags, idle_ttl, replace))
+            return await asyncio.shield(task)
+
+        rec = await self._queued(key, target.label, started)
+        if idle_ttl is not None and rec.idle_ttl != idle_ttl:
+            rec = self.supervisor.set_idle_ttl(rec.name, idle_ttl)
+        return rec
+
+    async def _queued(self, qkey: str, label: str, wait):
+        """``await wait()`` as one of the requests queued for ``qkey``'s load: at most
+        ``router_queue_limit`` of them, each at most ``router_queue_timeout`` seconds (the
+        load goes on in the background); Busy (503) beyond either."""
         waiting = self._waiting.get(qkey, 0)
         if waiting >= self.settings.router_queue_limit:
             raise Busy(
-                f"{waiting} requests already wait for {target.label!r} to load; try again shortly",
+                f"{waiting} requests already wait for {label!r} to load; try again shortly",
                 retry_after=5,
             )
         self._waiting[qkey] = waiting + 1
-        self.metrics.queue_depth.labels(target.label).set(waiting + 1)
+        self.metrics.queue_depth.labels(label).set(waiting + 1)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose the caller's
             # cancellation (a client that left) when the load completes at that moment.
             async with asyncio.timeout(self.settings.router_queue_timeout):
-                ready = await self._await_ready(rec, target)
-            return ready, target.label
+                return await wait()
         except TimeoutError:
             raise Busy(
-                f"{target.label!r} is still loading after "
+                f"{label!r} is still loading after "
                 f"{self.settings.router_queue_timeout:g} s; try again later",
                 retry_after=30,
             ) from None
@@ -281,19 +331,24 @@ class Router:
                 self._waiting[qkey] = left
             else:
                 del self._waiting[qkey]
-            self.metrics.queue_depth.labels(target.label).set(left)
+            self.metrics.queue_depth.labels(label).set(left)
 
     async def _await_ready(self, rec, target: Target):
         if rec is None:
-            task = self._starting.get(target.key)
-            if task is None or task.done():
-                task = asyncio.create_task(self._start(target))
-                self._starting[target.key] = task
-                task.add_done_callback(lambda t, k=target.key: self._forget_start(k, t))
+            task = self._start_task(target.key, lambda: self._start(target))
             rec = await asyncio.shield(task)
         if State(rec.state) is not State.READY:
             rec = await self.supervisor.wait_ready(rec.name)
         return rec
+
+    def _start_task(self, key: str, make) -> asyncio.Task:
+        """The start under way for ``key``, or a new one (``make()``): one per key."""
+        task = self._starting.get(key)
+        if task is None or task.done():
+            task = asyncio.create_task(make())
+            self._starting[key] = task
+            task.add_done_callback(lambda t, k=key: self._forget_start(k, t))
+        return task
 
     def _forget_start(self, key: str, task: asyncio.Task) -> None:
         if self._starting.get(key) is task:
@@ -303,10 +358,15 @@ class Router:
         if not task.cancelled():
             task.exception()  # retrieved: the waiters got it
 
-    async def _start(self, target: Target):
-        """Start what ``target`` names (making room first) and wait until it is ready."""
-        from corral import presets
-
+    async def _start(
+        self,
+        target: Target,
+        flags: tuple[str, ...] = (),
+        idle_ttl: float | None = None,
+        replace: str | None = None,
+    ):
+        """Start what ``target`` names (making room first) and wait until it is ready;
+        ``flags``, ``idle_ttl`` and ``replace`` as :meth:`ensure` says."""
         began = time.monotonic()
         if target.key.startswith("instance:"):
             name = target.key.split(":", 1)[1]
@@ -316,22 +376,7 @@ class Router:
                     lambda: self.supervisor.start_instance(name), target.label
                 )
         else:
-            sup = self.supervisor
-            spec = await presets.compose(
-                sup.store,
-                sup.catalog,
-                taken=[r.name for r in sup.list()],
-                preset=target.preset,
-                model=target.model,
-                origin="router",
-            )
-            if spec.name is None:  # a model of the index (a preset names its own)
-                spec.name = derive_name(Path(target.label), sup.taken_names())
-            async with self._evict_lock:  # room made and taken in one step
-                await self._make_room(await self._host_need(spec))
-                rec = await self._launch_with_room(
-                    lambda: self.supervisor.launch(spec), target.label
-                )
+            rec = await self._launch_new(target, flags, idle_ttl, replace)
             self._queue_alias[f"instance:{rec.name}"] = target.key
         self._publish("starting", rec.name, target.label)
         try:
@@ -344,6 +389,32 @@ class Router:
         self._last_used[rec.name] = time.monotonic()
         self.metrics.load_seconds.labels(target.label).observe(time.monotonic() - began)
         return rec
+
+    async def _launch_new(
+        self, target: Target, flags: tuple[str, ...], idle_ttl: float | None, replace: str | None
+    ):
+        """Compose and launch a router instance of a preset or a model of the index."""
+        from corral import presets
+
+        sup = self.supervisor
+        spec = await presets.compose(
+            sup.store,
+            sup.catalog,
+            taken=[r.name for r in sup.list()],
+            preset=target.preset,
+            model=target.model,
+            flags=list(flags),
+            idle_ttl=idle_ttl,
+            origin="router",
+        )
+        if spec.name is None:  # a model of the index (a preset names its own)
+            spec.name = derive_name(Path(target.label), sup.taken_names())
+        async with self._evict_lock:  # room made and taken in one step
+            old = next((r for r in self.evictable() if r.name == replace), None)
+            if old is not None:
+                await self._retire(old, f"replaced (a start with {' '.join(flags)})")
+            await self._make_room(await self._host_need(spec))
+            return await self._launch_with_room(lambda: sup.launch(spec), target.label)
 
     def _model_bytes(self, model: str | None) -> int:
         if not model:
@@ -508,6 +579,17 @@ class Router:
                     metric.remove(*labels)
                 except KeyError:  # already removed through another key
                     pass
+
+    async def unload(self, name: str) -> bool:
+        """Unload instance ``name`` now, as an idle-out does: a router instance is stopped
+        and forgotten (its counters and metric series go with it); a user's is stopped,
+        and the router may start it again on demand. False when it is not running (or
+        not known)."""
+        rec = self.supervisor.find(name)
+        if rec is None or rec.desired != "running" or State(rec.state) not in LIVE:
+            return False
+        await self._retire(rec, "unloaded (asked)")
+        return True
 
     def idle_ttl_of(self, rec) -> float:
         """Seconds of disuse after which ``rec`` is stopped; 0 = never."""

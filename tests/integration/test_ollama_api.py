@@ -354,3 +354,98 @@ def test_keys_hold_on_the_ollama_port(spawn_daemon, tmp_path):
         with pytest.raises(ollama.ResponseError) as err:
             c.delete("keyed")  # changes the index: an admin's
         assert err.value.status_code == 403
+
+
+# -- num_ctx and keep_alive go through the router ------------------------------------------
+
+
+def _import(d, tmp_path: Path, name: str, **fake) -> Path:
+    path = write_gguf(tmp_path / name / f"{name}-Q4_K_M.gguf")
+    if fake:
+        sidecar(path, **fake)
+    status, out = api(d, "POST", "/api/v1/models/import", {"path": str(path), "name": name})
+    assert status == 200, out
+    return path
+
+
+def _metrics(d) -> str:
+    status, text = api(d, "GET", "/metrics")
+    assert status == 200
+    return text
+
+
+def test_a_num_ctx_start_evicts_under_the_cap_as_an_on_demand_start(spawn_daemon, tmp_path):
+    d = spawn_daemon(CORRAL_ROUTER_MAX_INSTANCES="1")
+    _import(d, tmp_path, "alpha")
+    _import(d, tmp_path, "beta")
+    with ollama.Client(host=f"http://127.0.0.1:{d.settings.port}", timeout=60) as c:
+        assert c.chat(model="alpha", messages=[{"role": "user", "content": "x"}]).done
+        assert [i["name"] for i in api(d, "GET", "/api/v1/instances")[1]] == ["alpha"]
+        out = c.chat(
+            model="beta", messages=[{"role": "user", "content": "y"}], options={"num_ctx": 1024}
+        )
+        assert out.done
+    [inst] = api(d, "GET", "/api/v1/instances")[1]  # alpha went: the cap is 1
+    assert inst["origin"] == "router" and inst["model"].endswith("beta-Q4_K_M.gguf")
+    assert inst["argv"][inst["argv"].index("--ctx-size") + 1] == "1024"
+    text = _metrics(d)
+    assert 'corral_instances_retired_total{reason="evicted"} 1.0' in text
+    assert 'corral_model_load_seconds_count{model="beta"} 1.0' in text  # the router's load
+
+
+def test_concurrent_chats_with_one_new_num_ctx_start_one_instance(daemon, tmp_path):
+    import concurrent.futures
+
+    _import(daemon, tmp_path, "slow", load_seconds=1.5)
+
+    def ask(i: int) -> bool:
+        with ollama.Client(host=f"http://127.0.0.1:{daemon.settings.port}", timeout=60) as c:
+            msg = [{"role": "user", "content": f"q{i}"}]
+            return c.chat(model="slow", messages=msg, options={"num_ctx": 768}).done
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(ask, range(4)))
+    insts = api(daemon, "GET", "/api/v1/instances")[1]
+    assert len(insts) == 1, insts
+    assert insts[0]["argv"][insts[0]["argv"].index("--ctx-size") + 1] == "768"
+    assert 'corral_model_load_seconds_count{model="slow"} 1.0' in _metrics(daemon)
+
+
+def test_keep_alive_sets_the_ttl_of_a_running_instance(daemon, client, tiny):
+    import datetime
+
+    assert client.chat(model="tiny", messages=[{"role": "user", "content": "x"}]).done
+    [inst] = api(daemon, "GET", "/api/v1/instances")[1]
+    assert inst["idle_ttl"] is None  # the router's default
+    before = datetime.datetime.now(datetime.timezone.utc)
+    msg = [{"role": "user", "content": "y"}]
+    assert client.chat(model="tiny", messages=msg, keep_alive="10m").done
+    [again] = api(daemon, "GET", "/api/v1/instances")[1]
+    assert again["name"] == inst["name"] and again["pid"] == inst["pid"]  # the same process
+    assert again["idle_ttl"] == 600
+    [row] = client.ps().models
+    left = (row.expires_at - before).total_seconds()
+    assert 590 <= left <= 610, left
+    # a user's instance too, for an admin (no key here: the local caller is one)
+    status, user = api(
+        daemon, "POST", "/api/v1/instances", {"model": tiny["path"], "name": "mine", "wait": True}
+    )
+    assert status == 201, user
+    assert client.generate(model="mine", prompt="hi", keep_alive="1h").done
+    assert api(daemon, "GET", "/api/v1/instances/mine")[1]["idle_ttl"] == 3600
+
+
+def test_keep_alive_zero_unloads_and_the_router_forgets_the_instance(daemon, client, tiny):
+    assert client.chat(model="tiny", messages=[{"role": "user", "content": "x"}]).done
+    [inst] = api(daemon, "GET", "/api/v1/instances")[1]
+    name = inst["name"]
+    assert name in api(daemon, "GET", "/api/v1/usage")[1]["instances"]
+    assert f'instance="{name}"' in _metrics(daemon)
+    out = client.chat(model="tiny", messages=[{"role": "user", "content": "y"}], keep_alive=0)
+    assert out.done
+    wait_for(lambda: api(daemon, "GET", "/api/v1/instances")[1] == [], 10, message="unloaded")
+    assert client.ps().models == []
+    assert name not in api(daemon, "GET", "/api/v1/usage")[1]["instances"]
+    text = _metrics(daemon)
+    assert f'instance="{name}"' not in text, text
+    assert 'corral_instances_retired_total{reason="unloaded"} 1.0' in text

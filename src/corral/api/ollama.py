@@ -8,11 +8,13 @@ interface — the caller's scope state goes with it, so keys and scopes hold, an
 on-demand start, queue, heartbeats, usage counting and metrics are the router's own. The
 relay's answer is translated back as it arrives: SSE chunks become NDJSON lines.
 
-Two things the router does not know are done here, with the supervisor's public
-methods: ``options.num_ctx`` (the instance must run with that context: one is launched
-with ``--ctx-size``, replacing an idle router instance of the same model that runs with
-another) and ``keep_alive`` (``0`` stops the instance after the answer; another value is
-the idle TTL of an instance this request launches).
+Two things are Ollama's own, done with the router's and the supervisor's public doors:
+``options.num_ctx`` (the instance must run with that context: the router starts one with
+``--ctx-size`` — :meth:`Router.ensure`, the on-demand start's path with its cap, budget,
+eviction and de-duplication — replacing a loaded, idle router instance of the same model
+that runs with another) and ``keep_alive`` (``0`` unloads the instance after the answer,
+:meth:`Router.unload`; another value becomes the idle TTL of the instance serving the
+request, :meth:`Supervisor.set_idle_ttl`).
 
 The rest (``/api/version``, ``tags``, ``show``, ``ps``, ``pull``, ``delete``, ``copy``)
 are FastAPI routes (:data:`router`). Every error is Ollama's ``{"error": "..."}``.
@@ -29,7 +31,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -41,12 +42,11 @@ from corral.errors import (
     Busy,
     Conflict,
     CorralError,
-    LaunchFailed,
     NotFound,
     TooLarge,
     UsageError,
 )
-from corral.router import LIVE
+from corral.router import LIVE, Target
 from corral.store import models as model_table
 from corral.supervisor.states import State
 
@@ -195,8 +195,6 @@ def _has_vision(d: Daemon, route: _Route) -> bool:
 
 # -- instances: num_ctx and keep_alive ---------------------------------------------------
 
-_locks: dict[str, asyncio.Lock] = {}
-
 
 def _same_target(rec, route: _Route) -> bool:
     target = route.target
@@ -205,46 +203,58 @@ def _same_target(rec, route: _Route) -> bool:
     return route.entry is not None and rec.model == route.entry.path and rec.preset is None
 
 
+def _launch_target(route: _Route) -> Target:
+    """What the router starts for a ``num_ctx``: the route's preset or model of the index;
+    for a route to an instance, that instance's model (never the instance itself)."""
+    target = route.target
+    if getattr(target, "preset", None) or getattr(target, "model", None):
+        return target
+    if route.entry is None:
+        raise Conflict(
+            f"instance {route.name!r} runs with its own context size; num_ctx can be "
+            "chosen for a model of the index or a preset"
+        )
+    return Target.of_model(route.entry)
+
+
 async def ensure_instance(
     d: Daemon, route: _Route, num_ctx: int | None, keep: float | None, admin: bool
 ) -> str:
-    """The name to relay to: the route's own, unless the request needs an instance the
-    router would not start — one with ``num_ctx`` as its context, or (none running) one
-    with ``keep_alive`` as its idle TTL — which is launched here and named."""
+    """The name to relay to, with the instance the request needs made so: one running
+    with ``num_ctx`` as its context (the router starts it, replacing a loaded, idle
+    router instance of the model that runs with another, as Ollama reloads a model; a
+    user's instance is never touched: the new one runs beside it), and ``keep_alive``
+    (> 0, or < 0 for never) as the idle TTL of whatever serves it."""
     live = route.rec if _live(route.rec) else None
-    if num_ctx is None and (keep is None or keep == 0 or live is not None):
-        return route.name
-    if live is not None and ollama.ctx_of(live.flags, live.argv) == num_ctx:
-        return live.name
-    target = route.target
-    if not getattr(target, "preset", None) and not getattr(target, "model", None):
-        if route.entry is None:
-            raise Conflict(
-                f"instance {route.name!r} runs with its own context size; num_ctx can be "
-                "chosen for a model of the index or a preset"
-            )
-    key = f"{target.key}:{num_ctx}"
-    lock = _locks.setdefault(key, asyncio.Lock())
-    async with lock:
-        for rec in d.supervisor.list():
-            if (
-                _live(rec)
-                and _same_target(rec, route)
-                and (num_ctx is None or ollama.ctx_of(rec.flags, rec.argv) == num_ctx)
-            ):
-                return rec.name
-        if _replaceable(d, live):
-            await d.supervisor.remove(live.name)  # Ollama reloads a model for a new num_ctx
-        name = await _launch(d, route, num_ctx, keep)
-    if len(_locks) > 256:  # one per model and num_ctx asked: forget the idle ones
-        for k in [k for k, held in _locks.items() if not held.locked()]:
-            del _locks[k]
-    return name
+    if num_ctx is None or (live is not None and ollama.ctx_of(live.flags, live.argv) == num_ctx):
+        if keep is None or keep == 0:
+            return live.name if live is not None else route.name
+        if live is None:  # the router's on-demand start, so that the TTL can be set now
+            live, _ = await d.router.instance_for(route.name, admin=admin)
+        return _keep_alive(d, live, keep, admin).name
+    ttl = ollama.idle_ttl_for(keep) if keep else None
+    found = next(
+        (
+            r
+            for r in d.supervisor.list()
+            if _live(r) and _same_target(r, route) and ollama.ctx_of(r.flags, r.argv) == num_ctx
+        ),
+        None,
+    )
+    if found is None:
+        found = await d.router.ensure(
+            _launch_target(route),
+            flags=("--ctx-size", str(num_ctx)),
+            idle_ttl=ttl,
+            replace=live.name if _replaceable(d, live) else None,
+        )
+    return _keep_alive(d, found, keep, admin).name if keep else found.name
 
 
 def _replaceable(d: Daemon, rec) -> bool:
     """Whether ``rec`` may be stopped for a relaunch with another context: a router
-    instance, loaded (not one the router is starting), with nothing in flight."""
+    instance, loaded (not one the router is starting), with nothing in flight (the
+    router checks again, under its eviction lock, before it retires it)."""
     return (
         rec is not None
         and rec.origin == "router"
@@ -253,53 +263,29 @@ def _replaceable(d: Daemon, rec) -> bool:
     )
 
 
-async def _launch(d: Daemon, route: _Route, num_ctx: int | None, keep: float | None) -> str:
-    from corral.presets import compose
-    from corral.supervisor.supervisor import derive_name
-
-    sup = d.supervisor
-    target = route.target
-    model = getattr(target, "model", None) or (route.entry.id if route.entry else None)
-    spec = await compose(
-        sup.store,
-        sup.catalog,
-        taken=[r.name for r in sup.list()],
-        preset=getattr(target, "preset", None),
-        model=None if getattr(target, "preset", None) else model,
-        flags=["--ctx-size", str(num_ctx)] if num_ctx else [],
-        idle_ttl=ollama.idle_ttl_for(keep) if keep else None,
-        origin="router",
-    )
-    if spec.name is None:
-        label = route.entry.name if route.entry is not None else route.name
-        spec.name = derive_name(Path(label), sup.taken_names())
-    rec = await sup.launch(spec)
+def _keep_alive(d: Daemon, rec, keep: float, admin: bool):
+    """``keep_alive`` (not 0) as ``rec``'s idle TTL: on a router instance for anyone, on a
+    user's only for an admin caller (it is theirs otherwise)."""
+    ttl = ollama.idle_ttl_for(keep)
+    if rec.idle_ttl == ttl or (rec.origin != "router" and not admin):
+        return rec
     try:
-        rec = await sup.wait_ready(rec.name, timeout=d.settings.router_queue_timeout)
-    except LaunchFailed:
-        await sup.remove(rec.name)  # ephemeral, as the router's own: leave nothing behind
-        raise
-    return rec.name
+        return d.supervisor.set_idle_ttl(rec.name, ttl)
+    except NotFound:  # gone meanwhile: the relay will say so
+        return rec
 
 
 async def _unload(d: Daemon, name: str, admin: bool) -> None:
-    """keep_alive 0: stop what serves ``name`` — a router instance is removed, as the
-    router retires it; a user's instance only for an admin caller."""
+    """keep_alive 0: unload what serves ``name``, the router's way (a router instance is
+    removed with its counters; a user's is stopped, and only for an admin caller)."""
     rec = d.supervisor.find(name)
     if rec is None:
         try:
             rec, _ = d.router.resolve(name, admin=admin)
         except CorralError:
             return
-    if not _live(rec):
-        return
-    try:
-        if rec.origin == "router":
-            await d.supervisor.remove(rec.name)
-        elif admin:
-            await d.supervisor.stop(rec.name)
-    except NotFound:
-        pass
+    if _live(rec) and (rec.origin == "router" or admin):
+        await d.router.unload(rec.name)
 
 
 # -- the relay, in process ---------------------------------------------------------------

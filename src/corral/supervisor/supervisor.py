@@ -563,6 +563,17 @@ class Supervisor:
         self._persist(self._rt(name), {"restarts": rec.restarts + 1})
         return rec
 
+    def set_idle_ttl(self, name: str, seconds: float | None) -> InstanceRecord:
+        """Give a known instance its own idle TTL (seconds, 0 = never; None = the default
+        for its origin), kept in the store. The router's idle check reads the record, so it
+        holds from the next check on; the process is not touched."""
+        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds >= 0):
+            raise UsageError("idle_ttl must be a number of seconds >= 0 (0 = never)")
+        rt = self._rt(name)
+        self._persist(rt, {"idle_ttl": None if seconds is None else float(seconds)})
+        self._emit(rt, "idle_ttl")
+        return rt.rec
+
     async def remove(self, name: str) -> None:
         """Stop the instance and forget it (its log file is kept)."""
         rt = self._rt(name)
