@@ -9,7 +9,11 @@ Every piece of state lives under ``CORRAL_HOME`` (default ``~/.corral``)::
     cache/         flag catalogs per build
 
 The config file uses the same names as the environment variables, lower-cased and
-without the prefix: ``port_range = "8081-8999"``, ``probe_interval = 10``.
+without the prefix: ``port_range = "8081-8999"``, ``probe_interval = 10``. It is edited
+(by ``PUT /api/v1/settings`` and ``corral setup``) through :func:`write_config`, as a
+document with :mod:`tomlkit`: comments, ordering, blank lines and keys corral does not
+know stay as the user wrote them, and only the changed values differ. The result is
+checked with :mod:`tomllib` before it atomically replaces the old file.
 
 File modes. CORRAL_HOME holds conversations, keys' hashes, logs with prompts: it is
 private to its user. The root fix is the process umask: the CLI entry point and the
@@ -27,11 +31,13 @@ home already keeps others out of them), and logs one warning naming what it chan
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from corral.errors import UsageError
 from corral.types import PORT_MAX, PORT_MIN, to_bool, to_float, to_int
@@ -45,6 +51,8 @@ MIN_API_KEY_LENGTH = 16
 #: The daemon's local admin token, in CORRAL_HOME (mode 0600): written by the daemon
 #: (keys.py), read by the CLI client on loopback.
 TOKEN_FILE = "daemon.token"
+#: The settings file in CORRAL_HOME (see the module docstring).
+CONFIG_FILE = "config.toml"
 
 log = logging.getLogger("corral.settings")
 
@@ -172,6 +180,10 @@ class Settings:
         return self.home / "cache"
 
     @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_FILE
+
+    @property
     def daemon_url(self) -> str:
         if self.url:
             return self.url.rstrip("/")
@@ -222,7 +234,7 @@ def load_settings(**overrides: object) -> Settings:
     """Resolve settings: explicit overrides > env ``CORRAL_*`` > config file > defaults."""
     home = Path(str(overrides["home"])) if "home" in overrides else _home_from_env()
     values: dict[str, object] = {}
-    config = home / "config.toml"
+    config = home / CONFIG_FILE
     if config.is_file():
         try:
             values.update(tomllib.loads(config.read_text()))
@@ -231,9 +243,8 @@ def load_settings(**overrides: object) -> Settings:
     types = {f.name: f.type for f in fields(Settings)}
     typemap = {"Path": Path, "str": str, "int": int, "float": float, "bool": bool}
     for name in types:
-        env = os.environ.get(f"CORRAL_{name.upper()}")
-        if env is not None and env != "":
-            values[name] = env
+        if from_env(name):
+            values[name] = os.environ[env_name(name)]
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["home"] = home
     unknown = set(values) - set(types)
@@ -241,3 +252,99 @@ def load_settings(**overrides: object) -> Settings:
         raise UsageError(f"unknown setting(s) in {config}: {', '.join(sorted(unknown))}")
     kwargs = {k: coerce(k, v, typemap[str(types[k])]) for k, v in values.items()}
     return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def env_name(name: str) -> str:
+    """The environment variable of setting ``name``: ``CORRAL_<NAME>``."""
+    return f"CORRAL_{name.upper()}"
+
+
+def from_env(name: str) -> bool:
+    """Whether the environment sets ``name`` (a set, non-empty variable wins)."""
+    return bool(os.environ.get(env_name(name)))
+
+
+def source(name: str, config: dict[str, Any]) -> str:
+    """Where setting ``name``'s value comes from: ``env``, ``config`` or ``default``
+    (``config``: the parsed config file, from :func:`read_config`)."""
+    return "env" if from_env(name) else "config" if name in config else "default"
+
+
+# -- the config file as a document ------------------------------------------------------
+
+
+def config_text(path: Path) -> str:
+    """The config file's text ("" when there is none) once it is known to parse."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 ({exc}); fix or remove it first")
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML ({exc}); fix or remove it first")
+    return text
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The config file's keys and values ({} when there is none)."""
+    return tomllib.loads(config_text(path))
+
+
+def edit_config(text: str, changes: dict[str, Any]) -> str:
+    """``text`` with each changed key set (added at the end of the top-level keys when it
+    is new) and each None key removed; everything else stays as the user wrote it:
+    comments, order, blank lines, unknown keys and tables (tomlkit edits the document).
+
+    The result is checked to read back as the old values updated with ``changes``.
+    """
+    import tomlkit  # only a write needs it
+
+    doc = tomlkit.parse(text)
+    for key, value in changes.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = _scalar(value)
+    result = tomlkit.dumps(doc)
+    want = {k: v for k, v in {**tomllib.loads(text), **changes}.items() if v is not None}
+    if tomllib.loads(result) != want:  # tomlkit keeps what it parsed; checked all the same
+        raise UsageError("config.toml could not be edited in place; edit the file by hand")
+    return result
+
+
+def _scalar(value: Any) -> Any:
+    """A value the config file can hold: a string, a bool, an int or a finite float."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    if not isinstance(value, (str, bool, int, float)):
+        raise TypeError(f"cannot write {type(value).__name__} to the config file")
+    return value
+
+
+def write_config(path: Path, changes: dict[str, Any]) -> None:
+    """Apply ``changes`` (None removes a key) to the config file atomically, keeping its
+    permissions; a new file is 0600 (it may come to hold a token)."""
+    text = config_text(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o600
+    try:
+        new = edit_config(text, changes)
+    except (TypeError, ValueError) as exc:  # a value no TOML scalar carries
+        raise UsageError(f"{path}: {exc}; edit the file by hand")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(new)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

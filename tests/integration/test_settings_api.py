@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from corral.api.settings import KNOBS, edit_config
+from corral.api.settings import KNOBS
+from corral.settings import edit_config
 from tests.conftest import DaemonProcess
 from tests.fakes.fake_hub import FakeHub
 from tests.fakes.fake_releases import FakeReleases
@@ -41,6 +42,7 @@ EDITABLE = {
     "releases_url",
     "fit_devices",
     "fit_margin_mib",
+    "ollama_port",
 }
 TOKEN = "hf_very_secret_token_123"
 CONFIG_TEXT = f'# my corral settings\nhf_token = "{TOKEN}"\nidle_ttl = 900  # 15 minutes\n'

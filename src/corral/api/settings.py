@@ -1,32 +1,28 @@
 """/api/v1/settings: see and change corral's knobs (the web UI's Settings view).
 
-``GET`` answers every setting a user may want to see: its effective value, its default,
-where the value comes from (``env`` > ``config`` > ``default``), whether it is editable
-here and whether a change applies ``live`` or after a daemon ``restart``. Secrets
-(``api_key``, ``hf_token``) show only whether they are set.
+``GET`` answers every setting a user may want to see: its value, its default, where the
+value comes from (``env`` > ``config`` > ``default``), whether it is editable here and
+whether a change applies ``live`` or after a daemon ``restart``. Secrets (``api_key``,
+``hf_token``) show only whether they are set.
 
 ``PUT`` takes ``{key: value}``; a ``null`` value removes the key from the config file
 (back to the default). Every value is checked first (type and range, with the
 converters of :mod:`corral.types`); one bad key and nothing is written. The keys
-are then written to ``CORRAL_HOME/config.toml`` and set on the daemon's own
+are then written to ``CORRAL_HOME/config.toml`` (:func:`corral.settings.write_config`,
+which keeps the user's comments) and the ``live`` ones are set on the daemon's own
 :class:`Settings`, which the supervisor, router, pulls and builds share and read at each
-use — so every editable key applies live. A key set by a ``CORRAL_*`` variable is
-written too (a later daemon without the variable uses it) but not applied: the
-variable still wins, and the answer says so.
-
-The config file is edited as a document with :mod:`tomlkit`: comments, ordering, blank
-lines and keys corral does not know stay as the user wrote them, and only the changed
-values differ. The result is checked with :mod:`tomllib` before it atomically replaces
-the old file.
+use. A ``restart`` key (``ollama_port``: a socket bound at start, and the Host guard
+that names it) is written but the running daemon keeps what it started with; its
+``value`` is what the next start takes and ``running`` (present when they differ) what
+this daemon uses now. A key set by a ``CORRAL_*`` variable is written too (a later
+daemon without the variable uses it) but not applied: the variable still wins, and the
+answer says so.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import tomllib
 from dataclasses import MISSING, dataclass, fields
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,8 +30,16 @@ from fastapi import APIRouter, Body, Depends
 
 from corral.api.deps import Daemon, get_daemon
 from corral.errors import UsageError
-from corral.settings import Settings
-from corral.types import to_float, to_int
+from corral.settings import (
+    Settings,
+    coerce,
+    env_name,
+    from_env,
+    read_config,
+    source,
+    write_config,
+)
+from corral.types import PORT_MAX, to_float, to_int
 
 router = APIRouter(tags=["settings"])
 
@@ -93,6 +97,12 @@ KNOBS: dict[str, Knob] = {
     "crash_window": _seconds("seconds over which crashes are counted"),
     "log_max_bytes": Knob("size at which an instance log is rotated", low=1024, high=2**40),
     "log_backups": Knob("rotated instance logs kept", low=0, high=100),
+    "ollama_port": Knob(
+        "a second port answering the Ollama API (and /v1/*), e.g. 11434 (Ollama's); 0 = off",
+        low=0,
+        high=PORT_MAX,
+        applies="restart",
+    ),
     "hf_endpoint": Knob("HuggingFace Hub (or mirror) URL used for search and pulls"),
     "releases_url": Knob("llama.cpp releases API URL used by update"),
     "llama_server": Knob("llama-server binary used when no build is registered", editable=False),
@@ -108,58 +118,58 @@ def _default(name: str) -> Any:
     return next(f.default for f in fields(Settings) if f.name == name and f.default is not MISSING)
 
 
-def env_name(name: str) -> str:
-    return f"CORRAL_{name.upper()}"
-
-
-def _from_env(name: str) -> bool:
-    """The same test load_settings applies: a set, non-empty variable wins."""
-    return bool(os.environ.get(env_name(name)))
-
-
 # -- reading ----------------------------------------------------------------------------
-
-
-def _config_text(path: Path) -> str:
-    """The config file's text ("" when there is none) once it is known to parse."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ""
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 ({exc}); fix or remove it first")
-    try:
-        tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML ({exc}); fix or remove it first")
-    return text
 
 
 def describe(settings: Settings) -> dict:
     """The GET answer: every known setting with value, default, source and how it applies."""
-    path = settings.home / "config.toml"
-    config = tomllib.loads(_config_text(path))
-    out = {}
-    for name, knob in KNOBS.items():
-        source = "env" if _from_env(name) else "config" if name in config else "default"
-        value = getattr(settings, name)
-        entry = {
-            "value": None if knob.secret else value,
-            "default": None if knob.secret else _default(name),
-            "source": source,
-            "env": env_name(name),
-            "type": _TYPES[name],
-            "editable": knob.editable,
-            "applies": knob.applies,
-            "secret": knob.secret,
-            "help": knob.help,
-        }
-        if knob.secret:
-            entry["set"] = bool(value)
-        bounds = (("min", knob.low), ("max", knob.high), ("min_exclusive", knob.above))
-        entry.update({key: bound for key, bound in bounds if bound is not None})
-        out[name] = entry
-    return {"config_path": str(path), "settings": out}
+    path = settings.config_path
+    config = read_config(path)
+    return {
+        "config_path": str(path),
+        "settings": {name: _entry(name, knob, settings, config) for name, knob in KNOBS.items()},
+    }
+
+
+def _entry(name: str, knob: Knob, settings: Settings, config: dict[str, Any]) -> dict:
+    running = getattr(settings, name)
+    value = running
+    if knob.applies == "restart" and not knob.secret:
+        value = _at_next_start(name, config, running)
+    entry = {
+        "value": None if knob.secret else value,
+        "default": None if knob.secret else _default(name),
+        "source": source(name, config),
+        "env": env_name(name),
+        "type": _TYPES[name],
+        "editable": knob.editable,
+        "applies": knob.applies,
+        "secret": knob.secret,
+        "help": knob.help,
+    }
+    if knob.secret:
+        entry["set"] = bool(running)
+    elif value != running:
+        entry["running"] = running
+    bounds = (("min", knob.low), ("max", knob.high), ("min_exclusive", knob.above))
+    entry.update({key: bound for key, bound in bounds if bound is not None})
+    return entry
+
+
+def _at_next_start(name: str, config: dict[str, Any], running: Any) -> Any:
+    """What a daemon started now (without command-line flags) takes for ``name``: env >
+    config > default, as load_settings resolves it; the running value when the file's
+    value does not convert (that start would fail and say why)."""
+    if from_env(name):
+        raw: Any = os.environ[env_name(name)]
+    elif name in config:
+        raw = config[name]
+    else:
+        return _default(name)
+    try:
+        return coerce(name, raw, _PYTYPES[_TYPES[name]])
+    except UsageError:
+        return running
 
 
 # -- validation -------------------------------------------------------------------------
@@ -181,6 +191,9 @@ def validate(changes: dict[str, Any], current: Settings) -> dict[str, Any]:
         low, high = (_after(out, current, k) for k in ("backoff_initial", "backoff_max"))
         if low > high:
             raise UsageError(f"backoff_initial ({low:g}) must not exceed backoff_max ({high:g})")
+    port = out.get("ollama_port")
+    if port and port == current.port:  # the check `corral serve` makes (api/server.py)
+        raise UsageError(f"ollama_port {port} is the daemon's own port: choose another one")
     return out
 
 
@@ -229,65 +242,6 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# -- TOML writing -----------------------------------------------------------------------
-
-
-def edit_config(text: str, changes: dict[str, Any]) -> str:
-    """``text`` with each changed key set (added at the end of the top-level keys when it
-    is new) and each None key removed; everything else stays as the user wrote it:
-    comments, order, blank lines, unknown keys and tables (tomlkit edits the document).
-
-    The result is checked to read back as the old values updated with ``changes``.
-    """
-    import tomlkit  # only a PUT needs it
-
-    doc = tomlkit.parse(text)
-    for key, value in changes.items():
-        if value is None:
-            doc.pop(key, None)
-        else:
-            doc[key] = _scalar(value)
-    result = tomlkit.dumps(doc)
-    want = {k: v for k, v in {**tomllib.loads(text), **changes}.items() if v is not None}
-    if tomllib.loads(result) != want:  # tomlkit keeps what it parsed; checked all the same
-        raise UsageError("config.toml could not be edited in place; edit the file by hand")
-    return result
-
-
-def _scalar(value: Any) -> Any:
-    """A value the config file can hold: a string, a bool, an int or a finite float."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"not a finite number: {value!r}")
-    if not isinstance(value, (str, bool, int, float)):
-        raise TypeError(f"cannot write {type(value).__name__} to the config file")
-    return value
-
-
-def write_config(path: Path, changes: dict[str, Any]) -> None:
-    """Apply ``changes`` to the config file atomically, keeping its permissions."""
-    text = _config_text(path)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o600  # it may come to hold a token
-    try:
-        new = edit_config(text, changes)
-    except (TypeError, ValueError) as exc:  # a value no TOML scalar carries
-        raise UsageError(f"{path}: {exc}; edit the file by hand")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(new)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # -- routes -----------------------------------------------------------------------------
 
 
@@ -326,11 +280,12 @@ async def put_settings(
     """Write settings to config.toml and apply them; ``null`` restores a default."""
     checked = validate(changes, d.settings)
     if checked:
-        write_config(d.settings.home / "config.toml", checked)
-    overridden = {k: env_name(k) for k in checked if _from_env(k)}
+        write_config(d.settings.config_path, checked)
+    overridden = {k: env_name(k) for k in checked if from_env(k)}
+    later = sorted(k for k in checked if KNOBS[k].applies == "restart" and k not in overridden)
     applied = []
     for name, value in checked.items():
-        if name in overridden:
+        if name in overridden or name in later:  # the variable wins / bound at start
             continue
         setattr(d.settings, name, _default(name) if value is None else value)
         applied.append(name)
@@ -339,5 +294,5 @@ async def put_settings(
         "updated": sorted(checked),
         "applied": sorted(applied),
         "overridden": overridden,
-        "restart_required": sorted(k for k in applied if KNOBS[k].applies == "restart"),
+        "restart_required": later,
     }

@@ -218,6 +218,58 @@ COMMANDS.append(update)
 
 
 STARTER_MODEL = "unsloth/gemma-3-270m-it-GGUF:Q4_K_M"
+#: Ollama's port: the one its clients assume (http://localhost:11434). Tests point it elsewhere.
+OLLAMA_PORT = 11434
+OLLAMA_CLIENTS = "Open WebUI, Continue, the ollama SDKs"
+
+
+def _interactive(yes: bool) -> bool:
+    """Whether setup may ask: a terminal on stdin, and no --yes."""
+    import sys
+
+    return sys.stdin.isatty() and not yes
+
+
+def _ollama_step(s, choice: bool | None, interactive: bool) -> None:
+    """Offer (or, with --ollama, set) ``ollama_port`` when it is unset and nothing listens
+    on Ollama's port (probed by binding it, as the supervisor probes instance ports); one
+    line in every other case. A value the user set, 0 (off) included, is never asked again."""
+    from corral.settings import from_env, read_config, write_config
+    from corral.supervisor.process import ProcessOps
+
+    port, path = OLLAMA_PORT, s.config_path
+    if from_env("ollama_port") or "ollama_port" in read_config(path):
+        if s.ollama_port:
+            click.echo(f"Ollama API: on port {s.ollama_port} too (setting ollama_port)")
+        elif choice:
+            click.echo("Ollama API: ollama_port = 0 (off) is set (config.toml or env): left so")
+        return
+    so = f"so that Ollama's clients ({OLLAMA_CLIENTS}) work unchanged"
+    if choice is False:
+        return
+    if choice is None and not interactive:  # not asked, so not probed either
+        click.echo(
+            f"Ollama API: not asked (no terminal, or --yes); corral setup --ollama answers "
+            f"on port {port} too when nothing listens there, {so}"
+        )
+        return
+    if not ProcessOps().port_free(s.host, port):
+        click.echo(
+            f"Ollama API: something else listens on port {port} (maybe Ollama itself); "
+            "ollama_port stays off"
+        )
+        return
+    if choice is None and not click.confirm(
+        f"Nothing listens on Ollama's port {port}: answer the Ollama API there, {so}? "
+        f"(sets ollama_port = {port} in {path}; from the next corral serve on)",
+        default=False,
+    ):
+        return
+    write_config(path, {"ollama_port": port})
+    click.echo(
+        f"Ollama API: ollama_port = {port} written to {path}; from the next corral serve "
+        f"on, corral answers on port {port} too, {so}"
+    )
 
 
 @click.command()
@@ -241,6 +293,12 @@ STARTER_MODEL = "unsloth/gemma-3-270m-it-GGUF:Q4_K_M"
     type=click.Path(exists=True),
     help="Index the GGUFs in this directory afterwards.",
 )
+@click.option(
+    "--ollama/--no-ollama",
+    default=None,
+    help=f"Also answer the Ollama API on port {OLLAMA_PORT} (setting ollama_port) when "
+    "nothing listens there, without asking; --no-ollama: do not ask.",
+)
 @click.option("--yes", is_flag=True, help="No questions (scripts): only what the flags say.")
 @click.pass_context
 def setup(
@@ -249,15 +307,15 @@ def setup(
     from_: str,
     pull_ref: str | None,
     import_dir: str | None,
+    ollama: bool | None,
     yes: bool,
 ) -> None:
     """First run: detect the hardware, install the best llama-server, get a model.
 
-    On a terminal it asks before pulling a starter model or importing a directory;
-    with --yes (or without a terminal) it does only what the flags say.
+    On a terminal it asks before pulling a starter model or importing a directory, and
+    (when nothing listens on Ollama's port 11434) whether corral should answer the
+    Ollama API there; with --yes (or without a terminal) it does only what the flags say.
     """
-    import sys
-
     from corral import gpu
     from corral.store import builds as table_
 
@@ -278,7 +336,8 @@ def setup(
         ctx.invoke(update, backend=backend, from_=from_, version=None, source=None, force=False)
     else:
         click.echo(f"llama-server: build {current.id} ({current.path}) is already the default")
-    interactive = sys.stdin.isatty() and not yes
+    interactive = _interactive(yes)
+    _ollama_step(s, ollama, interactive)
     if pull_ref is None and import_dir is None and interactive:
         if click.confirm(f"Pull a starter model ({STARTER_MODEL}, ~250 MB)?", default=False):
             pull_ref = STARTER_MODEL
