@@ -155,6 +155,8 @@ class Settings:
     fit_devices: str = ""  # simulate the devices ("12GiB,8GiB", "none"); empty = detect them
     fit_margin_mib: int = 1024  # kept free on every device, like llama.cpp's --fit-target
     fit_learn: bool = True  # planned launches get --verbosity 4: real bytes per device are read
+    # linked nodes (corral nodes): seconds between two polls of each; 3 misses = down
+    node_poll_interval: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
 

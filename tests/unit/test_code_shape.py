@@ -192,6 +192,7 @@ ALLOWED: dict[str, set[str]] = {
         "builds", "fit", "models", "gpu", "gguf",
     },
     "upstream": {"errors"},
+    "nodes": {"errors", "types", "events", "store"},  # linked corral daemons: httpx, no more
     "ollama": {"errors", "types", "gguf"},  # pure translation: no I/O, nothing above it
     "metrics": {"gpu", "supervisor"},
     "doctor": {"builds", "errors", "gpu", "settings", "store", "supervisor"},

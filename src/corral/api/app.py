@@ -22,6 +22,7 @@ from corral.api import (
     limits,
     metrics,
     models as models_api,
+    nodes as nodes_api,
     ollama as ollama_api,
     openai as openai_api,
     presets as presets_api,
@@ -33,6 +34,7 @@ from corral.api import (
 )
 from corral.api.deps import Daemon, get_daemon
 from corral.builds.jobs import BuildJobs
+from corral.nodes.registry import NodeRegistry
 from corral.pulls import PullManager
 from corral.router import Router
 from corral.settings import Settings
@@ -80,11 +82,16 @@ def _lifespan(settings: Settings, supervisor_factory):
             started_at=time.time(),
         )
         app.state.daemon = daemon
+        # The linked nodes (corral nodes): polled in the background, never awaited by a
+        # local request; on app.state rather than Daemon, read by api/nodes.py only.
+        app.state.nodes = NodeRegistry(store, lambda: settings.node_poll_interval)
         await supervisor.start()
         router.start()
+        app.state.nodes.start()
         try:
             yield
         finally:
+            await app.state.nodes.close()
             await pulls.close()
             await build_jobs.close()
             await router.close()
@@ -133,6 +140,7 @@ RESOURCES = (
     openai_api,
     presets_api,
     keys,
+    nodes_api,
     conversations,
     events,
     metrics,

@@ -45,6 +45,7 @@ COMMAND_MODULES = {
     "doctor": "system",
     "fit": "fit",
     "completion": "completion",
+    "service": "service",
 }
 
 

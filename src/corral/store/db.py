@@ -165,6 +165,16 @@ M009_INSTANCE_PLACEMENT = """
 ALTER TABLE instances ADD COLUMN placement TEXT NOT NULL DEFAULT 'null';  -- JSON plan or null
 """
 
+M010_NODES = """
+CREATE TABLE nodes (
+    name        TEXT PRIMARY KEY,        -- the name users type: `corral nodes rm NAME`
+    url         TEXT NOT NULL,           -- the node daemon's base URL, http(s)://host:port
+    key         TEXT NOT NULL,           -- an admin key of that node; sent, never shown
+    added_at    REAL NOT NULL,
+    last_seen   REAL                     -- last answered poll (stamped now and then)
+);
+"""
+
 MIGRATIONS: list[str] = [
     M001_INITIAL,
     M002_INSTANCE_VERSION,
@@ -175,6 +185,7 @@ MIGRATIONS: list[str] = [
     M007_CONVERSATIONS,
     M008_INSTANCE_ROUTING,
     M009_INSTANCE_PLACEMENT,
+    M010_NODES,
 ]
 
 
