@@ -194,6 +194,7 @@ ALLOWED: dict[str, set[str]] = {
     "upstream": {"errors"},
     "nodes": {"errors", "types", "events", "store"},  # linked corral daemons: httpx, no more
     "ollama": {"errors", "types", "gguf"},  # pure translation: no I/O, nothing above it
+    "service": {"errors", "net"},  # unit and plist texts: pure, the CLI writes them
     "metrics": {"gpu", "supervisor"},
     "doctor": {"builds", "errors", "gpu", "settings", "store", "supervisor"},
     "router": {
