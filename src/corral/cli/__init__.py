@@ -41,6 +41,7 @@ COMMAND_MODULES = {
     "setup": "builds",
     "preset": "presets",
     "keys": "keys",
+    "nodes": "nodes",
     "gpus": "system",
     "doctor": "system",
     "fit": "fit",
