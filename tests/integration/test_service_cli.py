@@ -316,3 +316,29 @@ def test_the_entry_point_runs_the_script_it_was_started_as(fakes, tmp_path, corr
     assert corral("install", "--host", "my.host").returncode == 2
     assert corral("uninstall").returncode == 0
     assert corral("uninstall").returncode == 3
+
+
+def test_install_warns_what_the_service_will_not_see(fakes, monkeypatch):
+    quiet = run("install")
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr, quiet.stderr
+    monkeypatch.setenv("CORRAL_HF_TOKEN", "hf_x")
+    result = run("install", "--port", "9444")
+    assert result.exit_code == 0, result.output
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 2, result.stderr
+    assert "does not see CORRAL_HF_TOKEN" in warnings[0]
+    assert "the CLI looks for the daemon at http://127.0.0.1:9380" in warnings[1]
+
+
+def test_install_warns_when_a_daemon_already_holds_the_home(fakes, corral_home):
+    import fcntl
+
+    corral_home.mkdir(parents=True, exist_ok=True)
+    with open(corral_home / "daemon.lock", "w") as lock:  # as corral serve holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242")
+        lock.flush()
+        result = run("install")
+    assert result.exit_code == 0, result.output
+    assert "a daemon (pid 4242) already runs" in result.stderr
+    assert "already runs" not in run("install").stderr  # the lock is free again

@@ -60,6 +60,11 @@ def service() -> None:
       sudo corral service install --system       /etc/systemd/system/corral.service
       corral service status --json
       corral service uninstall
+
+    \b
+    A --system unit runs as the owner of CORRAL_HOME. sudo resets the environment: name
+    the home and the corral you mean, e.g.
+      sudo CORRAL_HOME="$HOME/.corral" "$(command -v corral)" service install --system
     """
 
 
@@ -84,8 +89,12 @@ def install(system: bool, host: str | None, port: str | None) -> None:
     spec = _spec(system, host, port)
     path = _install_systemd(spec) if manager() == "systemd" else _install_launchd(spec)
     click.echo(f"installed {path}")
-    click.echo(f"corral serve on {spec.host}:{spec.port}, CORRAL_HOME={spec.home}", err=True)
+    runs_as = f" as {spec.user}" if spec.user else " as root" if system else ""
+    click.echo(
+        f"corral serve on {spec.host}:{spec.port}{runs_as}, CORRAL_HOME={spec.home}", err=True
+    )
     _warn_not_carried()
+    _warn_elsewhere(spec)
     if manager() == "systemd" and not system:
         _linger_hint()
 
@@ -93,7 +102,7 @@ def install(system: bool, host: str | None, port: str | None) -> None:
 @service.command("uninstall")
 @_system_option
 def uninstall(system: bool) -> None:
-    """Stop and disable the service and remove the file corral wrote (only that one).
+    """Stop, disable and remove the service: a file corral wrote, no other.
 
     The instances keep running; `corral down` stops them (and a daemon, if one runs).
     """
@@ -106,7 +115,10 @@ def uninstall(system: bool) -> None:
 @_system_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(system: bool, as_json: bool) -> None:
-    """Show the service file, whether it is installed, and what the manager says."""
+    """Show the service's file and state.
+
+    The state is what systemctl is-active/is-enabled (or launchctl print) say.
+    """
     data = _status_systemd(system) if manager() == "systemd" else _status_launchd(system)
     if as_json:
         print_json(data)
@@ -237,6 +249,54 @@ def _warn_not_carried() -> None:
             "put those settings in CORRAL_HOME/config.toml",
             err=True,
         )
+
+
+def _warn_elsewhere(spec) -> None:
+    """Say when the CLI will not find the service's daemon, or another daemon holds the home
+    (the service's would exit 4 and be retried every few seconds until that one exits)."""
+    from urllib.parse import urlsplit
+
+    from corral.settings import load_settings
+
+    s = load_settings()
+    wildcard = spec.host in ("0.0.0.0", "::")
+    hosts = {spec.host, *(("127.0.0.1", "localhost", "::1") if wildcard else ())}
+    try:
+        target = urlsplit(s.daemon_url)
+        default = 443 if target.scheme == "https" else 80
+        found = target.hostname in hosts and (target.port or default) == spec.port
+    except ValueError:
+        found = False
+    if not found:
+        click.echo(
+            f"warning: the CLI looks for the daemon at {s.daemon_url}, not the service's: "
+            f"set host/port in {s.config_path} (or CORRAL_URL)",
+            err=True,
+        )
+    pid = _daemon_pid(spec.home)
+    if pid:
+        click.echo(
+            f"warning: a daemon (pid {pid}) already runs for {spec.home}: the service starts "
+            "when it exits (`corral down` stops it and its instances)",
+            err=True,
+        )
+
+
+def _daemon_pid(home: Path) -> str:
+    """The pid in CORRAL_HOME/daemon.lock when a daemon holds that lock, else ""."""
+    import fcntl
+
+    try:
+        fh = open(home / "daemon.lock")  # read only: nothing is created
+    except OSError:
+        return ""
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "?"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return ""
 
 
 def _linger_hint() -> None:
