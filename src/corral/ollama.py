@@ -594,6 +594,38 @@ def _stamp() -> bytes:
 
 
 _loads = json.JSONDecoder().decode
+
+#: llama-server's chunk for one content token (nlohmann's key order: choices first, then
+#: finish_reason, index, delta), matched on the bytes: most events of a chat stream, read
+#: without parsing JSON. The string literal is group 1 (a non-empty one: an empty content
+#: says nothing). Anything else -- a role, reasoning or tool-call delta, usage, timings,
+#: an error -- takes the parsing path.
+_TOKEN_CHUNK = re.compile(
+    rb'data: ?\{"choices":\[\{"finish_reason":null,"index":0,"delta":\{"content":'
+    rb'("(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})+")\}\}\]'
+)
+_CHAT_TEXT = b'"message":{"role":"assistant","content":'
+
+
+def _token_literal(line: bytes) -> bytes | None:
+    """The content's JSON string literal when ``line`` is a plain one-token chunk: a valid
+    literal (JSON escapes, UTF-8) and nothing else the stream keeps after it (usage or
+    timings, as with ``timings_per_token``); else None, and the line is parsed."""
+    fast = _TOKEN_CHUNK.match(line)
+    if fast is None:
+        return None
+    end = fast.end()
+    if line.find(b'"usage"', end) >= 0 or line.find(b'"timings"', end) >= 0:
+        return None
+    literal = fast.group(1)
+    if not literal.isascii():
+        try:
+            literal.decode()
+        except UnicodeDecodeError:
+            return None
+    return literal
+
+
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -623,7 +655,7 @@ class StreamTranslator:
         self.ended = False
 
     def feed(self, data: bytes) -> list[bytes]:
-        lines = (self._buf + data).split(b"\n")
+        lines = (self._buf + data).split(b"\n") if self._buf else data.split(b"\n")
         self._buf = lines.pop()  # the part after the last newline: not whole yet
         self._pre = None  # the lines of one read share their created_at
         out: list[bytes] = []
@@ -632,12 +664,23 @@ class StreamTranslator:
                 break
             if not line.startswith(b"data:"):
                 continue  # blank separators, ": comments", event names
+            literal = _token_literal(line) if self.kind == "chat" else None
+            if literal is not None:
+                out.append(self._text_line(literal))
+                continue
             payload = line[5:].strip()
             if payload == b"[DONE]":
                 self.ended = True
                 break
             out.extend(self._event(payload))
         return out
+
+    def _text_line(self, literal: bytes) -> bytes:
+        """A chat line for one content token, its JSON string literal copied as it came
+        (llama-server's escaping is valid JSON in a line of ours too)."""
+        if self._pre is None:
+            self._pre = b'{"model":' + self._model_json + b',"created_at":"' + _stamp() + b'",'
+        return self._pre + _CHAT_TEXT + literal + b'},"done":false}\n'
 
     def _event(self, payload: bytes) -> list[bytes]:
         try:

@@ -549,3 +549,62 @@ def test_odd_chunks_are_skipped():
     odd = [{"choices": [1]}, {"choices": "x"}, {"choices": [{"delta": 3}]}, [1], "s"]
     assert t.feed(_sse(*odd)) == []
     assert json.loads(t.finish())["done"] is True
+
+
+def _token_chunk(text: str, ascii_only: bool) -> bytes:
+    """llama-server's chunk for one token, in its key order (nlohmann sorts keys)."""
+    obj = {
+        "choices": [{"finish_reason": None, "index": 0, "delta": {"content": text}}],
+        "created": 1,
+        "id": "chatcmpl-x",
+        "model": "m",
+        "object": "chat.completion.chunk",
+    }
+    raw = json.dumps(obj, ensure_ascii=ascii_only, separators=(",", ":"))
+    return b"data: " + raw.encode() + b"\n\n"
+
+
+@given(text=st.text(min_size=1, max_size=30), ascii_only=st.booleans())
+def test_the_byte_path_for_token_chunks_says_what_parsing_says(text, ascii_only):
+    """A plain token chunk is copied, not parsed: the line must read back as the parsed
+    path's line (same content, same fields) whatever the text and its escaping."""
+    fast = _token_chunk(text, ascii_only)
+    assert ollama._token_literal(fast.rstrip(b"\n")) is not None  # it takes the byte path
+    parsed = _sse({"choices": [{"delta": {"content": text}, "index": 0}]})  # other order
+    assert ollama._token_literal(parsed.rstrip(b"\n")) is None
+    one, other = (
+        ollama.StreamTranslator("chat", "m", 0.0),
+        ollama.StreamTranslator("chat", "m", 0.0),
+    )
+    [a], [b] = one.feed(fast), other.feed(parsed)
+    a, b = json.loads(a), json.loads(b)
+    assert a.pop("created_at").endswith("Z") and b.pop("created_at").endswith("Z")
+    assert (
+        a == b == {"model": "m", "message": {"role": "assistant", "content": text}, "done": False}
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"\\x"}}]}',
+        b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"\xff"}}]}',
+        b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"a\tb"}}]}',
+        b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":""}}]}',
+        b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"a"}}],'
+        b'"timings":{"predicted_ms":1}}',
+        b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"a"}}],'
+        b'"usage":{"completion_tokens":1}}',
+        b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"a",'
+        b'"reasoning_content":"b"}}]}',
+    ],
+)
+def test_what_the_byte_path_leaves_to_parsing(line):
+    """Not JSON, an empty token, or a chunk with more than a token: parsed, so a broken
+    literal never reaches a client and timings, usage and reasoning are never lost."""
+    assert ollama._token_literal(line) is None
+    t = ollama.StreamTranslator("chat", "m", 0.0)
+    for out in t.feed(line + b"\n\n"):
+        json.loads(out)
+    if b'"timings"' in line:
+        assert json.loads(t.finish())["eval_duration"] == 1_000_000

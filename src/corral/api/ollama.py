@@ -30,7 +30,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -103,12 +103,20 @@ async def _send_error(send, exc: CorralError) -> None:
 @dataclass
 class _Route:
     """Where an Ollama model name leads: the name to give the relay, the live instance
-    (or None), the router's target, and the index entry behind it (or None)."""
+    (or None), the router's target, and (:attr:`entry`) the index entry behind it (or
+    None), looked up only when asked: most requests (no images, no num_ctx) never ask."""
 
     name: str
     rec: object | None
     target: object
-    entry: model_table.ModelRecord | None
+    store: object = None
+    _entry: object = field(default=False, repr=False)  # False: not looked up yet
+
+    @property
+    def entry(self) -> model_table.ModelRecord | None:
+        if self._entry is False:
+            self._entry = _entry_for(self.store, self.rec, self.target)
+        return self._entry
 
 
 def _hub_entry(d: Daemon, text: str) -> model_table.ModelRecord | None:
@@ -123,18 +131,18 @@ def _hub_entry(d: Daemon, text: str) -> model_table.ModelRecord | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _entry_for(d: Daemon, rec, target) -> model_table.ModelRecord | None:
+def _entry_for(store, rec, target) -> model_table.ModelRecord | None:
     if getattr(target, "model", None):
-        return model_table.find(d.store, target.model)
+        return model_table.find(store, target.model)
     path = getattr(rec, "model", None)
     if path is None and getattr(target, "preset", None):
         from corral.presets.saved import find
 
-        preset = find(d.store, target.preset)
+        preset = find(store, target.preset)
         path = preset.model if preset is not None else None
     if not path:
         return None
-    for entry in model_table.list_all(d.store):
+    for entry in model_table.list_all(store):
         if path in (entry.path, entry.id, entry.name):
             return entry
     return None
@@ -152,7 +160,7 @@ def resolve_route(d: Daemon, text: str, admin: bool) -> _Route:
             rec, target = d.router.resolve(name, admin=admin)
         except NotFound:
             continue
-        return _Route(name, rec, target, _entry_for(d, rec, target))
+        return _Route(name, rec, target, d.store)
     raise NotFound(f"model '{text}' not found")
 
 
@@ -331,6 +339,7 @@ class _Answer:
         self.status: int | None = None
         self.retry_after: list = []  # a Busy answer's Retry-After, kept for its error
         self.streaming = False
+        self.finished = False  # the done line is sent
         self.body = bytearray()
 
     async def send(self, message) -> None:
@@ -350,9 +359,13 @@ class _Answer:
             self.body += data
             return
         lines = self.translator.feed(data)
+        more = message.get("more_body", False)
+        if not more:  # the last piece: the done line goes in the same write
+            lines.append(self.translator.finish())
+            self.finished = True
         if lines:
             await self.client_send(
-                {"type": "http.response.body", "body": b"".join(lines), "more_body": True}
+                {"type": "http.response.body", "body": b"".join(lines), "more_body": more}
             )
 
 
@@ -451,7 +464,8 @@ async def _load_or_unload(
 async def _finish(answer: _Answer, asked: _Asked, t0: float, send) -> None:
     """Send what is left: the stream's last line, or the whole answer translated."""
     if answer.streaming:
-        await send({"type": "http.response.body", "body": answer.translator.finish()})
+        if not answer.finished:  # the relay stopped without a last piece (client gone)
+            await send({"type": "http.response.body", "body": answer.translator.finish()})
         return
     if answer.status is None:
         return  # the client left before anything was answered
