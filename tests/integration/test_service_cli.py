@@ -342,3 +342,33 @@ def test_install_warns_when_a_daemon_already_holds_the_home(fakes, corral_home):
     assert result.exit_code == 0, result.output
     assert "a daemon (pid 4242) already runs" in result.stderr
     assert "already runs" not in run("install").stderr  # the lock is free again
+
+
+def test_uninstall_without_a_manager_disables_offline_and_removes(fakes, tmp_path, monkeypatch):
+    """As with the real systemctl here (no bus): `disable --now` fails, `disable` works."""
+    assert run("install").exit_code == 0
+    monkeypatch.setenv("FAKE_SERVICE_FAIL", "--now")
+    result = run("uninstall")
+    assert result.exit_code == 0, result.output
+    assert "warning: disabled, but not stopped (Failed to connect to bus" in result.stderr
+    assert not user_unit(tmp_path).exists()
+    assert fakes.calls()[2:] == [
+        ["--user", "disable", "--now", "corral.service"],
+        ["--user", "disable", "corral.service"],
+    ]
+
+
+def test_uninstall_keeps_the_file_when_it_cannot_even_disable(fakes, tmp_path, monkeypatch):
+    assert run("install").exit_code == 0
+    monkeypatch.setenv("FAKE_SERVICE_FAIL", "disable")
+    result = run("uninstall")
+    assert result.exit_code == 1
+    assert result.stderr.endswith(f"; {user_unit(tmp_path)} is left in place\n")
+    assert user_unit(tmp_path).exists()
+
+
+def test_status_says_why_systemctl_could_not_answer(fakes, monkeypatch):
+    monkeypatch.setenv("FAKE_SERVICE_FAIL", "is-active")
+    data = json.loads(run("status", "--json").stdout)
+    assert data["active"] is None and data["enabled"] == "enabled"
+    assert data["error"] == "Failed to connect to bus: No medium found"

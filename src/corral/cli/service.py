@@ -413,9 +413,15 @@ def _uninstall_systemd(system: bool) -> Path:
     if not _ours(path):
         raise NotFound(f"no corral service installed: {path} does not exist")
     tool = _tool("systemctl")
-    _call(systemctl(tool, system, "disable", "--now", UNIT_NAME), f"{path} is left in place")
+    stop = _run(systemctl(tool, system, "disable", "--now", UNIT_NAME))
+    if stop.returncode != 0:  # no manager to talk to (no bus, no PID 1): disable offline
+        _call(systemctl(tool, system, "disable", UNIT_NAME), f"{path} is left in place")
+        said = (stop.stderr or stop.stdout).strip().splitlines()
+        reason = said[-1] if said else f"exit {stop.returncode}"
+        click.echo(f"warning: disabled, but not stopped ({reason})", err=True)
     path.unlink()
-    _call(systemctl(tool, system, "daemon-reload"))
+    if stop.returncode == 0:
+        _call(systemctl(tool, system, "daemon-reload"), f"{path} is removed")
     return path
 
 
