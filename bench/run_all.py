@@ -10,6 +10,7 @@ are used.
     python bench/run_all.py [--runs 10] [--write] [--note "what else ran"]
                             [--skip-startup] [--skip-cli] [--skip-pull] [--skip-models]
                             [--skip-router] [--skip-router_long]
+                            [--skip-ollama] [--skip-ollama_real]
                             [--pull-runs 3] [--pull-size-mb 1024]
 
 With ``--write``, a benchmark that was skipped keeps its previous section of the results
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import cli as cli_bench  # noqa: E402
 import models as models_bench  # noqa: E402
+import ollama as ollama_bench  # noqa: E402
 import pull as pull_bench  # noqa: E402
 import router as router_bench  # noqa: E402
 import startup as startup_bench  # noqa: E402
@@ -109,6 +111,16 @@ adds to it, delivered tokens/s and the ratio to direct, errors, and the CPU time
 process spends per request. Goals: corral adds <= 2 ms TTFT p50 at concurrency 1, keeps
 >= 0.9x direct tokens/s at 64, and has no errors at 256.
 
+**Ollama translation** (`bench/ollama.py`). Streamed `POST /api/chat` (translated by
+corral to `/v1/chat/completions` in process and back to NDJSON line by line) against
+streamed `POST /v1/chat/completions` (SSE passthrough, the reference) through the same
+daemon to the same instance, interleaved in the same run, at 1 and 64 streams. Twice:
+with the fast upstream (64 tokens written at once: what the daemon itself costs per
+request and per token, an upper bound no model reaches) and with the real llama-server
+and gemma (greedy, `--ignore-eos`, 32 tokens: what a user's tok/s becomes). Also the pure
+translation functions alone, in process. Goals: <= 1 ms p50 added per request, >= 0.9x
+the passthrough's tokens/s.
+
 ## How to run
 
     make bench                                  # builds/caches llama-server and the model first
@@ -118,6 +130,8 @@ process spends per request. Goals: corral adds <= 2 ms TTFT p50 at concurrency 1
     .venv/bin/python bench/pull.py --runs 5 --size-mb 2048 --servers nginx
     .venv/bin/python bench/models.py --reader-runs 2 --models 500
     .venv/bin/python bench/router.py --tokens 64 --levels 1,64 --scale 2
+    .venv/bin/python bench/ollama.py --runs 4                 # fast upstream: the daemon's cost
+    .venv/bin/python bench/ollama.py --real --tokens 32 --runs 2   # the real model
     .venv/bin/python bench/run_all.py --skip-startup --skip-cli --write   # keeps the others
 
 `--write` replaces only the results section below. `--note TEXT` records what else was
@@ -200,6 +214,8 @@ SECTIONS = {
     "models": ("Models", models_bench),
     "router": ("Router", router_bench),
     "router_long": ("Router, 256 tokens per response", router_bench),
+    "ollama": ("Ollama translation", ollama_bench),
+    "ollama_real": ("Ollama translation, real model", ollama_bench),
 }
 KEPT = "*(not re-run; kept from the results of {when})*"
 
@@ -296,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             results["router"] = router_bench.run()
         if not args.skip_router_long:  # longer answers: the per-request cost weighs less
             results["router_long"] = router_bench.run(tokens=256, levels=(1, 64))
+        if not args.skip_ollama:
+            results["ollama"] = ollama_bench.run()
+        if not args.skip_ollama_real:  # the real model: what the translation costs a user
+            results["ollama_real"] = ollama_bench.run(runs=2, tokens=32, real=True)
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130
