@@ -62,3 +62,24 @@ def test_errors_are_the_sdks_own_classes(daemon, claude):
     keyed = sdk(daemon, made["secret"])  # the SDK sends it as x-api-key
     assert keyed.messages.create(model=claude, max_tokens=4, messages=MESSAGES).content
     assert keyed.messages.count_tokens(model=claude, messages=MESSAGES).input_tokens > 0
+
+
+def test_claude_codes_beta_query_and_bearer_token(daemon, claude):
+    """Claude Code posts to ``/v1/messages?beta=true`` with ``anthropic-beta`` headers, and
+    with ANTHROPIC_AUTH_TOKEN sends the key as ``Authorization: Bearer``."""
+    status, made = api(daemon, "POST", "/api/v1/keys", {"name": "cc", "scope": "inference"})
+    assert status == 201
+    c = anthropic.Anthropic(
+        base_url=daemon.settings.daemon_url,
+        auth_token=made["secret"],
+        max_retries=0,
+        timeout=60,
+        default_headers={"anthropic-beta": "claude-code-20250219"},
+    )
+    raw = c.messages.with_raw_response.create(
+        model=claude, max_tokens=4, messages=MESSAGES, extra_query={"beta": "true"}
+    )
+    assert "beta=true" in str(raw.http_request.url)
+    assert raw.parse().model == claude and raw.parse().content[0].text
+    counted = c.messages.count_tokens(model=claude, messages=MESSAGES, extra_query={"beta": "true"})
+    assert counted.input_tokens > 0

@@ -19,7 +19,8 @@ router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 
 
 class KeyRequest(BaseModel):
-    """A new key: ``admin`` may call everything, ``inference`` only /v1/*."""
+    """A new key: ``admin`` may call everything, ``inference`` only the inference paths
+    (``/v1/*``, llama-server's routed paths, the Ollama API's reading and inference)."""
 
     name: str = Field(min_length=1, max_length=KEY_NAME_MAX)
     scope: Literal[KEY_SCOPES] = "admin"  # type: ignore[valid-type]

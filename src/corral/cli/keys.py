@@ -51,7 +51,8 @@ def _store():
     type=click.Choice(KEY_SCOPES),
     default="admin",
     show_default=True,
-    help="admin: the whole API; inference: only /v1/*.",
+    help="admin: the whole API; inference: only inference (/v1/*, /infill, /completion, "
+    "/tokenize..., the Ollama API but pull, delete and copy).",
 )
 def create(name: str, scope: str) -> None:
     """Create a key; print its secret, shown this once.
