@@ -372,3 +372,17 @@ def test_status_says_why_systemctl_could_not_answer(fakes, monkeypatch):
     data = json.loads(run("status", "--json").stdout)
     assert data["active"] is None and data["enabled"] == "enabled"
     assert data["error"] == "Failed to connect to bus: No medium found"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--host", v] for v in ("", " ", "\n", "127.0.0.1\n", "127.1", "0x7f000001", "[::1]",
+                             "a" * 5000, "%n", "$(id)", "::1\x00")]
+    + [["--port", v] for v in ("0", "-1", "abc", "65536", "9380 9381", "99999999999999999999")],
+)  # fmt: skip
+def test_hostile_values_are_one_usage_line_and_write_nothing(fakes, tmp_path, args):
+    result = run("install", *args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: ")
+    assert not user_unit(tmp_path).exists() and fakes.calls() == []

@@ -200,3 +200,14 @@ def test_command_lines():
     ]
     assert service.launchd_domain(False, 501) == "gui/501"
     assert service.launchd_domain(True, 501) == "system"
+
+
+@needs_analyze
+def test_an_ipv6_scope_id_keeps_its_percent_escaped(tmp_path):
+    host = service.check_host("fe80::1%eth0")
+    s = spec(tmp_path, host=host)
+    s = ServiceSpec(**{**s.__dict__, "argv": service.command(s.argv[:1], host, 9380)})
+    unit = service.render_unit(s)
+    assert "on [fe80::1%%eth0]:9380" in unit and '"fe80::1%%eth0"' in unit
+    done = verify(write_unit(tmp_path, unit), tmp_path, user=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
