@@ -449,3 +449,26 @@ def test_keep_alive_zero_unloads_and_the_router_forgets_the_instance(daemon, cli
     text = _metrics(daemon)
     assert f'instance="{name}"' not in text, text
     assert 'corral_instances_retired_total{reason="unloaded"} 1.0' in text
+
+
+def test_an_inference_keys_keep_alive_leaves_a_users_instance_as_it_is(daemon, tiny):
+    """A user's instance is theirs: an inference key may use it, but its keep_alive (a
+    TTL, or 0) neither sets the TTL nor unloads it; the router's own instances follow."""
+    status, user = api(
+        daemon, "POST", "/api/v1/instances", {"model": tiny["path"], "name": "mine", "wait": True}
+    )
+    assert status == 201, user
+    status, made = api(daemon, "POST", "/api/v1/keys", {"name": "app", "scope": "inference"})
+    assert status == 201
+    bearer = {"Authorization": f"Bearer {made['secret']}"}
+    with ollama.Client(host=daemon.settings.daemon_url, headers=bearer) as keyed:
+        msg = [{"role": "user", "content": "x"}]
+        assert keyed.chat(model="mine", messages=msg, keep_alive="1h").done
+        assert keyed.chat(model="mine", messages=msg, keep_alive=0).done
+        assert keyed.generate(model="mine", prompt="", keep_alive=0).done_reason == "unload"
+    token = (daemon.settings.home / "daemon.token").read_text().strip()  # the admin's view
+    after = api(
+        daemon, "GET", "/api/v1/instances/mine", headers={"Authorization": f"Bearer {token}"}
+    )[1]
+    assert after["state"] == "ready" and after["pid"] == user["pid"]
+    assert after["idle_ttl"] == user["idle_ttl"]
