@@ -23,7 +23,6 @@ command lines, so each can be checked without a service manager.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import plistlib
 from dataclasses import dataclass
@@ -66,21 +65,6 @@ class ServiceSpec:
     group: str | None = None
     log_path: Path | None = None  # launchd only: systemd sends output to the journal
     version: str = ""
-
-
-def check_host(value: str) -> str:
-    """An IP address for ``--host`` ('localhost' is 127.0.0.1), as for an instance's
-    ``--host`` (``corral.supervisor.supervisor._check_host``): a name would make the
-    daemon's start depend on a DNS answer."""
-    if value == "localhost":
-        return "127.0.0.1"
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise UsageError(
-            f"--host must be an IP address of this machine (127.0.0.1, 0.0.0.0, "
-            f"::1 ...), not {value[:100]!r}"
-        ) from None
 
 
 def check_text(value: str, what: str) -> str:

@@ -135,7 +135,26 @@ ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)  # always .fullmatch
 
 # -- API keys --------------------------------------------------------------------------
 
+
 #: ``admin`` may call everything; ``inference`` only the OpenAI router (``/v1/*``).
+def check_host(value: object, what: str = "--host") -> str:
+    """An IP address to bind (``localhost`` is 127.0.0.1), normalised. A host *name* is
+    refused: resolving it would make a start depend on (and send queries to) a DNS server,
+    and llama-server's unix-socket form (``*.sock``) cannot be probed or routed. For the
+    daemon, its instances and its service alike."""
+    import ipaddress
+
+    if value == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(value))  # type: ignore[arg-type]
+    except ValueError:
+        raise UsageError(
+            f"{what} must be an IP address of this machine (127.0.0.1, 0.0.0.0, "
+            f"::1 ...), not {_shown(value)}"
+        ) from None
+
+
 KEY_SCOPES = ("admin", "inference")
 KEY_NAME_MAX = 64
 

@@ -19,6 +19,7 @@ import pytest
 from corral import service
 from corral.errors import UsageError
 from corral.service import ServiceSpec
+from corral.types import check_host
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -141,13 +142,13 @@ def test_an_ipv6_host_is_bracketed_in_the_description(tmp_path):
      ("::", "::"), ("0:0::1", "::1"), ("10.0.0.5", "10.0.0.5")],
 )  # fmt: skip
 def test_host_takes_ip_addresses(given, expected):
-    assert service.check_host(given) == expected
+    assert check_host(given) == expected
 
 
 @pytest.mark.parametrize("bad", ["example.com", "my-host", "", "10.0.0", "/tmp/x.sock"])
 def test_host_refuses_names(bad):
     with pytest.raises(UsageError, match="must be an IP address"):
-        service.check_host(bad)
+        check_host(bad)
 
 
 def test_the_plist_reads_back_with_its_keys_and_marker(tmp_path):
@@ -204,7 +205,7 @@ def test_command_lines():
 
 @needs_analyze
 def test_an_ipv6_scope_id_keeps_its_percent_escaped(tmp_path):
-    host = service.check_host("fe80::1%eth0")
+    host = check_host("fe80::1%eth0")
     s = spec(tmp_path, host=host)
     s = ServiceSpec(**{**s.__dict__, "argv": service.command(s.argv[:1], host, 9380)})
     unit = service.render_unit(s)

@@ -37,7 +37,10 @@ def serve(host: str | None, port: int | None, ollama_port: int | None) -> None:
     """
     from corral.api.server import serve as run
     from corral.settings import load_settings
+    from corral.types import check_host
 
+    if host is not None:  # an IP, as for instances and the service: no DNS at start
+        host = check_host(host)
     overrides = {"host": host, "port": port, "ollama_port": ollama_port}
     s = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     if host is not None or port is not None:

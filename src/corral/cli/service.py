@@ -144,9 +144,9 @@ def status(system: bool, as_json: bool) -> None:
 
 def _spec(system: bool, host: str | None, port: str | None):
     """The ServiceSpec to install, every check made (nothing is written yet)."""
-    from corral.service import ServiceSpec, check_host, check_text, command
+    from corral.service import ServiceSpec, check_text, command
     from corral.settings import load_settings
-    from corral.types import check_port
+    from corral.types import check_host, check_port
 
     s = load_settings()
     host = check_host(s.host if host is None else host)

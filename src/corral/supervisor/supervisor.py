@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ipaddress
 import logging
 import signal
 import sqlite3
@@ -54,7 +53,14 @@ from corral.supervisor.states import (
     should_restart,
     transition,
 )
-from corral.types import check_name, check_port, check_restart, name_from, unique_name
+from corral.types import (
+    check_host,
+    check_name,
+    check_port,
+    check_restart,
+    name_from,
+    unique_name,
+)
 
 log = logging.getLogger("corral.supervisor")
 
@@ -624,7 +630,7 @@ class Supervisor:
         for flag, value in pairs:
             role = owned.get(flag)
             if role == "--host":
-                host = _check_host(value or host)
+                host = check_host(value or host)
             elif role == "--model":
                 raise OwnedFlag("corral sets --model itself: give the model as MODEL")
             elif role == "--port":
@@ -1160,21 +1166,6 @@ async def _run_to_end(coro, name: str):
     task = asyncio.create_task(coro, name=name)
     task.add_done_callback(_retrieve)
     return await asyncio.shield(task)
-
-
-def _check_host(value: str) -> str:
-    """An IP address for ``--host`` ('localhost' is 127.0.0.1). A host *name* is refused:
-    resolving it would make a launch depend on (and send queries to) a DNS server, and
-    llama-server's unix-socket form (``*.sock``) cannot be probed or routed."""
-    if value == "localhost":
-        return "127.0.0.1"
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise UsageError(
-            f"--host must be an IP address of this machine (127.0.0.1, 0.0.0.0, "
-            f"::1 ...), not {value[:100]!r}"
-        ) from None
 
 
 def _this_launch_log(path: Path, limit: int = 2 * 1024 * 1024) -> str:
