@@ -233,3 +233,20 @@ def test_a_stopped_node_goes_down_and_is_up_again_when_it_answers(pair):
     finally:
         again.stop()
     assert key not in every_log(controller)
+
+
+def test_nodes_are_kept_across_a_controller_restart_and_polled_again(pair):
+    controller, node, key = pair
+    status, body = add(controller, "box", url_of(node), key)
+    assert status == 201, body
+    controller.stop()
+    again = DaemonProcess(controller.env).start()
+    try:
+        first = nodes_of(again)
+        assert [(n["name"], n["url"]) for n in first] == [("box", url_of(node))]
+        assert first[0]["state"] in ("unknown", "up") and first[0]["last_seen"] > 0
+        up = wait_node(again, "box", state="up")
+        assert up["corral_version"] == __version__
+    finally:
+        again.stop()
+    assert key not in every_log(again)
