@@ -443,15 +443,16 @@ def chat_request(body: dict, model: str) -> tuple[dict, bool]:
 
 def generate_request(body: dict, model: str) -> tuple[str, dict, bool]:
     """(endpoint, OpenAI body, has images) for an ``/api/generate`` body: a chat turn,
-    or with ``raw`` the prompt as it is to ``completions``."""
+    with ``raw`` the prompt as it is to ``completions``, with ``suffix`` llama-server's
+    ``/infill`` (fill in the middle: the prompt is what comes before the cursor)."""
     prompt = body.get("prompt") or ""
     system = body.get("system") or ""
     if not isinstance(prompt, str) or not isinstance(system, str):
         raise UsageError("prompt and system must be strings")
-    if body.get("suffix"):
-        raise UsageError("suffix (fill in the middle) is not supported; use /infill")
     images = body.get("images") or []
     stream = wants_stream(body)
+    if body.get("suffix"):
+        return "/infill", infill_request(body, model, prompt, stream), False
     if body.get("raw"):
         if images:
             raise UsageError("images need a chat template: not with raw")
@@ -462,6 +463,38 @@ def generate_request(body: dict, model: str) -> tuple[str, dict, bool]:
     converted, has_images = chat_messages(messages)
     out = _common(body, {"model": model, "messages": converted}, stream)
     return "chat/completions", out, has_images
+
+
+def infill_request(body: dict, model: str, prompt: str, stream: bool) -> dict:
+    """llama-server's ``/infill`` body for a generate with ``suffix`` (editor plugins'
+    completion at the cursor, as Continue sends it to Ollama). Its sampling fields have
+    the names the mapped options have (``max_tokens`` included)."""
+    suffix = body["suffix"]
+    if not isinstance(suffix, str):
+        raise UsageError("suffix must be a string")
+    if body.get("images"):
+        raise UsageError("images cannot be combined with suffix (fill in the middle)")
+    if body.get("format"):
+        raise UsageError("format cannot be combined with suffix (fill in the middle)")
+    out = {"model": model, "input_prefix": prompt, "input_suffix": suffix, "prompt": ""}
+    out.update(map_options(body.get("options")))
+    out["stream"] = stream
+    return out
+
+
+def native_answer(answer: dict) -> dict:
+    """llama-server's own answer shape (``/infill``, ``/completion``: ``content``,
+    ``stop_type``, token counts) as the OpenAI one the rest reads."""
+    limit = answer.get("stop_type") == "limit"
+    out: dict = {
+        "choices": [{"text": answer.get("content"), "finish_reason": "length" if limit else "stop"}]
+    }
+    n_in, n_out = answer.get("tokens_evaluated"), answer.get("tokens_predicted")
+    if _is_int(n_in) and _is_int(n_out):
+        out["usage"] = {"prompt_tokens": n_in, "completion_tokens": n_out}
+    if isinstance(answer.get("timings"), dict):
+        out["timings"] = answer["timings"]
+    return out
 
 
 def is_empty(kind: str, body: dict) -> bool:
@@ -536,7 +569,10 @@ def _head(model: str) -> dict:
 
 
 def chat_answer(answer: dict, model: str, total_s: float, kind: str = "chat") -> dict:
-    """The Ollama answer (``/api/chat`` or ``/api/generate``) for a whole OpenAI answer."""
+    """The Ollama answer (``/api/chat`` or ``/api/generate``) for a whole OpenAI answer
+    (or llama-server's own, from ``/infill``)."""
+    if "choices" not in answer and "content" in answer:
+        answer = native_answer(answer)
     choice = (answer.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     content = msg.get("content") or choice.get("text") or ""
@@ -692,6 +728,8 @@ class StreamTranslator:
         if "error" in event:
             self.failed = self.ended = True
             return [ndjson({"error": error_message(500, payload)})]
+        if "choices" not in event and "content" in event:  # /infill's own stream
+            event = native_answer(event) if event.get("stop") else {"choices": [event]}
         for key in ("usage", "timings"):
             if isinstance(event.get(key), dict):
                 self.last[key] = event[key]
@@ -708,7 +746,7 @@ class StreamTranslator:
 
     def _choice(self, choice: dict) -> bytes | None:
         delta = choice.get("delta") or {}
-        text = delta.get("content") or choice.get("text") or ""
+        text = delta.get("content") or choice.get("text") or choice.get("content") or ""
         thinking = delta.get("reasoning_content") or ""
         for frag in delta.get("tool_calls") or ():
             call = self._calls.setdefault(frag.get("index", 0), {"name": "", "arguments": ""})

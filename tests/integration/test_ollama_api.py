@@ -472,3 +472,19 @@ def test_an_inference_keys_keep_alive_leaves_a_users_instance_as_it_is(daemon, t
     )[1]
     assert after["state"] == "ready" and after["pid"] == user["pid"]
     assert after["idle_ttl"] == user["idle_ttl"]
+
+
+def test_generate_with_a_suffix_fills_in_the_middle(daemon, client, tiny):
+    """Continue's Ollama autocomplete: ``/api/generate`` with ``suffix`` (and ``raw``) is
+    relayed to llama-server's ``/infill``, streamed and not."""
+    ask = {"model": "tiny", "prompt": "def f(", "suffix": "):\n", "raw": True}
+    whole = client.generate(**ask, options={"num_predict": 3})
+    assert whole.response and whole.done and whole.done_reason == "length"
+    assert whole.eval_count == 3 and whole.prompt_eval_count > 0
+    parts = list(client.generate(**ask, stream=True, options={"num_predict": 2}))
+    assert "".join(p.response for p in parts[:-1]) and parts[-1].done
+    assert parts[-1].eval_count == 2 and parts[-1].done_reason == "length"
+    status, _, body = raw(
+        daemon.settings.port, "POST", "/api/generate", b'{"model":"tiny","prompt":"x","suffix":7}'
+    )
+    assert status == 400 and "suffix must be a string" in json.loads(body)["error"]

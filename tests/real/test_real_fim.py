@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ollama
 import pytest
 
 from tests.conftest import running_daemon
@@ -171,3 +172,20 @@ def test_infill_with_the_real_model_through_the_router(real_daemon_env, fim_mode
         # format_prompt_infill in tools/server/server-common.cpp
         pre, suf, mid = FIM_TOKENS.values()
         assert answer["prompt"] == f"<bos>{pre}{prefix}{prompt}{suf}{suffix}{mid}"
+
+        # Ollama's generate with a suffix (Continue's autocomplete) is the same infill:
+        # greedy, the same text as /infill asked directly with that prefix and suffix
+        direct = dict(body, prompt="", input_prefix=prefix + prompt, return_tokens=False)
+        status, same = api(d, "POST", "/infill", direct, timeout=120)
+        assert status == 200, same
+        with ollama.Client(host=f"http://127.0.0.1:{d.settings.port}", timeout=120) as c:
+            got = c.generate(
+                model=model,
+                prompt=prefix + prompt,
+                suffix=suffix,
+                raw=True,
+                options={"num_predict": 6, "temperature": 0},
+            )
+        print(f"Ollama generate with suffix: {got.response!r}; /infill: {same['content']!r}")
+        assert got.response == same["content"] and got.eval_count == same["tokens_predicted"]
+        assert got.done_reason == "length"

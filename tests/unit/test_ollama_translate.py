@@ -608,3 +608,58 @@ def test_what_the_byte_path_leaves_to_parsing(line):
         json.loads(out)
     if b'"timings"' in line:
         assert json.loads(t.finish())["eval_duration"] == 1_000_000
+
+
+def test_generate_with_a_suffix_is_llama_servers_infill():
+    body = {
+        "model": "coder",
+        "prompt": "def add(a, b):\n    return ",
+        "suffix": "\n\nprint(add(1, 2))\n",
+        "raw": True,  # as Continue sends it: raw does not matter for infill
+        "options": {"num_predict": 16, "temperature": 0, "stop": ["\n\n"]},
+    }
+    endpoint, out, images = ollama.generate_request(body, "coder-q4")
+    assert (endpoint, images) == ("/infill", False)
+    assert out == {
+        "model": "coder-q4",
+        "input_prefix": "def add(a, b):\n    return ",
+        "input_suffix": "\n\nprint(add(1, 2))\n",
+        "prompt": "",
+        "max_tokens": 16,
+        "temperature": 0,
+        "stop": ["\n\n"],
+        "stream": True,
+    }
+    for bad, said in (
+        ({"suffix": 3}, "suffix must be a string"),
+        ({"suffix": "x", "images": ["aGk="]}, "images cannot be combined"),
+        ({"suffix": "x", "format": "json"}, "format cannot be combined"),
+    ):
+        with pytest.raises(UsageError, match=said):
+            ollama.generate_request({"prompt": "p", **bad}, "m")
+
+
+def test_infills_own_answers_stream_and_whole():
+    t = ollama.StreamTranslator("generate", "coder", 0.0)
+    stream = _sse(
+        {"index": 0, "content": "a", "stop": False},
+        {"index": 0, "content": " + b", "stop": False},
+        {
+            "index": 0,
+            "content": "",
+            "stop": True,
+            "stop_type": "limit",
+            "tokens_predicted": 2,
+            "tokens_evaluated": 11,
+            "timings": {"prompt_ms": 3, "predicted_ms": 4},
+        },
+    )
+    lines = [json.loads(x) for x in t.feed(stream)]
+    assert [x["response"] for x in lines] == ["a", " + b"]
+    last = json.loads(t.finish())
+    assert last["done"] and last["done_reason"] == "length"
+    assert (last["prompt_eval_count"], last["eval_count"]) == (11, 2)
+    assert last["eval_duration"] == 4_000_000
+    whole = {"content": "a + b", "stop": True, "stop_type": "eos", "tokens_predicted": 2}
+    out = ollama.chat_answer(whole, "coder", 0.1, "generate")
+    assert out["response"] == "a + b" and out["done_reason"] == "stop"

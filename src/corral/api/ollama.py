@@ -318,7 +318,7 @@ def _sub_scope(scope, endpoint: str, size: int) -> dict:
     """The ASGI scope of the OpenAI request made for an Ollama one: same client, same
     state (the guard's caller scope), a JSON body of ``size`` bytes."""
     sub = dict(scope)
-    sub["path"] = f"/v1/{endpoint}"
+    sub["path"] = endpoint if endpoint.startswith("/") else f"/v1/{endpoint}"
     sub["raw_path"] = sub["path"].encode()
     sub["method"] = "POST"
     sub["query_string"] = b""
