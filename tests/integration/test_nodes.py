@@ -7,6 +7,7 @@ wait-untils, never timing thresholds.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import subprocess
@@ -213,11 +214,51 @@ def test_add_refuses_what_it_cannot_use_and_stores_nothing_then(pair, not_corral
     assert key not in "".join(texts) and wrong not in "".join(texts)
 
 
+@contextlib.contextmanager
+def node_events(controller):
+    """The controller's ``event: node`` payloads, read from /api/v1/events in a thread
+    (the list yielded grows as they come)."""
+    import http.client
+
+    seen: list[dict] = []
+    conn = http.client.HTTPConnection("127.0.0.1", controller.settings.port, timeout=120)
+    conn.request("GET", "/api/v1/events", headers={"Accept": "text/event-stream"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+
+    def read() -> None:
+        topic = None
+        try:
+            for raw in resp:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    topic = line[7:]
+                elif line.startswith("data: ") and topic == "node":
+                    seen.append(json.loads(line[6:]))
+        except Exception:  # noqa: BLE001 -- closed under it at the end of the test
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield seen
+    finally:
+        conn.sock.shutdown(2)  # wakes the reader up
+        resp.close()
+        conn.close()
+        reader.join(10)
+
+
 def test_a_stopped_node_goes_down_and_is_up_again_when_it_answers(pair):
     controller, node, key = pair
     status, body = add(controller, "box", url_of(node), key)
     assert status == 201, body
     wait_node(controller, "box", state="up", misses=0)
+    with node_events(controller) as events:
+        _down_and_up(controller, node, key, events)
+
+
+def _down_and_up(controller, node, key, events) -> None:
     node.stop()
     down = wait_node(controller, "box", state="down")
     assert down["misses"] >= 3 and down["error"]
@@ -230,6 +271,8 @@ def test_a_stopped_node_goes_down_and_is_up_again_when_it_answers(pair):
         up = wait_node(controller, "box", state="up", misses=0)
         assert up["error"] is None and up["corral_version"] == __version__
         assert up["last_seen"] > down["last_seen"]
+        wait_for(lambda: [e["state"] for e in events] == ["down", "up"], timeout=30)
+        assert [(e["node"], e["previous"]) for e in events] == [("box", "up"), ("box", "down")]
     finally:
         again.stop()
     assert key not in every_log(controller)

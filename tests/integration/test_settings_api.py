@@ -43,6 +43,7 @@ EDITABLE = {
     "fit_devices",
     "fit_margin_mib",
     "ollama_port",
+    "node_poll_interval",
 }
 TOKEN = "hf_very_secret_token_123"
 CONFIG_TEXT = f'# my corral settings\nhf_token = "{TOKEN}"\nidle_ttl = 900  # 15 minutes\n'

@@ -1,6 +1,7 @@
-"""GET /api/v1/events: one SSE stream of instance, router, pull and build events.
+"""GET /api/v1/events: one SSE stream of instance, router, pull, build and node events.
 
-Each event is ``event: <topic>`` (instance, router, pull, build) and ``data: <json>``.
+Each event is ``event: <topic>`` (instance, router, pull, build, node) and ``data:
+<json>``; a node's is its state change (``{node, state, previous, error, at}``).
 A comment line every 15 s keeps proxies and idle clients from closing the stream.
 A slow reader loses events (bounded queues) rather than slowing the daemon down.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from corral.api.deps import Daemon, get_daemon
@@ -20,14 +21,18 @@ KEEPALIVE_SECONDS = 15.0
 
 
 @router.get("/api/v1/events")
-async def events(d: Daemon = Depends(get_daemon)) -> StreamingResponse:
-    """SSE: instance state changes, router starts/evictions, pull and build progress."""
+async def events(request: Request, d: Daemon = Depends(get_daemon)) -> StreamingResponse:
+    """SSE: instance state changes, router starts/evictions, pull and build progress, and
+    linked nodes going down or up."""
     sources = {
         "instance": d.supervisor.events,
         "router": d.router.events,
         "pull": d.pulls.events,
         "build": d.builds.events,
     }
+    nodes = getattr(request.app.state, "nodes", None)
+    if nodes is not None:
+        sources["node"] = nodes.events
     queues = {topic: b.subscribe() for topic, b in sources.items()}
 
     async def stream():

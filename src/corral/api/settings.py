@@ -103,6 +103,9 @@ KNOBS: dict[str, Knob] = {
         high=PORT_MAX,
         applies="restart",
     ),
+    "node_poll_interval": _seconds(
+        "seconds between two polls of each linked node (corral nodes); 3 misses = down"
+    ),
     "hf_endpoint": Knob("HuggingFace Hub (or mirror) URL used for search and pulls"),
     "releases_url": Knob("llama.cpp releases API URL used by update"),
     "llama_server": Knob("llama-server binary used when no build is registered", editable=False),
