@@ -293,3 +293,26 @@ def test_nodes_are_kept_across_a_controller_restart_and_polled_again(pair):
     finally:
         again.stop()
     assert key not in every_log(again)
+
+
+def test_ps_lists_every_nodes_instances_with_a_node_column(pair, fake_binary, model_file):
+    controller, node, key = pair
+    furnish(node, key, fake_binary, model_file)
+    status, body = add(controller, "box", url_of(node), key)
+    assert status == 201, body
+    [remote] = node_api(node, key, "GET", "/api/v1/instances")[1]
+
+    rows = json.loads(cli(controller, "ps", "--json").stdout)
+    assert [(r["node"], r["name"]) for r in rows] == [("box", remote["name"])]
+    assert rows[0]["port"] == remote["port"] and rows[0]["model"] == remote["model"]
+    shown = cli(controller, "ps")
+    assert shown.returncode == 0, shown.stderr
+    head, line = shown.stdout.splitlines()
+    assert head.split()[:2] == ["NODE", "NAME"] and line.split()[:2] == ["box", remote["name"]]
+
+    node.stop()  # its instance runs on, but the node does not answer: said, not listed
+    wait_node(controller, "box", state="down")
+    gone = cli(controller, "ps", "--json")
+    assert gone.returncode == 0 and json.loads(gone.stdout) == []
+    assert gone.stderr.startswith("warning: node box: not listed: node box is down")
+    assert key not in gone.stderr + shown.stdout

@@ -42,6 +42,13 @@ async def list_nodes(nodes: NodeRegistry = Depends(get_nodes)) -> list[dict]:
     return nodes.views()
 
 
+@router.get("/instances")
+async def node_instances(nodes: NodeRegistry = Depends(get_nodes)) -> dict:
+    """Every node's instances, asked of the nodes now (at most a few seconds for a slow
+    one): ``instances`` (each with ``node``) and ``unreachable`` (node -> why)."""
+    return await nodes.instances()
+
+
 @router.post("", status_code=201)
 async def add_node(req: NodeRequest, nodes: NodeRegistry = Depends(get_nodes)) -> dict:
     """Link a node: it is called once with the key, and stored only if it takes it."""

@@ -224,16 +224,26 @@ def devices_cell(placement) -> str:
     return printable(",".join(cells)) or "-"
 
 
-def _instances() -> list[dict]:
+def _instances(with_nodes: bool = False) -> list[dict]:
+    """This machine's instances (from the daemon, else from the store), then, with
+    ``with_nodes``, those of the linked nodes (``node`` set; local ones have ``node:
+    None``). A node that does not answer is one line on stderr."""
     s = settings()
     client = Client(s)
     try:
-        return client.request("GET", "/api/v1/instances", timeout=5)
+        items = client.request("GET", "/api/v1/instances", timeout=5)
     except (ConnectionRefusedError, OSError):
         from corral.store.instances import view
         from corral.supervisor.offline import offline_records
 
-        return [view(r) for r in offline_records(s)]
+        return [{**view(r), "node": None} for r in offline_records(s)]
+    items = [{**i, "node": None} for i in items]
+    if with_nodes:
+        remote = client.request("GET", "/api/v1/nodes/instances", timeout=10)
+        for name, why in sorted(remote["unreachable"].items()):
+            click.echo(f"warning: node {name}: not listed: {printable(why)}", err=True)
+        items += remote["instances"]
+    return items
 
 
 @click.command()
@@ -244,9 +254,10 @@ def ps(as_json: bool) -> None:
     DEVICES is the memory plan of the launch, projected bytes per device
     (``gpu0:2.1G,host:0.3G``); ``-`` when it was not planned. ``--json`` has the whole
     ``placement`` (and ``placement.real``: what llama-server reported once loaded)."""
-    items = _instances()
+    items = _instances(with_nodes=True)
     if as_json:
         keys = (
+            "node",
             "name",
             "state",
             "pid",
@@ -270,18 +281,22 @@ def ps(as_json: bool) -> None:
         return
     rows = [
         [
-            i["name"],
-            i["state"],
+            printable(str(i["name"])),  # a node's answer is anyone's text too
+            printable(str(i["state"])),
             i["pid"] or "-",
             i["port"],
-            printable(i["model"].rsplit("/", 1)[-1]),  # a file name: anyone's text
+            printable(str(i["model"]).rsplit("/", 1)[-1]),  # a file name: anyone's text
             devices_cell(i.get("placement")),
             i["restarts"],
             ago(i["ready_at"] if i["state"] == "ready" else None),
         ]
         for i in items
     ]
-    click.echo(table(rows, ["NAME", "STATE", "PID", "PORT", "MODEL", "DEVICES", "RESTARTS", "UP"]))
+    head = ["NAME", "STATE", "PID", "PORT", "MODEL", "DEVICES", "RESTARTS", "UP"]
+    if any(i["node"] for i in items):  # linked nodes: whose each instance is
+        rows = [[printable(i["node"] or "-"), *row] for i, row in zip(items, rows, strict=True)]
+        head = ["NODE", *head]
+    click.echo(table(rows, head))
 
 
 def _target_names(client, targets: tuple[str, ...], all_: bool) -> list[str]:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from corral.errors import Conflict, CorralError, NotFound, UsageError
+from corral.errors import Conflict, CorralError, NotFound, UpstreamError, UsageError
 from corral.events import Broadcaster
 from corral.nodes.health import Health, poll_timeout
 from corral.nodes.remote import RemoteNode, check_url
@@ -150,6 +150,34 @@ class NodeRegistry:
         if tracked is None:
             raise NotFound(f"no node {name!r} (see `corral nodes ls`)")
         return tracked.view()
+
+    async def instances(self, timeout: float = 3.0) -> dict:
+        """Every node's instances, asked now of all nodes at once (``corral ps``): rows
+        with ``node`` set, and per node that did not answer within ``timeout`` (a down
+        node is not asked) why not. A slow node costs at most ``timeout``."""
+        names = sorted(self._nodes)
+
+        async def one(name: str) -> list:
+            tracked = self._nodes[name]
+            if tracked.health.state == "down":
+                raise UpstreamError(f"node {name} is down ({tracked.health.last_error})")
+            rows = await asyncio.wait_for(tracked.remote.get("/api/v1/instances"), timeout)
+            if not isinstance(rows, list):
+                raise UpstreamError(f"node {name} answered no instance list")
+            return [{**r, "node": name} for r in rows if isinstance(r, dict)]
+
+        answers = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+        out: dict = {"instances": [], "unreachable": {}}
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, asyncio.TimeoutError):
+                out["unreachable"][name] = f"node {name} did not answer in {timeout:g} s"
+            elif isinstance(answer, CorralError):
+                out["unreachable"][name] = answer.message
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                out["instances"] += answer
+        return out
 
     async def add(self, name: str, url: str, key: str) -> dict:
         """Check ``name``, ``url`` and ``key``, call the node once with the key, and store

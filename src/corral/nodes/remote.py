@@ -133,6 +133,10 @@ class RemoteNode:
     def __repr__(self) -> str:
         return f"RemoteNode({self.name!r}, {self.url!r})"
 
+    async def get(self, path: str) -> Any:
+        """``GET path`` on the node: its JSON; UpstreamError or UsageError as for a poll."""
+        return await self._get(path)
+
     async def _get(self, path: str) -> Any:
         try:
             resp = await self.client.get(path)
