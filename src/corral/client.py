@@ -39,6 +39,10 @@ from corral.settings import TOKEN_FILE, Settings
 
 #: Each error code to its class (cli/hub.py reads it for a pull that failed).
 _BY_CODE = errors.by_code()
+#: The linked node the CLI's requests are for (``--node NAME``), or None: this daemon.
+#: Its ``/api/...`` calls then go to ``/api/v1/nodes/NAME/api/...``, which the daemon
+#: relays to that node with the node's key.
+NODE: str | None = None
 
 
 class Client:
@@ -52,6 +56,13 @@ class Client:
         self.port = parts.port or (443 if self.tls else 80)
         self.timeout = timeout
         self._tls_context = None  # made on first use: ssl is imported only for https
+        self.node = NODE
+
+    def _route(self, path: str) -> str:
+        """``path`` on the target node, through this daemon, when there is one."""
+        if self.node and path.startswith("/api/"):
+            return f"/api/v1/nodes/{self.node}{path}"
+        return path
 
     @property
     def authority(self) -> str:
@@ -82,6 +93,7 @@ class Client:
 
         ConnectionRefusedError (no daemon) propagates so callers can start one.
         """
+        path = self._route(path)
         if params:
             path += "?" + urlencode({k: v for k, v in params.items() if v is not None})
         data = json.dumps(body).encode() if body is not None else None
@@ -156,6 +168,7 @@ class Client:
         """Yield the ``data:`` payloads of an SSE stream, decoded from JSON."""
         import http.client
 
+        path = self._route(path)
         if params:
             path += "?" + urlencode(params)
         if self.tls:

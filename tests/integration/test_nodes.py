@@ -316,3 +316,45 @@ def test_ps_lists_every_nodes_instances_with_a_node_column(pair, fake_binary, mo
     assert gone.returncode == 0 and json.loads(gone.stdout) == []
     assert gone.stderr.startswith("warning: node box: not listed: node box is down")
     assert key not in gone.stderr + shown.stdout
+
+
+def test_commands_act_on_a_node_through_the_controller(pair, fake_binary, model_file):
+    """``--node NAME`` on run/stop/start/restart/delete: the controller relays the CLI's
+    calls to the node's own REST API with the node's key; the node does the work."""
+    controller, node, key = pair
+    furnish(node, key, fake_binary, model_file)
+    assert add(controller, "box", url_of(node), key)[0] == 201
+    [first] = node_api(node, key, "GET", "/api/v1/instances")[1]
+    [model] = node_api(node, key, "GET", "/api/v1/models")[1]
+
+    def on_node(*args: str) -> subprocess.CompletedProcess:
+        out = cli(controller, *args)
+        assert out.returncode == 0, out.stderr
+        return out
+
+    ran = on_node("run", model["name"], "--node", "box", "--name", "second", "--json")
+    assert json.loads(ran.stdout)["name"] == "second"
+    names = lambda: sorted(i["name"] for i in node_api(node, key, "GET", "/api/v1/instances")[1])  # noqa: E731
+    assert names() == sorted([first["name"], "second"])
+    assert api(controller, "GET", "/api/v1/instances") == (200, [])  # nothing ran here
+
+    on_node("stop", "--node=box", "second")
+    state = lambda n: node_api(node, key, "GET", f"/api/v1/instances/{n}")[1]["state"]  # noqa: E731
+    assert state("second") == "stopped"
+    on_node("start", "second", "--node", "box")
+    wait_for(lambda: state("second") == "ready", timeout=30)
+    on_node("restart", "--node", "box", "second")
+    on_node("delete", "--node", "box", "second")
+    assert names() == [first["name"]]
+
+    # refused: a command that does not go through the API yet, an unknown node, paths
+    # that would leave the node's API, a node behind a node
+    ls = cli(controller, "ls", "--node", "box")
+    assert ls.returncode == 2 and "--node is not supported by `corral ls` yet" in ls.stderr
+    unknown = cli(controller, "stop", "--node", "nope", "x")
+    assert unknown.returncode == 3 and "no node 'nope'" in unknown.stderr
+    for path in ("/api/v1/nodes/box/api/v1/%2e%2e/keys", "/api/v1/nodes/box/api/v1/nodes"):
+        assert_error(*api(controller, "GET", path), 400, "bad_request")
+    node.stop()
+    down = cli(controller, "stop", "--node", "box", first["name"])
+    assert down.returncode == 14 and "node box" in down.stderr and key not in down.stderr

@@ -10,8 +10,11 @@ and no log line, ever carries the key.
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 
+from corral.errors import UsageError
 from corral.nodes.registry import KEY_MAX, NodeRegistry
 from corral.nodes.remote import URL_MAX
 
@@ -47,6 +50,47 @@ async def node_instances(nodes: NodeRegistry = Depends(get_nodes)) -> dict:
     """Every node's instances, asked of the nodes now (at most a few seconds for a slow
     one): ``instances`` (each with ``node``) and ``unreachable`` (node -> why)."""
     return await nodes.instances()
+
+
+#: What the relay passes back of a node's answer headers.
+RELAYED_HEADERS = ("content-type", "retry-after", "cache-control", "x-accel-buffering")
+
+
+def _relayed_path(rest: str) -> str:
+    """``/api/<rest>`` for the node, refused when it could name anything else: empty,
+    ``.`` or ``..`` segments, and the node's own nodes (no relay of relays)."""
+    parts = rest.split("/")
+    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        raise UsageError(f"not a path of a node's API: /api/{rest[:200]}")
+    if rest == "v1/nodes" or rest.startswith("v1/nodes/"):
+        raise UsageError("a node's own nodes are not reachable through this daemon")
+    return "/api/" + rest
+
+
+@router.api_route("/{name}/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def relay_to_node(
+    name: str, rest: str, request: Request, nodes: NodeRegistry = Depends(get_nodes)
+) -> StreamingResponse:
+    """The node's own REST API, called with its key (``corral --node NAME ...``): the
+    request as it came (method, query, JSON body), the answer streamed back as it goes
+    (a followed log, a pull's progress)."""
+    path = _relayed_path(rest)
+    remote = nodes.remote(name)
+    body = await request.body()
+    resp = await remote.open(
+        request.method,
+        path,
+        request.scope.get("query_string", b""),
+        body,
+        request.headers.get("content-type"),
+    )
+    headers = {k: v for k, v in resp.headers.items() if k.lower() in RELAYED_HEADERS}
+    return StreamingResponse(
+        resp.aiter_raw(),
+        status_code=resp.status_code,
+        headers=headers,
+        background=BackgroundTask(resp.aclose),
+    )
 
 
 @router.post("", status_code=201)

@@ -81,6 +81,9 @@ class CorralGroup(LazyGroup):
     ``OSError`` writing under CORRAL_HOME, a stray ``sqlite3`` error) is shown the same way,
     as StoreError/DiskFull: a user never sees a traceback for a full or read-only disk."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, take_node(args))
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -94,6 +97,51 @@ class CorralGroup(LazyGroup):
             if err is None:
                 raise
             _fail(ctx, err)
+
+
+#: The commands ``--node NAME`` works with: they go through the daemon's REST API, which
+#: the controller relays to the node (``/api/v1/nodes/NAME/api/...``).
+NODE_COMMANDS = ("run", "start", "stop", "restart", "delete", "pull")
+
+
+def take_node(args: list[str]) -> list[str]:
+    """``args`` without ``--node NAME`` (or ``--node=NAME``), which may come anywhere
+    after the command up to a ``--``; NAME becomes the client's target node
+    (:data:`corral.client.NODE`). A command that cannot act on a node says so."""
+    import corral.client as client_mod
+
+    client_mod.NODE = None
+    command = next((a for a in args if not a.startswith("-")), None)
+    out, node, i = [], None, 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out += args[i:]
+            break
+        if arg == "--node" or arg.startswith("--node="):
+            if arg == "--node":
+                if i + 1 >= len(args):
+                    raise click.UsageError("--node needs a node name (see corral nodes ls)")
+                node, i = args[i + 1], i + 2
+            else:
+                node, i = arg.split("=", 1)[1], i + 1
+            continue
+        out.append(arg)
+        i += 1
+    if node is None:
+        return out
+    if command not in NODE_COMMANDS:
+        raise click.UsageError(
+            f"--node is not supported by `corral {command}` yet; it works with: "
+            + ", ".join(NODE_COMMANDS)
+        )
+    from corral.types import check_name
+
+    try:
+        client_mod.NODE = check_name(node, "node name")
+    except CorralError as exc:
+        raise click.UsageError(exc.message) from None
+    return out
 
 
 def _store_failure(exc: Exception) -> CorralError | None:

@@ -179,6 +179,13 @@ class NodeRegistry:
                 out["instances"] += answer
         return out
 
+    def remote(self, name: str) -> RemoteNode:
+        """The connection to a linked node (NotFound for another name)."""
+        tracked = self._nodes.get(name)
+        if tracked is None:
+            raise NotFound(f"no node {name!r} (see `corral nodes ls`)")
+        return tracked.remote
+
     async def add(self, name: str, url: str, key: str) -> dict:
         """Check ``name``, ``url`` and ``key``, call the node once with the key, and store
         it only when it answered as a corral daemon that takes the key as admin."""

@@ -133,6 +133,27 @@ class RemoteNode:
     def __repr__(self) -> str:
         return f"RemoteNode({self.name!r}, {self.url!r})"
 
+    async def open(
+        self, method: str, path: str, query: bytes, body: bytes, ctype: str | None
+    ) -> httpx.Response:
+        """One request relayed to the node as it is, its answer streamed (the caller
+        closes it): no read timeout, so a followed log or a pull's progress may last."""
+        headers = {"Content-Type": ctype} if ctype else {}
+        request = self.client.build_request(
+            method,
+            path,
+            params=query.decode("latin-1") or None,
+            content=body or None,
+            headers=headers,
+            timeout=httpx.Timeout(None, connect=min(self.timeout, 3.0)),
+        )
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"node {self.name} ({self.url}) is unreachable ({type(exc).__name__})"
+            ) from None
+
     async def get(self, path: str) -> Any:
         """``GET path`` on the node: its JSON; UpstreamError or UsageError as for a poll."""
         return await self._get(path)
