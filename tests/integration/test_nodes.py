@@ -344,6 +344,21 @@ def test_commands_act_on_a_node_through_the_controller(pair, fake_binary, model_
     on_node("start", "second", "--node", "box")
     wait_for(lambda: state("second") == "ready", timeout=30)
     on_node("restart", "--node", "box", "second")
+    local = (node.settings.home / "logs" / "second.log").read_text().splitlines()
+    shown = on_node("logs", "second", "--node", "box", "-n", "5").stdout.splitlines()
+    assert shown and shown == local[-len(shown) :] and len(shown) <= 5
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "corral", "logs", "second", "--node", "box", "-f", "-n", "3"],
+        env=controller.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follow.stdout.readline().rstrip("\n") in local  # the followed stream is relayed
+    finally:
+        follow.kill()
+        follow.communicate(timeout=10)
     on_node("delete", "--node", "box", "second")
     assert names() == [first["name"]]
 

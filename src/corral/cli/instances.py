@@ -363,6 +363,11 @@ def delete(names: tuple[str, ...]) -> None:
 @click.option("-n", "--lines", default=50, show_default=True, help="How many last lines.")
 def logs(name: str, follow: bool, lines: int) -> None:
     """Print an instance's log (stdout and stderr of llama-server)."""
+    import corral.client as client_mod
+
+    if client_mod.NODE:  # a node's instance: through its REST API, relayed
+        _remote_logs(name, follow, lines)
+        return
     from corral.store import instances as inst_table
     from corral.store.db import Store
     from corral.supervisor import logs as logmod
@@ -384,6 +389,22 @@ def logs(name: str, follow: bool, lines: int) -> None:
     try:
         for chunk in logmod.follow_sync(path, start):
             sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+def _remote_logs(name: str, follow: bool, lines: int) -> None:
+    """``logs`` of a node's instance (``--node``): the API's tail, then its SSE stream."""
+    client = ensure_daemon(settings())
+    path = f"/api/v1/instances/{name}/logs"
+    if not follow:
+        for line in client.request("GET", path, params={"tail": lines})["lines"]:
+            click.echo(line)
+        return
+    try:
+        for line in client.stream_lines(path, {"tail": lines, "follow": "true"}):
+            click.echo(str(line).rstrip("\n"))
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
