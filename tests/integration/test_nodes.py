@@ -364,8 +364,8 @@ def test_commands_act_on_a_node_through_the_controller(pair, fake_binary, model_
 
     # refused: a command that does not go through the API yet, an unknown node, paths
     # that would leave the node's API, a node behind a node
-    ls = cli(controller, "ls", "--node", "box")
-    assert ls.returncode == 2 and "--node is not supported by `corral ls` yet" in ls.stderr
+    flags = cli(controller, "flags", "ctx", "--node", "box")
+    assert flags.returncode == 2 and "--node is not supported by `corral flags` yet" in flags.stderr
     unknown = cli(controller, "stop", "--node", "nope", "x")
     assert unknown.returncode == 3 and "no node 'nope'" in unknown.stderr
     for path in ("/api/v1/nodes/box/api/v1/%2e%2e/keys", "/api/v1/nodes/box/api/v1/nodes"):
@@ -373,3 +373,33 @@ def test_commands_act_on_a_node_through_the_controller(pair, fake_binary, model_
     node.stop()
     down = cli(controller, "stop", "--node", "box", first["name"])
     assert down.returncode == 14 and "node box" in down.stderr and key not in down.stderr
+
+
+def test_the_index_commands_act_on_a_node(pair, fake_binary, model_file, tmp_path):
+    """ls, show, import and rm with ``--node``: the node's index and files, not ours."""
+    controller, node, key = pair
+    assert add(controller, "box", url_of(node), key)[0] == 201
+    there = tmp_path / "on-the-node"
+    there.mkdir()
+    copy = there / "other-Q8_0.gguf"
+    copy.write_bytes(model_file.read_bytes())
+
+    imported = cli(controller, "import", str(there), "--node", "box", "--json")
+    assert imported.returncode == 0, imported.stderr
+    [made] = json.loads(imported.stdout)
+    assert made["path"] == str(copy)
+    assert cli(controller, "ls", "--json").stdout.strip() in ("", "[]")  # not here
+
+    listed = json.loads(cli(controller, "ls", "--node", "box", "--json").stdout)
+    assert listed == node_api(node, key, "GET", "/api/v1/models")[1]
+    table_ = cli(controller, "ls", "--node", "box").stdout
+    assert made["name"] in table_ and "QUANT" in table_
+    shown = cli(controller, "show", made["name"], "--node", "box")
+    assert shown.returncode == 0 and str(copy) in shown.stdout
+    missing = cli(controller, "show", "nope", "--node", "box")
+    assert missing.returncode == 3 and missing.stderr.startswith("error: ")
+
+    removed = cli(controller, "rm", made["name"], "--node", "box")
+    assert removed.returncode == 0, removed.stderr
+    assert "imported files are never deleted" in removed.stdout
+    assert copy.exists() and node_api(node, key, "GET", "/api/v1/models")[1] == []

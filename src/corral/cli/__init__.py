@@ -101,7 +101,10 @@ class CorralGroup(LazyGroup):
 
 #: The commands ``--node NAME`` works with: they go through the daemon's REST API, which
 #: the controller relays to the node (``/api/v1/nodes/NAME/api/...``).
-NODE_COMMANDS = ("run", "start", "stop", "restart", "delete", "logs", "pull")
+NODE_COMMANDS = (
+    *("run", "start", "stop", "restart", "delete", "logs", "pull"),
+    *("ls", "show", "rm", "import"),
+)
 
 
 def take_node(args: list[str]) -> list[str]:

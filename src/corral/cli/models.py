@@ -1,7 +1,8 @@
 """corral ls | show | rm | import — the local model index.
 
 These read and write the store directly (no daemon needed; the store is WAL-mode
-SQLite, so the CLI and a running daemon may both write).
+SQLite, so the CLI and a running daemon may both write). With ``--node NAME`` they call
+that node's REST API instead, relayed by the daemon (its index, its files).
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ def _store():
     s = settings()
     s.ensure_dirs()
     return s, Store(s.db_path)
+
+
+def _node_client():
+    """The client to the target node (``--node``), or None for this machine's store."""
+    import corral.client as client_mod
+
+    if not client_mod.NODE:
+        return None
+    return client_mod.ensure_daemon(settings())
 
 
 def human_size(n: int | None) -> str:
@@ -48,14 +58,7 @@ def _params(view: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ls(as_json: bool) -> None:
     """List the models corral knows (downloaded and imported)."""
-    from corral.models import model_view
-    from corral.store import models as table_
-
-    _, store = _store()
-    try:
-        views = [model_view(r) for r in table_.list_all(store)]
-    finally:
-        store.close()
+    views = _views()
     if as_json:
         print_json(views)
         return
@@ -79,6 +82,35 @@ def ls(as_json: bool) -> None:
     click.echo(table(rows, ["NAME", "QUANT", "PARAMS", "ARCH", "SIZE", "SOURCE"]))
 
 
+def _views() -> list[dict]:
+    remote = _node_client()
+    if remote is not None:
+        return remote.request("GET", "/api/v1/models")
+    from corral.models import model_view
+    from corral.store import models as table_
+
+    _, store = _store()
+    try:
+        return [model_view(r) for r in table_.list_all(store)]
+    finally:
+        store.close()
+
+
+def _view(model: str) -> dict:
+    remote = _node_client()
+    if remote is not None:
+        from urllib.parse import quote
+
+        return remote.request("GET", f"/api/v1/models/{quote(model, safe='')}")
+    from corral.models import model_view, resolve
+
+    _, store = _store()
+    try:
+        return model_view(resolve(store, model))
+    finally:
+        store.close()
+
+
 @click.command("show")
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -88,13 +120,7 @@ def show(model: str, as_json: bool) -> None:
     Control characters in GGUF strings (a hostile file's terminal escapes) are shown
     escaped (``\\x1b``); ``--json`` gives them JSON-escaped.
     """
-    from corral.models import model_view, resolve
-
-    _, store = _store()
-    try:
-        view = model_view(resolve(store, model))
-    finally:
-        store.close()
+    view = _view(model)
     if as_json:
         print_json(view)
         return
@@ -138,35 +164,68 @@ def rm(models: tuple[str, ...], keep_files: bool, force: bool) -> None:
     unless --force: stop the instance first.
     """
     from corral.errors import Conflict
-    from corral.models import remove
 
-    s, store = _store()
+    remover = _remover(keep_files, force)
     try:
         for model in models:
             try:
-                result = remove(
-                    store, model, delete_files=not keep_files, models_dir=s.models_dir, force=force
-                )
+                result = remover(model)
             except Conflict as exc:
                 raise Conflict(f"{exc.message} (--keep-files or --force)") from None
-            name = printable(result["model"]["name"])
-            if result["deleted"]:
-                click.echo(f"removed {name}; deleted {len(result['deleted'])} file(s):")
-                for p in result["deleted"]:
-                    click.echo(f"  {printable(p)}")
-                for p in result["kept"]:
-                    click.echo(f"  kept {printable(p)} (used by another model)")
-            else:
-                why = (
-                    "imported files are never deleted"
-                    if not result["model"]["owned"]
-                    else "--keep-files"
-                    if keep_files
-                    else "still used by another model"
-                )
-                click.echo(f"removed {name}; files kept ({why})")
+            _say_removed(result, keep_files)
     finally:
-        store.close()
+        remover.close()
+
+
+class _remover:  # noqa: N801 - used as a function with a close()
+    """Removes one model: from this store, or (``--node``) through the node's API."""
+
+    def __init__(self, keep_files: bool, force: bool) -> None:
+        self.keep_files, self.force = keep_files, force
+        self.remote = _node_client()
+        self.store = None
+        if self.remote is None:
+            self.settings, self.store = _store()
+
+    def __call__(self, model: str) -> dict:
+        if self.remote is not None:
+            from urllib.parse import quote
+
+            params = {"keep_files": str(self.keep_files).lower(), "force": str(self.force).lower()}
+            path = f"/api/v1/models/{quote(model, safe='')}"
+            return self.remote.request("DELETE", path, params=params)
+        from corral.models import remove
+
+        return remove(
+            self.store,
+            model,
+            delete_files=not self.keep_files,
+            models_dir=self.settings.models_dir,
+            force=self.force,
+        )
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def _say_removed(result: dict, keep_files: bool) -> None:
+    name = printable(result["model"]["name"])
+    if result["deleted"]:
+        click.echo(f"removed {name}; deleted {len(result['deleted'])} file(s):")
+        for p in result["deleted"]:
+            click.echo(f"  {printable(p)}")
+        for p in result["kept"]:
+            click.echo(f"  kept {printable(p)} (used by another model)")
+        return
+    why = (
+        "imported files are never deleted"
+        if not result["model"]["owned"]
+        else "--keep-files"
+        if keep_files
+        else "still used by another model"
+    )
+    click.echo(f"removed {name}; files kept ({why})")
 
 
 @click.command("import")
@@ -178,6 +237,34 @@ def import_(path: str, name: str | None, as_json: bool) -> None:
 
     Nothing is copied; `corral rm` never deletes imported files.
     """
+    views, problems = _imported(path, name)
+    for problem in problems:
+        click.echo(f"skipped: {printable(problem)}", err=True)
+    if as_json:
+        print_json(views)
+        return
+    if not views:
+        click.echo(f"no GGUF models found in {printable(path)}", err=True)
+        return
+    for v in views:
+        extra = f", {len(v['files'])} parts" if len(v["files"]) > 1 else ""
+        extra += ", +mmproj" if v["mmproj"] else ""
+        click.echo(
+            printable(
+                f"{v['name']}  ({v['quantization'] or '?'}, {human_size(v['size'])}{extra})  "
+                f"{v['path']}"
+            )
+        )
+
+
+def _imported(path: str, name: str | None) -> tuple[list[dict], list[str]]:
+    """(the models indexed, the files skipped): here, or (``--node``) on the node, where
+    ``path`` is a path of the node's."""
+    remote = _node_client()
+    if remote is not None:
+        body = {"path": path, "name": name} if name else {"path": path}
+        answer = remote.request("POST", "/api/v1/models/import", body, timeout=None)
+        return answer["models"], answer["skipped"]
     from corral.models import import_path, model_view
 
     _, store = _store()
@@ -186,23 +273,7 @@ def import_(path: str, name: str | None, as_json: bool) -> None:
         recs = import_path(store, path, name=name, problems=problems)
     finally:
         store.close()
-    for problem in problems:
-        click.echo(f"skipped: {printable(problem)}", err=True)
-    if as_json:
-        print_json([model_view(r) for r in recs])
-        return
-    if not recs:
-        click.echo(f"no GGUF models found in {printable(path)}", err=True)
-        return
-    for r in recs:
-        v = model_view(r)
-        extra = f", {len(r.files)} parts" if len(r.files) > 1 else ""
-        extra += ", +mmproj" if r.mmproj else ""
-        click.echo(
-            printable(
-                f"{r.name}  ({v['quantization'] or '?'}, {human_size(r.size)}{extra})  {r.path}"
-            )
-        )
+    return [model_view(r) for r in recs], problems
 
 
 COMMANDS = [ls, show, rm, import_]
