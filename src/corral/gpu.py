@@ -40,7 +40,7 @@ import os
 import platform as _platform
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 # csv, ctypes, glob and subprocess are imported where they are used: a simulated
@@ -223,6 +223,18 @@ class HostInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HostInfo:
+        """The host :meth:`to_dict` described (another daemon's ``/api/v1/system``); keys
+        it does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        gpu_keys = {f.name for f in fields(GPU)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["gpus"] = [
+            GPU(**{k: v for k, v in g.items() if k in gpu_keys}) for g in data.get("gpus") or []
+        ]
+        return cls(**values)
 
     def simd(self) -> str:
         """The best SIMD level, for one-line summaries."""

@@ -103,7 +103,7 @@ class CorralGroup(LazyGroup):
 #: the controller relays to the node (``/api/v1/nodes/NAME/api/...``).
 NODE_COMMANDS = (
     *("run", "start", "stop", "restart", "delete", "logs", "pull"),
-    *("ls", "show", "rm", "import"),
+    *("ls", "show", "rm", "import", "gpus"),
 )
 
 

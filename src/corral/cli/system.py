@@ -24,15 +24,11 @@ def gpus(as_json: bool) -> None:
       corral gpus           table of GPUs plus the chosen backend
       corral gpus --json    everything detected, machine-readable
     """
-    from corral.gpu import amdgpu_targets, best_backend, cuda_architectures, detect, summary
+    from corral.gpu import summary
 
-    host = detect()
-    backend, why = best_backend(host)
+    host, data = _detected()
+    backend, why = data["backend"]["name"], data["backend"]["reason"]
     if as_json:
-        data = host.to_dict()
-        data["backend"] = {"name": backend, "reason": why}
-        data["cuda_architectures"] = cuda_architectures(host)
-        data["amdgpu_targets"] = amdgpu_targets(host)
         print_json(data)
         return
     if host.gpus:
@@ -60,6 +56,28 @@ def gpus(as_json: bool) -> None:
     click.echo(f"backend: {backend} ({why})")
     for warning in host.warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+def _detected():
+    """(the host, its JSON): this machine's, or (``--node``) the node's ``/api/v1/system``,
+    detected there now."""
+    import corral.client as client_mod
+    from corral.gpu import HostInfo, amdgpu_targets, best_backend, cuda_architectures, detect
+
+    if client_mod.NODE:
+        from corral.cli.common import settings
+
+        answer = client_mod.ensure_daemon(settings()).request("GET", "/api/v1/system", timeout=30)
+        keys = (*HostInfo.__dataclass_fields__, "backend", "cuda_architectures", "amdgpu_targets")
+        data = {k: answer[k] for k in keys if k in answer}
+        return HostInfo.from_dict(data), data
+    host = detect()
+    backend, why = best_backend(host)
+    data = host.to_dict()
+    data["backend"] = {"name": backend, "reason": why}
+    data["cuda_architectures"] = cuda_architectures(host)
+    data["amdgpu_targets"] = amdgpu_targets(host)
+    return host, data
 
 
 COMMANDS = [gpus]
