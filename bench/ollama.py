@@ -166,21 +166,7 @@ async def _batch(
     port: int, request: bytes, counter, tokens: int, concurrency: int, n: int
 ) -> tuple[list[Result], float]:
     workers = [Worker(port, request, counter, tokens) for _ in range(concurrency)]
-    await asyncio.gather(*(w.connect() for w in workers))
-    left = [n]
-    results: list[Result] = []
-
-    async def drive(w: Worker) -> None:
-        while left[0] > 0:
-            left[0] -= 1
-            results.append(await w.one())
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(drive(w) for w in workers))
-    wall = time.perf_counter() - t0
-    for w in workers:
-        w.close()
-    return results, wall
+    return await R.run_workers(workers, n)
 
 
 @dataclass

@@ -220,12 +220,17 @@ def _check(status: int, count: SSECount, t0: float, tokens: int) -> Result:
 async def _raw_batch(
     port: int, request: bytes, tokens: int, concurrency: int, n: int
 ) -> tuple[list[Result], float]:
-    workers = [RawWorker(port, request, tokens) for _ in range(concurrency)]
+    return await run_workers([RawWorker(port, request, tokens) for _ in range(concurrency)], n)
+
+
+async def run_workers(workers: list, n: int) -> tuple[list, float]:
+    """``n`` requests over ``workers`` (each: ``connect``, ``one``, ``close``), each sending
+    its next as soon as its last is answered: (their results, the wall time)."""
     await asyncio.gather(*(w.connect() for w in workers))
     left = [n]
-    results: list[Result] = []
+    results: list = []
 
-    async def drive(w: RawWorker) -> None:
+    async def drive(w) -> None:
         while left[0] > 0:
             left[0] -= 1
             results.append(await w.one())

@@ -139,11 +139,14 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run the real ``corral`` CLI against this daemon."""
+    def cli(
+        self, *args: str, timeout: float = 60, stdin: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run the real ``corral`` CLI against this daemon (``stdin``: what it reads)."""
         return subprocess.run(
             [sys.executable, "-m", "corral", *args],
             env=self.env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -93,6 +93,18 @@ def active_count(store: Store) -> int:
     return table.active_count(store)
 
 
+def keys_exist(db_path: Path) -> bool:
+    """Whether the store at ``db_path`` holds an unrevoked key (no store is created to
+    find out): what a bind beyond loopback needs, for ``corral serve`` and its service."""
+    if not db_path.exists():
+        return False
+    store = Store(db_path)
+    try:
+        return active_count(store) > 0
+    finally:
+        store.close()
+
+
 @dataclass(frozen=True)
 class Grant:
     """Who a verified secret belongs to."""

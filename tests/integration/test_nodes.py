@@ -22,8 +22,8 @@ from tests.conftest import DaemonProcess, free_port, free_port_range, wait_for
 from tests.integration.conftest import api, assert_error
 
 
-@pytest.fixture
-def node_env(tmp_path: Path, daemon_env: dict[str, str]) -> dict[str, str]:
+def env_of_node(tmp_path: Path, daemon_env: dict[str, str], **extra: str) -> dict[str, str]:
+    """A second daemon's environment: its own home, port and instance ports."""
     home = tmp_path / "node-home"
     home.mkdir(mode=0o700)
     port = free_port()
@@ -33,7 +33,13 @@ def node_env(tmp_path: Path, daemon_env: dict[str, str]) -> dict[str, str]:
         "CORRAL_PORT": str(port),
         "CORRAL_URL": f"http://127.0.0.1:{port}",
         "CORRAL_PORT_RANGE": free_port_range(),
+        **extra,
     }
+
+
+@pytest.fixture
+def node_env(tmp_path: Path, daemon_env: dict[str, str]) -> dict[str, str]:
+    return env_of_node(tmp_path, daemon_env)
 
 
 @pytest.fixture
@@ -61,14 +67,7 @@ def url_of(d: DaemonProcess) -> str:
 
 
 def cli(d: DaemonProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "corral", *args],
-        env=d.env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return d.cli(*args, stdin=stdin)
 
 
 def nodes_of(controller: DaemonProcess) -> list[dict]:

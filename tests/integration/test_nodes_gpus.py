@@ -9,25 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, free_port_range
-from tests.integration.test_nodes import add, cli, pair, url_of  # noqa: F401
+from tests.integration.test_nodes import add, cli, env_of_node, pair, url_of  # noqa: F401
 from tests.integration.test_router_placement import fake_nvidia_smi
 
 
 @pytest.fixture
 def node_env(tmp_path: Path, daemon_env: dict[str, str]) -> dict[str, str]:
-    home = tmp_path / "node-home"
-    home.mkdir(mode=0o700)
-    port = free_port()
     tools = fake_nvidia_smi(tmp_path / "node-bin", "nvidia-smi-2gpu.csv")
-    return {
-        **daemon_env,
-        "CORRAL_HOME": str(home),
-        "CORRAL_PORT": str(port),
-        "CORRAL_URL": f"http://127.0.0.1:{port}",
-        "CORRAL_PORT_RANGE": free_port_range(),
-        "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
-    }
+    return env_of_node(tmp_path, daemon_env, PATH=f"{tools}{os.pathsep}{os.environ['PATH']}")
 
 
 def test_gpus_of_a_node_are_detected_there(pair):  # noqa: F811

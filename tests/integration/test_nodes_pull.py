@@ -9,26 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, free_port_range
-from tests.integration.test_nodes import add, cli, node_api, pair, url_of  # noqa: F401
+from tests.integration.test_nodes import add, cli, env_of_node, node_api, pair, url_of  # noqa: F401
 from tests.integration.test_pulls import REPO, hub  # noqa: F401
 
 
 @pytest.fixture
 def node_env(tmp_path: Path, daemon_env: dict[str, str], hub) -> dict[str, str]:  # noqa: F811
-    home = tmp_path / "node-home"
-    home.mkdir(mode=0o700)
-    port = free_port()
-    return {
-        **daemon_env,
-        "CORRAL_HOME": str(home),
-        "CORRAL_PORT": str(port),
-        "CORRAL_URL": f"http://127.0.0.1:{port}",
-        "CORRAL_PORT_RANGE": free_port_range(),
-        "CORRAL_HF_ENDPOINT": hub.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HOME": str(home / "hf"),
-    }
+    return env_of_node(
+        tmp_path,
+        daemon_env,
+        CORRAL_HF_ENDPOINT=hub.url,
+        HF_HUB_DISABLE_XET="1",
+        HF_HOME=str(tmp_path / "node-hf"),
+    )
 
 
 def test_pull_on_a_node_downloads_there(pair, hub):  # noqa: F811

@@ -30,7 +30,8 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -110,13 +111,10 @@ class _Route:
     rec: object | None
     target: object
     store: object = None
-    _entry: object = field(default=False, repr=False)  # False: not looked up yet
 
-    @property
+    @cached_property
     def entry(self) -> model_table.ModelRecord | None:
-        if self._entry is False:
-            self._entry = _entry_for(self.store, self.rec, self.target)
-        return self._entry
+        return _entry_for(self.store, self.rec, self.target)
 
 
 def _hub_entry(d: Daemon, text: str) -> model_table.ModelRecord | None:

@@ -36,17 +36,6 @@ from corral.types import check_port
 log = logging.getLogger("corral.server")
 
 
-def _keys_exist(settings: Settings) -> bool:
-    """Whether the store holds an unrevoked API key (without creating a store to find out)."""
-    if not settings.db_path.exists():
-        return False
-    store = Store(settings.db_path)
-    try:
-        return keys.active_count(store) > 0
-    finally:
-        store.close()
-
-
 def acquire_lock(settings: Settings):
     """Hold CORRAL_HOME/daemon.lock for the life of the process (one daemon per home)."""
     settings.ensure_dirs()
@@ -145,7 +134,11 @@ def serve(settings: Settings) -> None:
     """Run the daemon in the foreground until SIGINT/SIGTERM or /api/v1/shutdown."""
     private_umask()  # see corral.settings, "File modes"
     check_api_key(settings)
-    if not is_loopback(settings.host) and not settings.api_key and not _keys_exist(settings):
+    if (
+        not is_loopback(settings.host)
+        and not settings.api_key
+        and not keys.keys_exist(settings.db_path)
+    ):
         raise UsageError(
             f"refusing to listen on {settings.host} without an API key: "
             "run `corral keys create NAME` (or set CORRAL_API_KEY)"

@@ -19,6 +19,16 @@ def settings() -> Settings:
     return s
 
 
+def node_client():
+    """The daemon client for ``--node NAME`` (its calls go to that node, relayed), or None
+    when the command is for this machine."""
+    import corral.client as client_mod
+
+    if not client_mod.NODE:
+        return None
+    return client_mod.ensure_daemon(settings())
+
+
 def local_model(model: str | None) -> str | None:
     """An existing path made absolute (the daemon has another cwd); anything else as is."""
     from pathlib import Path

@@ -13,6 +13,7 @@ from corral.cli.common import (
     WHOLE,
     ago,
     local_model,
+    node_client,
     print_json,
     settings,
     split_own_options,
@@ -363,10 +364,9 @@ def delete(names: tuple[str, ...]) -> None:
 @click.option("-n", "--lines", default=50, show_default=True, help="How many last lines.")
 def logs(name: str, follow: bool, lines: int) -> None:
     """Print an instance's log (stdout and stderr of llama-server)."""
-    import corral.client as client_mod
-
-    if client_mod.NODE:  # a node's instance: through its REST API, relayed
-        _remote_logs(name, follow, lines)
+    remote = node_client()
+    if remote is not None:  # a node's instance: through its REST API, relayed
+        _remote_logs(remote, name, follow, lines)
         return
     from corral.store import instances as inst_table
     from corral.store.db import Store
@@ -394,9 +394,8 @@ def logs(name: str, follow: bool, lines: int) -> None:
         pass
 
 
-def _remote_logs(name: str, follow: bool, lines: int) -> None:
+def _remote_logs(client, name: str, follow: bool, lines: int) -> None:
     """``logs`` of a node's instance (``--node``): the API's tail, then its SSE stream."""
-    client = ensure_daemon(settings())
     path = f"/api/v1/instances/{name}/logs"
     if not follow:
         for line in client.request("GET", path, params={"tail": lines})["lines"]:

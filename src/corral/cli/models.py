@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from corral.cli.common import print_json, settings, table
+from corral.cli.common import node_client, print_json, settings, table
 from corral.cli.terminal import printable
 
 
@@ -19,15 +19,6 @@ def _store():
     s = settings()
     s.ensure_dirs()
     return s, Store(s.db_path)
-
-
-def _node_client():
-    """The client to the target node (``--node``), or None for this machine's store."""
-    import corral.client as client_mod
-
-    if not client_mod.NODE:
-        return None
-    return client_mod.ensure_daemon(settings())
 
 
 def human_size(n: int | None) -> str:
@@ -83,7 +74,7 @@ def ls(as_json: bool) -> None:
 
 
 def _views() -> list[dict]:
-    remote = _node_client()
+    remote = node_client()
     if remote is not None:
         return remote.request("GET", "/api/v1/models")
     from corral.models import model_view
@@ -97,7 +88,7 @@ def _views() -> list[dict]:
 
 
 def _view(model: str) -> dict:
-    remote = _node_client()
+    remote = node_client()
     if remote is not None:
         from urllib.parse import quote
 
@@ -182,7 +173,7 @@ class _remover:  # noqa: N801 - used as a function with a close()
 
     def __init__(self, keep_files: bool, force: bool) -> None:
         self.keep_files, self.force = keep_files, force
-        self.remote = _node_client()
+        self.remote = node_client()
         self.store = None
         if self.remote is None:
             self.settings, self.store = _store()
@@ -260,7 +251,7 @@ def import_(path: str, name: str | None, as_json: bool) -> None:
 def _imported(path: str, name: str | None) -> tuple[list[dict], list[str]]:
     """(the models indexed, the files skipped): here, or (``--node``) on the node, where
     ``path`` is a path of the node's."""
-    remote = _node_client()
+    remote = node_client()
     if remote is not None:
         body = {"path": path, "name": name} if name else {"path": path}
         answer = remote.request("POST", "/api/v1/models/import", body, timeout=None)

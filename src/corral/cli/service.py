@@ -180,10 +180,11 @@ def _check_key(s, host: str) -> None:
     """Refuse, as `corral serve` would, a non-loopback bind without an API key, and one
     whose only key is CORRAL_API_KEY in this shell (the service does not see it)."""
     from corral.errors import UsageError
+    from corral.keys import keys_exist
     from corral.net import is_loopback
     from corral.settings import MIN_API_KEY_LENGTH, read_config
 
-    if is_loopback(host) or _keys_exist(s):
+    if is_loopback(host) or keys_exist(s.db_path):
         return
     key = str(read_config(s.config_path).get("api_key") or "")  # what the service reads
     if key and len(key) >= MIN_API_KEY_LENGTH:
@@ -199,20 +200,6 @@ def _check_key(s, host: str) -> None:
         f"refusing to install a service on {host} without an API key{shell_only}: "
         "run `corral keys create NAME` first"
     )
-
-
-def _keys_exist(s) -> bool:
-    """Whether the store holds an unrevoked key (no store is created to find out)."""
-    if not s.db_path.exists():
-        return False
-    from corral import keys
-    from corral.store.db import Store
-
-    store = Store(s.db_path)
-    try:
-        return keys.active_count(store) > 0
-    finally:
-        store.close()
 
 
 def _owner(home: Path) -> tuple[str | None, str | None]:

@@ -61,13 +61,12 @@ def gpus(as_json: bool) -> None:
 def _detected():
     """(the host, its JSON): this machine's, or (``--node``) the node's ``/api/v1/system``,
     detected there now."""
-    import corral.client as client_mod
+    from corral.cli.common import node_client
     from corral.gpu import HostInfo, amdgpu_targets, best_backend, cuda_architectures, detect
 
-    if client_mod.NODE:
-        from corral.cli.common import settings
-
-        answer = client_mod.ensure_daemon(settings()).request("GET", "/api/v1/system", timeout=30)
+    remote = node_client()
+    if remote is not None:
+        answer = remote.request("GET", "/api/v1/system", timeout=30)
         keys = (*HostInfo.__dataclass_fields__, "backend", "cuda_architectures", "amdgpu_targets")
         data = {k: answer[k] for k in keys if k in answer}
         return HostInfo.from_dict(data), data
