@@ -27,6 +27,7 @@ from corral.api import (
     openai as openai_api,
     presets as presets_api,
     pulls as pulls_api,
+    rpc as rpc_api,
     security,
     settings as settings_api,
     system as system_api,
@@ -39,6 +40,7 @@ from corral.pulls import PullManager
 from corral.router import Router
 from corral.settings import Settings
 from corral.store.db import Store
+from corral.supervisor.rpc import RpcSupervisor
 from corral.supervisor.supervisor import Supervisor
 
 
@@ -85,7 +87,10 @@ def _lifespan(settings: Settings, supervisor_factory):
         # The linked nodes (corral nodes): polled in the background, never awaited by a
         # local request; on app.state rather than Daemon, read by api/nodes.py only.
         app.state.nodes = NodeRegistry(store, lambda: settings.node_poll_interval)
+        # This machine's rpc-servers (corral rpc): re-adopted here, read by api/rpc.py only.
+        app.state.rpc = RpcSupervisor(settings, store)
         await supervisor.start()
+        await app.state.rpc.start()
         router.start()
         app.state.nodes.start()
         try:
@@ -95,6 +100,7 @@ def _lifespan(settings: Settings, supervisor_factory):
             await pulls.close()
             await build_jobs.close()
             await router.close()
+            await app.state.rpc.close()
             await supervisor.close()
             store.close()
 
@@ -122,6 +128,7 @@ async def shutdown(req: ShutdownRequest, request: Request, d: Daemon = Depends(g
     stopped = [r.name for r in d.supervisor.list() if r.pid]
     if req.stop_instances:
         await d.supervisor.stop_all()
+        await request.app.state.rpc.stop_all()
     server = getattr(request.app.state, "server", None)
     if server is not None:
         server.should_exit = True
@@ -141,6 +148,7 @@ RESOURCES = (
     presets_api,
     keys,
     nodes_api,
+    rpc_api,
     conversations,
     events,
     metrics,

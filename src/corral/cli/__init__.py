@@ -42,6 +42,7 @@ COMMAND_MODULES = {
     "preset": "presets",
     "keys": "keys",
     "nodes": "nodes",
+    "rpc": "rpc",
     "gpus": "system",
     "doctor": "system",
     "fit": "fit",
@@ -103,7 +104,7 @@ class CorralGroup(LazyGroup):
 #: the controller relays to the node (``/api/v1/nodes/NAME/api/...``).
 NODE_COMMANDS = (
     *("run", "start", "stop", "restart", "delete", "logs", "pull"),
-    *("ls", "show", "rm", "import", "gpus"),
+    *("ls", "show", "rm", "import", "gpus", "rpc"),
 )
 
 

@@ -136,6 +136,7 @@ def run(**opts) -> None:
       corral run model.gguf --no-fit -ngl 0
     """
     opts = _run_options(opts)
+    opts["flags"] = _with_rpc(opts["flags"])
     body = _launch_body(opts)  # checked before a daemon is started for it
     inst = ensure_daemon(settings()).request("POST", "/api/v1/instances", body, timeout=None)
     _print_launched(inst, opts["as_json"])
@@ -158,6 +159,39 @@ def _run_options(opts: dict) -> dict:
     if opts["model"] is None and opts["preset"] is None:
         raise UsageError("give MODEL (a GGUF path or a model of the index), or --preset NAME")
     return opts
+
+
+#: llama-server's flags that place layers (then ``--rpc`` adds no ``-ngl``).
+_PLACING = ("-ngl", "--gpu-layers", "--n-gpu-layers", "-ts", "--tensor-split", "-dev", "--device")
+
+
+def _with_rpc(flags: list[str]) -> list[str]:
+    """``--rpc`` (llama-server's own flag) with node names made ``HOST:PORT`` endpoints
+    (an rpc-server started on a node that has none); ``HOST:PORT`` entries pass as typed.
+
+    corral's planner knows nothing of the remote devices, so an ``--rpc`` launch that
+    places nothing itself gets ``-ngl 99`` (every layer on the GPU-type devices, the RPC
+    ones included) and llama.cpp's own split: by each device's free memory."""
+    at = next((i for i, f in enumerate(flags) if f == "--rpc" or f.startswith("--rpc=")), None)
+    if at is None:
+        return flags
+    flags = list(flags)
+    if flags[at] == "--rpc":
+        if at + 1 >= len(flags):
+            raise UsageError("--rpc needs node names or HOST:PORT endpoints")
+        value, end = flags[at + 1], at + 2
+    else:
+        value, end = flags[at].split("=", 1)[1], at + 1
+    from corral.cli.rpc import resolve_rpc
+
+    endpoints, notes = resolve_rpc(value)
+    flags[at:end] = ["--rpc", endpoints]
+    for note in notes:
+        click.echo(note, err=True)
+    if not any(f.split("=", 1)[0] in _PLACING for f in flags):
+        flags += ["-ngl", "99"]
+        click.echo("rpc: -ngl 99 added (llama.cpp splits layers by free memory)", err=True)
+    return flags
 
 
 def _launch_body(opts: dict) -> dict:
@@ -279,6 +313,7 @@ def ps(as_json: bool) -> None:
         return
     if not items:
         click.echo("no instances (start one with: corral run MODEL.gguf)", err=True)
+        _print_rpc_section(bool(items))
         return
     rows = [
         [
@@ -298,6 +333,22 @@ def ps(as_json: bool) -> None:
         rows = [[printable(i["node"] or "-"), *row] for i, row in zip(items, rows, strict=True)]
         head = ["NODE", *head]
     click.echo(table(rows, head))
+    _print_rpc_section(bool(items))
+
+
+def _print_rpc_section(after_table: bool) -> None:
+    """This machine's rpc-servers under the instances, as a table of their own: they
+    have no model, devices plan nor URL (``ps --json`` stays the list of instances;
+    ``rpc ls --json`` has the servers)."""
+    from corral.cli.rpc import rpc_rows, rpc_servers
+
+    servers = rpc_servers()
+    if not servers:
+        return
+    if after_table:
+        click.echo("")
+    click.echo("RPC SERVERS")
+    click.echo(table(*rpc_rows(servers)))
 
 
 def _target_names(client, targets: tuple[str, ...], all_: bool) -> list[str]:

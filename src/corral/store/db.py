@@ -175,6 +175,31 @@ CREATE TABLE nodes (
 );
 """
 
+M011_RPC_SERVERS = """
+CREATE TABLE rpc_servers (
+    name            TEXT PRIMARY KEY,          -- `corral rpc stop NAME`
+    binary          TEXT NOT NULL,             -- the rpc-server (or ggml-rpc-server) run
+    host            TEXT NOT NULL,             -- the IP it binds, named by the user
+    port            INTEGER NOT NULL,
+    devices         TEXT NOT NULL DEFAULT '[]',  -- JSON: -d names; [] = rpc-server's choice
+    threads         INTEGER,                   -- -t; NULL = rpc-server's default
+    cache           INTEGER NOT NULL DEFAULT 1,  -- -c, under CORRAL_HOME/rpc-cache
+    argv            TEXT NOT NULL DEFAULT '[]',  -- JSON, the exact command line spawned
+    restart_policy  TEXT NOT NULL DEFAULT 'on-failure',
+    state           TEXT NOT NULL DEFAULT 'stopped',
+    pid             INTEGER,
+    create_time     REAL,                      -- process start time: guards against pid reuse
+    restarts        INTEGER NOT NULL DEFAULT 0,
+    exit_code       INTEGER,
+    last_error      TEXT,
+    started_at      REAL,
+    ready_at        REAL,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL
+);
+CREATE UNIQUE INDEX rpc_servers_address ON rpc_servers(host, port);
+"""
+
 MIGRATIONS: list[str] = [
     M001_INITIAL,
     M002_INSTANCE_VERSION,
@@ -186,6 +211,7 @@ MIGRATIONS: list[str] = [
     M008_INSTANCE_ROUTING,
     M009_INSTANCE_PLACEMENT,
     M010_NODES,
+    M011_RPC_SERVERS,
 ]
 
 
