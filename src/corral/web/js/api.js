@@ -57,6 +57,18 @@ async function errorOf(resp) {
   return new ApiError(resp.status, "http_error", `${resp.status} ${resp.statusText}`.trim());
 }
 
+/** A path of a node's API through this daemon's relay: /api/v1/nodes/NAME/api/... */
+const RELAYED = /^\/api\/v1\/nodes\/([^/?]+)\/api\//;
+
+/** A node's 401 said as such (its own message alone would read as this daemon's). */
+function relayedError(err, relayed) {
+  if (!relayed || err.status !== 401) return err;
+  const node = decodeURIComponent(relayed[1]);
+  return new ApiError(err.status, err.code,
+    `node ${node} refused this daemon's key for it (${err.message}): remove the node and add it again with a new key`,
+    err.detail);
+}
+
 /**
  * fetch() with the key and JSON body; returns the Response once it is not a 401
  * (after asking for a key), throwing ApiError for any other error status.
@@ -72,8 +84,11 @@ export async function send(method, path, body, { signal, accept = "application/j
       init.body = JSON.stringify(body);
     }
     const resp = await fetch(path, init);
-    if (resp.status === 401 && attempt < 5 && await askForKey(Boolean(key))) continue;
-    if (!resp.ok) throw await errorOf(resp);
+    // A 401 relayed from a node is the node refusing this daemon's key for it: asking the
+    // user for this daemon's key would not help (and would loop), so it is an error.
+    const relayed = RELAYED.exec(path);
+    if (resp.status === 401 && !relayed && attempt < 5 && await askForKey(Boolean(key))) continue;
+    if (!resp.ok) throw relayedError(await errorOf(resp), relayed);
     return resp;
   }
 }

@@ -13,6 +13,7 @@ const VIEWS = {
   launch: "./views/launch.js",
   chat: "./views/chat.js",
   logs: "./views/logs.js",
+  nodes: "./views/nodes.js",
   settings: "./views/settings.js",
 };
 

@@ -43,6 +43,12 @@ export function when(epoch) {
   return new Date(epoch * 1000).toLocaleString();
 }
 
+/** Epoch seconds -> "12s ago", "4m 05s ago"; "—" when never. */
+export function ago(epoch, now = Date.now() / 1000) {
+  if (!epoch) return "—";
+  return `${duration(Math.max(0, now - epoch))} ago`;
+}
+
 /** The file name of a path. */
 export function basename(path) {
   return String(path || "").split(/[\\/]/).pop();

@@ -4,39 +4,61 @@
 //
 // Live: the daemon's event stream (/api/v1/events) triggers a refresh on every instance
 // event; a 3 s poll keeps memory figures current and covers daemons without events.
+//
+// Nodes: once a node is linked, the nodes' instances join the table (GET
+// /api/v1/nodes/instances, asked of the nodes on each refresh) with a Node column and a
+// filter (all, this machine, one node; #/dashboard?node=NAME opens on one). A node's
+// instance is stopped, started, restarted and deleted through the relay; a node that did
+// not answer is named under the table.
 
 import { api, follow, get, seg } from "../api.js";
 import { badge, confirmAction, h, meter, replace, table, toast } from "../dom.js";
 import { basename, bytes, duration } from "../format.js";
+import * as fleet from "../fleet.js";
 
 const POLL_MS = 3000;
+/** The filter's value for every machine ("" is this machine, else a node's name). */
+const ALL = "*";
 
-export function mount(root, { go }) {
+export function mount(root, { go, query }) {
   const hostBox = h("div", { class: "grid", id: "host" }, h("p", { class: "loading" }, "Reading host…"));
   const instBox = h("div", { id: "instances" }, h("p", { class: "loading" }, "Loading instances…"));
+  const pick = fleet.picker("node-filter", "Show");
   replace(root,
     h("div", { class: "view-head" }, h("h1", {}, "Dashboard"), h("span", { class: "spacer" }),
       h("a", { class: "btn btn-primary", href: "#/launch" }, "Launch an instance")),
     h("section", { "aria-labelledby": "host-title" },
       h("h2", { id: "host-title", class: "hidden" }, "Host"), hostBox),
     h("section", { class: "card", "aria-labelledby": "inst-title" },
-      h("div", { class: "card-head" }, h("h2", { id: "inst-title" }, "Instances")), instBox));
+      h("div", { class: "card-head" }, h("h2", { id: "inst-title" }, "Instances"), h("span", { class: "spacer" }), pick.box),
+      instBox));
 
   const stop = new AbortController();
   let timer = null;
   let busy = false;
+  // the last answers, drawn again when the filter changes
+  const seen = { instances: [], usage: null, nodes: [], remote: null, choice: query.get("node") ?? ALL };
+  const draw = () => {
+    pick.show(seen.nodes, seen.choice, [[ALL, "all nodes"]]);
+    renderInstances(instBox, seen, { refresh, go });
+  };
+  pick.select.addEventListener("change", () => { seen.choice = pick.select.value; draw(); });
 
   async function refresh() {
     if (busy) return;
     busy = true;
     try {
-      const [system, instances, usage] = await Promise.all([
-        get("/api/v1/system", { signal: stop.signal }),
-        get("/api/v1/instances", { signal: stop.signal }),
-        get("/api/v1/usage", { signal: stop.signal }).catch(() => null),
+      const signal = stop.signal;
+      const [system, instances, usage, nodes, remote] = await Promise.all([
+        get("/api/v1/system", { signal }),
+        get("/api/v1/instances", { signal }),
+        get("/api/v1/usage", { signal }).catch(() => null),
+        fleet.listNodes(signal),
+        get("/api/v1/nodes/instances", { signal }).catch(() => null), // [] fast without nodes
       ]);
       renderHost(hostBox, system);
-      renderInstances(instBox, instances, usage, { refresh, go });
+      Object.assign(seen, { instances, usage, nodes, remote });
+      draw();
     } catch (err) {
       if (!stop.signal.aborted) replace(instBox, h("p", { class: "error-text", role: "alert" }, err.message));
     } finally {
@@ -47,7 +69,7 @@ export function mount(root, { go }) {
   const schedule = () => { clearTimeout(timer); timer = setTimeout(tick, POLL_MS); };
   const tick = () => refresh().finally(() => { if (!stop.signal.aborted) schedule(); });
   tick();
-  follow("/api/v1/events", (ev) => { if (ev.event === "instance") refresh(); }, { signal: stop.signal })
+  follow("/api/v1/events", (ev) => { if (ev.event === "instance" || ev.event === "node") refresh(); }, { signal: stop.signal })
     .catch(() => { /* an older daemon without events: polling alone */ });
 
   return () => { stop.abort(); clearTimeout(timer); };
@@ -95,14 +117,23 @@ function tokensPerSecond(usage, name) {
   return u && u.tokens_per_second ? `${u.tokens_per_second.toFixed(1)}` : "—";
 }
 
-function renderInstances(box, instances, usage, ctx) {
+/** This machine's instances and, once a node is linked, the nodes' (``node`` set), filtered. */
+function shownInstances(seen) {
+  const remote = seen.nodes.length && seen.remote ? seen.remote.instances || [] : [];
+  const all = [...seen.instances.map((i) => ({ ...i, node: "" })), ...remote];
+  return seen.choice === ALL ? all : all.filter((i) => i.node === seen.choice);
+}
+
+function renderInstances(box, seen, ctx) {
   const now = Date.now() / 1000;
-  const rows = instances.map((inst) => {
+  const withNodes = seen.nodes.length > 0;
+  const rows = shownInstances(seen).map((inst) => {
     const live = ["starting", "ready", "unhealthy"].includes(inst.state);
     const uptime = live && inst.started_at ? duration(now - inst.started_at) : "—";
-    return h("tr", { "data-instance": inst.name },
+    return h("tr", { "data-instance": inst.name, "data-node": inst.node || null },
       h("td", {}, h("strong", {}, inst.name),
         inst.origin === "router" ? h("span", { class: "sub" }, "started by the router") : null),
+      withNodes ? h("td", { class: "node-cell" }, inst.node || h("span", { class: "muted" }, "this machine")) : null,
       h("td", {}, badge(inst.state),
         inst.last_error && !live ? h("span", { class: "sub", title: inst.last_error }, inst.last_error.split("\n")[0]) : null),
       h("td", {}, basename(inst.model), h("span", { class: "sub" }, inst.model)),
@@ -110,12 +141,26 @@ function renderInstances(box, instances, usage, ctx) {
       devicesCell(inst.placement),
       h("td", { class: "num" }, uptime),
       h("td", { class: "num" }, inst.restarts),
-      h("td", { class: "num" }, tokensPerSecond(usage, inst.name)),
+      h("td", { class: "num" }, inst.node ? "—" : tokensPerSecond(seen.usage, inst.name)),
       h("td", {}, actions(inst, live, ctx)));
   });
-  replace(box, table(["Name", "State", "Model", "Port", "Devices", "Uptime", "Restarts", "tok/s", "Actions"], rows,
-    "No instances. Launch one, or send a chat request to a model: the router starts it."));
-  box.querySelectorAll("th").forEach((th, i) => { if (i === 3 || (i >= 5 && i <= 7)) th.classList.add("num"); });
+  const columns = ["Name", withNodes ? "Node" : null, "State", "Model", "Port", "Devices", "Uptime", "Restarts", "tok/s", "Actions"]
+    .filter(Boolean);
+  const empty = seen.choice && seen.choice !== ALL && withNodes
+    ? `No instances on ${seen.choice || "this machine"}.`
+    : "No instances. Launch one, or send a chat request to a model: the router starts it.";
+  const numeric = new Set(["Port", "Uptime", "Restarts", "tok/s"]);
+  replace(box, table(columns, rows, empty), unreachable(seen));
+  box.querySelectorAll("th").forEach((th, i) => { if (numeric.has(columns[i])) th.classList.add("num"); });
+}
+
+/** One line per node that did not answer for its instances (shown only when it matters). */
+function unreachable(seen) {
+  const why = seen.nodes.length && seen.remote ? Object.entries(seen.remote.unreachable || {}) : [];
+  const shown = why.filter(([node]) => seen.choice === ALL || seen.choice === node);
+  if (!shown.length) return null;
+  return h("ul", { class: "node-unreachable small", id: "nodes-unreachable" },
+    shown.map(([node, text]) => h("li", { "data-node": node }, h("strong", {}, node), ": ", text)));
 }
 
 /**
@@ -141,30 +186,34 @@ function devicesCell(placement) {
   return cell;
 }
 
+/** The actions on one instance; a node's go through the relay (no Chat nor Open there:
+ *  its llama-server listens on the node's own loopback). */
 function actions(inst, live, { refresh, go }) {
+  const path = `${fleet.base(inst.node)}/api/v1/instances/${seg(inst.name)}`;
+  const who = inst.node ? `${inst.name} on ${inst.node}` : inst.name;
   const call = (verb, method = "POST") => async (ev) => {
     ev.currentTarget.disabled = true;
     try {
-      if (method === "DELETE") await api("DELETE", `/api/v1/instances/${seg(inst.name)}`);
-      else await api("POST", `/api/v1/instances/${seg(inst.name)}/${verb}`);
-      toast(`${inst.name}: ${verb === "start" ? "starting" : verb === "stop" ? "stopped" : verb === "restart" ? "restarting" : "removed"}`, "ok");
+      if (method === "DELETE") await api("DELETE", path);
+      else await api("POST", `${path}/${verb}`);
+      toast(`${who}: ${verb === "start" ? "starting" : verb === "stop" ? "stopped" : verb === "restart" ? "restarting" : "removed"}`, "ok");
     } catch (err) {
-      toast(`${inst.name}: ${err.message}`, "error");
+      toast(`${who}: ${err.message}`, "error");
     }
     refresh();
   };
-  const label = (verb) => `${verb} ${inst.name}`;
+  const label = (verb) => `${verb} ${who}`;
+  const logs = `#/logs/${encodeURIComponent(inst.name)}${inst.node ? `?node=${encodeURIComponent(inst.node)}` : ""}`;
   return h("div", { class: "actions" },
     live || inst.desired === "running"
       ? h("button", { type: "button", class: "btn btn-sm", onclick: call("stop"), "aria-label": label("Stop") }, "Stop")
       : h("button", { type: "button", class: "btn btn-sm", onclick: call("start"), "aria-label": label("Start") }, "Start"),
     h("button", { type: "button", class: "btn btn-sm", onclick: call("restart"), "aria-label": label("Restart") }, "Restart"),
-    h("a", { class: "btn btn-sm", href: `#/logs/${encodeURIComponent(inst.name)}`, "aria-label": label("Logs of") }, "Logs"),
-    h("button", { type: "button", class: "btn btn-sm", disabled: inst.state !== "ready",
+    h("a", { class: "btn btn-sm", href: logs, "aria-label": label("Logs of") }, "Logs"),
+    inst.node ? null : h("button", { type: "button", class: "btn btn-sm", disabled: inst.state !== "ready",
       onclick: () => go("chat", "", { model: inst.name }), "aria-label": label("Chat with") }, "Chat"),
-    h("a", { class: "btn btn-sm", href: inst.url, target: "_blank", rel: "noopener noreferrer",
+    inst.node ? null : h("a", { class: "btn btn-sm", href: inst.url, target: "_blank", rel: "noopener noreferrer",
       "aria-label": `Open the llama-server page of ${inst.name}` }, "Open ↗"),
     live ? null : h("button", { type: "button", class: "btn btn-sm btn-danger", "aria-label": label("Delete"),
-      onclick: (ev) => { if (confirmAction(`Delete instance ${inst.name}?`)) call("delete", "DELETE")(ev); } }, "Delete"));
+      onclick: (ev) => { if (confirmAction(`Delete instance ${who}?`)) call("delete", "DELETE")(ev); } }, "Delete"));
 }
-

@@ -8,6 +8,11 @@
 // no more what the user set), and the planner's notes. Unchecking "Plan memory" launches
 // exactly the flags given (fit: false, as `corral run --no-fit`).
 //
+// Node: once a node is linked, the first field chooses the machine (#/launch?node=BOX
+// opens on one). Everything the view asks then goes to that node's own API through this
+// daemon's relay (``v.base``): its models, builds, presets and flag catalog, the plan
+// and the memory bars of its devices, and the launch itself.
+//
 // The names, restart policies and port range the form checks come from the daemon
 // (GET /api/v1/schema), never typed here. One object, ``v``, holds the view: ``v.el`` its
 // controls, the rest what the form knows (catalog, values, errors...); every function
@@ -17,6 +22,7 @@ import { api, fullMatch, get, schema, seg } from "../api.js";
 import { h, labelled, meter, replace, toast } from "../dom.js";
 import { bytes, redactArgv, shellQuote, shellSplit } from "../format.js";
 import * as flags from "../flags.js";
+import * as fleet from "../fleet.js";
 
 /** Flags corral sets itself from the form (the daemon refuses them in the flag list). */
 const OWNED = new Set(["--model", "--port"]);
@@ -26,10 +32,12 @@ const PLAN_DELAY_MS = 300;
 
 export async function mount(root, { go, query }) {
   const facts = await schema();
+  const node = query.get("node") || "";
   const v = {
     schema: facts,
     el: controls(facts, query),
     stop: new AbortController(),
+    node, base: fleet.base(node), // the machine launched on: "" is this one
     catalog: [], sections: [], values: {}, errors: {}, rows: new Map(), builds: [], presets: null,
     // flags whose value is a secret (the daemon's ``secret_flags``): masked in the
     // command line and typed into password fields.
@@ -39,7 +47,9 @@ export async function mount(root, { go, query }) {
     planSeq: 0,
   };
   replace(root, h("div", { class: "view-head" }, h("h1", {}, "Launch")), layout(v.el));
+  v.el.fitWhere.textContent = node ? ` on ${node}` : "";
   wire(v, go);
+  fleet.listNodes(v.stop.signal).then((nodes) => v.el.node.show(nodes, v.node)).catch(() => {});
   await loadLists(v);
   await loadCatalog(v);
   if (query.get("preset")) { v.el.preset.value = query.get("preset"); await applyPreset(v, query.get("preset")); }
@@ -55,6 +65,7 @@ function wire(v, go) {
   for (const c of [el.model, el.port, el.extra, el.name]) c.addEventListener("input", () => updateCommand(v));
   for (const c of [el.preset, el.build, el.restart, el.fitOn]) c.addEventListener("change", () => schedulePlan(v));
   el.fitApply.addEventListener("click", () => applySuggested(v));
+  el.node.select.addEventListener("change", () => switchNode(v, el.node.select.value));
   el.search.addEventListener("input", () => filter(v));
   el.onlySet.addEventListener("change", () => filter(v));
 }
@@ -64,6 +75,7 @@ function wire(v, go) {
 function controls(facts, query) {
   const nameRule = facts.instance_name;
   const el = {
+    node: fleet.picker("launch-node"), // {box, select, show}: hidden while no node is linked
     model: h("input", { type: "text", id: "launch-model", name: "model", list: "model-options", required: true,
       placeholder: "model name, id or path to a .gguf", value: query.get("model") || "" }),
     modelOptions: h("datalist", { id: "model-options" }),
@@ -96,6 +108,7 @@ function controls(facts, query) {
     onlySet: h("input", { type: "checkbox", id: "only-set" }),
     shown: h("span", { class: "muted small", role: "status" }),
     editor: h("div", { id: "flag-editor" }, h("p", { class: "loading" }, "Reading the flag catalog…")),
+    fitWhere: h("span", { class: "muted fit-where", id: "fit-where" }),
     fitOn: h("input", { type: "checkbox", id: "launch-fit", name: "fit", checked: true }),
     fitStatus: h("p", { class: "small", id: "fit-status", role: "status" }),
     fitBars: h("div", { class: "fit-bars", id: "fit-devices" }),
@@ -114,6 +127,7 @@ function layout(el) {
     h("section", { class: "card" },
       h("h2", {}, "What to run"),
       h("div", { class: "form-grid" },
+        el.node.box,
         labelled("launch-model", "Model", el.model, el.modelOptions),
         labelled("launch-preset", "Preset", el.preset),
         labelled("launch-build", "Build", el.build),
@@ -129,7 +143,7 @@ function layout(el) {
       h("div", { class: "row" }, el.launchBtn, h("span", { class: "spacer grow" }), el.presetName, el.saveBtn),
       el.launchError),
     h("section", { class: "card", id: "fit-card", "aria-labelledby": "fit-title" },
-      h("div", { class: "card-head row" }, h("h2", { id: "fit-title" }, "Memory"),
+      h("div", { class: "card-head row" }, h("h2", { id: "fit-title" }, "Memory", el.fitWhere),
         h("label", { class: "row small" }, el.fitOn, "Plan memory (unchecked: launch exactly these flags, --no-fit)")),
       el.fitStatus, el.fitBars, el.fitSuggest, el.fitNotes),
     h("section", { class: "card", "aria-labelledby": "flags-title" },
@@ -211,7 +225,7 @@ async function refreshPlan(v) {
   if (!el.fitOn.checked) body.fit = false;
   let plan;
   try {
-    plan = await api("POST", "/api/v1/instances/plan", body);
+    plan = await api("POST", `${v.base}/api/v1/instances/plan`, body);
     if (seq !== v.planSeq || v.stop.signal.aborted) return;
     learnSecrets(v, plan.secret_flags);
     el.cmdline.textContent = redactArgv(plan.argv, v.secret).map(shellQuote).join(" ");
@@ -236,7 +250,7 @@ async function refreshPlan(v) {
 /** The /api/v1/fit plan of ``body``, shown unless a newer form state superseded it. */
 async function fitOf(v, body, seq, how) {
   try {
-    const fit = await api("POST", "/api/v1/fit", body);
+    const fit = await api("POST", `${v.base}/api/v1/fit`, body);
     if (seq === v.planSeq && !v.stop.signal.aborted) showFit(v, { fit, ...how });
   } catch (err) {
     if (seq === v.planSeq && !v.stop.signal.aborted) showFit(v, { error: how.refused || err, refused: how.refused });
@@ -436,11 +450,28 @@ function filter(v) {
 }
 
 // -- data ----------------------------------------------------------------------------------
+/**
+ * Launch on ``node`` ("" for this machine) from now on: its models, builds, presets and
+ * flag catalog are read again there; what is typed stays (a build or preset it lacks is
+ * unset).
+ */
+async function switchNode(v, node) {
+  v.node = node;
+  v.base = fleet.base(node);
+  v.el.fitWhere.textContent = node ? ` on ${node}` : "";
+  const { build, preset } = v.el;
+  const keep = { build: build.value, preset: preset.value };
+  await loadLists(v);
+  build.value = [...build.options].some((o) => o.value === keep.build) ? keep.build : "";
+  preset.value = [...preset.options].some((o) => o.value === keep.preset) ? keep.preset : "";
+  await loadCatalog(v);
+}
+
 async function loadCatalog(v) {
   const { el } = v;
   const q = el.build.value ? `?build=${encodeURIComponent(el.build.value)}` : "";
   try {
-    const cat = await get(`/api/v1/flags${q}`, { signal: v.stop.signal });
+    const cat = await get(`${v.base}/api/v1/flags${q}`, { signal: v.stop.signal });
     learnSecrets(v, cat.secret_flags); // when the catalog says so; the plan always does
     v.catalog = cat.flags.filter((f) => !OWNED.has(f.long) && !EXITS.has(f.long)); // set above, by corral
     v.sections = cat.sections;
@@ -462,22 +493,20 @@ async function loadLists(v) {
   const { el } = v;
   const signal = v.stop.signal;
   const [models, builds, presets] = await Promise.all([
-    get("/api/v1/models", { signal }).catch(() => []),
-    get("/api/v1/builds", { signal }).catch(() => []),
-    get("/api/v1/presets", { signal }).catch(() => null),
+    get(`${v.base}/api/v1/models`, { signal }).catch(() => []),
+    get(`${v.base}/api/v1/builds`, { signal }).catch(() => []),
+    get(`${v.base}/api/v1/presets`, { signal }).catch(() => null),
   ]);
   replace(el.modelOptions, models.map((m) => h("option", { value: m.name }, `${m.name} · ${m.quantization || ""}`)));
   v.builds = builds;
   replace(el.build, h("option", { value: "" }, "default build"), builds.map((b) =>
     h("option", { value: String(b.id) }, `#${b.id} ${b.version || b.path}${b.is_default ? " (default)" : ""}`)));
   v.presets = Array.isArray(presets) ? presets : null;
+  el.preset.disabled = el.saveBtn.disabled = !v.presets;
+  el.saveBtn.title = el.presetName.title = v.presets ? "" : "presets are not available on this daemon";
   if (v.presets) {
     replace(el.preset, h("option", { value: "" }, "(none)"), v.presets.filter((p) => p.name !== "*")
       .map((p) => h("option", { value: p.name }, p.name)));
-  } else {
-    el.preset.disabled = true;
-    el.saveBtn.disabled = true;
-    el.saveBtn.title = el.presetName.title = "presets are not available on this daemon";
   }
 }
 
@@ -485,7 +514,7 @@ async function applyPreset(v, presetName) {
   if (!presetName) return;
   const { el } = v;
   try {
-    const p = await get(`/api/v1/presets/${seg(presetName)}`, { signal: v.stop.signal });
+    const p = await get(`${v.base}/api/v1/presets/${seg(presetName)}`, { signal: v.stop.signal });
     if (p.model) el.model.value = p.model;
     if (p.build !== null && p.build !== undefined) el.build.value = String(p.build);
     if (p.restart) el.restart.value = p.restart;
@@ -625,9 +654,9 @@ async function launch(v, go) {
   if (!body) return;
   v.el.launchBtn.disabled = true;
   try {
-    const inst = await api("POST", "/api/v1/instances", body);
-    toast(`Launched ${inst.name} on port ${inst.port}`, "ok");
-    go("dashboard");
+    const inst = await api("POST", `${v.base}/api/v1/instances`, body);
+    toast(`Launched ${inst.name} on ${v.node ? `node ${v.node}, ` : ""}port ${inst.port}`, "ok");
+    go("dashboard", "", v.node ? { node: v.node } : null);
   } catch (err) {
     showServerError(v, err);
   } finally {
@@ -648,7 +677,7 @@ async function savePreset(v) {
   const body = { ...opts, flags: argv };
   if (el.model.value.trim()) body.model = el.model.value.trim();
   try {
-    const res = await api("PUT", `/api/v1/presets/${seg(pname)}`, body);
+    const res = await api("PUT", `${v.base}/api/v1/presets/${seg(pname)}`, body);
     toast(`Preset ${pname} saved${res && res.warnings && res.warnings.length ? `: ${res.warnings.join("; ")}` : ""}`, "ok");
     await loadLists(v);
     el.preset.value = pname;

@@ -1,35 +1,45 @@
 // Logs: a live tail of one instance's log over SSE, with pause/resume and copy.
 // While paused, lines keep arriving and are held back; resume shows them all.
 //
+// Once a node is linked, a Node picker comes first: #/logs/NAME?node=BOX follows the
+// instance NAME of the node BOX, through this daemon's relay.
+//
 // One object, ``v``, holds the view: ``v.el`` its controls, ``v.lines`` what the box
 // shows, ``v.held`` what arrived while paused, ``v.stream`` the AbortController of the
-// followed log; every function below takes it.
+// followed log, ``v.base`` the prefix of the chosen machine's API; every function below
+// takes it.
 
 import { follow, get, seg } from "../api.js";
 import { h, replace, toast } from "../dom.js";
+import * as fleet from "../fleet.js";
 
 const MAX_LINES = 5000;
 const TAIL = 500;
 
-export async function mount(root, { arg, go }) {
+export async function mount(root, { arg, go, query }) {
   const stop = new AbortController();
-  const v = { el: controls(), stream: null, paused: false, held: [], lines: [] };
+  const node = query.get("node") || "";
+  const v = { el: controls(), stream: null, paused: false, held: [], lines: [], node, base: fleet.base(node) };
   const { el } = v;
+  const nodePick = fleet.picker("log-node");
   replace(root,
-    h("div", { class: "view-head" }, h("h1", {}, "Logs"),
+    h("div", { class: "view-head" }, h("h1", {}, "Logs"), nodePick.box,
       h("label", { class: "row" }, h("span", { class: "field-label" }, "Instance"), el.pick),
       el.pauseBtn, el.copyBtn, el.state),
     el.box);
   el.pauseBtn.addEventListener("click", () => togglePause(v));
   el.copyBtn.addEventListener("click", () => copyLines(v));
-  el.pick.addEventListener("change", () => go("logs", el.pick.value));
+  el.pick.addEventListener("change", () => go("logs", el.pick.value, node ? { node } : null));
+  nodePick.select.addEventListener("change", () => go("logs", "", nodePick.select.value ? { node: nodePick.select.value } : null));
 
   let instances = [];
-  try {
-    instances = await get("/api/v1/instances", { signal: stop.signal });
-  } catch (err) {
-    el.state.textContent = err.message;
-  }
+  const [nodes] = await Promise.all([
+    fleet.listNodes(stop.signal).catch(() => []),
+    get(`${v.base}/api/v1/instances`, { signal: stop.signal })
+      .then((list) => { instances = list; })
+      .catch((err) => { el.state.textContent = err.message; }),
+  ]);
+  nodePick.show(nodes, node);
   const names = instances.map((i) => i.name);
   if (arg && !names.includes(arg)) names.unshift(arg);
   replace(el.pick, h("option", { value: "" }, names.length ? "choose…" : "no instances"),
@@ -46,6 +56,11 @@ function controls() {
     state: h("span", { class: "muted small", id: "log-state", role: "status" }),
     box: h("pre", { class: "logbox", id: "log-lines", tabindex: 0, "aria-label": "Log lines" }),
   };
+}
+
+/** "name", or "name on box" for a node's instance. */
+function following(v, name) {
+  return v.node ? `${name} on ${v.node}` : name;
 }
 
 function heldText(v) {
@@ -81,8 +96,8 @@ function start(v, name) {
   if (!name) { el.state.textContent = "No instance selected."; return; }
   const mine = new AbortController();
   v.stream = mine;
-  el.state.textContent = `Following ${name}…`;
-  follow(`/api/v1/instances/${seg(name)}/logs?tail=${TAIL}&follow=true`, (ev) => {
+  el.state.textContent = `Following ${following(v, name)}…`;
+  follow(`${v.base}/api/v1/instances/${seg(name)}/logs?tail=${TAIL}&follow=true`, (ev) => {
     const line = JSON.parse(ev.data);
     if (!v.paused) { show(v, [line]); return; }
     v.held.push(line);
@@ -98,7 +113,7 @@ function togglePause(v) {
   el.pauseBtn.textContent = v.paused ? "Resume" : "Pause";
   el.pauseBtn.setAttribute("aria-pressed", String(v.paused));
   if (!v.paused && v.held.length) { show(v, v.held); v.held = []; }
-  el.state.textContent = v.paused ? heldText(v) : `Following ${el.pick.value}…`;
+  el.state.textContent = v.paused ? heldText(v) : `Following ${following(v, el.pick.value)}…`;
 }
 
 async function copyLines(v) {

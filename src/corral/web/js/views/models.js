@@ -1,12 +1,22 @@
 // Models: the local index with GGUF metadata; Hub search, a repo's quants and pulls with
 // live progress (bytes, speed, ETA) and cancel; delete; import a local path.
+//
+// Once a node is linked, a Node picker heads the view: #/models?node=BOX shows that node's
+// index, downloads and Hub (its own settings), pulls there and imports its paths, all
+// through this daemon's relay (``base``, the prefix of the chosen machine's API).
 
 import { api, follow, get, seg } from "../api.js";
 import { badge, confirmAction, field, h, meter, replace, table, toast } from "../dom.js";
 import { basename, bytes, count, duration, tokens, when } from "../format.js";
+import * as fleet from "../fleet.js";
 
-export function mount(root, { go }) {
+export function mount(root, { go, query }) {
   const stop = new AbortController();
+  const node = query.get("node") || "";
+  const base = fleet.base(node);
+  const nodePick = fleet.picker("models-node");
+  nodePick.select.addEventListener("change", () => go("models", "", nodePick.select.value ? { node: nodePick.select.value } : null));
+  fleet.listNodes(stop.signal).then((nodes) => nodePick.show(nodes, node)).catch(() => {});
   const followed = new Set();
   const localBox = h("div", { id: "local-models" }, h("p", { class: "loading" }, "Loading models…"));
   const pullBox = h("div", { id: "pulls" });
@@ -14,7 +24,7 @@ export function mount(root, { go }) {
 
   async function loadLocal() {
     try {
-      renderLocal(localBox, await get("/api/v1/models", { signal: stop.signal }), { loadLocal, go });
+      renderLocal(localBox, await get(`${base}/api/v1/models`, { signal: stop.signal }), { loadLocal, go, node });
     } catch (err) {
       if (!stop.signal.aborted) replace(localBox, h("p", { class: "error-text", role: "alert" }, err.message));
     }
@@ -26,44 +36,47 @@ export function mount(root, { go }) {
     renderPulls(pullBox, [...pulls.values()], cancelPull);
   }
   async function cancelPull(job) {
-    try { showPull(await api("DELETE", `/api/v1/pulls/${seg(job.id)}`)); } catch (err) { toast(err.message, "error"); }
+    try { showPull(await api("DELETE", `${base}/api/v1/pulls/${seg(job.id)}`)); } catch (err) { toast(err.message, "error"); }
   }
   function track(job) {
     showPull(job);
     if (followed.has(job.id) || !["queued", "running"].includes(job.state)) return;
     followed.add(job.id);
-    follow(`/api/v1/pulls/${seg(job.id)}/events`, (ev) => {
+    follow(`${base}/api/v1/pulls/${seg(job.id)}/events`, (ev) => {
       const data = JSON.parse(ev.data);
       if (data.id !== job.id) return;
+      const before = pulls.get(job.id).state; // the stream ends with the final view again: one toast
       showPull({ ...pulls.get(job.id), ...data });
-      if (data.state === "done") { toast(`Pulled ${data.ref}`, "ok"); loadLocal(); }
+      if (data.state === before) return;
+      if (data.state === "done") { toast(`Pulled ${data.ref}${node ? ` on ${node}` : ""}`, "ok"); loadLocal(); }
       if (data.state === "failed") toast(`${data.ref}: ${data.error}`, "error");
     }, { signal: stop.signal }).catch((err) => toast(err.message, "error"))
       .finally(() => followed.delete(job.id));
   }
   async function pull(ref) {
-    try { track(await api("POST", "/api/v1/pulls", { ref })); } catch (err) { toast(`${ref}: ${err.message}`, "error"); }
+    try { track(await api("POST", `${base}/api/v1/pulls`, { ref })); } catch (err) { toast(`${ref}: ${err.message}`, "error"); }
   }
 
   replace(root,
-    h("div", { class: "view-head" }, h("h1", {}, "Models")),
+    h("div", { class: "view-head" }, h("h1", {}, "Models"), nodePick.box),
     h("section", { class: "card", "aria-labelledby": "local-title" },
-      h("div", { class: "card-head" }, h("h2", { id: "local-title" }, "Local models")), localBox,
-      importForm(loadLocal)),
+      h("div", { class: "card-head" }, h("h2", { id: "local-title" }, node ? `Models on ${node}` : "Local models")), localBox,
+      importForm(loadLocal, base)),
     h("section", { class: "card", "aria-labelledby": "pulls-title" },
-      h("h2", { id: "pulls-title" }, "Downloads"), pullBox),
+      h("h2", { id: "pulls-title" }, node ? `Downloads on ${node}` : "Downloads"), pullBox),
     h("section", { class: "card", "aria-labelledby": "hub-title" },
-      h("h2", { id: "hub-title" }, "Search the Hub"), searchForm(hubBox, pull, stop.signal), hubBox));
+      h("h2", { id: "hub-title" }, "Search the Hub"), searchForm(hubBox, pull, stop.signal, base), hubBox));
 
   loadLocal();
-  get("/api/v1/pulls", { signal: stop.signal }).then((jobs) => {
+  get(`${base}/api/v1/pulls`, { signal: stop.signal }).then((jobs) => {
     jobs.slice(-10).forEach(track);
     if (!jobs.length) renderPulls(pullBox, [], cancelPull);
   }).catch(() => {});
   return () => stop.abort();
 }
 
-function renderLocal(box, models, { loadLocal, go }) {
+function renderLocal(box, models, { loadLocal, go, node }) {
+  const base = fleet.base(node);
   const rows = models.map((m) => h("tr", { "data-model": m.name },
     h("td", {}, h("strong", {}, m.name), h("span", { class: "sub" }, m.id)),
     h("td", {}, m.architecture || "—"),
@@ -74,22 +87,22 @@ function renderLocal(box, models, { loadLocal, go }) {
     h("td", {}, m.source === "hub" ? m.repo : "local",
       h("span", { class: "sub file-name" }, m.filename || basename(m.path))),
     h("td", {}, h("div", { class: "actions" },
-      h("button", { type: "button", class: "btn btn-sm", onclick: () => go("launch", "", { model: m.name }),
+      h("button", { type: "button", class: "btn btn-sm", onclick: () => go("launch", "", node ? { model: m.name, node } : { model: m.name }),
         "aria-label": `Launch ${m.name}` }, "Launch"),
-      h("button", { type: "button", class: "btn btn-sm", onclick: () => go("chat", "", { model: m.name }),
+      node ? null : h("button", { type: "button", class: "btn btn-sm", onclick: () => go("chat", "", { model: m.name }),
         "aria-label": `Chat with ${m.name}` }, "Chat"),
       h("button", { type: "button", class: "btn btn-sm btn-danger", "aria-label": `Delete ${m.name}`,
         onclick: async () => {
           const what = m.owned ? "and its downloaded files" : "from the index (the files stay)";
           if (!confirmAction(`Delete ${m.name} ${what}?`)) return;
-          try { await api("DELETE", `/api/v1/models/${seg(m.id)}`); toast(`Deleted ${m.name}`, "ok"); } catch (err) { toast(err.message, "error"); }
+          try { await api("DELETE", `${base}/api/v1/models/${seg(m.id)}`); toast(`Deleted ${m.name}`, "ok"); } catch (err) { toast(err.message, "error"); }
           loadLocal();
         } }, "Delete")))));
   const cols = ["Name", "Arch", "Params", "Quant", "Context", "Size", "Source", "Actions"];
   replace(box, table(cols, rows, "No models yet: pull one from the Hub below, or import a GGUF file."));
 }
 
-function importForm(loadLocal) {
+function importForm(loadLocal, base) {
   const path = h("input", { type: "text", name: "path", required: true, placeholder: "/data/models/model.gguf or a directory", class: "grow" });
   const name = h("input", { type: "text", name: "name", placeholder: "optional", maxlength: 64 });
   const out = h("div", { role: "status" });
@@ -102,7 +115,7 @@ function importForm(loadLocal) {
     const body = { path: path.value.trim() };
     if (name.value.trim()) body.name = name.value.trim();
     try {
-      const res = await api("POST", "/api/v1/models/import", body);
+      const res = await api("POST", `${base}/api/v1/models/import`, body);
       replace(out, h("p", { class: "muted" }, `Imported ${res.models.length} model(s).`),
         res.skipped.map((s) => h("p", { class: "error-text" }, s)));
       path.value = ""; name.value = "";
@@ -114,15 +127,15 @@ function importForm(loadLocal) {
   return h("div", { class: "stack import" }, form, out);
 }
 
-function searchForm(box, pull, signal) {
+function searchForm(box, pull, signal, base) {
   const q = h("input", { type: "search", name: "q", required: true, placeholder: "e.g. gemma 270m", class: "grow", "aria-label": "Search the Hub" });
   const form = h("form", { class: "row", role: "search" }, q, h("button", { type: "submit", class: "btn btn-primary" }, "Search"));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     replace(box, h("p", { class: "loading" }, "Searching…"));
     try {
-      const found = await get(`/api/v1/hub/search?q=${encodeURIComponent(q.value.trim())}&limit=30`, { signal });
-      renderSearch(box, found, pull, signal);
+      const found = await get(`${base}/api/v1/hub/search?q=${encodeURIComponent(q.value.trim())}&limit=30`, { signal });
+      renderSearch(box, found, pull, signal, base);
     } catch (err) {
       replace(box, h("p", { class: "error-text", role: "alert" }, err.message));
     }
@@ -130,7 +143,7 @@ function searchForm(box, pull, signal) {
   return form;
 }
 
-function renderSearch(box, repos, pull, signal) {
+function renderSearch(box, repos, pull, signal, base) {
   if (!repos.length) { replace(box, h("p", { class: "empty" }, "No GGUF repository matches.")); return; }
   replace(box, h("ul", { class: "stack", "aria-label": "Hub results" }, repos.map((r) => {
     const quants = h("div", { class: "quants" });
@@ -143,7 +156,7 @@ function renderSearch(box, repos, pull, signal) {
       btn.setAttribute("aria-expanded", "true");
       replace(quants, h("p", { class: "loading" }, "Listing files…"));
       try {
-        renderQuants(quants, r.id, await get(`/api/v1/hub/quants?repo=${encodeURIComponent(r.id)}`, { signal }), pull);
+        renderQuants(quants, r.id, await get(`${base}/api/v1/hub/quants?repo=${encodeURIComponent(r.id)}`, { signal }), pull);
       } catch (err) {
         replace(quants, h("p", { class: "error-text", role: "alert" }, err.message));
       }
