@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import shutil
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path
@@ -13,6 +15,7 @@ from corral.api.deps import Daemon, get_daemon
 from corral.api.sse import job_stream
 from corral.builds.resolve import MAX_BUILD_ID, binary_version, resolve_binary
 from corral.builds.tools import build_view
+from corral.errors import Conflict
 from corral.store import builds as table
 
 router = APIRouter(prefix="/api/v1/builds", tags=["builds"])
@@ -46,6 +49,37 @@ async def use_build(
 ) -> dict:
     table.set_default(d.store, build_id)
     return table.get(d.store, build_id).to_dict()
+
+
+@router.delete("/{build_id}")
+async def remove_build(
+    build_id: int = Path(ge=1, le=MAX_BUILD_ID), d: Daemon = Depends(get_daemon)
+) -> dict:
+    """Forget a build (``corral builds rm``): 409 while an instance that is not at rest
+    runs its binary. Its files are deleted only when corral installed them: one folder
+    directly under CORRAL_HOME/bin, the binary deeper inside (release archives put it
+    in ``build/bin``). ``deleted`` is that folder, or null when the files stay."""
+    from corral.supervisor.states import RESTING
+
+    rec = table.get(d.store, build_id)
+    users = [r.name for r in d.supervisor.list() if r.binary == rec.path and r.state not in RESTING]
+    if users:
+        raise Conflict(f"build {build_id} is used by running instance(s): {', '.join(users)}")
+    table.remove(d.store, build_id)
+    folder = _installed_folder(d.settings.bin_dir, rec.path)
+    if folder is not None:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+    return {"build": rec.to_dict(), "deleted": None if folder is None else str(folder)}
+
+
+def _installed_folder(bin_dir: pathlib.Path, binary: str) -> pathlib.Path | None:
+    """The folder under ``bin_dir`` that corral installed ``binary`` in, or None (the
+    rule of cli/builds.py's local ``builds rm``)."""
+    try:
+        rel = pathlib.Path(binary).resolve().relative_to(bin_dir.resolve())
+    except (ValueError, OSError):
+        return None
+    return bin_dir / rel.parts[0] if len(rel.parts) > 1 else None
 
 
 # -- update jobs (`corral update` run by the daemon) -------------------------------------
