@@ -105,6 +105,7 @@ class CorralGroup(LazyGroup):
 NODE_COMMANDS = (
     *("run", "start", "stop", "restart", "delete", "logs", "pull"),
     *("ls", "show", "rm", "import", "gpus", "rpc"),
+    *("flags", "builds", "update", "fit"),
 )
 
 

@@ -1,16 +1,23 @@
-"""corral builds add | ls | use"""
+"""corral builds add | ls | use | rm, corral update, corral setup
+
+``builds`` reads and writes this machine's store directly (no daemon needed); ``update``
+installs in this process. With ``--node NAME`` both act on that node through its REST
+API, relayed by the daemon: ``/api/v1/builds`` (a path given to ``add`` is a path on the
+node), and ``update`` becomes a build job the node runs, its progress followed through the
+job's event stream as ``pull`` follows a download.
+"""
 
 from __future__ import annotations
 
 import click
 
-from corral.cli.common import print_json, settings, table
+from corral.cli.common import node_client, print_json, settings, table
 from corral.cli.terminal import printable
 
 
 @click.group()
 def builds() -> None:
-    """Register and choose llama-server builds."""
+    """Register and choose llama-server builds (--node NAME: that node's builds)."""
 
 
 def _store():
@@ -25,7 +32,16 @@ def _store():
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--default", "make_default", is_flag=True, help="Make it the default build.")
 def add(path: str, make_default: bool) -> None:
-    """Register an existing llama-server binary (records its --version)."""
+    """Register an existing llama-server binary (records its --version).
+
+    With --node NAME, PATH is a path on that node.
+    """
+    remote = node_client()
+    if remote is not None:
+        rec = remote.request("POST", "/api/v1/builds", {"path": path, "default": make_default})
+        count = remote.request("GET", "/api/v1/flags", params={"build": rec["id"]})["count"]
+        _say_added(rec, count)
+        return
     from corral.builds.catalog import load_catalog
     from corral.builds.resolve import binary_version, resolve_binary
     from corral.store import builds as table_
@@ -41,10 +57,14 @@ def add(path: str, make_default: bool) -> None:
             rec = table_.get(store, rec.id)
     finally:
         store.close()
-    first = version.splitlines()[0] if version else "?"
+    _say_added(rec.to_dict(), len(catalog.flags))
+
+
+def _say_added(rec: dict, flag_count: int) -> None:
+    first = rec["version"].splitlines()[0] if rec["version"] else "?"
     click.echo(
-        f"build {rec.id}: {rec.path} ({first}; {len(catalog.flags)} flags)"
-        + (" [default]" if rec.is_default else "")
+        printable(f"build {rec['id']}: {rec['path']} ({first}; {flag_count} flags)")
+        + (" [default]" if rec["is_default"] else "")
     )
 
 
@@ -52,34 +72,42 @@ def add(path: str, make_default: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ls(as_json: bool) -> None:
     """List registered builds, with the llama.cpp tools each carries beside llama-server."""
-    from corral.builds.tools import build_view, tools_beside
-    from corral.store import builds as table_
-
-    _, store = _store()
-    try:
-        recs = table_.list_all(store)
-    finally:
-        store.close()
+    views = _views()
     if as_json:
-        print_json([build_view(r) for r in recs])
+        print_json(views)
         return
-    if not recs:
+    if not views:
         click.echo("no builds registered (corral builds add PATH)", err=True)
         return
     rows = [
         [
-            r.id,
-            "*" if r.is_default else "",
-            r.build or "-",
-            r.backend,
-            (r.version or "?").splitlines()[0],
-            ",".join(sorted(tools_beside(r.path))) or "-",
-            r.path,
+            v["id"],
+            "*" if v["is_default"] else "",
+            v["build"] or "-",
+            v["backend"],
+            (v["version"] or "?").splitlines()[0],
+            ",".join(v["tools"]) or "-",
+            v["path"],
         ]
-        for r in recs
+        for v in views
     ]
     rows = [[printable(c) for c in row] for row in rows]  # Hub/file text: inert
     click.echo(table(rows, ["ID", "DEFAULT", "BUILD", "BACKEND", "VERSION", "TOOLS", "PATH"]))
+
+
+def _views() -> list[dict]:
+    """The registered builds as ``builds ls --json`` shows them: here, or the node's."""
+    remote = node_client()
+    if remote is not None:
+        return remote.request("GET", "/api/v1/builds")
+    from corral.builds.tools import build_view
+    from corral.store import builds as table_
+
+    _, store = _store()
+    try:
+        return [build_view(r) for r in table_.list_all(store)]
+    finally:
+        store.close()
 
 
 @builds.command("use")
@@ -90,6 +118,11 @@ def use(build_id: int) -> None:
     from corral.store import builds as table_
 
     check_build_id(build_id)
+    remote = node_client()
+    if remote is not None:
+        remote.request("POST", f"/api/v1/builds/{build_id}/default")
+        click.echo(f"build {build_id} is now the default on node {remote.node}")
+        return
     _, store = _store()
     try:
         table_.set_default(store, build_id)
@@ -102,21 +135,35 @@ def use(build_id: int) -> None:
 @click.argument("build_id", type=int)
 def rm(build_id: int) -> None:
     """Forget a build; delete its files only if corral installed them (CORRAL_HOME/bin)."""
+    from corral.builds.resolve import check_build_id
+
+    check_build_id(build_id)
+    remote = node_client()
+    if remote is not None:
+        answer = remote.request("DELETE", f"/api/v1/builds/{build_id}")
+        _say_removed(build_id, answer["build"]["path"], answer["deleted"])
+        return
+    _say_removed(build_id, *_remove_here(build_id))
+
+
+def _remove_here(build_id: int) -> tuple[str, str | None]:
+    """Forget a build of this machine: (its binary, the folder deleted or None).
+
+    The same rule as the daemon's ``DELETE /api/v1/builds/{id}`` (api/builds.py)."""
     import shutil
     from pathlib import Path
 
-    from corral.builds.resolve import check_build_id
     from corral.errors import Conflict
     from corral.store import builds as table_, instances as inst_table
+    from corral.supervisor.states import RESTING
 
-    check_build_id(build_id)
     s, store = _store()
     try:
         rec = table_.get(store, build_id)
         users = [
             i.name
             for i in inst_table.list_all(store)
-            if i.binary == rec.path and i.state not in ("stopped", "exited", "failed")
+            if i.binary == rec.path and i.state not in RESTING
         ]
         if users:
             raise Conflict(f"build {build_id} is used by running instance(s): {', '.join(users)}")
@@ -129,13 +176,21 @@ def rm(build_id: int) -> None:
         rel = Path(rec.path).resolve().relative_to(s.bin_dir.resolve())
         folder, owned = s.bin_dir / rel.parts[0], len(rel.parts) > 1
     except (ValueError, OSError):
-        folder, owned = Path(rec.path).parent, False
-    if owned:
-        shutil.rmtree(folder, ignore_errors=True)
-        click.echo(f"removed build {build_id} and its files ({folder})")
+        return rec.path, None
+    if not owned:
+        return rec.path, None
+    shutil.rmtree(folder, ignore_errors=True)
+    return rec.path, str(folder)
+
+
+def _say_removed(build_id: int, path: str, deleted: str | None) -> None:
+    if deleted:
+        click.echo(printable(f"removed build {build_id} and its files ({deleted})"))
     else:
         click.echo(
-            f"forgot build {build_id}; its files were not installed by corral and stay ({rec.path})"
+            printable(
+                f"forgot build {build_id}; its files were not installed by corral and stay ({path})"
+            )
         )
 
 
@@ -164,35 +219,38 @@ COMMANDS = [builds]
 def update(backend: str, from_: str, version: str | None, source: str | None, force: bool) -> None:
     """Get the right llama-server for this machine and make it the default build.
 
+    With --node NAME the node gets it for itself (its GPUs, its releases or source, a
+    --source path of the node's) as a build job; its progress is followed here, and
+    Ctrl-C cancels the job.
+
     \b
     Examples:
       corral update                         newest release for the detected GPU
       corral update --backend vulkan
       corral update --from source --backend cuda --source ~/src/llama.cpp
       corral update --from pypi --backend cpu   (where GitHub is unreachable)
+      corral update --node gpu-box          that node's newest release, for its GPUs
     """
-    import sys
-
+    remote = node_client()
+    if remote is not None:
+        body = {"from": from_, "backend": backend, "version": version, "source": source}
+        body = {k: v for k, v in body.items() if v is not None}
+        rec = _update_on_node(remote, {**body, "force": force})
+        _say_installed(rec, f" on node {remote.node}")
+        return
     from corral.builds.update import update as run_update
 
     def say(msg: str) -> None:
         click.echo(f"corral: {msg}", err=True)
 
-    last = {"pct": -1}
+    shown = _Percent()
 
     def progress(*args) -> None:
         # Releases report (done, total) bytes; source builds report (percent, line).
         if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], int) and args[1]:
-            pct = int(100 * args[0] / args[1])
+            shown(int(100 * args[0] / args[1]))
         elif args and isinstance(args[0], int):
-            pct = args[0]
-        else:
-            return
-        if pct != last["pct"]:
-            last["pct"] = pct
-            end = "\n" if not sys.stderr.isatty() else ""
-            sys.stderr.write(f"\r  {pct:3d}%{end}")
-            sys.stderr.flush()
+            shown(args[0])
 
     s, store = _store()
     try:
@@ -209,9 +267,87 @@ def update(backend: str, from_: str, version: str | None, source: str | None, fo
         )
     finally:
         store.close()
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
-    click.echo(f"build {rec.id}: {rec.build or '?'}-{rec.backend} {rec.path} [default]")
+    shown.end()
+    _say_installed(rec.to_dict())
+
+
+class _Percent:
+    """``  42%`` on stderr when the figure changes: redrawn in place on a terminal, one
+    line each otherwise."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self.tty = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, pct: int) -> None:
+        import sys
+
+        if pct != self.last:
+            self.last = pct
+            sys.stderr.write(f"\r  {pct:3d}%" if self.tty else f"  {pct:3d}%\n")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        import sys
+
+        if self.tty and self.last >= 0:
+            sys.stderr.write("\n")
+
+
+def _say_installed(rec: dict, where: str = "") -> None:
+    click.echo(
+        printable(f"build {rec['id']}: {rec['build'] or '?'}-{rec['backend']} {rec['path']}")
+        + f" [default]{where}"
+    )
+
+
+def _update_on_node(remote, body: dict) -> dict:
+    """Run ``corral update`` as a build job of the node (``POST /api/v1/builds/update``),
+    showing its log lines and progress from the job's event stream; the build installed,
+    else the job's error. Ctrl-C cancels the job."""
+    from corral.errors import Cancelled, CorralError, DaemonUnavailable, by_code
+
+    job = remote.request("POST", "/api/v1/builds/update", body)
+    path = f"/api/v1/builds/jobs/{job['id']}"
+    shown, said, final = _Percent(), [], job
+    try:
+        for ev in remote.stream_lines(f"{path}/events"):
+            final = ev
+            for line in _new_lines(said, ev.get("log") or []):
+                click.echo(printable(f"corral: {remote.node}: {line}"), err=True)
+            said = ev.get("log") or []
+            figure = ev.get("progress") or {}
+            if figure.get("total"):
+                shown(int(100 * figure["done"] / figure["total"]))
+            if ev["state"] not in ("queued", "running"):
+                break
+    except KeyboardInterrupt:
+        shown.end()
+        remote.request("DELETE", path, timeout=15)
+        raise Cancelled(f"build cancelled on node {remote.node}") from None
+    shown.end()
+    if final["state"] in ("queued", "running"):  # the stream ended early: ask once
+        final = remote.request("GET", path)
+    if final["state"] == "done":
+        return final["build"]
+    if final["state"] in ("queued", "running"):
+        raise DaemonUnavailable(
+            f"lost the progress of build job {job['id']} on node {remote.node}; it goes on "
+            f"there (corral builds ls --node {remote.node})"
+        )
+    cls = by_code().get(final.get("error_code") or "", CorralError)
+    raise cls(final.get("error") or f"build job ended: {final['state']}")
+
+
+def _new_lines(said: list[str], log: list[str]) -> list[str]:
+    """The lines of ``log`` not yet shown: the job's log is its last lines, so what was
+    shown is the longest end of ``said`` that ``log`` starts with."""
+    for k in range(min(len(said), len(log)), 0, -1):
+        if said[-k:] == log[:k]:
+            return log[k:]
+    return log
 
 
 COMMANDS.append(update)

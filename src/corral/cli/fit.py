@@ -2,14 +2,22 @@
 
 Read-only: the model is resolved through the index as ``corral show`` does, the flags
 are validated by the catalog of the build ``run`` would use, and the ``*`` defaults
-preset applies as it does for a launch.
+preset applies as it does for a launch. With ``--node NAME`` the node plans it through
+its ``POST /api/v1/fit`` (relayed by the daemon): its index, build, devices and instances.
 """
 
 from __future__ import annotations
 
 import click
 
-from corral.cli.common import local_model, print_json, settings, split_own_options, table
+from corral.cli.common import (
+    local_model,
+    node_client,
+    print_json,
+    settings,
+    split_own_options,
+    table,
+)
 from corral.cli.terminal import printable
 from corral.errors import UsageError
 
@@ -93,35 +101,55 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f}G" if n else "-"
 
 
-def render(plan) -> str:
-    """The table, the flags and the notes, as ``corral fit`` prints them."""
+def render(view: dict) -> str:
+    """The table, the flags and the notes, as ``corral fit`` prints them, from the plan's
+    JSON (``corral fit --json``, a node's ``POST /api/v1/fit``) plus, where known,
+    ``over_bytes`` per device and ``env`` (see :func:`_shown`)."""
     import shlex
 
     rows = []
-    for d in plan.devices:
-        over = "  OVER" if d.over_bytes else ""
+    for d in view["devices"]:
+        # A node's answer carries no over_bytes: over is then past the device's free memory.
+        over = d.get("over_bytes", max(0, d["used_bytes"] - d["free_bytes"]))
         rows.append(
             [
-                printable(f"{d.device.id} {d.device.name}"),
-                str(d.layers),
-                _gib(d.weights_bytes),
-                _gib(d.kv_bytes),
-                _gib(d.compute_bytes),
-                f"{_gib(d.used_bytes)} / {_gib(d.device.free_bytes)}{over}",
+                printable(f"{d['id']} {d['name']}"),
+                str(d["layers"]),
+                _gib(d["weights_bytes"]),
+                _gib(d["kv_bytes"]),
+                _gib(d["compute_bytes"]),
+                f"{_gib(d['used_bytes'])} / {_gib(d['free_bytes'])}" + ("  OVER" if over else ""),
             ]
         )
     out = [table(rows, ["DEVICE", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "USED/FREE"]), ""]
-    head = "fits" if plan.fits else "does not fit"
-    out.append(f"{head}: context {plan.context}, KV cache {plan.cache_type_k}/{plan.cache_type_v}")
-    out.append("flags: " + printable(" ".join(shlex.quote(f) for f in plan.flags)))
-    if plan.env:
+    head = "fits" if view["fits"] else "does not fit"
+    kv = f"{view['cache_type_k']}/{view['cache_type_v']}"
+    out.append(f"{head}: context {view['context']}, KV cache {kv}")
+    out.append("flags: " + printable(" ".join(shlex.quote(f) for f in view["flags"])))
+    if view.get("env"):
         out.append(
             "or select the GPUs with: "
-            + " ".join(f"{k}={v}" for k, v in plan.env.items())
+            + " ".join(f"{k}={v}" for k, v in view["env"].items())
             + " (instead of --device)"
         )
-    out += [f"  - {printable(n)}" for n in plan.notes]
+    out += [f"  - {printable(n)}" for n in view["notes"]]
     return "\n".join(out)
+
+
+def _shown(plan) -> dict:
+    """A local plan's JSON with what :func:`render` also shows: each device's bytes past
+    what may be used (margin and running instances counted) and the GPU-selecting env."""
+    view = plan.view()
+    view["devices"] = [{**d.view(), "over_bytes": d.over_bytes} for d in plan.devices]
+    return {**view, "env": dict(plan.env)}
+
+
+def plan_on_node(remote, model: str, flags: list[str], **options) -> dict:
+    """The plan's JSON made by the node (``POST /api/v1/fit``): its index or a GGUF path
+    of the node's, its build's flags, its devices (or ``devices``), what its instances
+    hold. ``options``: devices, margin_mib, binary, build (None: the node's default)."""
+    body = {"model": model, "flags": flags, **{k: v for k, v in options.items() if v is not None}}
+    return remote.request("POST", "/api/v1/fit", body, timeout=120)
 
 
 @click.command(
@@ -156,12 +184,16 @@ def fit(devices, margin, binary, build, as_json, model, llama_flags) -> None:
     --n-cpu-moe) are kept as given; the rest is chosen to fit free memory minus a
     margin on every device. Nothing is started and no daemon is needed.
 
+    With --node NAME the node makes the plan: MODEL is a model of its index or a GGUF
+    path there, and its devices, its build and what its instances hold count.
+
     \b
     Examples:
       corral fit qwen3-14b                     on the GPUs of this machine
       corral fit model.gguf -c 32768           this context: KV type and layers to fit it
       corral fit model.gguf --devices 12GiB,8GiB --json
       corral fit model.gguf --devices none     CPU only
+      corral fit qwen3-14b --node gpu-box      on that node's GPUs
     """
     own, flags = _split_args(llama_flags)
     devices = own.get("--devices", devices)
@@ -176,6 +208,13 @@ def fit(devices, margin, binary, build, as_json, model, llama_flags) -> None:
         raise UsageError("--margin is MiB from 0 up")
     if model.startswith("-"):
         raise UsageError("give MODEL first (a GGUF path or a model of the index)")
+    remote = node_client()
+    if remote is not None:
+        view = plan_on_node(
+            remote, model, flags, devices=devices, margin_mib=margin, binary=binary, build=build
+        )
+        print_json(view) if as_json else click.echo(render(view))
+        return
     plan, _ = plan_local(
         local_model(model) or model,
         flags,
@@ -184,10 +223,7 @@ def fit(devices, margin, binary, build, as_json, model, llama_flags) -> None:
         binary=binary,
         build=build,
     )
-    if as_json:
-        print_json(plan.view())
-    else:
-        click.echo(render(plan))
+    print_json(plan.view()) if as_json else click.echo(render(_shown(plan)))
 
 
 COMMANDS = [fit]
