@@ -182,6 +182,9 @@ def test_dashboard_node_column_and_filter(ui, fleet, shots):
     expect(logs).to_have_attribute("href", f"#/logs/node-one?node={NODE}")
     expect(remote.locator("a", has_text="Open")).to_have_count(0)
     page.screenshot(path=str(shots / "dashboard-nodes.png"), full_page=True)
+    page.set_viewport_size({"width": 420, "height": 900})
+    page.screenshot(path=str(shots / "dashboard-nodes-narrow.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     select = page.locator("#node-filter")
     select.select_option(NODE)
@@ -404,3 +407,29 @@ def test_a_hostile_node_and_hostile_input_are_shown_as_text(ui, fleet, rogue, sh
     finally:
         Rogue.answers = saved
     assert ui.dialogs == []
+
+
+def test_a_node_refusing_its_key_is_said_so_and_no_key_is_asked_here(ui, fleet):
+    controller, node, _, _ = fleet
+    made = node.cli("keys", "create", "soon-revoked")
+    assert made.returncode == 0, made.stderr
+    link = {"name": "box-old", "url": url_of(node), "key": made.stdout.strip()}
+    status, added = api(controller, "POST", "/api/v1/nodes", link)
+    assert status == 201, added
+    try:
+        keys = json.loads(node.cli("keys", "ls", "--json").stdout)
+        key_id = next(k["id"] for k in keys if k["name"] == "soon-revoked")
+        assert node.cli("keys", "revoke", key_id).returncode == 0
+        # the node's 401 comes back through the relay: an error naming the node, not
+        # this daemon's key dialog (this daemon needs no key)
+        page = ui.open("logs/node-one?node=box-old")
+        expect(page.locator("#log-state")).to_contain_text(
+            "node box-old refused this daemon's key for it"
+        )
+        expect(page.locator("#key-dialog")).not_to_be_visible()
+        page = ui.open("nodes")
+        card = page.locator('.node-card[data-node="box-old"]')
+        expect(card.locator(".badge")).to_have_text("down", timeout=30_000)
+        expect(card.locator(".node-error")).to_contain_text("refused the key")
+    finally:
+        api(controller, "DELETE", "/api/v1/nodes/box-old")

@@ -452,18 +452,18 @@ function filter(v) {
 // -- data ----------------------------------------------------------------------------------
 /**
  * Launch on ``node`` ("" for this machine) from now on: its models, builds, presets and
- * flag catalog are read again there; what is typed stays (a build or preset it lacks is
- * unset).
+ * flag catalog are read again there. What is typed stays; the build goes back to the
+ * node's default (build ids are each machine's own), a preset it lacks is unset.
  */
 async function switchNode(v, node) {
   v.node = node;
   v.base = fleet.base(node);
   v.el.fitWhere.textContent = node ? ` on ${node}` : "";
-  const { build, preset } = v.el;
-  const keep = { build: build.value, preset: preset.value };
+  const { preset } = v.el;
+  const kept = preset.value;
   await loadLists(v);
-  build.value = [...build.options].some((o) => o.value === keep.build) ? keep.build : "";
-  preset.value = [...preset.options].some((o) => o.value === keep.preset) ? keep.preset : "";
+  v.el.build.value = "";
+  preset.value = [...preset.options].some((o) => o.value === kept) ? kept : "";
   await loadCatalog(v);
 }
 
@@ -471,7 +471,9 @@ async function loadCatalog(v) {
   const { el } = v;
   const q = el.build.value ? `?build=${encodeURIComponent(el.build.value)}` : "";
   try {
-    const cat = await get(`${v.base}/api/v1/flags${q}`, { signal: v.stop.signal });
+    const base = v.base;
+    const cat = await get(`${base}/api/v1/flags${q}`, { signal: v.stop.signal });
+    if (base !== v.base) return; // another node was chosen meanwhile: its catalog comes
     learnSecrets(v, cat.secret_flags); // when the catalog says so; the plan always does
     v.catalog = cat.flags.filter((f) => !OWNED.has(f.long) && !EXITS.has(f.long)); // set above, by corral
     v.sections = cat.sections;
@@ -491,12 +493,13 @@ async function loadCatalog(v) {
 
 async function loadLists(v) {
   const { el } = v;
-  const signal = v.stop.signal;
+  const { base, stop: { signal } } = v;
   const [models, builds, presets] = await Promise.all([
-    get(`${v.base}/api/v1/models`, { signal }).catch(() => []),
-    get(`${v.base}/api/v1/builds`, { signal }).catch(() => []),
-    get(`${v.base}/api/v1/presets`, { signal }).catch(() => null),
+    get(`${base}/api/v1/models`, { signal }).catch(() => []),
+    get(`${base}/api/v1/builds`, { signal }).catch(() => []),
+    get(`${base}/api/v1/presets`, { signal }).catch(() => null),
   ]);
+  if (base !== v.base) return; // another node was chosen meanwhile
   replace(el.modelOptions, models.map((m) => h("option", { value: m.name }, `${m.name} · ${m.quantization || ""}`)));
   v.builds = builds;
   replace(el.build, h("option", { value: "" }, "default build"), builds.map((b) =>
