@@ -205,6 +205,41 @@ class Router:
             self._routes[model] = (rec.name, target.label)
         return rec, target
 
+    def ready_route(self, model: str):
+        """The ready instance ``model`` was last routed to, from the route cache alone
+        (no SQLite, no scan); None when not cached or no longer ready."""
+        if self._routes_gen != self.supervisor.generation:
+            return None
+        cached = self._routes.get(model)
+        if cached is None:
+            return None
+        rec = self.supervisor.find(cached[0])
+        if rec is not None and rec.desired == "running" and rec.state == State.READY:
+            return rec
+        return None
+
+    async def fits_here(self, target: Target) -> bool | None:
+        """Whether the memory planner says a start of ``target`` fits this machine now
+        (None: not planned, an instance's own flags, or the plan cannot be made)."""
+        from corral import presets
+
+        if target.preset is None and target.model is None:
+            return None
+        sup = self.supervisor
+        try:
+            spec = await presets.compose(
+                sup.store,
+                sup.catalog,
+                taken=[r.name for r in sup.list()],
+                preset=target.preset,
+                model=target.model,
+                origin="router",
+            )
+            plan = await sup.plan_fit(spec)
+        except CorralError:
+            return None
+        return None if plan is None else plan.fits
+
     def may_start(self, rec) -> bool:
         """Whether a non-admin request may have the router start ``rec`` (resting) again."""
         return rec.origin != "user" or rec.name in self._idled

@@ -11,6 +11,7 @@ message to the client instead of one per token.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 
 import httptools
@@ -163,10 +164,13 @@ class Pool:
             conn[1].transport.abort()
         return None
 
-    async def request(self, host: str, port: int, head: bytes, body: bytes) -> Response:
+    async def request(
+        self, host: str, port: int, head: bytes, body: bytes, tls: ssl.SSLContext | None = None
+    ) -> Response:
         """Send one request; a reused connection found dead before any answer is retried
-        once on a new one (nothing was processed, so the retry is safe)."""
-        key = (host, port)
+        once on a new one (nothing was processed, so the retry is safe). ``tls``: a
+        linked node's ``https://`` daemon (instances on loopback are plain HTTP)."""
+        key = (host, port) if tls is None else (host, port, "tls")
         for attempt in (1, 2):
             conn = self._take(key) if attempt == 1 else None
             reused = conn is not None
@@ -175,7 +179,9 @@ class Pool:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can lose the
                     # caller's cancellation when the connect completes at that moment.
                     async with asyncio.timeout(CONNECT_TIMEOUT):
-                        conn = await asyncio.open_connection(host, port)
+                        conn = await asyncio.open_connection(
+                            host, port, ssl=tls, server_hostname=host if tls else None
+                        )
                 except (OSError, TimeoutError) as exc:
                     raise UpstreamError(
                         f"cannot connect to {host}:{port}: "

@@ -363,8 +363,8 @@ def test_commands_act_on_a_node_through_the_controller(pair, fake_binary, model_
 
     # refused: a command that does not go through the API yet, an unknown node, paths
     # that would leave the node's API, a node behind a node
-    flags = cli(controller, "flags", "ctx", "--node", "box")
-    assert flags.returncode == 2 and "--node is not supported by `corral flags` yet" in flags.stderr
+    setup = cli(controller, "setup", "--yes", "--node", "box")
+    assert setup.returncode == 2 and "--node is not supported by `corral setup` yet" in setup.stderr
     unknown = cli(controller, "stop", "--node", "nope", "x")
     assert unknown.returncode == 3 and "no node 'nope'" in unknown.stderr
     for path in ("/api/v1/nodes/box/api/v1/%2e%2e/keys", "/api/v1/nodes/box/api/v1/nodes"):

@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from corral.errors import UpstreamError, UsageError
+from corral.nodes.fleet import Candidate, Fleet, catalog_of, hop_of, rank
 from corral.nodes.health import BACKOFF_CAP, MISSES_DOWN, Health, backoff_cap, poll_timeout
 from corral.nodes.registry import NodeRegistry, Tracked, check_key
-from corral.nodes.remote import RemoteNode, check_url, summarize
+from corral.nodes.remote import RemoteNode, check_url, served, summarize
 from corral.store import nodes as table
 from corral.store.db import Store
 from corral.store.nodes import NodeRow
@@ -154,6 +155,7 @@ def test_the_summary_of_a_node():
         "instances": 2,
         "instances_ready": 1,
         "models": 1,
+        "served": [],
     }
     assert summarize({}, {"builds": [{"build": "b6000"}]}, [], [])["llama_cpp_version"] == "b6000"
     assert summarize({}, {}, [], [])["llama_cpp_version"] is None
@@ -169,12 +171,19 @@ class FakeNode:
     def __init__(self) -> None:
         self.mode = "up"
         self.auth: set[str] = set()
+        self.fits = True
+        self.fit_calls = 0
+        self.fit_bodies: list = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.auth.add(request.headers.get("authorization", ""))
         if self.mode == "down":
             raise httpx.ConnectError("refused", request=request)
         path = request.url.path
+        if path == "/api/v1/fit":
+            self.fit_calls += 1
+            self.fit_bodies.append(json.loads(request.content))
+            return httpx.Response(200, json={"fits": self.fits, "devices": []})
         if self.mode == "bad-key" and path != "/healthz":
             return httpx.Response(401, json={"error": {"code": "unauthorized"}})
         answers = {
@@ -182,6 +191,7 @@ class FakeNode:
             "/api/v1/system": {"gpus": [], "builds": []},
             "/api/v1/instances": [],
             "/api/v1/models": [{"id": "m"}],
+            "/v1/models": {"object": "list", "data": [{"id": "m", "state": "stopped"}]},
         }
         return httpx.Response(200, json=answers[path])
 
@@ -260,5 +270,105 @@ def test_stored_nodes_start_unknown_and_are_polled_at_once(tmp_path):
         assert (got["state"], got["previous"]) == ("up", "unknown")
         await reg.remove("box")
         assert reg.views() == [] and table.list_all(reg.store) == []
+
+    run_registry(tmp_path, body)
+
+
+# -- routing across nodes (corral.nodes.fleet) -------------------------------------------
+
+
+def test_rank_running_then_fits_then_fewest_instances_then_here_first():
+    here = Candidate(None, False, None, 3)
+    busy_fit = Candidate("a", False, True, 5)
+    idle_fit = Candidate("b", False, True, 1)
+    no_fit = Candidate("c", False, False, 0)
+    running = Candidate("d", True, False, 9)
+    assert [c.node for c in rank([no_fit, here, busy_fit, idle_fit, running])] == [
+        "d",
+        "b",
+        "a",
+        None,
+        "c",
+    ]
+    # a tie is broken towards this daemon (no hop), then by name
+    assert [
+        c.node for c in rank([Candidate("z", False, None, 1), Candidate(None, False, None, 1)])
+    ] == [
+        None,
+        "z",
+    ]
+
+
+def test_catalog_and_served_keep_names_states_and_aliases_only():
+    answer = {
+        "data": [
+            {"id": "m", "kind": "model", "state": "stopped", "model_path": "/secret/m.gguf"},
+            {"id": "inst", "kind": "instance", "state": "ready", "aliases": ["fast", 3]},
+            {"id": "m", "kind": "instance", "state": "starting"},
+            "junk",
+            {"id": 5},
+        ]
+    }
+    entries = served(answer)
+    assert [e["id"] for e in entries] == ["m", "inst", "m"]
+    assert "model_path" not in json.dumps(entries)
+    assert catalog_of({"data": entries}) == {"m": True, "inst": True, "fast": True}
+    assert served(None) == [] and catalog_of([]) == {}
+
+
+def test_a_hop_knows_its_node_and_hides_its_key():
+    hop = hop_of("box", "https://[fd00::2]:9443", SECRET, "gemma")
+    assert (hop.host, hop.port, hop.tls is not None, hop.name) == (
+        "fd00::2",
+        9443,
+        True,
+        "gemma@box",
+    )
+    assert SECRET not in repr(hop) and hop.authorization == f"Bearer {SECRET}".encode()
+    assert hop_of("box", "http://10.0.0.2", SECRET, "m").port == 80
+
+
+def test_placement_is_forgotten_when_the_node_fails_goes_down_or_stops_it(tmp_path):
+    async def body(reg, fake, clock):
+        fleet = Fleet(reg)
+        await reg.add("box", "http://10.0.0.2:9380", SECRET)
+        tracked = reg._nodes["box"]
+        tracked.task.cancel()
+        assert fleet.listed("m") and not fleet.listed("x") and fleet.down_having("m") == []
+        fleet.place("m", "box")
+        assert fleet.placed("m") == "box"
+        fleet.failed("m", "box")
+        assert fleet.placed("m") is None
+        fleet.place("m", "box")
+        await reg.poll_once(tracked)  # the node lists m as stopped: placed afresh next time
+        assert fleet.placed("m") is None
+        fleet.place("m", "box")
+        fake.mode = "down"
+        for _ in range(MISSES_DOWN):
+            clock.now += 10
+            await reg.poll_once(tracked)
+        assert fleet.placed("m") is None and not fleet.listed("m")
+        assert fleet.down_having("m") == ["box"]
+        assert await fleet.candidates("m", Candidate(None, False, None, 0)) == [
+            Candidate(None, False, None, 0)
+        ]
+
+    run_registry(tmp_path, body)
+
+
+def test_candidates_ask_the_nodes_planner_once_and_rank_by_it(tmp_path):
+    async def body(reg, fake, clock):
+        fleet = Fleet(reg, clock=clock)
+        await reg.add("box", "http://10.0.0.2:9380", SECRET)
+        reg._nodes["box"].task.cancel()
+        fake.fits = False
+        here = Candidate(None, False, None, 4)
+        assert [c.node for c in await fleet.candidates("m", here)] == [None, "box"]
+        fake.fits = True  # cached: the node is not asked again within FIT_TTL
+        assert [c.node for c in await fleet.candidates("m", here)] == [None, "box"]
+        assert fake.fit_calls == 1
+        clock.now += 61
+        assert [c.node for c in await fleet.candidates("m", here)] == ["box", None]
+        assert fake.fit_calls == 2 and fake.fit_bodies[-1] == {"model": "m"}
 
     run_registry(tmp_path, body)

@@ -35,6 +35,7 @@ from corral.api import (
 )
 from corral.api.deps import Daemon, get_daemon
 from corral.builds.jobs import BuildJobs
+from corral.nodes.fleet import Fleet
 from corral.nodes.registry import NodeRegistry
 from corral.pulls import PullManager
 from corral.router import Router
@@ -87,6 +88,7 @@ def _lifespan(settings: Settings, supervisor_factory):
         # The linked nodes (corral nodes): polled in the background, never awaited by a
         # local request; on app.state rather than Daemon, read by api/nodes.py only.
         app.state.nodes = NodeRegistry(store, lambda: settings.node_poll_interval)
+        app.state.fleet = Fleet(app.state.nodes)  # /v1/* across the nodes (api/openai.py)
         # This machine's rpc-servers (corral rpc): re-adopted here, read by api/rpc.py only.
         app.state.rpc = RpcSupervisor(settings, store)
         await supervisor.start()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 from fastapi import APIRouter, Depends, Request
@@ -35,9 +36,11 @@ from corral.api import anthropic
 from corral.api.deps import Daemon, get_daemon
 from corral.api.paths import ROUTES, Route, request_fields
 from corral.errors import Busy, CorralError, TooLarge, UpstreamError
+from corral.nodes.fleet import HOP_HEADER, SCOPE_HEADER, SERVING, Candidate, Fleet, Hop
 from corral.router import (
     CLIENT_GONE,
     HOP_HEADERS,
+    LIVE,
     USAGE_BODY_MAX,
     USAGE_TAIL,
     Router,
@@ -46,10 +49,12 @@ from corral.supervisor.states import State
 from corral.upstream import request_head
 
 router = APIRouter(tags=["openai"])
+log = logging.getLogger("corral.relay")
 
 MAX_BODY = 64 * 1024 * 1024
 KEEP_HEADERS = (b"content-type", b"cache-control", b"x-accel-buffering", b"content-length")
 _HOP = {h.encode() for h in HOP_HEADERS}
+_FLEET = (HOP_HEADER, SCOPE_HEADER)  # set by this daemon only, never passed on as sent
 SSE_START_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
@@ -91,7 +96,37 @@ async def list_models(request: Request, d: Daemon = Depends(get_daemon)) -> dict
     """Every name a request may use, once each: running instances, presets, indexed
     models (file paths only for an admin caller)."""
     admin = caller_scope(request.scope) == "admin"
-    return {"object": "list", "data": d.router.models(admin=admin)}
+    data = d.router.models(admin=admin)
+    fleet = getattr(request.app.state, "fleet", None)
+    if fleet and not _hopped(request.scope):
+        data = union(data, fleet.entries())
+    return {"object": "list", "data": data}
+
+
+def union(here: list[dict], there: list[tuple[str, dict]]) -> list[dict]:
+    """This daemon's names and the linked nodes' (``(node, entry)`` pairs), each once:
+    ``local`` says whether this daemon serves it, ``nodes`` which up nodes do; a name's
+    state is ``running`` when it runs anywhere."""
+    out: dict[str, dict] = {}
+    for entry in here:
+        out[entry["id"]] = {**entry, "local": True, "nodes": []}
+    for node, entry in there:
+        mine = out.get(entry["id"])
+        if mine is None:
+            mine = out[entry["id"]] = {
+                "id": entry["id"],
+                "object": "model",
+                "owned_by": "corral",
+                "kind": entry.get("kind"),
+                "state": entry.get("state"),
+                "aliases": entry.get("aliases") or [],
+                "local": False,
+                "nodes": [],
+            }
+        elif entry.get("state") in SERVING and mine.get("state") not in SERVING:
+            mine["state"] = entry["state"]
+        mine["nodes"].append(node)
+    return list(out.values())
 
 
 def _sse_error(exc_or_message, status: int = 502, dialect: str = "openai") -> bytes:
@@ -132,7 +167,8 @@ async def _read_body(receive) -> bytes:
 
 class Relay:
     """ASGI wrapper of the FastAPI app: the routed ``POST`` paths (:data:`ROUTES`) here,
-    the rest to it."""
+    the rest to it. With linked nodes (``app.state.fleet``), a model may be served by a
+    node (:func:`_across`)."""
 
     def __init__(self, app) -> None:
         self.app = app  # the FastAPI app: its state holds the daemon
@@ -143,14 +179,15 @@ class Relay:
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        rt: Router = self.app.state.daemon.router
+        state = self.app.state
+        rt: Router = state.daemon.router
         try:
-            await _serve(rt, route, scope, receive, send)
+            await _serve(rt, route, scope, receive, send, getattr(state, "fleet", None))
         except ConnectionResetError:
             pass  # the client left; nothing to answer
 
 
-async def _serve(rt: Router, route: Route, scope, receive, send) -> None:
+async def _serve(rt: Router, route: Route, scope, receive, send, fleet=None) -> None:
     t0 = time.perf_counter()
     try:
         body = await _read_body(receive)
@@ -158,6 +195,10 @@ async def _serve(rt: Router, route: Route, scope, receive, send) -> None:
         if model is None:
             model = rt.sole_instance()
         admin = caller_scope(scope) == "admin"
+        if fleet and not _hopped(scope):  # linked nodes, and not a node's own request
+            request = (route, scope, receive, send, body, model, admin, stream, t0)
+            if await _across(rt, fleet, *request):
+                return  # a node served it
         rec, target = rt.resolve(model, admin=admin)
     except CorralError as exc:  # clients expect their dialect's error shape
         rt.metrics.rejected.labels(exc.code).inc()
@@ -185,6 +226,152 @@ async def _serve(rt: Router, route: Route, scope, receive, send) -> None:
         await _relay(rt, rec, label, route, scope, body, t0, gone, send, started, stream)
     finally:
         gone.cancel()
+
+
+# -- across nodes (corral.nodes.fleet) ----------------------------------------------------
+
+
+def _hopped(scope) -> bool:
+    """Whether a controller relayed this request here (served here, never sent on)."""
+    for name, _ in scope["headers"]:
+        if name == HOP_HEADER:
+            return True
+    return False
+
+
+async def _across(
+    rt: Router, fleet: Fleet, route, scope, receive, send, body, model, admin, stream, t0
+) -> bool:
+    """Serve ``model`` from a linked node when one is the better place (see
+    :mod:`corral.nodes.fleet`): True when a node answered; False when this daemon serves
+    it itself. A node that cannot be reached is skipped for the next best (before any
+    byte went to the client); Busy (503) when every place that has the model failed.
+
+    The hot path of a model placed on a node costs two dict lookups here (no SQLite):
+    this daemon's route cache (a ready instance here wins), then the placement."""
+    if rt.ready_route(model) is not None:
+        return False
+    tried: dict[str, str] = {}  # node -> why it could not serve
+    gone = _Gone(receive)
+    try:
+        while True:
+            node = fleet.placed(model)
+            if node is None or node in tried:
+                node = await _best_place(rt, fleet, model, admin, tried)
+            if node is None:
+                return False  # this daemon: it serves the model, or says why not
+            why = await _relay_hop(
+                rt, fleet.hop(node, model), route, scope, body, t0, gone, send, stream, admin
+            )
+            if why is None:
+                fleet.place(model, node)
+                return True
+            fleet.failed(model, node)
+            tried[node] = why
+            log.warning("node %s could not serve %s: %s", node, model, why)
+            if gone.done():
+                return True  # the client left meanwhile: nothing to answer
+    finally:
+        gone.cancel()
+
+
+async def _best_place(rt: Router, fleet: Fleet, model: str, admin: bool, tried: dict) -> str | None:
+    """The best node for ``model`` not in ``tried`` (None: this daemon). Busy when the
+    model is only on nodes that are down or were tried."""
+    if not fleet.listed(model):  # no up node has it: the cheap, common answer
+        down = fleet.down_having(model)
+        if not down and not tried:
+            return None
+        if _servable_here(rt, model, admin):
+            return None
+        raise _none_left(model, down, tried)
+    local = await _local_candidate(rt, model, admin)
+    ranked = [c for c in await fleet.candidates(model, local) if c.node not in tried]
+    if not ranked:
+        raise _none_left(model, fleet.down_having(model), tried)
+    return ranked[0].node
+
+
+def _none_left(model: str, down: list[str], tried: dict[str, str]) -> Busy:
+    parts = [f"{n}: {why}" for n, why in sorted(tried.items())]
+    parts += [f"{n}: down" for n in down if n not in tried]
+    return Busy(f"no node can serve {model!r} now ({'; '.join(parts)})", retry_after=30)
+
+
+def _servable_here(rt: Router, model: str, admin: bool) -> bool:
+    try:
+        rt.resolve(model, admin=admin)
+    except CorralError:
+        return False
+    return True
+
+
+async def _local_candidate(rt: Router, model: str, admin: bool) -> Candidate | None:
+    """This daemon as a place for ``model``: None when it cannot serve it."""
+    try:
+        rec, target = rt.resolve(model, admin=admin)
+    except CorralError:
+        return None
+    live = sum(1 for r in rt.supervisor.list() if r.desired == "running" and State(r.state) in LIVE)
+    if rec is not None:
+        return Candidate(None, True, True, live)
+    return Candidate(None, False, await rt.fits_here(target), live)
+
+
+async def _relay_hop(
+    rt: Router, hop: Hop, route, scope, body, t0, gone: _Gone, send, stream, admin
+) -> str | None:
+    """Send the request to a node's own ``route`` path with the node's key and stream
+    its answer back: None when the node answered, else why it could not (nothing was
+    sent to the client then, so another node may be tried)."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in _HOP and k not in _FLEET]
+    headers += [(b"authorization", hop.authorization), (HOP_HEADER, b"1")]
+    if not admin:  # the node holds the controller as admin: say the caller is not
+        headers.append((SCOPE_HEADER, b"inference"))
+    host = f"[{hop.host}]" if ":" in hop.host else hop.host
+    head = request_head(route.upstream, host, hop.port, headers, len(body))
+    usage = rt.begin(hop, hop.label)
+    seen = _Seen(route.counted)
+    resp = None
+    on_gone = None
+    try:
+        call = rt.upstream.request(hop.host, hop.port, head, body, hop.tls)
+        try:
+            resp = await (call if stream else _unless_gone(call, gone.watch()))
+        except UpstreamError as exc:
+            return exc.message
+        if resp is None:
+            seen.status = CLIENT_GONE
+            return None
+        seen.status = resp.status
+        if resp.status == 401:  # the node no longer takes the controller's key
+            seen.status = 502
+            resp.abort()
+            return "it refused the controller's key (corral nodes rm and add it again)"
+        on_gone = _aborter(resp)
+        if gone.future is not None:
+            gone.future.add_done_callback(on_gone)
+        await _send_head(resp, hop, False, send, route.dialect)
+        streamed = b"text/event-stream" in (resp.header(b"content-type") or b"")
+        if not await _pump(resp, seen, t0, gone, on_gone, streamed, send):
+            await _end_unfinished(resp, hop, seen, gone, streamed, send, route.dialect)
+        return None
+    finally:
+        if on_gone is not None and gone.future is not None:
+            gone.future.remove_done_callback(on_gone)
+        if resp is not None:
+            resp.release()
+        rt.end(
+            hop,
+            hop.label,
+            usage,
+            status=seen.status,
+            ttft=seen.ttft,
+            elapsed=time.perf_counter() - t0,
+            tail=bytes(seen.tail) if seen.keep else None,
+            endpoint=route.label,
+            head=seen.head if seen.keep else None,
+        )
 
 
 async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone: _Gone, send) -> bool:

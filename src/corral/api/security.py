@@ -28,7 +28,10 @@ The guard leaves the caller's scope in ``scope["state"]`` (``openai.CALLER_SCOPE
 what comes after it, so nothing downstream reads keys again: ``admin`` for an admin key,
 the local token or CORRAL_API_KEY, and for anyone when no key is required (a loopback
 daemon without keys: whoever can reach it is its admin today); ``inference`` for an
-inference key. The router lets only an admin start a stopped user instance.
+inference key. The router lets only an admin start a stopped user instance. An admin
+caller may lower its own scope to ``inference`` with ``x-corral-scope: inference`` (a
+controller relaying an inference caller's request does, :mod:`corral.nodes.fleet`);
+no header raises a scope.
 
 Not ``@app.middleware("http")``: that is BaseHTTPMiddleware, which wraps every streamed
 response in extra tasks and queues; the router's latency budget is a few milliseconds.
@@ -44,6 +47,7 @@ from corral.api.openai import CALLER_SCOPE, error_payload
 from corral.api.paths import MULTIPART_PATHS, ROUTES
 from corral.keys import KeyRing, write_token
 from corral.net import is_loopback
+from corral.nodes.fleet import SCOPE_HEADER
 from corral.settings import Settings
 
 #: Open to anyone, whatever the method.
@@ -193,6 +197,7 @@ class Guard:
                 b"content-type",
                 b"content-length",
                 b"transfer-encoding",
+                SCOPE_HEADER,
             ):
                 head[name] = value.decode("latin-1")
         method = scope.get("method", "GET")  # a websocket handshake is a GET
@@ -200,6 +205,8 @@ class Guard:
         self._check_browser(method, path, head)
         secret = _bearer(head.get(b"authorization", "")) or head.get(b"x-api-key", "").strip()
         caller = self._check_key(method, path, secret)
+        if caller == "admin" and head.get(SCOPE_HEADER, "").strip() == "inference":
+            caller = "inference"  # a controller relaying an inference caller's request
         state = scope.get("state")
         if not isinstance(state, dict):
             state = scope["state"] = {}

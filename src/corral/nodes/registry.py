@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from corral.errors import Conflict, CorralError, NotFound, UpstreamError, UsageError
 from corral.events import Broadcaster
+from corral.nodes.fleet import catalog_of
 from corral.nodes.health import Health, poll_timeout
 from corral.nodes.remote import RemoteNode, check_url
 from corral.store import nodes as table
@@ -59,6 +60,19 @@ class Tracked:
     summary: dict[str, Any] = field(default_factory=dict)
     task: asyncio.Task | None = None
     stamped: float = 0.0
+    catalog: dict[str, bool] = field(default_factory=dict)  # name -> serving now
+    kinds: dict[str, str] = field(default_factory=dict)  # name -> instance|preset|model
+    models: list[dict] = field(default_factory=list)  # the node's /v1/models entries
+
+    def learn(self, summary: dict[str, Any]) -> None:
+        """Keep a poll's summary, and what the node serves (for routing)."""
+        self.summary = summary
+        self.models = summary.get("served") or []
+        self.catalog = catalog_of({"data": self.models})
+        self.kinds = {}
+        for entry in self.models:
+            for name in [entry["id"], *entry.get("aliases", ())]:
+                self.kinds.setdefault(name, entry.get("kind") or "model")
 
     def view(self) -> dict:
         """What ``GET /api/v1/nodes`` answers for it: never the key."""
@@ -100,6 +114,8 @@ class NodeRegistry:
         self.transport = transport  # an httpx transport for tests; None = the network
         self.events = Broadcaster()
         self._nodes: dict[str, Tracked] = {}
+        #: Called with (node, its catalog) after each answered poll (the fleet's hook).
+        self.on_poll: Callable[[str, dict[str, bool]], None] | None = None
 
     def interval(self) -> float:
         """Seconds between two polls of a node (the setting, at least ``MIN_INTERVAL``)."""
@@ -121,7 +137,8 @@ class NodeRegistry:
         return RemoteNode(name, url, key, timeout=timeout, transport=self.transport)
 
     def _track(self, row: NodeRow, health: Health, summary: dict | None = None) -> Tracked:
-        tracked = Tracked(row, self._remote(row.name, row.url, row.key), health, summary or {})
+        tracked = Tracked(row, self._remote(row.name, row.url, row.key), health)
+        tracked.learn(summary or {})
         self._nodes[row.name] = tracked
         tracked.task = asyncio.get_running_loop().create_task(
             self._loop(tracked), name=f"corral-node-{row.name}"
@@ -141,6 +158,13 @@ class NodeRegistry:
         await tracked.remote.close()
 
     # -- the API's calls -------------------------------------------------------------
+
+    def tracked(self) -> list[Tracked]:
+        """Every linked node in memory (the routing's view: :mod:`corral.nodes.fleet`)."""
+        return list(self._nodes.values())
+
+    def find(self, name: str) -> Tracked | None:
+        return self._nodes.get(name)
 
     def views(self) -> list[dict]:
         return [self._nodes[name].view() for name in sorted(self._nodes)]
@@ -242,7 +266,9 @@ class NodeRegistry:
         started = self.clock()
         previous = health.state
         try:
-            tracked.summary = await tracked.remote.poll()
+            tracked.learn(await tracked.remote.poll())
+            if self.on_poll is not None:
+                self.on_poll(tracked.row.name, tracked.catalog)
         except CorralError as exc:
             changed = health.missed(started, exc.message)
         else:

@@ -1,11 +1,13 @@
 """Calls to one node's REST API, and what a poll learns from them.
 
 One :class:`RemoteNode` per node holds one keep-alive ``httpx.AsyncClient`` (base URL,
-bearer key, timeouts). A poll is four read-only admin calls made at once: ``/healthz``
-(that it is a corral daemon, its version), ``/api/v1/system`` (GPUs with free memory,
-the builds: the default one's llama.cpp version), ``/api/v1/instances`` and
-``/api/v1/models`` (counts). The key travels only in the ``Authorization`` header: it
-is never part of a URL, an error message or a ``repr``.
+bearer key, timeouts). A poll is ``/healthz`` (that it is a corral daemon, its
+version), then four read-only admin calls made at once: ``/api/v1/system`` (GPUs with
+free memory, the builds: the default one's llama.cpp version), ``/api/v1/instances``
+and ``/api/v1/models`` (counts), and ``/v1/models`` (every name it serves and which
+run now: what the controller routes by, :mod:`corral.nodes.fleet`). The key travels
+only in the ``Authorization`` header: it is never part of a URL, an error message or
+a ``repr``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import httpx
 
 from corral.errors import UpstreamError, UsageError
 
+#: Every call to a node says it comes from a controller: the node answers for itself
+#: (its own ``/v1/models``, never its own nodes'). See corral.nodes.fleet.HOP_HEADER.
+HOP = {"x-corral-hop": "1"}
 #: The longest URL accepted for a node.
 URL_MAX = 2048
 
@@ -87,8 +92,32 @@ def _llama_version(build: dict | None) -> str | None:
     return first.removeprefix("version:").strip() or None
 
 
-def summarize(health: dict, system: dict, instances: list, models: list) -> dict[str, Any]:
-    """What ``corral nodes ls`` shows of one node, from its four answers."""
+def served(models: Any) -> list[dict]:
+    """The names a node serves, from its ``/v1/models``: id, kind, state, aliases only
+    (the rest, paths included, stays on the node)."""
+    data = models.get("data") if isinstance(models, dict) else None
+    out = []
+    for entry in data if isinstance(data, list) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            aliases = entry.get("aliases")
+            out.append(
+                {
+                    "id": entry["id"],
+                    "kind": entry.get("kind") if isinstance(entry.get("kind"), str) else None,
+                    "state": entry.get("state") if isinstance(entry.get("state"), str) else None,
+                    "aliases": [a for a in aliases if isinstance(a, str)]
+                    if isinstance(aliases, list)
+                    else [],
+                }
+            )
+    return out
+
+
+def summarize(
+    health: dict, system: dict, instances: list, models: list, v1_models: Any = None
+) -> dict[str, Any]:
+    """What ``corral nodes ls`` shows of one node, from its answers (and, under
+    ``served``, what its ``/v1/models`` lists, for routing)."""
     build = _default_build(system.get("builds") or [])
     gpus = [
         {
@@ -109,6 +138,7 @@ def summarize(health: dict, system: dict, instances: list, models: list) -> dict
         "instances": len(instances),
         "instances_ready": len(running),
         "models": len(models),
+        "served": served(v1_models),
     }
 
 
@@ -158,9 +188,16 @@ class RemoteNode:
         """``GET path`` on the node: its JSON; UpstreamError or UsageError as for a poll."""
         return await self._get(path)
 
-    async def _get(self, path: str) -> Any:
+    async def post(self, path: str, body: dict) -> Any:
+        """``POST path`` with a JSON ``body`` on the node: its JSON answer (as ``get``)."""
+        return await self._get(path, body)
+
+    async def _get(self, path: str, body: dict | None = None) -> Any:
         try:
-            resp = await self.client.get(path)
+            if body is None:
+                resp = await self.client.get(path, headers=HOP)
+            else:
+                resp = await self.client.post(path, json=body, headers=HOP)
         except httpx.TimeoutException:
             raise UpstreamError(f"node {self.name} ({self.url}) did not answer in time") from None
         except httpx.HTTPError as exc:
@@ -177,6 +214,8 @@ class RemoteNode:
             data = resp.json()
         except ValueError:
             data = None
+        if body is not None and resp.status_code < 500 and isinstance(data, dict):
+            return data  # a POST's own refusal (400/404/409) is an answer, not a dead node
         if resp.status_code != 200 or data is None:
             raise UpstreamError(
                 f"{self.url} is not a corral daemon ({path} answered {resp.status_code})"
@@ -198,11 +237,14 @@ class RemoteNode:
                 self._get("/api/v1/system"),
                 self._get("/api/v1/instances"),
                 self._get("/api/v1/models"),
+                self._get("/v1/models"),
             )
             return (health, *rest)
 
         try:
-            health, system, instances, models = await asyncio.wait_for(gather(), self.timeout)
+            health, system, instances, models, v1_models = await asyncio.wait_for(
+                gather(), self.timeout
+            )
         except asyncio.TimeoutError:
             raise UpstreamError(f"node {self.name} ({self.url}) did not answer in time") from None
         shapes = (
@@ -213,7 +255,7 @@ class RemoteNode:
         )
         if not all(shapes):
             raise UpstreamError(f"{self.url} is not a corral daemon (its answers do not fit)")
-        return summarize(health, system, instances, models)
+        return summarize(health, system, instances, models, v1_models)
 
     async def close(self) -> None:
         await self.client.aclose()
