@@ -143,9 +143,13 @@ def find_rpc_binary(
     """The rpc-server to run: ``binary`` as given, else the one beside the llama-server
     that an instance would run (``build``, CORRAL_LLAMA_SERVER, the default build, PATH)."""
     if binary:
-        path = Path(binary).expanduser()
-        if not path.is_file() or not os.access(path, os.X_OK):
-            raise BinaryError(f"{path} is not an executable rpc-server")
+        try:
+            path = Path(binary).expanduser()
+            usable = path.is_file() and os.access(path, os.X_OK)
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, ~nobody
+            usable = False
+        if not usable:
+            raise BinaryError(f"{str(binary)[:200]!r} is not an executable rpc-server")
         return str(path.resolve())
     llama = resolve_binary(settings, store, None, build)
     found = tools_beside(llama.path).get("rpc-server")
