@@ -22,6 +22,7 @@ Then the time the controller takes to notice a dead node: the node daemon is kil
 ``down``, at the default poll interval (10 s; ``--poll`` to change it).
 
     python bench/nodes.py [--tokens 32] [--levels 1,64] [--scale 1.0] [--poll 10] [--json]
+    python bench/nodes.py --real      # the node runs the real llama-server and gemma
 """
 
 from __future__ import annotations
@@ -46,21 +47,46 @@ TARGETS = ("instance", "node", "controller")
 GOALS = {"added_p50_c1": 0.001, "ratio_c64": 0.9}
 
 
-class Target(R.Target):
-    """A router target whose requests carry a bearer key."""
+#: The real model: 8 slots (64 streams queue for them, as a user's would), EOS ignored
+#: so every answer is exactly the asked length, greedy.
+REAL_FLAGS = ("--ignore-eos", "--parallel", "8", "--ctx-size", "8192")
+REAL_PLAN = {1: (8, 2), 64: (64, 2)}
+PROMPT = [{"role": "user", "content": "Say something."}]
 
-    def __init__(self, name: str, port: int, model: str, pids: list[int], key: str) -> None:
+
+class Target(R.Target):
+    """A router target whose requests carry a bearer key (and, for the real model, ask
+    for exactly ``max_tokens`` greedy tokens)."""
+
+    def __init__(self, name, port, model, pids, key: str, max_tokens: int | None = None):
         super().__init__(name, port, model, pids)
-        self.key = key
+        self.key, self.max_tokens = key, max_tokens
 
     @property
     def request(self) -> bytes:
-        raw = R.request_bytes(self.port, self.model)
-        return raw.replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {self.key}\r\n\r\n".encode(), 1)
+        body: dict = {"model": self.model, "stream": True, "messages": PROMPT}
+        if self.max_tokens:
+            body.update(max_tokens=self.max_tokens, temperature=0)
+        data = json.dumps(body).encode()
+        return (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Authorization: Bearer {self.key}\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode() + data
 
 
-def _listed_on(ctl: C.Corral, model: str) -> bool:
-    data = C.http_json(ctl.port, "/v1/models").get("data", [])
+def _get(port: int, path: str, key: str):
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _listed_on(ctl: C.Corral, model: str, key: str) -> bool:
+    data = _get(ctl.port, "/v1/models", key).get("data", [])
     return any(m["id"] == model and m.get("nodes") for m in data)
 
 
@@ -80,13 +106,13 @@ def measure_level(targets: dict, c: int, per_round: int, rounds: int, tokens: in
     return level
 
 
-def notice_dead(ctl: C.Corral, node: C.Corral, timeout: float = 180.0) -> float:
+def notice_dead(ctl: C.Corral, node: C.Corral, admin: str, timeout: float = 180.0) -> float:
     """Seconds from the node daemon's SIGKILL to the controller saying it is down."""
     node.daemon.send_signal(signal.SIGKILL)
     node.daemon.wait(10)
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        nodes = C.http_json(ctl.port, "/api/v1/nodes")
+        nodes = _get(ctl.port, "/api/v1/nodes", admin)
         if nodes and nodes[0]["state"] == "down":
             return time.monotonic() - t0
         time.sleep(0.05)
@@ -99,12 +125,17 @@ def run(
     scale: float = 1.0,
     poll: float = 10.0,
     verbose: bool = True,
+    real: bool = False,
 ) -> dict:
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if verbose else (lambda *a: None)
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-nodes-"))
-    binary, model = R.upstream_files(tmp, tokens)
-    plan = {c: R.scaled(c, scale) for c in levels}
+    if real:  # the real llama-server generating: what a user's tok/s becomes
+        binary, model, flags, asked = C.real_binary(), C.real_model(), REAL_FLAGS, tokens
+        plan = {c: REAL_PLAN.get(c, (c, 2)) for c in levels}
+    else:
+        (binary, model), flags, asked = R.upstream_files(tmp, tokens), (), None
+        plan = {c: R.scaled(c, scale) for c in levels}
     out: dict[int, dict] = {}
     try:
         with (
@@ -115,27 +146,29 @@ def run(
         ):
             node.start_daemon()
             ctl.start_daemon()
-            node.cli("run", str(model), "--name", NAME)
+            node.cli("run", str(model), "--name", NAME, *flags)
             inst = next(i for i in node.instances() if i["name"] == NAME)  # before any key
             key = node.cli("keys", "create", "controller").stdout.strip()
             ctl.cli("nodes", "add", "box", node.url, "--key", key)
+            # the controller's callers hold a key of its own, as beyond loopback they must
+            mine = ctl.cli("keys", "create", "bench", "--scope", "inference").stdout.strip()
             deadline = time.monotonic() + 60
-            while not _listed_on(ctl, NAME):
+            while not _listed_on(ctl, NAME, mine):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the controller never listed the node's model")
                 time.sleep(0.1)
             targets = {
-                "instance": Target("instance", inst["port"], NAME, [inst["pid"]], key),
-                "node": Target("node", node.port, NAME, [node.daemon.pid], key),
-                "controller": Target("controller", ctl.port, NAME, [ctl.daemon.pid], key),
+                "instance": Target("instance", inst["port"], NAME, [inst["pid"]], key, asked),
+                "node": Target("node", node.port, NAME, [node.daemon.pid], key, asked),
+                "controller": Target("controller", ctl.port, NAME, [ctl.daemon.pid], mine, asked),
             }
             say(f"nodes: instance :{inst['port']}, node :{node.port}, controller :{ctl.port}")
             for t in targets.values():
-                warm = R.run_batch(t, 16, 160, tokens, "raw")
+                warm = R.run_batch(t, *((2, 4) if real else (16, 160)), tokens, "raw")
                 bad = [r.error for r in warm.results if r.error]
                 if bad:
                     raise RuntimeError(f"warm-up against {t.name} failed: {bad[:3]}")
-            if C.http_json(ctl.port, "/api/v1/instances"):
+            if [i for i in json.loads(ctl.cli("ps", "--json").stdout) if i.get("node") is None]:
                 raise RuntimeError("the controller started an instance of its own")
             for c, (per_round, rounds) in plan.items():
                 out[c] = measure_level(targets, c, per_round, rounds, tokens)
@@ -147,12 +180,14 @@ def run(
                         for n, s in out[c].items()
                     )
                 )
-            noticed = notice_dead(ctl, node)
+            admin = ctl.cli("keys", "create", "bench-admin").stdout.strip()
+            noticed = notice_dead(ctl, node, admin)
             say(f"nodes: dead node noticed after {noticed:.1f} s (poll interval {poll:g} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "bench": "nodes",
+        "upstream": "real" if real else "fast",
         "tokens": tokens,
         "plan": plan,
         "scale": scale,
@@ -192,9 +227,14 @@ def verdicts(res: dict) -> list[tuple[str, bool, str]]:
 
 def table(res: dict) -> str:
     rounds = ", ".join(f"c={c}: {n} x {r}" for c, (n, r) in res["plan"].items())
+    source = (
+        "the real llama-server and gemma-3-270m Q4_K_M (greedy, --ignore-eos, 8 slots)"
+        if res.get("upstream") == "real"
+        else "`bench/fast_upstream.py` (all tokens written at once: the daemons' own cost)"
+    )
     lines = [
         f"Streaming `POST /v1/chat/completions`, {res['tokens']} tokens per response from "
-        "`bench/fast_upstream.py` run by the node; the controller has no model, so each of "
+        f"{source} run by the node; the controller has no model, so each of "
         f"its requests takes the hop; requests per round x rounds ({rounds}), targets "
         "interleaved in rotated order",
         "",
@@ -230,13 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", default="1,64")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--poll", type=float, default=10.0, help="the controller's poll interval")
+    ap.add_argument("--real", action="store_true", help="the real llama-server and gemma")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     C.sigterm_as_interrupt()
     try:
-        res = run(
-            args.tokens, tuple(int(x) for x in args.levels.split(",") if x), args.scale, args.poll
-        )
+        levels = tuple(int(x) for x in args.levels.split(",") if x)
+        res = run(args.tokens, levels, args.scale, args.poll, real=args.real)
     except KeyboardInterrupt:
         print("nodes: interrupted; cleaned up", file=sys.stderr)
         return 130
