@@ -166,3 +166,21 @@ def test_flag_typing_and_validation(ui):
     assert out["named"] == "--flash-attn"
     assert out["split"] == ["--a", "b c", 'd "e"', "f g"]
     assert out["quoted"] == ["plain", "'two words'", "'it'\\''s'"]
+
+
+def test_chat_model_labels_name_the_nodes_of_node_only_models(ui):
+    labels = run(
+        ui,
+        """async (entries) => {
+        const { modelLabel } = await import('/ui/js/views/chat.js');
+        return entries.map(modelLabel);
+    }""",
+        [
+            {"id": "here"},  # a daemon without nodes: no local/nodes fields
+            {"id": "both", "local": True, "nodes": ["box"]},  # served here first
+            {"id": "gemma", "local": False, "nodes": ["box"]},
+            {"id": "qwen", "local": False, "nodes": ["box", "gpu-2", 7]},
+            {"id": "odd", "local": False, "nodes": "box"},
+        ],
+    )
+    assert labels == ["here", "both", "gemma — on box", "qwen — on box, gpu-2", "odd"]

@@ -177,9 +177,11 @@ def test_dashboard_node_column_and_filter(ui, fleet, shots):
     expect(remote.locator(".node-cell")).to_have_text(NODE)
     expect(local.locator(".node-cell")).to_have_text("this machine")
     expect(page.locator("th", has_text="Node")).to_be_visible()
-    # a node's instance: its log through the relay, no Chat nor Open (not reachable here)
+    # a node's instance: its log through the relay, Chat (this daemon's /v1 relays it),
+    # no Open (its llama-server listens on the node's loopback)
     logs = remote.get_by_role("link", name=f"Logs of node-one on {NODE}")
     expect(logs).to_have_attribute("href", f"#/logs/node-one?node={NODE}")
+    expect(remote.get_by_role("button", name=f"Chat with node-one on {NODE}")).to_be_enabled()
     expect(remote.locator("a", has_text="Open")).to_have_count(0)
     page.screenshot(path=str(shots / "dashboard-nodes.png"), full_page=True)
     page.set_viewport_size({"width": 420, "height": 900})
@@ -209,6 +211,105 @@ def test_dashboard_node_column_and_filter(ui, fleet, shots):
     expect(page.locator("#log-instance")).to_have_value("node-one")
     expect(page.locator("#log-lines")).to_contain_text("model loaded")
     expect(page.locator("#log-state")).to_contain_text(f"Following node-one on {NODE}")
+
+
+def chat_requests(port: int) -> int:
+    """How many chat completions the fake llama-server on ``port`` has received."""
+    from tests.integration.conftest import fake_get
+
+    status, received = fake_get(port, "/_fake/requests")
+    assert status == 200, received
+    return sum(1 for r in received if r["path"] == "/v1/chat/completions")
+
+
+def test_chat_with_a_node_instance_from_the_dashboard(ui, fleet, shots):
+    controller, node, key, _ = fleet
+    status, there = node_api(node, key, "GET", "/api/v1/instances/node-one")
+    assert status == 200 and there["state"] == "ready", there
+    status, here = api(controller, "GET", "/api/v1/instances/here-one")
+    assert status == 200, here
+    before_there, before_here = chat_requests(there["port"]), chat_requests(here["port"])
+
+    page = ui.open("dashboard")
+    row = page.locator(f'tr[data-instance="node-one"][data-node="{NODE}"]')
+    row.get_by_role("button", name=f"Chat with node-one on {NODE}").click()
+    expect(page).to_have_url(re.compile(r"#/chat\?model=node-one$"))
+    expect(page.locator("#chat-model")).to_have_value("node-one")
+    expect(page.locator("#chat-model option:checked")).to_have_text(f"node-one — on {NODE}")
+    page.fill("#chat-input", "Say hello from the node")
+    page.click("#send")
+
+    reply = page.locator(".msg-assistant").last
+    expect(reply.locator(".msg-body")).to_have_text("Hello, I am a fake llama server")
+    expect(page.locator("#chat-status")).to_contain_text("Done in")
+    page.screenshot(path=str(shots / "chat-node.png"), full_page=True)
+
+    # served by the node's instance, through the controller: the controller has no
+    # instance of that name and its own llama-server saw no chat request
+    assert chat_requests(there["port"]) == before_there + 1
+    assert chat_requests(here["port"]) == before_here
+    status, there = node_api(node, key, "GET", "/api/v1/instances/node-one")
+    assert status == 200 and there["state"] == "ready", there
+    status, _ = api(controller, "GET", "/api/v1/instances/node-one")
+    assert status == 404
+    status, listed = api(controller, "GET", "/api/v1/instances")
+    assert [i["name"] for i in listed] == ["here-one"]
+
+    # the controller keeps the conversation, with the node's answer
+    convs = wait_for(
+        lambda: [
+            c
+            for c in api(controller, "GET", "/api/v1/conversations")[1]
+            if c["model"] == "node-one"
+        ],
+        message="the conversation saved on the controller",
+    )
+    _, conv = api(controller, "GET", f"/api/v1/conversations/{convs[0]['id']}")
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    assert conv["messages"][1]["content"] == "Hello, I am a fake llama server"
+
+
+def test_chat_picker_lists_node_only_models_with_their_node(ui, fleet, shots):
+    controller, _, _, model = fleet
+    status, union = api(controller, "GET", "/v1/models")
+    assert status == 200, union
+    by_id = {m["id"]: m for m in union["data"]}
+    assert by_id[model]["local"] is False and by_id[model]["nodes"] == [NODE], by_id[model]
+    assert by_id["here-one"]["local"] is True and by_id["here-one"]["nodes"] == []
+
+    page = ui.open("chat")
+    expect(page.locator(f'#chat-model option[value="{model}"]')).to_have_text(
+        f"{model} — on {NODE}"
+    )
+    expect(page.locator('#chat-model option[value="node-one"]')).to_have_text(
+        f"node-one — on {NODE}"
+    )
+    expect(page.locator('#chat-model option[value="here-one"]')).to_have_text("here-one")
+    page.locator("#chat-model").select_option(model)
+    page.locator(".chat-main .card").screenshot(path=str(shots / "chat-picker-node.png"))
+
+
+def test_a_node_instance_named_like_a_ready_local_one_cannot_be_chatted_from_its_row(
+    ui, fleet, shots
+):
+    _, node, key, model = fleet
+    body = {"model": model, "name": "here-one", "wait": True}
+    status, inst = node_api(node, key, "POST", "/api/v1/instances", body)
+    assert status == 201, inst
+    try:
+        page = ui.open(f"dashboard?node={NODE}")
+        row = page.locator(f'tr[data-instance="here-one"][data-node="{NODE}"]')
+        expect(row.locator(".badge")).to_have_text("ready")
+        chat = row.get_by_role("button", name=f"Chat with here-one on {NODE}")
+        expect(chat).to_be_disabled()
+        expect(chat).to_have_attribute(
+            "title", re.compile(f"This machine's own here-one is ready: .* not to {NODE}")
+        )
+        other = page.locator(f'tr[data-instance="node-one"][data-node="{NODE}"]')
+        expect(other.get_by_role("button", name=f"Chat with node-one on {NODE}")).to_be_enabled()
+        page.locator("#instances").screenshot(path=str(shots / "dashboard-node-name-taken.png"))
+    finally:
+        node_api(node, key, "DELETE", "/api/v1/instances/here-one")
 
 
 def test_logs_choose_the_node_then_the_instance(ui, fleet, shots):
@@ -321,7 +422,7 @@ class Rogue(BaseHTTPRequestHandler):
             {"name": XSS, "state": "ready", "model": f"/m/{XSS}.gguf", "port": 1, "restarts": 0}
         ],
         "/api/v1/models": [],
-        "/v1/models": {"object": "list", "data": []},
+        "/v1/models": {"object": "list", "data": [{"id": XSS, "object": "model"}]},
     }
 
     def do_GET(self):  # noqa: N802 - http.server's name
@@ -386,6 +487,15 @@ def test_a_hostile_node_and_hostile_input_are_shown_as_text(ui, fleet, rogue, sh
     page.fill("#node-key", "k")
     page.click("#node-add")
     expect(page.locator("#node-add-error")).to_contain_text("a node URL")
+    no_markup(page)
+
+    # the name its /v1/models lists, in the chat's model picker with the node's name
+    page = ui.open("chat")
+    expect(page.locator("#chat-model option", has_text="— on rogue")).to_have_text(
+        f"{XSS} — on rogue"
+    )
+    page.locator("#chat-model").select_option(label=f"{XSS} — on rogue")
+    page.locator(".chat-main .card").screenshot(path=str(shots / "chat-picker-rogue.png"))
     no_markup(page)
 
     # its instance on the dashboard, and the node going down: its error shown as text

@@ -23,7 +23,8 @@ NAMESPACES = {"www.w3.org"}
 def test_the_ui_has_its_files():
     names = {p.relative_to(WEB_DIR).as_posix() for p in FILES}
     views = {
-        f"js/views/{v}.js" for v in ("dashboard", "models", "launch", "chat", "logs", "settings")
+        f"js/views/{v}.js"
+        for v in ("dashboard", "models", "launch", "chat", "logs", "nodes", "settings")
     }
     assert {
         "index.html",
@@ -33,7 +34,36 @@ def test_the_ui_has_its_files():
         "js/sse.js",
         "js/dom.js",
         "js/markdown.js",
+        "js/fleet.js",
+        "js/flags.js",
+        "js/format.js",
+        "js/theme.js",
     } | views <= names
+
+
+def test_every_view_is_routed_and_every_route_is_a_view():
+    """app.js's VIEWS table and the files under js/views/ name the same views."""
+    app = (WEB_DIR / "js" / "app.js").read_text()
+    table = re.search(r"const VIEWS = \{(.*?)\};", app, re.S)
+    assert table, "app.js has no VIEWS table"
+    routes = dict(re.findall(r'(\w+): "\./views/([\w-]+)\.js"', table.group(1)))
+    assert routes and all(view == file for view, file in routes.items()), routes
+    files = {p.stem for p in (WEB_DIR / "js" / "views").glob("*.js")}
+    assert set(routes) == files
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in TEXT_FILES if p.suffix == ".js"],
+    ids=lambda p: p.relative_to(WEB_DIR).as_posix(),
+)
+def test_every_relative_import_is_a_file(path: Path):
+    """A module a view imports (../fleet.js) is shipped: a missing one breaks the view."""
+    text = path.read_text()
+    targets = re.findall(r'from\s+"(\.{1,2}/[^"]+)"', text)
+    targets += re.findall(r'import\(\s*"(\.{1,2}/[^"]+)"\s*\)', text)
+    missing = [t for t in targets if not (path.parent / t).resolve().is_file()]
+    assert not missing, missing
 
 
 @pytest.mark.parametrize("path", TEXT_FILES, ids=lambda p: p.relative_to(WEB_DIR).as_posix())

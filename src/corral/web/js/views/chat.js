@@ -1,6 +1,8 @@
 // Chat: pick a model (the router starts it on demand), stream replies with a Stop
 // button, system prompt, temperature and max tokens, tokens/s. Conversations are kept by
-// the daemon (/api/v1/conversations): list, rename, delete.
+// the daemon (/api/v1/conversations): list, rename, delete. On a controller the picker
+// also lists the names only linked nodes serve ("gemma — on box"): this daemon's /v1
+// relays those to the node.
 //
 // One object, ``v``, holds the view: ``v.el`` its controls, ``v.conv`` the open
 // conversation, ``v.list`` the saved ones, ``v.streaming`` the AbortController of the reply
@@ -151,11 +153,20 @@ function selectModel(v, name) {
   model.value = name;
 }
 
+/**
+ * What the picker shows of one ``/v1/models`` entry: its name, and for a name only linked
+ * nodes serve (``local`` false on a controller), where: "gemma — on box, box-2".
+ */
+export function modelLabel(m) {
+  const nodes = Array.isArray(m.nodes) ? m.nodes.filter((n) => typeof n === "string") : [];
+  return m.local === false && nodes.length ? `${m.id} — on ${nodes.join(", ")}` : m.id;
+}
+
 async function loadModels(v) {
   try {
     const res = await get("/v1/models", { signal: v.stop.signal });
-    const ids = (res.data || []).map((m) => m.id);
-    replace(v.el.model, ids.length ? ids.map((id) => h("option", { value: id }, id))
+    const models = (res.data || []).filter((m) => m && typeof m.id === "string");
+    replace(v.el.model, models.length ? models.map((m) => h("option", { value: m.id }, modelLabel(m)))
       : h("option", { value: "" }, "no models: pull or import one"));
   } catch (err) {
     replace(v.el.model, h("option", { value: "" }, `models unavailable: ${err.message}`));

@@ -8,8 +8,9 @@
 // Nodes: once a node is linked, the nodes' instances join the table (GET
 // /api/v1/nodes/instances, asked of the nodes on each refresh) with a Node column and a
 // filter (all, this machine, one node; #/dashboard?node=NAME opens on one). A node's
-// instance is stopped, started, restarted and deleted through the relay; a node that did
-// not answer is named under the table.
+// instance is stopped, started, restarted and deleted through the relay, and its Chat
+// opens the chat view on its name (this daemon's /v1 relays it to the node); a node that
+// did not answer is named under the table.
 
 import { api, follow, get, seg } from "../api.js";
 import { badge, confirmAction, h, meter, replace, table, toast } from "../dom.js";
@@ -124,9 +125,11 @@ function shownInstances(seen) {
   return seen.choice === ALL ? all : all.filter((i) => i.node === seen.choice);
 }
 
-function renderInstances(box, seen, ctx) {
+function renderInstances(box, seen, { refresh, go }) {
   const now = Date.now() / 1000;
   const withNodes = seen.nodes.length > 0;
+  const readyHere = new Set(seen.instances.filter((i) => i.state === "ready").map((i) => i.name));
+  const ctx = { refresh, go, readyHere };
   const rows = shownInstances(seen).map((inst) => {
     const live = ["starting", "ready", "unhealthy"].includes(inst.state);
     const uptime = live && inst.started_at ? duration(now - inst.started_at) : "—";
@@ -186,9 +189,22 @@ function devicesCell(placement) {
   return cell;
 }
 
-/** The actions on one instance; a node's go through the relay (no Chat nor Open there:
- *  its llama-server listens on the node's own loopback). */
-function actions(inst, live, { refresh, go }) {
+/**
+ * Why the Chat button of a node's instance cannot reach it, or null. Chat goes through
+ * this daemon's /v1, which routes by name and serves a name from its own ready instance
+ * before any node's: a node's instance named like one ready here would not be asked.
+ */
+function chatBlocked(inst, readyHere) {
+  if (!inst.node || !readyHere.has(inst.name)) return null;
+  return `This machine's own ${inst.name} is ready: chat by that name goes to it, not to ${inst.node}`;
+}
+
+/**
+ * The actions on one instance; a node's go through the relay. Chat goes through this
+ * daemon's /v1/chat/completions (which relays a name only a node has to that node); no
+ * Open on a node's row: its llama-server listens on the node's own loopback.
+ */
+function actions(inst, live, { refresh, go, readyHere }) {
   const path = `${fleet.base(inst.node)}/api/v1/instances/${seg(inst.name)}`;
   const who = inst.node ? `${inst.name} on ${inst.node}` : inst.name;
   const call = (verb, method = "POST") => async (ev) => {
@@ -203,6 +219,7 @@ function actions(inst, live, { refresh, go }) {
     refresh();
   };
   const label = (verb) => `${verb} ${who}`;
+  const blocked = chatBlocked(inst, readyHere);
   const logs = `#/logs/${encodeURIComponent(inst.name)}${inst.node ? `?node=${encodeURIComponent(inst.node)}` : ""}`;
   return h("div", { class: "actions" },
     live || inst.desired === "running"
@@ -210,8 +227,8 @@ function actions(inst, live, { refresh, go }) {
       : h("button", { type: "button", class: "btn btn-sm", onclick: call("start"), "aria-label": label("Start") }, "Start"),
     h("button", { type: "button", class: "btn btn-sm", onclick: call("restart"), "aria-label": label("Restart") }, "Restart"),
     h("a", { class: "btn btn-sm", href: logs, "aria-label": label("Logs of") }, "Logs"),
-    inst.node ? null : h("button", { type: "button", class: "btn btn-sm", disabled: inst.state !== "ready",
-      onclick: () => go("chat", "", { model: inst.name }), "aria-label": label("Chat with") }, "Chat"),
+    h("button", { type: "button", class: "btn btn-sm", disabled: inst.state !== "ready" || Boolean(blocked),
+      title: blocked, onclick: () => go("chat", "", { model: inst.name }), "aria-label": label("Chat with") }, "Chat"),
     inst.node ? null : h("a", { class: "btn btn-sm", href: inst.url, target: "_blank", rel: "noopener noreferrer",
       "aria-label": `Open the llama-server page of ${inst.name}` }, "Open ↗"),
     live ? null : h("button", { type: "button", class: "btn btn-sm btn-danger", "aria-label": label("Delete"),
