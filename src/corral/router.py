@@ -138,10 +138,11 @@ class Target:
 class Router:
     """Finds (or starts) the instance serving a model, proxies requests, keeps counters."""
 
-    def __init__(self, supervisor: Supervisor, metrics=None) -> None:
+    def __init__(self, supervisor: Supervisor, metrics=None, pulls=None) -> None:
         from corral.metrics import Metrics
 
         self.supervisor = supervisor
+        self.pulls = pulls  # the daemon's PullManager (router_pull_missing), or None
         self.settings = supervisor.settings
         self.metrics = metrics or Metrics()
         self.events = Broadcaster()
@@ -239,6 +240,39 @@ class Router:
         except CorralError:
             return None
         return None if plan is None else plan.fits
+
+    def pullable(self, model: str) -> bool:
+        """Whether a request for ``model``, which nothing has, may have it pulled first:
+        ``router_pull_missing`` is on and the name looks like a Hub reference."""
+        return bool(self.settings.router_pull_missing and self.pulls is not None and "/" in model)
+
+    async def pull_missing(self, model: str, *, admin: bool) -> bool:
+        """Pull ``model`` (a Hub reference nothing here has) into this daemon's index when
+        :meth:`pullable`: True once it is there, False when it is no Hub reference.
+
+        Only an admin's request pulls (an inference key is handed to applications, which
+        should not fill the disk: Forbidden); the request waits at most
+        ``router_queue_timeout`` (Busy after, the pull going on); a failed pull is its
+        own error (not found on the Hub, no space...)."""
+        if not self.pullable(model):
+            return False
+        if not admin:
+            raise Forbidden(
+                f"model {model!r} is not pulled yet and only an admin key may have it pulled "
+                f"(corral pull {model})"
+            )
+        try:
+            job = await self.pulls.start(model)
+        except UsageError:
+            return False  # not a Hub reference after all: the caller's NotFound stands
+        log.info("pulling %s for a request (router_pull_missing)", model)
+        job = await self.pulls.wait(job.id, timeout=self.settings.router_queue_timeout)
+        if job.state in ("queued", "running"):
+            raise Busy(f"{model!r} is still being pulled ({job.id}); try again later", 30)
+        if job.state != "done":
+            raise pull_error(model, job.error, job.error_code)
+        self._routes.clear()
+        return True
 
     def may_start(self, rec) -> bool:
         """Whether a non-admin request may have the router start ``rec`` (resting) again."""
@@ -889,6 +923,17 @@ class Router:
         if tps:
             u.tokens_per_second = tps
             tps_g.set(tps)
+
+
+def pull_error(model: str, message: str | None, code: str | None) -> CorralError:
+    """The error of a pull that did not end ``done`` (here or on a node), by its code."""
+    from corral.errors import UpstreamError, by_code
+
+    text = f"pulling {model!r} failed: {message or 'cancelled'}"
+    try:
+        return by_code().get(code or "", UpstreamError)(text)
+    except TypeError:  # a class that takes more than a message
+        return UpstreamError(text)
 
 
 def _once(entries: list[dict], admin: bool) -> list[dict]:

@@ -150,6 +150,8 @@ class Settings:
     router_heartbeat: float = (
         5.0  # seconds between SSE comments sent to streaming clients while loading
     )
+    # a request (an admin's) for a Hub model nobody has pulls it first, on the best node
+    router_pull_missing: bool = False
     # memory planning (see corral fit)
     fit: bool = True  # plan every launch that does not fix -ngl/-ts/--device itself
     fit_devices: str = ""  # simulate the devices ("12GiB,8GiB", "none"); empty = detect them

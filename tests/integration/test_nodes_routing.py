@@ -10,6 +10,7 @@ wait-untils, never timing thresholds.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import openai
@@ -19,6 +20,8 @@ from corral.supervisor.offline import stop_all_offline
 from tests.conftest import DaemonProcess, free_port, free_port_range, wait_for
 from tests.integration.conftest import api
 from tests.integration.test_nodes import node_api, url_of, wait_node
+from tests.integration.test_pulls import REPO, hub  # noqa: F401
+from tests.integration.test_router_placement import fake_nvidia_smi
 
 
 def make_gguf(path: Path) -> Path:
@@ -50,21 +53,24 @@ def home_env(tmp_path: Path, daemon_env: dict[str, str], name: str, **extra) -> 
 class Fleet:
     """A controller and its nodes (real daemons), all stopped with their instances after."""
 
-    def __init__(self, tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, daemon_env: dict[str, str], **env: str) -> None:
         self.tmp_path, self.daemon_env = tmp_path, daemon_env
         self.started: list[DaemonProcess] = []
         self.keys: dict[str, str] = {}
         self.nodes: dict[str, DaemonProcess] = {}
-        self.controller = self._start({**daemon_env, "CORRAL_NODE_POLL_INTERVAL": "0.2"}, None)
+        self.controller = self._start(
+            {**daemon_env, "CORRAL_NODE_POLL_INTERVAL": "0.2", **env}, None
+        )
 
     def _start(self, env, name) -> DaemonProcess:
         d = DaemonProcess(env).start()
         self.started.append(d)
         return d
 
-    def node(self, name: str, *models: Path) -> DaemonProcess:
-        """A node daemon with ``models`` in its index, linked to the controller."""
-        d = self._start(home_env(self.tmp_path, self.daemon_env, name), name)
+    def node(self, name: str, *models: Path, **env: str) -> DaemonProcess:
+        """A node daemon with ``models`` in its index (and ``env``), linked to the
+        controller."""
+        d = self._start(home_env(self.tmp_path, self.daemon_env, name, **env), name)
         made = d.cli("keys", "create", "controller")
         assert made.returncode == 0, made.stderr
         key = self.keys[name] = made.stdout.strip()
@@ -100,16 +106,17 @@ def client(d: DaemonProcess, key: str = "unused") -> openai.OpenAI:
 
 
 def names_on(d: DaemonProcess, key: str | None = None) -> list[str]:
+    """The names of ``d``'s own instances."""
     headers = {"Authorization": f"Bearer {key}"} if key else None
     status, body = api(d, "GET", "/api/v1/instances", headers=headers)
     assert status == 200, (status, body)
     return sorted(i["name"] for i in body)
 
 
-def chat(c: openai.OpenAI, model: str, **kw) -> str:
-    reply = c.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hi"}], **kw
-    )
+def chat(d: DaemonProcess, model: str, key: str = "unused") -> str:
+    """A chat through the official openai client (closed after): the answer's text."""
+    with client(d, key) as c:
+        reply = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
     return reply.choices[0].message.content
 
 
@@ -148,16 +155,17 @@ def test_a_model_only_on_a_node_is_started_and_served_there(fleet, tmp_path):
     entry = wait_for(lambda: listed(ctl, "faraway-q4_k_m"), 30, message="the node's model listed")
     assert entry["nodes"] == ["box"] and entry["local"] is False and entry["state"] == "stopped"
 
-    assert chat(client(ctl), "faraway-q4_k_m")
+    assert chat(ctl, "faraway-q4_k_m")
     assert names_on(ctl) == []  # nothing ran here
     assert names_on(box, key) == ["faraway-q4_k_m"]  # the node's router started it
     # a stream goes the same way, chunk by chunk, on the same instance
-    stream = client(ctl).chat.completions.create(
-        model="faraway-q4_k_m", messages=[{"role": "user", "content": "hi"}], stream=True
-    )
-    pieces = [
-        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
-    ]
+    with client(ctl) as c:
+        stream = c.chat.completions.create(
+            model="faraway-q4_k_m", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        pieces = [
+            e.choices[0].delta.content for e in stream if e.choices and e.choices[0].delta.content
+        ]
     assert len(pieces) >= 2 and names_on(box, key) == ["faraway-q4_k_m"]
     # the union says it runs, on the node
     wait_for(lambda: listed(ctl, "faraway-q4_k_m")["state"] == "ready", 30)
@@ -177,7 +185,7 @@ def test_a_model_here_is_served_here_and_the_hop_header_keeps_a_request_local(fl
     entry = listed(ctl, "nearby-q4_k_m")
     assert entry["local"] is True and entry["nodes"] == ["box"]
     # both have it, neither runs it: this daemon is the better place (no hop) on a tie
-    assert chat(client(ctl), "nearby-q4_k_m")
+    assert chat(ctl, "nearby-q4_k_m")
     assert names_on(ctl) == ["nearby-q4_k_m"] and names_on(box, key) == []
     # a request a controller relayed (x-corral-hop) is served where it arrives, never sent on
     status, body = api(
@@ -212,9 +220,9 @@ def test_an_inference_caller_stays_an_inference_caller_on_the_node(fleet, tmp_pa
     admin = ctl.cli("keys", "create", "me").stdout.strip()
     wait_for(lambda: (listed(ctl, "users", admin) or {}).get("nodes") == ["box"], 30)
     with pytest.raises(openai.PermissionDeniedError, match="only an admin key may start it"):
-        chat(client(ctl, inference), "users")
+        chat(ctl, "users", inference)
     assert node_api(box, key, "GET", "/api/v1/instances/users")[1]["state"] == "stopped"
-    assert chat(client(ctl, admin), "users")  # an admin here is an admin there
+    assert chat(ctl, "users", admin)  # an admin here is an admin there
     assert node_api(box, key, "GET", "/api/v1/instances/users")[1]["state"] == "ready"
 
 
@@ -224,7 +232,7 @@ def test_a_dead_node_fails_over_to_one_that_has_the_model_then_503(fleet, tmp_pa
     fleet.node("b", model)
     ctl = fleet.controller
     wait_for(lambda: (listed(ctl, "shared-q4_k_m") or {}).get("nodes") == ["a", "b"], 30)
-    assert chat(client(ctl), "shared-q4_k_m")
+    assert chat(ctl, "shared-q4_k_m")
     first = "a" if names_on(a, fleet.keys["a"]) else "b"
     other = "b" if first == "a" else "a"
     assert names_on(fleet.nodes[other], fleet.keys[other]) == []
@@ -233,7 +241,7 @@ def test_a_dead_node_fails_over_to_one_that_has_the_model_then_503(fleet, tmp_pa
     dead = fleet.nodes[first]
     dead.stop()
     stop_all_offline(dead.settings, timeout=1.0)
-    assert chat(client(ctl), "shared-q4_k_m")
+    assert chat(ctl, "shared-q4_k_m")
     assert names_on(fleet.nodes[other], fleet.keys[other]) == ["shared-q4_k_m"]
     # both gone: 503 with Retry-After, naming the nodes, once both are down too
     survivor = fleet.nodes[other]
@@ -256,3 +264,70 @@ def test_a_dead_node_fails_over_to_one_that_has_the_model_then_503(fleet, tmp_pa
     )
     assert status == 404, (status, body)
     assert json.dumps(body).count("Bearer") == 0
+
+
+# -- a model nobody has: pulled first (router_pull_missing) ---------------------------------
+
+
+@pytest.fixture
+def pulling(tmp_path, daemon_env, hub):  # noqa: F811
+    """A controller that pulls missing Hub models, and the env of a node with two GPUs
+    (a recorded nvidia-smi) that reaches the fake Hub."""
+    f = Fleet(
+        tmp_path,
+        {**daemon_env, "CORRAL_HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1"},
+        CORRAL_ROUTER_PULL_MISSING="1",
+    )
+    tools = fake_nvidia_smi(tmp_path / "node-tools", "nvidia-smi-2gpu.csv")
+    gpu_env = {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        yield f, gpu_env
+    finally:
+        f.close()
+
+
+def test_a_hub_model_nobody_has_is_pulled_on_the_gpu_node_then_served_there(pulling):
+    fleet, gpu_env = pulling
+    box = fleet.node("box", **gpu_env)
+    key = fleet.keys["box"]
+    ctl = fleet.controller
+    wait_for(lambda: api(ctl, "GET", "/api/v1/nodes")[1][0]["gpus"], 30)
+    admin = ctl.cli("keys", "create", "me").stdout.strip()
+    inference = ctl.cli("keys", "create", "app", "--scope", "inference").stdout.strip()
+    ref = f"{REPO}:Q8_0"
+    # an inference key does not fill anybody's disk
+    with pytest.raises(openai.PermissionDeniedError, match="only an admin key may have it pulled"):
+        chat(ctl, ref, inference)
+    assert node_api(box, key, "GET", "/api/v1/models")[1] == []
+    # an admin's request: the node with GPUs pulls it (not this CPU-only daemon), then serves
+    assert chat(ctl, ref, admin)
+    models = node_api(box, key, "GET", "/api/v1/models")[1]
+    assert [(m["repo"], m["id"]) for m in models] == [(REPO, ref)]
+    assert names_on(box, key) == [models[0]["name"]]
+    assert api(ctl, "GET", "/api/v1/models", headers={"Authorization": f"Bearer {admin}"})[1] == []
+    assert names_on(ctl, admin) == []
+    # a name that is no Hub reference, or one the Hub does not have, is an error, not a pull
+    with pytest.raises(openai.NotFoundError):
+        chat(ctl, "acme/nothing-here-GGUF:Q4_K_M", admin)
+
+
+def test_without_nodes_a_missing_hub_model_is_pulled_here(tmp_path, daemon_env, hub):  # noqa: F811
+    env = {
+        **daemon_env,
+        "CORRAL_HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "CORRAL_ROUTER_PULL_MISSING": "1",
+    }
+    d = DaemonProcess(env).start()
+    try:
+        assert chat(d, f"{REPO}:Q4_K_M")
+        [model] = api(d, "GET", "/api/v1/models")[1]
+        assert model["id"] == f"{REPO}:Q4_K_M" and names_on(d) == [model["name"]]
+    finally:
+        d.stop()
+        stop_all_offline(d.settings, timeout=1.0)
+
+
+def test_a_missing_model_is_not_pulled_unless_the_setting_says_so(fleet, hub):  # noqa: F811
+    status, _, body = post_chat(fleet.controller, f"{REPO}:Q4_K_M")
+    assert status == 404 and "not in the index" in body["error"]["message"], body

@@ -72,7 +72,7 @@ def _lifespan(settings: Settings, supervisor_factory):
         store = Store(settings.db_path)
         supervisor = supervisor_factory(settings, store)
         pulls = PullManager(settings, store)
-        router = Router(supervisor)
+        router = Router(supervisor, pulls=pulls)
         router.metrics.attach(supervisor)
         build_jobs = BuildJobs(settings, store)
         daemon = Daemon(

@@ -35,7 +35,7 @@ from fastapi import APIRouter, Depends, Request
 from corral.api import anthropic
 from corral.api.deps import Daemon, get_daemon
 from corral.api.paths import ROUTES, Route, request_fields
-from corral.errors import Busy, CorralError, TooLarge, UpstreamError
+from corral.errors import Busy, CorralError, NotFound, TooLarge, UpstreamError
 from corral.nodes.fleet import HOP_HEADER, SCOPE_HEADER, SERVING, Candidate, Fleet, Hop
 from corral.router import (
     CLIENT_GONE,
@@ -44,6 +44,7 @@ from corral.router import (
     USAGE_BODY_MAX,
     USAGE_TAIL,
     Router,
+    pull_error,
 )
 from corral.supervisor.states import State
 from corral.upstream import request_head
@@ -199,7 +200,12 @@ async def _serve(rt: Router, route: Route, scope, receive, send, fleet=None) -> 
             request = (route, scope, receive, send, body, model, admin, stream, t0)
             if await _across(rt, fleet, *request):
                 return  # a node served it
-        rec, target = rt.resolve(model, admin=admin)
+        try:
+            rec, target = rt.resolve(model, admin=admin)
+        except NotFound:  # nothing here has it: a Hub reference may be pulled first
+            if not await rt.pull_missing(model, admin=admin):
+                raise
+            rec, target = rt.resolve(model, admin=admin)
     except CorralError as exc:  # clients expect their dialect's error shape
         rt.metrics.rejected.labels(exc.code).inc()
         await _send_error(send, exc, route.dialect)
@@ -281,6 +287,8 @@ async def _best_place(rt: Router, fleet: Fleet, model: str, admin: bool, tried: 
     if not fleet.listed(model):  # no up node has it: the cheap, common answer
         down = fleet.down_having(model)
         if not down and not tried:
+            if rt.pullable(model) and not _servable_here(rt, model, admin):
+                return await _pull_place(rt, fleet, model, admin)
             return None
         if _servable_here(rt, model, admin):
             return None
@@ -290,6 +298,31 @@ async def _best_place(rt: Router, fleet: Fleet, model: str, admin: bool, tried: 
     if not ranked:
         raise _none_left(model, fleet.down_having(model), tried)
     return ranked[0].node
+
+
+async def _pull_place(rt: Router, fleet: Fleet, model: str, admin: bool) -> str | None:
+    """Pull ``model``, which nobody has, where there is the most free memory: None when
+    that is this daemon (its own path pulls it, :meth:`Router.pull_missing`), else the
+    node, once its pull is done."""
+    if not admin:
+        return None  # this daemon's path says why not (Forbidden)
+    from corral import gpu
+
+    host = await asyncio.to_thread(gpu.detect)
+    best = fleet.pull_targets((sum(g.vram_free or 0 for g in host.gpus), host.ram_free))[0]
+    if best.node is None:
+        return None
+    log.info("pulling %s on node %s for a request (router_pull_missing)", model, best.node)
+    job = await fleet.pull(best.node, model, rt.settings.router_queue_timeout)
+    state = job.get("state")
+    if state in ("queued", "running"):
+        raise Busy(f"{model!r} is still being pulled on node {best.node}; try again later", 30)
+    if state != "done":
+        message = job.get("error") or job.get("message")
+        raise pull_error(
+            model, f"node {best.node}: {message}", job.get("error_code") or job.get("code")
+        )
+    return best.node
 
 
 def _none_left(model: str, down: list[str], tried: dict[str, str]) -> Busy:

@@ -13,8 +13,9 @@ goes down, or a later poll shows it stopped there):
    first by :func:`rank`: one whose planner says it fits (the node's ``POST
    /api/v1/fit``, asked when the model is first placed), then the fewest instances;
    this daemon is one of the candidates when it has the model too (``node=None``);
-3. else, when ``router_pull_missing`` is on and the name is a Hub reference, the node
-   (or this daemon) with the most free memory pulls it first.
+3. else, when ``router_pull_missing`` is on, the caller is an admin and the name is a
+   Hub reference, the node (or this daemon) with the most free memory (the GPUs', else
+   RAM) pulls it first (the node's ``POST /api/v1/pulls``, waited for).
 
 The request goes to the node's own ``/v1/*`` path with the node's key, marked with
 :data:`HOP_HEADER`, so the node serves it from its own instances (and its own router
@@ -50,6 +51,8 @@ SCOPE_HEADER = b"x-corral-scope"
 FIT_TIMEOUT = 3.0
 #: Seconds a node's fit answer is reused for the same model.
 FIT_TTL = 60.0
+#: Seconds between two looks at a node's pull.
+PULL_POLL = 0.5
 #: Instance states (a node's ``/v1/models`` ``state``) that serve now or soon.
 SERVING = frozenset({"ready", "running", "starting", "unhealthy", "backoff"})
 
@@ -200,18 +203,24 @@ class Fleet:
             )
         return rank(out)
 
-    def pull_targets(self, local: Candidate | None) -> list[Candidate]:
-        """Every up node (and ``local``), most free memory first: where a missing model
-        may be pulled (``router_pull_missing``)."""
-        out = [(local, float("inf"))] if local is not None else []
+    def pull_targets(self, here: tuple[int, int] | None) -> list[Candidate]:
+        """Where a model nobody has may be pulled (``router_pull_missing``), best first:
+        a place with free GPU memory before one without, the most free memory (the GPUs',
+        else RAM), the fewest instances, then this daemon. ``here``: this daemon's free
+        (GPU, RAM) bytes, None when it may not pull."""
+        out: list[tuple[Candidate, int, int]] = []
+        if here is not None:
+            out.append((Candidate(None, False, None, 0), *here))
         for tracked in self._up():
             gpus = tracked.summary.get("gpus") or []
-            free = sum(int(g.get("vram_free") or 0) for g in gpus) or int(
-                tracked.summary.get("ram_free") or 0
-            )
+            vram = sum(int(g.get("vram_free") or 0) for g in gpus)
+            ram = int(tracked.summary.get("ram_free") or 0)
             count = int(tracked.summary.get("instances_ready") or 0)
-            out.append((Candidate(tracked.row.name, False, None, count), float(free)))
-        return [c for c, _ in sorted(out, key=lambda p: (-p[1], p[0].instances))]
+            out.append((Candidate(tracked.row.name, False, None, count), vram, ram))
+        ranked = sorted(
+            out, key=lambda p: (p[1] == 0, -(p[1] or p[2]), p[0].instances, p[0].node is not None)
+        )
+        return [c for c, _, _ in ranked]
 
     async def _fit(self, tracked, model: str) -> bool | None:
         """The node's planner on ``model`` (``POST /api/v1/fit``), cached FIT_TTL s."""
@@ -233,6 +242,22 @@ class Fleet:
             self._fits.clear()
         self._fits[key] = (now, fits)
         return fits
+
+    async def pull(self, node: str, model: str, timeout: float) -> dict:
+        """Have ``node`` pull ``model`` from the Hub (its ``POST /api/v1/pulls``) and wait
+        for the end, at most ``timeout`` seconds: the node's last view of the pull."""
+        tracked = self.registry.find(node)
+        if tracked is None:
+            raise LookupError(node)
+        job = await tracked.remote.post("/api/v1/pulls", {"ref": model})
+        if not isinstance(job, dict) or "id" not in job:
+            error = job.get("error") if isinstance(job, dict) else None
+            return {"state": "failed", **(error if isinstance(error, dict) else {})}
+        deadline = self.clock() + timeout
+        while job.get("state") in ("queued", "running") and self.clock() < deadline:
+            await asyncio.sleep(PULL_POLL)
+            job = await tracked.remote.get(f"/api/v1/pulls/{job['id']}")
+        return job
 
     def hop(self, node: str, model: str) -> Hop:
         tracked = self.registry.find(node)
