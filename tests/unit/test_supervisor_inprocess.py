@@ -660,6 +660,20 @@ def test_user_placed_launch_is_not_planned(rig):
     run(main())
 
 
+def test_a_launch_over_rpc_servers_is_not_planned_for_the_local_devices_alone(rig):
+    rig.settings.fit_devices = "12GiB"
+
+    async def main():
+        flags = ["--rpc", "10.0.0.2:50052"]
+        spec = LaunchSpec(model=str(_dense(rig)), binary=str(rig.binary), name="r", flags=flags)
+        rec = await rig.sup.launch(spec)
+        assert rec.placement is None and "--rpc" in rec.argv
+        assert "--gpu-layers" not in rec.argv and "--n-gpu-layers" not in rec.argv
+        await rig.sup.close()
+
+    run(main())
+
+
 def test_model_that_cannot_be_estimated_launches_as_typed(rig):
     async def main():
         rec = await rig.launch("plain")  # a GGUF magic and nothing else

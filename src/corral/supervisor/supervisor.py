@@ -77,8 +77,10 @@ TASK_CANCEL_GRACE = 2.0
 KILL_WAIT = 5.0
 #: How far llama-server's own figure may be from the plan before it is a warning.
 MISMATCH = 0.15
-#: Flags by which the user places a launch themselves: then it is not planned.
-_PLACEMENT_FLAGS = ("--n-gpu-layers", "--tensor-split", "--device")
+#: Flags by which the user places a launch themselves: then it is not planned. ``--rpc``
+#: adds devices on other hosts the planner does not know (llama.cpp splits by the free
+#: memory each device reports).
+_PLACEMENT_FLAGS = ("--n-gpu-layers", "--tensor-split", "--device", "--rpc")
 #: Seconds between retries of state writes the store refused (disk full).
 STORE_RETRY_INTERVAL = 1.0
 
