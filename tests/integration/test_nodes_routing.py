@@ -174,6 +174,32 @@ def test_a_model_only_on_a_node_is_started_and_served_there(fleet, tmp_path):
     assert status == 200 and usage["instances"]["faraway-q4_k_m@box"]["requests"] == 2
 
 
+def test_ollama_and_anthropic_clients_reach_a_node_s_model_through_the_controller(fleet, tmp_path):
+    model = make_gguf(tmp_path / "g" / "faraway-Q4_K_M.gguf")
+    box = fleet.node("box", model)
+    key = fleet.keys["box"]
+    ctl = fleet.controller
+    wait_for(lambda: listed(ctl, "faraway-q4_k_m"), 30)
+    body = {
+        "model": "faraway-q4_k_m",
+        "stream": False,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    status, answer = api(ctl, "POST", "/api/chat", body)  # Ollama's dialect, translated here
+    assert status == 200 and answer["message"]["content"] and answer["done"] is True, answer
+    assert answer["model"] == "faraway-q4_k_m"
+    assert names_on(ctl) == [] and names_on(box, key) == ["faraway-q4_k_m"]
+    anthropic = {
+        "model": "faraway-q4_k_m",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    status, answer = api(ctl, "POST", "/v1/messages", anthropic)
+    assert status == 200 and answer["type"] == "message" and answer["content"], answer
+    status, answer = api(ctl, "POST", "/api/chat", {**body, "model": "nowhere"})
+    assert status == 404, answer
+
+
 def test_a_model_here_is_served_here_and_the_hop_header_keeps_a_request_local(fleet, tmp_path):
     here = make_gguf(tmp_path / "g" / "nearby-Q4_K_M.gguf")
     there = make_gguf(tmp_path / "h" / "faraway-Q4_K_M.gguf")

@@ -111,6 +111,7 @@ class _Route:
     rec: object | None
     target: object
     store: object = None
+    remote: bool = False  # served by a linked node (corral.nodes.fleet): nothing here
 
     @cached_property
     def entry(self) -> model_table.ModelRecord | None:
@@ -160,6 +161,18 @@ def resolve_route(d: Daemon, text: str, admin: bool) -> _Route:
             continue
         return _Route(name, rec, target, d.store)
     raise NotFound(f"model '{text}' not found")
+
+
+def remote_route(relay, text: str) -> _Route | None:
+    """The route to a name only a linked node serves (the relay sends it there), or None."""
+    state = getattr(getattr(relay, "app", None), "state", None)
+    fleet = getattr(state, "fleet", None)
+    if not fleet:
+        return None
+    for name in ollama.name_candidates(text):
+        if fleet.listed(name):
+            return _Route(name, None, Target(key=f"node:{name}", label=name), remote=True)
+    return None
 
 
 def index_entry(d: Daemon, text: str) -> model_table.ModelRecord:
@@ -231,6 +244,8 @@ async def ensure_instance(
     router instance of the model that runs with another, as Ollama reloads a model; a
     user's instance is never touched: the new one runs beside it), and ``keep_alive``
     (> 0, or < 0 for never) as the idle TTL of whatever serves it."""
+    if route.remote:  # a node's: its own router starts it with its own context and TTL
+        return route.name
     live = route.rec if _live(route.rec) else None
     if num_ctx is None or (live is not None and ollama.ctx_of(live.flags, live.argv) == num_ctx):
         if keep is None or keep == 0:
@@ -411,7 +426,7 @@ def _translate(d: Daemon, kind: str, body: dict, route: _Route) -> _Asked:
         endpoint = "chat/completions"
     else:
         endpoint, payload, images = ollama.generate_request(body, route.name)
-    if images and not _has_vision(d, route):
+    if images and not route.remote and not _has_vision(d, route):  # a node says itself
         raise UsageError(f"model '{model}' has no vision projector (mmproj): it cannot read images")
     n = ollama.num_ctx_of(body)
     if n is not None:
@@ -427,7 +442,12 @@ async def serve_inference(d: Daemon, relay, kind: str, scope, receive, send) -> 
     admin = caller_scope(scope) == "admin"
     try:
         body = ollama.check_body(await _read_body(receive))
-        route = resolve_route(d, ollama.model_of(body), admin)
+        try:
+            route = resolve_route(d, ollama.model_of(body), admin)
+        except NotFound:
+            route = remote_route(relay, ollama.model_of(body))
+            if route is None:
+                raise
         asked = _translate(d, kind, body, route)
         num_ctx = ollama.num_ctx_of(body)
         if asked.empty:
@@ -454,7 +474,8 @@ async def _load_or_unload(
         reason = "unload"
     else:
         name = await ensure_instance(d, route, num_ctx, asked.keep, admin)
-        await d.router.instance_for(name, admin=admin)
+        if not route.remote:  # a node's model loads there on its first request
+            await d.router.instance_for(name, admin=admin)
         reason = "load"
     await _send_json(send, 200, ollama.empty_answer(asked.kind, asked.model, reason))
 
