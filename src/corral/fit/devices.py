@@ -54,7 +54,7 @@ _UNITS = {
 }
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 #: llama.cpp's backend device names, per vendor (what ``--device`` takes).
-_BACKEND = {"nvidia": "CUDA", "amd": "ROCm"}
+_BACKEND = {"nvidia": "CUDA", "amd": "ROCm", "rpc": "RPC"}
 _VISIBLE_ENV = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "HIP_VISIBLE_DEVICES"}
 
 
@@ -62,18 +62,18 @@ _VISIBLE_ENV = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "HIP_VISIBLE_DEVICES"}
 class Device:
     """One place memory can go: a GPU or the host's RAM."""
 
-    id: str  # "gpu0", "gpu1", ... or "host"
+    id: str  # "gpu0", "gpu1", ..., "host", or an RPC device's "RPC0[10.0.0.2:50052]"
     name: str
-    kind: str  # "gpu" | "host"
+    kind: str  # "gpu" | "rpc" | "host"
     total_bytes: int
     free_bytes: int
-    vendor: str | None = None  # "nvidia", "amd"; None when simulated
+    vendor: str | None = None  # "nvidia", "amd", "rpc"; None when simulated
     index: int | None = None  # index within its vendor: what CUDA_VISIBLE_DEVICES counts
     uuid: str | None = None  # the driver's id (matches per-process memory figures)
     simulated: bool = False  # sizes from a --devices spec: the free figure never moves
 
     def backend_name(self, position: int) -> str:
-        """The llama.cpp device name (``CUDA1``, ``ROCm0``) for ``--device``.
+        """The llama.cpp device name (``CUDA1``, ``ROCm0``, ``RPC2``) for ``--device``.
 
         A simulated GPU is named as a CUDA device at its position among the GPUs."""
         prefix = _BACKEND.get(self.vendor or "", "CUDA")
