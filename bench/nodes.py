@@ -50,7 +50,7 @@ GOALS = {"added_p50_c1": 0.001, "ratio_c64": 0.9}
 #: The real model: 8 slots (64 streams queue for them, as a user's would), EOS ignored
 #: so every answer is exactly the asked length, greedy.
 REAL_FLAGS = ("--ignore-eos", "--parallel", "8", "--ctx-size", "8192")
-REAL_PLAN = {1: (8, 2), 64: (64, 2)}
+REAL_PLAN = {1: (12, 3), 64: (64, 3)}
 PROMPT = [{"role": "user", "content": "Say something."}]
 
 

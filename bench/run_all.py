@@ -11,6 +11,7 @@ are used.
                             [--skip-startup] [--skip-cli] [--skip-pull] [--skip-models]
                             [--skip-router] [--skip-router_long]
                             [--skip-ollama] [--skip-ollama_real]
+                            [--skip-nodes] [--skip-nodes_real]
                             [--pull-runs 3] [--pull-size-mb 1024]
 
 With ``--write``, a benchmark that was skipped keeps its previous section of the results
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import cli as cli_bench  # noqa: E402
 import models as models_bench  # noqa: E402
+import nodes as nodes_bench  # noqa: E402
 import ollama as ollama_bench  # noqa: E402
 import pull as pull_bench  # noqa: E402
 import router as router_bench  # noqa: E402
@@ -120,6 +122,17 @@ request and per token, an upper bound no model reaches) and with the real llama-
 and gemma (greedy, `--ignore-eos`, 32 tokens: what a user's tok/s becomes). Also the pure
 translation functions alone, in process. Goals: <= 1 ms p50 added per request, >= 0.9x
 the passthrough's tokens/s.
+
+**Nodes** (`bench/nodes.py`). Two daemons on 127.0.0.1: a node that runs the instance and
+a controller with no model, which links the node (`corral nodes add`) and so relays every
+request to it (placement lookup, the node's key, its kept-alive pool). Streamed `POST
+/v1/chat/completions` to the controller against the same request to the node directly
+(the reference), interleaved in the same run, at 1 and 64 streams, with keys on both as
+beyond loopback; with the fast upstream (the daemons' own cost; the instance's own port
+for scale) and with the real llama-server and gemma (greedy, `--ignore-eos`, 32 tokens,
+8 slots). Then the node daemon is SIGKILLed and the time until the controller says
+`down` is measured at the default 10 s poll interval. Goals: <= 1 ms p50 added by the
+hop, >= 0.9x the node's tokens/s at 64 streams.
 
 ## How to run
 
@@ -216,6 +229,8 @@ SECTIONS = {
     "router_long": ("Router, 256 tokens per response", router_bench),
     "ollama": ("Ollama translation", ollama_bench),
     "ollama_real": ("Ollama translation, real model", ollama_bench),
+    "nodes": ("Nodes: the controller's hop", nodes_bench),
+    "nodes_real": ("Nodes: the controller's hop, real model", nodes_bench),
 }
 KEPT = "*(not re-run; kept from the results of {when})*"
 
@@ -316,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             results["ollama"] = ollama_bench.run()
         if not args.skip_ollama_real:  # the real model: what the translation costs a user
             results["ollama_real"] = ollama_bench.run(runs=2, tokens=32, real=True)
+        if not args.skip_nodes:  # the controller's hop to a linked node, fast upstream
+            results["nodes"] = nodes_bench.run()
+        if not args.skip_nodes_real:
+            results["nodes_real"] = nodes_bench.run(real=True)
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130
