@@ -372,3 +372,21 @@ def test_candidates_ask_the_nodes_planner_once_and_rank_by_it(tmp_path):
         assert fake.fit_calls == 2 and fake.fit_bodies[-1] == {"model": "m"}
 
     run_registry(tmp_path, body)
+
+
+def test_a_hop_is_made_once_per_node_and_model_and_anew_for_a_re_added_node(tmp_path):
+    async def body(reg, fake, clock):
+        fleet = Fleet(reg)
+        await reg.add("box", "https://10.0.0.2:9443", SECRET)
+        first = fleet.hop("box", "m")
+        assert first.tls is not None and (first.host, first.port) == ("10.0.0.2", 9443)
+        assert fleet.hop("box", "m") is first  # no new TLS context per request
+        assert fleet.hop("box", "n").tls is first.tls
+        await reg.remove("box")
+        with pytest.raises(LookupError):
+            fleet.hop("box", "m")
+        await reg.add("box", "http://10.0.0.3:9380", "k" * 40)
+        again = fleet.hop("box", "m")
+        assert again.tls is None and again.authorization == b"Bearer " + b"k" * 40
+
+    run_registry(tmp_path, body)

@@ -266,9 +266,12 @@ async def _across(
                 node = await _best_place(rt, fleet, model, admin, tried)
             if node is None:
                 return False  # this daemon: it serves the model, or says why not
-            why = await _relay_hop(
-                rt, fleet.hop(node, model), route, scope, body, t0, gone, send, stream, admin
-            )
+            try:
+                hop = fleet.hop(node, model)
+            except LookupError:  # removed (corral nodes rm) meanwhile
+                why = "no longer linked"
+            else:
+                why = await _relay_hop(rt, hop, route, scope, body, t0, gone, send, stream, admin)
             if why is None:
                 fleet.place(model, node)
                 return True

@@ -35,7 +35,7 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -88,6 +88,7 @@ class Hop:
     port: int
     tls: ssl.SSLContext | None
     authorization: bytes  # b"Bearer <key>": never logged, never in a message
+    source: object = None  # the node's row it was made from (a re-added node: new key)
 
     def __repr__(self) -> str:
         return f"Hop({self.node!r}, {self.host}:{self.port})"
@@ -107,10 +108,14 @@ def catalog_of(models: Any) -> dict[str, bool]:
     return out
 
 
-def hop_of(node: str, url: str, key: str, model: str) -> Hop:
-    """The :class:`Hop` to the node at ``url`` (checked when the node was added)."""
+def hop_of(node: str, url: str, key: str, model: str, tls: ssl.SSLContext | None = None) -> Hop:
+    """The :class:`Hop` to the node at ``url`` (checked when the node was added); an
+    ``https`` node gets ``tls`` (a verifying default context when not given)."""
     parts = urlsplit(url)
-    tls = ssl.create_default_context() if parts.scheme == "https" else None
+    if parts.scheme == "https" and tls is None:
+        tls = ssl.create_default_context()
+    elif parts.scheme != "https":
+        tls = None
     port = parts.port or (443 if tls else 80)
     auth = f"Bearer {key}".encode()
     return Hop(node, f"{model}@{node}", model, parts.hostname or "", port, tls, auth)
@@ -127,6 +132,8 @@ class Fleet:
         self.clock = clock
         self._placed: dict[str, str] = {}  # model -> node this controller sent it to
         self._fits: dict[tuple[str, str], tuple[float, bool | None]] = {}
+        self._hops: dict[tuple[str, str], Hop] = {}
+        self._tls: dict[str, ssl.SSLContext] = {}
         registry.on_poll = self.forget_stopped
 
     def __bool__(self) -> bool:  # no node linked: the relay never looks further
@@ -260,10 +267,21 @@ class Fleet:
         return job
 
     def hop(self, node: str, model: str) -> Hop:
+        """How to send ``model``'s request to ``node`` (made once per node and model)."""
         tracked = self.registry.find(node)
         if tracked is None:
             raise LookupError(node)
-        return hop_of(node, tracked.row.url, tracked.row.key, model)
+        key = (node, model)
+        hop = self._hops.get(key)
+        if hop is None or hop.source is not tracked.row:  # the node was re-added since
+            if len(self._hops) >= 4096:
+                self._hops.clear()
+            tls = self._tls.get(node) if tracked.row.url.startswith("https:") else None
+            hop = hop_of(node, tracked.row.url, tracked.row.key, model, tls)
+            if hop.tls is not None:
+                self._tls[node] = hop.tls  # loading the CA store costs milliseconds: once
+            hop = self._hops[key] = replace(hop, source=tracked.row)
+        return hop
 
     def entries(self) -> list[dict]:
         """Every name the up nodes serve, for the union ``/v1/models``: (node, entry)."""
