@@ -222,21 +222,10 @@ class Router:
     async def fits_here(self, target: Target) -> bool | None:
         """Whether the memory planner says a start of ``target`` fits this machine now
         (None: not planned, an instance's own flags, or the plan cannot be made)."""
-        from corral import presets
-
         if target.preset is None and target.model is None:
             return None
-        sup = self.supervisor
         try:
-            spec = await presets.compose(
-                sup.store,
-                sup.catalog,
-                taken=[r.name for r in sup.list()],
-                preset=target.preset,
-                model=target.model,
-                origin="router",
-            )
-            plan = await sup.plan_fit(spec)
+            plan = await self.supervisor.plan_fit(await self._compose(target))
         except CorralError:
             return None
         return None if plan is None else plan.fits
@@ -463,10 +452,23 @@ class Router:
         self, target: Target, flags: tuple[str, ...], idle_ttl: float | None, replace: str | None
     ):
         """Compose and launch a router instance of a preset or a model of the index."""
+        sup = self.supervisor
+        spec = await self._compose(target, flags, idle_ttl)
+        if spec.name is None:  # a model of the index (a preset names its own)
+            spec.name = derive_name(Path(target.label), sup.taken_names())
+        async with self._evict_lock:  # room made and taken in one step
+            old = next((r for r in self.evictable() if r.name == replace), None)
+            if old is not None:
+                await self._retire(old, f"replaced (a start with {' '.join(flags)})")
+            await self._make_room(await self._host_need(spec))
+            return await self._launch_with_room(lambda: sup.launch(spec), target.label)
+
+    async def _compose(self, target: Target, flags=(), idle_ttl: float | None = None):
+        """The launch spec of a router instance of ``target`` (a preset or a model)."""
         from corral import presets
 
         sup = self.supervisor
-        spec = await presets.compose(
+        return await presets.compose(
             sup.store,
             sup.catalog,
             taken=[r.name for r in sup.list()],
@@ -476,14 +478,6 @@ class Router:
             idle_ttl=idle_ttl,
             origin="router",
         )
-        if spec.name is None:  # a model of the index (a preset names its own)
-            spec.name = derive_name(Path(target.label), sup.taken_names())
-        async with self._evict_lock:  # room made and taken in one step
-            old = next((r for r in self.evictable() if r.name == replace), None)
-            if old is not None:
-                await self._retire(old, f"replaced (a start with {' '.join(flags)})")
-            await self._make_room(await self._host_need(spec))
-            return await self._launch_with_room(lambda: sup.launch(spec), target.label)
 
     def _model_bytes(self, model: str | None) -> int:
         if not model:

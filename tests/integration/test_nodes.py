@@ -22,9 +22,11 @@ from tests.conftest import DaemonProcess, free_port, free_port_range, wait_for
 from tests.integration.conftest import api, assert_error
 
 
-def env_of_node(tmp_path: Path, daemon_env: dict[str, str], **extra: str) -> dict[str, str]:
-    """A second daemon's environment: its own home, port and instance ports."""
-    home = tmp_path / "node-home"
+def env_of_node(
+    tmp_path: Path, daemon_env: dict[str, str], name: str = "node", **extra: str
+) -> dict[str, str]:
+    """Another daemon's environment: its own home (``NAME-home``), port and instance ports."""
+    home = tmp_path / f"{name}-home"
     home.mkdir(mode=0o700)
     port = free_port()
     return {

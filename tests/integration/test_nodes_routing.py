@@ -17,9 +17,9 @@ import openai
 import pytest
 
 from corral.supervisor.offline import stop_all_offline
-from tests.conftest import DaemonProcess, free_port, free_port_range, wait_for
+from tests.conftest import DaemonProcess, wait_for
 from tests.integration.conftest import api
-from tests.integration.test_nodes import node_api, url_of, wait_node
+from tests.integration.test_nodes import env_of_node, node_api, url_of, wait_node
 from tests.integration.test_pulls import REPO, hub  # noqa: F401
 from tests.integration.test_router_placement import fake_nvidia_smi
 
@@ -34,20 +34,6 @@ def make_gguf(path: Path) -> Path:
     w.write_kv_data_to_file()
     w.close()
     return path
-
-
-def home_env(tmp_path: Path, daemon_env: dict[str, str], name: str, **extra) -> dict[str, str]:
-    home = tmp_path / f"{name}-home"
-    home.mkdir(mode=0o700)
-    port = free_port()
-    return {
-        **daemon_env,
-        "CORRAL_HOME": str(home),
-        "CORRAL_PORT": str(port),
-        "CORRAL_URL": f"http://127.0.0.1:{port}",
-        "CORRAL_PORT_RANGE": free_port_range(),
-        **extra,
-    }
 
 
 class Fleet:
@@ -70,7 +56,7 @@ class Fleet:
     def node(self, name: str, *models: Path, **env: str) -> DaemonProcess:
         """A node daemon with ``models`` in its index (and ``env``), linked to the
         controller."""
-        d = self._start(home_env(self.tmp_path, self.daemon_env, name, **env), name)
+        d = self._start(env_of_node(self.tmp_path, self.daemon_env, name, **env), name)
         made = d.cli("keys", "create", "controller")
         assert made.returncode == 0, made.stderr
         key = self.keys[name] = made.stdout.strip()

@@ -393,21 +393,7 @@ async def _relay_hop(
             await _end_unfinished(resp, hop, seen, gone, streamed, send, route.dialect)
         return None
     finally:
-        if on_gone is not None and gone.future is not None:
-            gone.future.remove_done_callback(on_gone)
-        if resp is not None:
-            resp.release()
-        rt.end(
-            hop,
-            hop.label,
-            usage,
-            status=seen.status,
-            ttft=seen.ttft,
-            elapsed=time.perf_counter() - t0,
-            tail=bytes(seen.tail) if seen.keep else None,
-            endpoint=route.label,
-            head=seen.head if seen.keep else None,
-        )
+        _settle(rt, hop, hop.label, usage, seen, resp, gone, on_gone, t0, route.label)
 
 
 async def _heartbeats(rt: Router, waiting: asyncio.Future, model: str, gone: _Gone, send) -> bool:
@@ -546,21 +532,27 @@ async def _relay(
         if not await _pump(resp, seen, t0, gone, on_gone, streamed, send):
             await _end_unfinished(resp, rec, seen, gone, streamed, send, dialect)
     finally:
-        if on_gone is not None and gone.future is not None:
-            gone.future.remove_done_callback(on_gone)
-        if resp is not None:
-            resp.release()
-        rt.end(
-            rec,
-            label,
-            usage,
-            status=seen.status,
-            ttft=seen.ttft,
-            elapsed=time.perf_counter() - t0,
-            tail=bytes(seen.tail) if seen.keep else None,
-            endpoint=route.label,
-            head=seen.head if seen.keep else None,
-        )
+        _settle(rt, rec, label, usage, seen, resp, gone, on_gone, t0, route.label)
+
+
+def _settle(rt: Router, rec, label, usage, seen: _Seen, resp, gone, on_gone, t0, endpoint):
+    """After an answer (whole, cut short or failed): stop watching the client for it,
+    give the connection back, and count the request (:meth:`Router.end`)."""
+    if on_gone is not None and gone.future is not None:
+        gone.future.remove_done_callback(on_gone)
+    if resp is not None:
+        resp.release()
+    rt.end(
+        rec,
+        label,
+        usage,
+        status=seen.status,
+        ttft=seen.ttft,
+        elapsed=time.perf_counter() - t0,
+        tail=bytes(seen.tail) if seen.keep else None,
+        endpoint=endpoint,
+        head=seen.head if seen.keep else None,
+    )
 
 
 def _upstream_head(rt: Router, rec, host: str, path: str, scope, size: int) -> bytes:
