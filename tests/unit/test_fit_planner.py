@@ -522,3 +522,132 @@ def test_golden_properties_on_the_estimators_shapes(tmp_path, shape, spec):
     if model.n_expert and flag(plan, "--n-cpu-moe") is not None:
         assert flag(plan, "-ngl") == str(model.n_layer + 1)  # experts before dense layers
     CATALOG.normalize(plan.flags)
+
+
+# --------------------------------------------------------------------------- RPC devices
+
+
+def rpc_device(endpoint: str, index: int, free: int, device: int = 0):
+    from corral.fit.devices import Device
+
+    return Device(
+        id=f"RPC{device}[{endpoint}]",
+        name=f"rpc-server {endpoint}",
+        kind="rpc",
+        total_bytes=free,
+        free_bytes=free,
+        vendor="rpc",
+        index=index,
+    )
+
+
+def with_rpc(spec: str, *free: int) -> Devices:
+    devs = devices(spec)
+    devs.rpc = [rpc_device(f"10.0.0.{i + 2}:50052", i, f) for i, f in enumerate(free)]
+    return devs
+
+
+def test_rpc_devices_come_first_in_the_split_as_llama_cpp_orders_them():
+    """llama.cpp puts the RPC devices before the local GPUs: -ts counts in that order,
+    and the output layer goes with the last device (the local GPU)."""
+    devs = with_rpc("8GiB", 6 * GiB, 4 * GiB)
+    plan = planner.plan(DENSE_14B, [], devs, catalog=CATALOG, estimator=StandIn())
+    assert plan.fits, plan.notes
+    assert_within(plan)
+    ids = [d.device.id for d in plan.devices]
+    assert ids == ["RPC0[10.0.0.2:50052]", "RPC0[10.0.0.3:50052]", "gpu0", "host"]
+    assert flag(plan, "-ts") == "5,3,7"  # usable GiB: free − 1 GiB margin, same order
+    rpc_a, rpc_b, gpu, host = plan.devices
+    assert rpc_a.layers > rpc_b.layers > 0 and gpu.layers > 0 and host.layers == 0
+    assert gpu.output_bytes > 0 and rpc_a.output_bytes == rpc_b.output_bytes == 0
+    assert flag(plan, "-ngl") == "49" and flag(plan, "--device") is None
+    assert plan.view()["devices"][0]["kind"] == "rpc"
+
+
+def test_rpc_devices_named_by_the_launch_are_all_used_even_when_one_would_do():
+    plan = planner.plan(SMALL, [], with_rpc("none", 8 * GiB, 8 * GiB), estimator=StandIn())
+    assert plan.fits
+    a, b, host = (d.layers for d in plan.devices)
+    assert a > 0 and b > 0 and a + b == 24 and host == 0
+    assert flag(plan, "-ts") == "7,7" and flag(plan, "--device") is None
+    assert not any("alone" in n for n in plan.notes)
+
+
+def test_an_rpc_device_without_room_is_left_out_by_llama_cpps_name():
+    devs = with_rpc("12GiB", 1 * GiB, 6 * GiB)
+    plan = planner.plan(DENSE_14B, [], devs, catalog=CATALOG, estimator=StandIn())
+    assert flag(plan, "--device") == "RPC1,CUDA0"  # RPCn counts across servers
+    assert plan.env == {}  # no visible-devices env var can say it
+    assert plan.devices[0].layers == 0 and plan.devices[1].layers > 0
+    assert any(n.startswith("RPC0[10.0.0.2:50052]:") and "not used" in n for n in plan.notes)
+
+
+def test_a_users_device_choice_may_name_rpc_devices():
+    devs = with_rpc("8GiB,8GiB", 8 * GiB)
+    plan = planner.plan(
+        DENSE_14B, CATALOG.normalize(["--device", "RPC0,CUDA1"]), devs, catalog=CATALOG,
+        estimator=StandIn(),
+    )  # fmt: skip
+    assert [d.device.id for d in plan.devices if d.layers] == ["RPC0[10.0.0.2:50052]", "gpu1"]
+
+
+def test_others_commitments_on_an_rpc_device_count_in_full():
+    from types import SimpleNamespace
+
+    from corral.fit import placement
+
+    devs = with_rpc("none", 8 * GiB)
+    rec = SimpleNamespace(
+        desired="running",
+        state="ready",
+        pid=1,
+        placement={"devices": [{**devs.rpc[0].view(), "used_bytes": 3 * GiB, "layers": 9}]},
+    )
+    assert placement.committed([rec], devs) == {devs.rpc[0].id: 3 * GiB}
+    assert placement.summary({**rec.placement, "context": 4096}).startswith(
+        "RPC0[10.0.0.2:50052] 9 layers 3.0 GiB"
+    )
+
+
+def test_fit_asks_the_rpc_servers_of_the_flags(tmp_path):
+    """planner.fit (corral fit): the --rpc servers asked over the protocol (a fake one
+    here), their devices in the plan; one that does not answer is an UpstreamError."""
+    pytest.importorskip("gguf")
+    from corral.errors import UpstreamError
+    from tests.fakes.fake_rpc_protocol import FakeRpcProtocolServer
+    from tests.integration.test_fit_api import write_header
+
+    model = write_header(tmp_path / "m.gguf", n_layer=8, n_embd=512, n_head=8, n_kv=8, n_ff=1024)
+    with FakeRpcProtocolServer(devices=[(6 * GiB, 8 * GiB)]) as a, FakeRpcProtocolServer() as b:
+        pairs = CATALOG.normalize(["--rpc", f"{a.endpoint},{b.endpoint}", "-c", "4096"])
+        plan, devs = planner.fit(str(model), pairs, catalog=CATALOG, devices_spec="none,host=8GiB")
+    assert [d.id for d in devs.all] == [f"RPC0[{a.endpoint}]", f"RPC0[{b.endpoint}]", "host"]
+    assert devs.rpc[0].free_bytes == 6 * GiB
+    assert plan.fits and flag(plan, "-ts") == "5,7" and flag(plan, "-ngl") == "9"
+    assert all(d.layers for d in plan.devices[:2])
+    with FakeRpcProtocolServer("silent") as silent:
+        pairs = CATALOG.normalize(["--rpc", silent.endpoint])
+
+        def slow(endpoint, timeout):
+            from corral.fit.rpc_devices import ask
+
+            return ask(endpoint, 0.3)
+
+        with pytest.raises(UpstreamError, match="did not answer.*not planned"):
+            planner.fit(str(model), pairs, catalog=CATALOG, devices_spec="none", rpc_asker=slow)
+
+
+def test_llama_cpps_rpc_buffer_names_map_to_the_plans_ids():
+    from corral.fit.breakdown import device_of, parse_log
+
+    assert device_of("RPC0[10.0.0.2:50052]") == "RPC0[10.0.0.2:50052]"
+    assert device_of("RPC3 (10.0.0.2:50052)") == "RPC[10.0.0.2:50052]"  # a table row
+    assert device_of("RPC_Host") == "host" and device_of("CUDA1") == "gpu1"
+    log = (
+        "load_tensors: RPC0[127.0.0.1:50161] model buffer size =    35.82 MiB\n"
+        "llama_kv_cache: RPC0[127.0.0.1:50162] KV buffer size =     8.00 MiB\n"
+        "sched_reserve:        CPU compute buffer size =    38.61 MiB\n"
+    )
+    per = parse_log(log).per_device()
+    assert per["RPC0[127.0.0.1:50161]"]["model"] == round(35.82 * MiB)
+    assert per["RPC0[127.0.0.1:50162]"]["kv"] == 8 * MiB and "host" in per

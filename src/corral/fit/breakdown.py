@@ -4,7 +4,7 @@ llama.cpp b11434 prints, while loading (the sources that print them in brackets)
 
 * ``load_tensors:   CPU_Mapped model buffer size =   235.16 MiB`` (llama-model.cpp), one
   per weight buffer: ``CPU_Mapped``/``CPU`` (host), ``CPU_REPACK`` (host, repacked
-  copies), ``CUDA0``, ``ROCm1``, ``Vulkan0``, ``Metal``...
+  copies), ``CUDA0``, ``ROCm1``, ``Vulkan0``, ``Metal``, ``RPC0[10.0.0.2:50052]``...
 * ``llama_context:        CPU  output buffer size =     4.00 MiB`` (llama-context.cpp)
 * ``llama_kv_cache:        CPU KV buffer size =    12.00 MiB`` (llama-kv-cache.cpp), one per
   cache and buffer type: gemma 3 prints two (non-SWA and SWA layers)
@@ -63,11 +63,20 @@ _KINDS = {
     "LoRA": "lora",
 }
 _GPU_NAME = re.compile(r"^(?P<backend>[A-Za-z]+?)(?P<n>\d*)$")
+_RPC_BUFFER = re.compile(r"^RPC\d+\[[^\]]+\]$")
+_RPC_ROW = re.compile(r"^RPC\d+ \((?P<endpoint>[^()\s]+:\d+)\)$")
 
 
 def device_of(buffer: str) -> str:
-    """corral's device id for a llama.cpp buffer or device name (``CUDA1`` -> ``gpu1``)."""
+    """corral's device id for a llama.cpp buffer or device name (``CUDA1`` -> ``gpu1``;
+    an RPC buffer ``RPC0[10.0.0.2:50052]`` is its own id; a table row ``RPC3 (HOST:PORT)``
+    names its server, ``RPC[HOST:PORT]``, not which of the server's devices)."""
+    rpc = _RPC_ROW.match(buffer.strip())
+    if rpc:
+        return f"RPC[{rpc['endpoint']}]"
     name = buffer.split(" (")[0].strip()
+    if _RPC_BUFFER.match(name):
+        return name
     if name.upper().startswith("CPU") or name.endswith("_Host") or name in ("Host", "RPC_Host"):
         return "host"
     m = _GPU_NAME.match(name)

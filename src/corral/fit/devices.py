@@ -12,7 +12,9 @@ made for hardware that is not here::
 Decisions:
 
 * Device ids are ``gpu0``, ``gpu1``... in detection order (NVIDIA, then AMD), and
-  ``host``; the host is always last, as in the estimator's :class:`Projection`.
+  ``host``; the host is always last, as in the estimator's :class:`Projection`. An
+  rpc-server's device is named as llama.cpp names its buffers, ``RPC0[10.0.0.2:50052]``
+  (kind ``rpc``); those come before the GPUs, as llama.cpp orders them.
 * A GPU that reports no memory figures (an Intel card found in sysfs) cannot be planned
   for and is left out, with a warning.
 * Sizes take binary units whatever the spelling (``8G`` = ``8GB`` = ``8GiB`` = 8 × 2³⁰):
@@ -95,15 +97,29 @@ class Device:
 
 @dataclass
 class Devices:
-    """The GPUs (in order) and the host, plus what detection had to say."""
+    """The GPUs (in order) and the host, plus what detection had to say; ``rpc`` the
+    devices of the rpc-servers a launch's ``--rpc`` names (:mod:`corral.fit.rpc_devices`)."""
 
     gpus: list[Device]
     host: Device
     warnings: list[str] = field(default_factory=list)
+    rpc: list[Device] = field(default_factory=list)
+
+    @property
+    def offload(self) -> list[Device]:
+        """The devices layers can go to, in llama.cpp's order (``--tensor-split``'s):
+        the RPC devices first, then the GPUs (``llama_model_load``, src/llama.cpp)."""
+        return [*self.rpc, *self.gpus]
 
     @property
     def all(self) -> list[Device]:
-        return [*self.gpus, self.host]
+        return [*self.offload, self.host]
+
+    def llama_name(self, dev: Device) -> str:
+        """llama.cpp's name of ``dev`` (what ``--device`` takes): ``RPC1``, ``CUDA0``."""
+        if dev.kind == "rpc":
+            return dev.backend_name(self.rpc.index(dev))
+        return dev.backend_name(self.gpus.index(dev))
 
 
 def parse_size(text: str) -> int:

@@ -17,7 +17,10 @@ Two facts connect them:
   - the *detected host* reports MemAvailable, which already leaves out an instance's
     KV cache and compute buffers once they are allocated but still counts its
     memory-mapped weights as available (page cache): a loaded instance commits its
-    weights, a loading one everything.
+    weights, a loading one everything;
+  - an *rpc-server's device* counts in full: a CPU backend reports its whole RAM as
+    free whatever it holds, and a server busy with an instance is not asked anyway
+    (it serves one client at a time).
 
 Pure functions; the supervisor supplies records and driver figures.
 """
@@ -28,8 +31,9 @@ from typing import Iterable
 
 from corral.fit.devices import Devices
 
-#: Instance states in which a process holds (or is about to hold) memory.
-_HOLDING = frozenset({"starting", "ready", "unhealthy", "backoff", "stopping"})
+#: Instance states in which a process holds (or is about to hold) memory (and, with
+#: ``--rpc``, its rpc-servers' one connection).
+HOLDING = frozenset({"starting", "ready", "unhealthy", "backoff", "stopping"})
 
 
 def record(plan) -> dict:
@@ -61,7 +65,7 @@ def committed(
     out: dict[str, int] = {}
     for rec in instances:
         placement = getattr(rec, "placement", None)
-        if not placement or rec.desired != "running" or rec.state not in _HOLDING:
+        if not placement or rec.desired != "running" or rec.state not in HOLDING:
             continue
         loaded = rec.state in ("ready", "unhealthy")
         for use in placement.get("devices", ()):
@@ -69,7 +73,7 @@ def committed(
             if dev is None:
                 continue
             used = int(use.get("used_bytes") or 0)
-            if dev.simulated:
+            if dev.simulated or dev.kind == "rpc":
                 held = used
             elif dev.kind == "gpu":
                 held = max(0, used - shown.get((dev.id, rec.pid or -1), 0))
@@ -90,7 +94,8 @@ def summary(placement: dict | None) -> str:
     for d in placement.get("devices", ()):
         if not d.get("used_bytes"):
             continue
-        layers = f" {d['layers']} layers" if d.get("kind") == "gpu" and d.get("layers") else ""
+        offload = d.get("kind") in ("gpu", "rpc")
+        layers = f" {d['layers']} layers" if offload and d.get("layers") else ""
         parts.append(f"{d['id']}{layers} {human_bytes(d['used_bytes'])}")
     return (", ".join(parts) or "nothing") + (
         f" (ctx {placement.get('context')}, KV {placement.get('cache_type_k')}/"

@@ -47,6 +47,13 @@ Decisions:
   layer, llama.cpp's count), so the flag is the same on builds that do not know
   ``all``.
 * Contexts are searched in steps of 1024 tokens.
+* **RPC devices** (``--rpc``: :attr:`Devices.rpc`, asked their memory by
+  :mod:`corral.fit.rpc_devices`) are planned like GPUs (weights, KV cache and compute
+  buffer of their layers), in llama.cpp's device order: the RPC devices first, then the
+  local GPUs, so ``--tensor-split`` lists them in that order and the output layer goes
+  with the last device. The servers a launch names are all used (no "fewest devices"
+  narrowing); one without room is left out by ``--device`` with llama.cpp's names
+  (``RPC1,CUDA0``), which no visible-devices env var can say.
 """
 
 from __future__ import annotations
@@ -196,11 +203,12 @@ def _int_value(given: dict, role: str, what: str) -> int | None:
         raise UsageError(f"{what} needs a number, got {given[role]!r}") from None
 
 
-def _selected_gpus(gpus: list[Device], value: str | None) -> list[Device]:
-    """The GPUs a user's ``--device CUDA1,ROCm0`` names (by backend index, in the given
-    order); ``none`` is no GPU; a name not understood leaves every GPU in."""
+def _selected_gpus(devices: Devices, value: str | None) -> list[Device]:
+    """The devices a user's ``--device CUDA1,ROCm0,RPC0`` names (by llama.cpp's name, in
+    the given order); ``none`` is no GPU; a name not understood leaves every device in."""
     import re
 
+    gpus = devices.offload
     if value is None:
         return list(gpus)
     chosen: list[Device] = []
@@ -210,7 +218,7 @@ def _selected_gpus(gpus: list[Device], value: str | None) -> list[Device]:
         m = re.fullmatch(r"([A-Za-z]+)(\d+)", item)
         if not m:
             return list(gpus)
-        match = [g for pos, g in enumerate(gpus) if g.backend_name(pos).lower() == item.lower()]
+        match = [g for g in gpus if devices.llama_name(g).lower() == item.lower()]
         if not match:
             return list(gpus)
         chosen.extend(g for g in match if g not in chosen)
@@ -228,7 +236,7 @@ class _Config:
     fa: str
     ngl: int  # -1: all
     ncmoe: int
-    gpus: tuple[int, ...]  # positions in Devices.gpus
+    gpus: tuple[int, ...]  # positions in Devices.offload (RPC devices, then GPUs)
     split: tuple[float, ...] | None
 
 
@@ -286,7 +294,7 @@ class _Search:
         )
         self.calls += 1
         proj = self.est.project(self.model, opts, len(cfg.gpus))
-        targets = [self.devices.gpus[i] for i in cfg.gpus] + [self.devices.host]
+        targets = [self.devices.offload[i] for i in cfg.gpus] + [self.devices.host]
         placed = []
         for dev, use in zip(targets, _ordered(proj.devices, len(cfg.gpus)), strict=False):
             placed.append(
@@ -312,7 +320,7 @@ class _Search:
         proportion to what each GPU has left after its fixed buffers, refined twice."""
         if len(cfg.gpus) < 2 or self.split_fixed:
             return self.project(cfg)
-        gpus = [self.devices.gpus[i] for i in cfg.gpus]
+        gpus = [self.devices.offload[i] for i in cfg.gpus]
         split = _proportions([self.usable[g.id] for g in gpus])
         best = None
         for _ in range(3):
@@ -480,7 +488,7 @@ def _request_notes(req: _Request) -> list[str]:
 def _gpu_pool(devices: Devices, req: _Request, notes: list[str]) -> tuple[int, ...]:
     """Positions of the GPUs that may take something: the user's ``--device`` choice as
     given, else every GPU with room past the margin and what is committed."""
-    pool = _selected_gpus(devices.gpus, req.given.get("device"))
+    pool = _selected_gpus(devices, req.given.get("device"))
     if "device" not in req.given:
         for g in list(pool):
             if req.usable[g.id] <= 0:
@@ -491,7 +499,7 @@ def _gpu_pool(devices: Devices, req: _Request, notes: list[str]) -> tuple[int, .
                     + ": not used"
                 )
                 pool.remove(g)
-    return tuple(devices.gpus.index(g) for g in pool)
+    return tuple(devices.offload.index(g) for g in pool)
 
 
 @dataclass
@@ -523,16 +531,16 @@ def _fewest_gpus(
 ) -> None:
     """Narrow ``cfg.gpus`` to the fewest GPUs with the most room when the model fits
     there unchanged (every layer, the target context, the default KV cache)."""
-    positions = cfg.gpus
-    if len(positions) < 2 or req.devices_fixed:
-        return
-    ranked = sorted(positions, key=lambda i: (-req.usable[devices.gpus[i].id], i))
+    positions, offload = cfg.gpus, devices.offload
+    if len(positions) < 2 or req.devices_fixed or any(offload[i].kind == "rpc" for i in positions):
+        return  # the rpc-servers a launch names are there to be used
+    ranked = sorted(positions, key=lambda i: (-req.usable[offload[i].id], i))
     for k in range(1, len(positions)):
         subset = tuple(sorted(ranked[:k]))
         if search.evaluate(cfg(req.target, req.kv_options[0], req.full_ngl, gpus=subset)).ok:
-            left = [devices.gpus[i].id for i in positions if i not in subset]
+            left = [offload[i].id for i in positions if i not in subset]
             notes.append(
-                f"fits on {', '.join(devices.gpus[i].id for i in subset)} "
+                f"fits on {', '.join(offload[i].id for i in subset)} "
                 f"alone: {', '.join(left)} not used"
             )
             cfg.gpus = subset
@@ -681,7 +689,7 @@ class _PlanDraft:
 
     @property
     def used_gpus(self) -> list[Device]:
-        return [self.devices.gpus[i] for i in self.config.gpus]
+        return [self.devices.offload[i] for i in self.config.gpus]
 
     def add(self, role: str, value: str | None) -> None:
         self.added.append((self.req.names[role], value))
@@ -689,11 +697,11 @@ class _PlanDraft:
 
 def _device_flags(draft: _PlanDraft) -> None:
     """``--device`` (and the same choice as a visible-devices env var) when only some
-    GPUs are used."""
-    gpus, used = draft.devices.gpus, draft.used_gpus
+    GPUs (or RPC devices) are used."""
+    gpus, used = draft.devices.offload, draft.used_gpus
     if "device" in draft.req.given or not gpus or not used or len(used) >= len(gpus):
         return
-    draft.add("device", ",".join(g.backend_name(gpus.index(g)) for g in used))
+    draft.add("device", ",".join(draft.devices.llama_name(g) for g in used))
     vendors = {g.visible_env() for g in used}
     if len(vendors) == 1 and None not in vendors:
         draft.env[vendors.pop()] = ",".join(str(g.index) for g in used)
@@ -702,7 +710,7 @@ def _device_flags(draft: _PlanDraft) -> None:
 def _layer_flags(draft: _PlanDraft) -> None:
     """``--gpu-layers`` (every layer written as N+1) and ``--tensor-split``."""
     c, used, n_layer = draft.config, draft.used_gpus, draft.req.n_layer
-    if "ngl" not in draft.req.given and draft.devices.gpus:
+    if "ngl" not in draft.req.given and draft.devices.offload:
         ngl = n_layer + 1 if c.ngl < 0 else c.ngl
         if not used:
             ngl = 0
@@ -875,15 +883,40 @@ def fit(
     committed: dict[str, int] | None = None,
     probe=None,
     estimator: Any = None,
+    rpc_asker: Callable | None = None,
 ) -> tuple[Plan, Devices]:
     """Plan ``model_path`` with these normalised flags on the devices detected now (or
-    simulated from ``devices_spec``). What ``corral fit`` and ``POST /api/v1/fit`` run."""
+    simulated from ``devices_spec``), and the devices of the rpc-servers its ``--rpc``
+    names (asked now; ``rpc_asker`` replaces :func:`corral.fit.rpc_devices.ask`).
+    What ``corral fit`` runs."""
     if estimator is None:
         from corral.fit import estimate as estimator
     devs = detect_devices(devices_spec, probe)
+    _ask_rpc(devs, pairs, catalog, rpc_asker)
     shape = estimator.load_model(str(model_path))
     result = plan(
         shape, pairs, devs, catalog=catalog, margin=margin, committed=committed, estimator=estimator
     )
     result.notes.extend(w for w in devs.warnings if w not in result.notes)
     return result, devs
+
+
+def _ask_rpc(devs: Devices, pairs, catalog, asker: Callable | None) -> None:
+    """The ``--rpc`` servers' devices into ``devs``; UpstreamError when one cannot be
+    asked (a plan without its devices would put its layers elsewhere)."""
+    from corral.fit import rpc_devices
+
+    try:
+        rpc_devices.add_rpc(devs, pairs, catalog, asker=asker or rpc_devices.ask)
+    except OSError as exc:
+        raise rpc_unreachable(exc) from None
+
+
+def rpc_unreachable(exc: OSError):
+    """The error for an rpc-server that could not be asked its memory."""
+    from corral.errors import UpstreamError
+
+    return UpstreamError(
+        f"no memory plan: {exc or type(exc).__name__}; a launch with this --rpc is not "
+        "planned (llama.cpp splits the layers by the free memory each device reports)"
+    )

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from corral.fit.devices import Device, human_bytes
+from corral.fit.devices import Device, Devices, human_bytes
 
 #: The RPC protocol version corral speaks (ggml-rpc.h RPC_PROTO_MAJOR_VERSION).
 PROTOCOL_MAJOR = 7
@@ -206,3 +206,22 @@ def rpc_devices(
                 )
             )
     return out
+
+
+def endpoints_in(pairs, catalog=None) -> list[str]:
+    """The endpoints of a launch's ``--rpc`` (normalised flag pairs; the last one wins,
+    as llama-server's parser keeps it), empty when there is none."""
+    name = "--rpc"
+    if catalog is not None:
+        flag = catalog.lookup("--rpc")
+        name = flag.long if flag is not None else name
+    values = [v for n, v in pairs if n == name]
+    return split_endpoints(values[-1]) if values else []
+
+
+def add_rpc(devices: Devices, pairs, catalog=None, timeout: float = TIMEOUT, asker=ask) -> None:
+    """Put the devices of the launch's ``--rpc`` servers into ``devices`` (asked now).
+    Raises ``OSError`` when one of them cannot be asked (see :func:`ask`)."""
+    endpoints = endpoints_in(pairs, catalog)
+    if endpoints:
+        devices.rpc = rpc_devices(endpoints, timeout, asker)

@@ -78,9 +78,9 @@ KILL_WAIT = 5.0
 #: How far llama-server's own figure may be from the plan before it is a warning.
 MISMATCH = 0.15
 #: Flags by which the user places a launch themselves: then it is not planned. ``--rpc``
-#: adds devices on other hosts the planner does not know (llama.cpp splits by the free
-#: memory each device reports).
-_PLACEMENT_FLAGS = ("--n-gpu-layers", "--tensor-split", "--device", "--rpc")
+#: is not one: its servers' devices are asked their memory and planned for too
+#: (:mod:`corral.fit.rpc_devices`); a server that cannot be asked leaves it unplanned.
+_PLACEMENT_FLAGS = ("--n-gpu-layers", "--tensor-split", "--device")
 #: Seconds between retries of state writes the store refused (disk full).
 STORE_RETRY_INTERVAL = 1.0
 
@@ -118,6 +118,25 @@ class _Placed:
     env: dict
     placement: dict | None
     argv: list[str]
+
+
+def _check_rpc_free(live: list, catalog: FlagCatalog, pairs: list) -> None:
+    """TimeoutError when a live instance uses one of the launch's rpc-servers: it serves
+    one client at a time, so it would not answer (asking it would only wait)."""
+    from corral.fit.rpc_devices import endpoints_in
+
+    wanted = set(endpoints_in(pairs, catalog))
+    if not wanted:
+        return
+    for rec in live:
+        if rec.desired != "running" or rec.state not in fit_placement.HOLDING:
+            continue
+        shared = wanted & set(endpoints_in(rec.flags or [], catalog))
+        if shared:
+            raise TimeoutError(
+                f"rpc-server {sorted(shared)[0]} is in use by instance {rec.name} "
+                "(it serves one client at a time)"
+            )
 
 
 def describe_exit(code: int | None) -> str:
@@ -404,17 +423,24 @@ class Supervisor:
             fixed = {f.long for f in (catalog.lookup(n) for n in _PLACEMENT_FLAGS) if f is not None}
             if any(flag in fixed for flag, _ in pairs):
                 return None  # the user placed it: launch exactly that
-        from corral.fit import devices as fit_devices, estimate, planner
+        from corral.fit import devices as fit_devices, estimate, planner, rpc_devices
 
         spec_text = (devices or self.settings.fit_devices).strip() or None
         margin = self.settings.fit_margin_mib * 1024 * 1024 if margin is None else margin
         live = [rt.rec for rt in self._rts.values()]  # read on the loop, used in the thread
+        rpc_failed: list[OSError] = []
 
         def work():
             shape = estimate.load_model(str(model))
             if shape.n_layer <= 0 or not shape.layers:
                 raise ValueError("the GGUF describes no layers")
             devs = fit_devices.detect_devices(spec_text)
+            try:
+                _check_rpc_free(live, catalog, pairs)
+                rpc_devices.add_rpc(devs, pairs, catalog)  # asked now, before llama-server
+            except OSError as exc:
+                rpc_failed.append(exc)
+                return None
             shown = fit_devices.process_bytes(devs) if spec_text is None else {}
             committed = fit_placement.committed(live, devs, shown)
             found = planner.plan(
@@ -432,6 +458,16 @@ class Supervisor:
             raise  # the flags themselves are wrong (a quantized V cache without -fa ...)
         except Exception as exc:  # noqa: BLE001 - a model it cannot read: launch as typed
             log.info("no memory plan for %s: %s", model.name, exc)
+            return None
+        if rpc_failed:  # an rpc-server that cannot be asked: as before, llama.cpp splits
+            if always:
+                raise planner.rpc_unreachable(rpc_failed[0])
+            log.warning(
+                "%s launched without a memory plan: %s (llama.cpp splits the layers by the "
+                "free memory each device reports)",
+                model.name,
+                rpc_failed[0] or type(rpc_failed[0]).__name__,
+            )
             return None
         if refuse and not plan.fits:
             raise NoRoom(
