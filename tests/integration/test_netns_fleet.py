@@ -48,6 +48,17 @@ except OSError as exc:
 print(json.dumps({"status": status, "body": json.loads(data or b"null")}))
 """
 
+#: Run inside a namespace: a fake Hub on its loopback with one repo, its URL printed.
+HUB = """
+import sys, time
+from pathlib import Path
+from tests.fakes.fake_hub import FakeHub
+hub = FakeHub(cdn=True).start()
+hub.add_repo("acme/tiny-GGUF", files={"tiny-Q4_K_M.gguf": Path(sys.argv[1])})
+print(hub.url, flush=True)
+time.sleep(3600)
+"""
+
 #: Run inside a namespace: a chat through the official openai client, its text printed.
 CHAT = """
 import sys, openai
@@ -156,6 +167,7 @@ def lan(tmp_path, daemon_env):
     """(hosts, {name: HostDaemon}) for ctl, a and b, all up, the nodes linked."""
     hosts = netns.Hosts(["ctl", "a", "b"], SUBNET)
     daemons: dict[str, HostDaemon] = {}
+    hubs: list[subprocess.Popen] = []
     try:
         env = {
             **daemon_env,
@@ -163,14 +175,32 @@ def lan(tmp_path, daemon_env):
             "CORRAL_NODE_POLL_INTERVAL": "0.3",
             "PYTHONPATH": str(REPO),
         }
+        # host a has a Hub of its own (on its loopback: only a reaches it)
+        hub_model = make_gguf(tmp_path / "hub" / "tiny-Q4_K_M.gguf")
+        hub = subprocess.Popen(
+            hosts.exec_args("a", sys.executable, "-c", HUB, str(hub_model)),
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        hubs.append(hub)
+        a_env = {
+            **env,
+            "CORRAL_HF_ENDPOINT": hub.stdout.readline().strip(),
+            "HF_HUB_DISABLE_XET": "1",
+        }
         for name in ("ctl", "a", "b"):
-            daemons[name] = HostDaemon(hosts, name, tmp_path / f"{name}-home", env).start()
+            mine = a_env if name == "a" else env
+            daemons[name] = HostDaemon(hosts, name, tmp_path / f"{name}-home", mine).start()
         yield hosts, daemons
     finally:
         from corral.settings import load_settings
         from corral.supervisor.offline import stop_all_offline
 
-        hosts.close()  # kills every daemon and instance inside the namespaces
+        hosts.close()  # kills every daemon, instance and hub inside the namespaces
+        for hub in hubs:
+            hub.wait(10)
+            hub.stdout.close()
         for d in daemons.values():
             if d.proc is not None:
                 d.proc.wait(10)  # killed by hosts.close(): reaped here
@@ -225,6 +255,13 @@ def test_a_controller_routes_to_two_hosts_survives_a_cut_link_and_its_own_death(
     assert logs.returncode == 0 and logs.stdout.strip(), logs.stderr
     assert ctl.cli("stop", "pinned-alpha", "--node", "a").returncode == 0
     assert a.instances()["pinned-alpha"]["state"] == "stopped"
+    # a pull on a node: a downloads from the Hub only it reaches, the controller follows
+    pulled = ctl.cli("pull", "acme/tiny-GGUF:Q4_K_M", "--node", "a", "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout.splitlines()[-1])["state"] == "done"
+    on_a = a.call("GET", "/api/v1/models")["body"]
+    assert "acme/tiny-GGUF:Q4_K_M" in {m["id"] for m in on_a}
+    assert ctl.call("GET", "/api/v1/models")["body"] == []
 
     # a's link is cut: a is down within a few polls, and what both have is served by b
     hosts.cut("a")
@@ -247,6 +284,11 @@ def test_a_controller_routes_to_two_hosts_survives_a_cut_link_and_its_own_death(
     assert out.returncode == 0 and out.stdout.strip(), out.stderr
     ctl.start()
     wait_for(lambda: node_state(ctl, "b") == "up", 30, interval=0.3)
+    # rm: the controller forgets b; b and its instances run on
+    removed = ctl.cli("nodes", "rm", "b")
+    assert removed.returncode == 0, removed.stderr
+    assert [n["name"] for n in json.loads(ctl.cli("nodes", "ls", "--json").stdout)] == ["a"]
+    assert b.instances()["beta-q4_k_m"]["state"] == "ready"
 
 
 def test_a_node_daemon_killed_is_restarted_with_its_instances_adopted(lan, tmp_path):
