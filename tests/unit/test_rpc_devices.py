@@ -81,7 +81,7 @@ def test_a_refused_connection_and_a_bad_endpoint_are_os_errors():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(ConnectionRefusedError, match=f"rpc-server 127.0.0.1:{port}: "):
         ask(f"127.0.0.1:{port}", timeout=2)
     for bad in ("127.0.0.1", "127.0.0.1:x", ":50052", "127.0.0.1:70000"):
         with pytest.raises(ConnectionError, match="not HOST:PORT"):

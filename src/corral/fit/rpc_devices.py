@@ -142,6 +142,8 @@ def ask(
         sock = connect((host, port), timeout=timeout)
     except socket.timeout:
         raise TimeoutError(f"rpc-server {endpoint}: no connection in {timeout:g} s") from None
+    except OSError as exc:  # refused, unreachable, a name that does not resolve
+        raise type(exc)(exc.errno, f"rpc-server {endpoint}: {exc.strerror or exc}") from None
     try:
         found = _exchange(_Exchange(sock, endpoint, deadline))
     except BaseException:
