@@ -42,7 +42,8 @@ def test_devices_are_numbered_across_servers_in_the_order_given():
     assert [d.backend_name(i) for i, d in enumerate(found)] == ["RPC0", "RPC1", "RPC2"]
     assert [d.free_bytes for d in found] == [3 * GiB, 5 * GiB, 1 * GiB]
     assert {d.kind for d in found} == {"rpc"}
-    assert f"{b.endpoint} device 1" in found[1].name and "device" not in found[2].name
+    assert found[1].name == "rpc-server device 1 (6.0 GiB)"
+    assert found[2].name == "rpc-server (2.0 GiB)"
 
 
 def test_a_server_that_never_answers_times_out_within_the_deadline():

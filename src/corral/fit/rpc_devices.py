@@ -195,11 +195,11 @@ def rpc_devices(
     for endpoint in endpoints:
         found = asker(endpoint, timeout)
         for mem in found:
-            where = endpoint if len(found) == 1 else f"{endpoint} device {mem.device}"
+            which = "" if len(found) == 1 else f" device {mem.device}"
             out.append(
                 Device(
-                    id=mem.buffer_name,
-                    name=f"rpc-server {where} ({human_bytes(mem.total_bytes)})",
+                    id=mem.buffer_name,  # it names the endpoint already
+                    name=f"rpc-server{which} ({human_bytes(mem.total_bytes)})",
                     kind="rpc",
                     total_bytes=mem.total_bytes,
                     free_bytes=mem.free_bytes,
