@@ -140,6 +140,15 @@ def test_gemma_planned_across_two_real_rpc_servers(
             d.client.request("POST", "/api/v1/fit", body, timeout=60)
         d.client.request("DELETE", "/api/v1/instances/split", timeout=60)
 
+        # free again: a dry run is planned over them; servers named only by llama.cpp's
+        # env var are devices the planner cannot know, so that launch is not planned
+        dry = {"model": str(real_model), "flags": ["-c", "4096", "--rpc", ",".join(endpoints)]}
+        planned = d.client.request("POST", "/api/v1/instances/plan", dry, timeout=60)
+        assert [x["id"] for x in planned["placement"]["devices"]] == [*ids, "host"]
+        by_env = {**dry, "flags": ["-c", "4096"], "env": {"LLAMA_ARG_RPC": endpoints[0]}}
+        unplanned = d.client.request("POST", "/api/v1/instances/plan", by_env, timeout=60)
+        assert unplanned["placement"] is None
+
         # a server that cannot be asked: launched unplanned, one warning in the daemon log
         nobody = f"127.0.0.1:{free_port()}"
         with pytest.raises(CorralError):  # llama-server cannot reach it either

@@ -423,6 +423,8 @@ class Supervisor:
             fixed = {f.long for f in (catalog.lookup(n) for n in _PLACEMENT_FLAGS) if f is not None}
             if any(flag in fixed for flag, _ in pairs):
                 return None  # the user placed it: launch exactly that
+            if "LLAMA_ARG_RPC" in (spec.env or {}):
+                return None  # rpc-servers the flags do not name: their devices are unknown
         from corral.fit import devices as fit_devices, estimate, planner, rpc_devices
 
         spec_text = (devices or self.settings.fit_devices).strip() or None
