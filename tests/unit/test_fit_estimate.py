@@ -375,3 +375,61 @@ def test_breakdown_without_an_exit_table_has_no_real_numbers():
 )
 def test_buffer_names_map_to_devices(name, device):
     assert breakdown.device_of(name) == device
+
+
+# -- several devices: graph inputs and pipeline parallelism ----------------------------
+
+
+def _masks(p, shape) -> int:
+    """The KQ masks of one graph (f16 with flash attention): full and SWA caches."""
+    has_full = any(la.k_width and not la.swa for la in shape.layers)
+    has_swa = any(la.k_width and la.swa for la in shape.layers)
+    return ((p.kv_cells if has_full else 0) + (p.swa_cells if has_swa else 0)) * p.n_ubatch * 2
+
+
+def test_offloaded_graph_inputs_live_on_the_host(shapes):
+    """The scheduler keeps graph inputs on the CPU backend (ggml-backend.cpp, "1.inp"):
+    with every layer on one device the host holds the masks and the input embeddings;
+    with the output layer at home it computes the whole graph (measured on b11434)."""
+    from corral.fit import estimate
+
+    shape = load_model(str(shapes["gemma3_4b"]))
+    p = project(shape, opts(ctx=8192, flash_attn="on"), 1)
+    assert p.host.compute_bytes == _masks(p, shape) + p.n_ubatch * 4 * shape.n_embd * 4
+    on_cpu = project(shape, opts(ctx=8192, flash_attn="on"), 0).host.compute_bytes
+    output_home = project(shape, opts(ctx=8192, flash_attn="on", n_gpu_layers=shape.n_layer), 1)
+    assert output_home.host.compute_bytes == on_cpu
+    assert estimate.SCHED_COPIES == 4
+
+
+def test_pipeline_parallelism_keeps_four_copies_of_the_inputs(shapes):
+    """llama_context turns pipeline parallelism on with >1 device and every layer
+    offloaded: each backend then holds 4 copies of the masks (3 more than one device),
+    plus the fitted per-token part; the first device more than the others."""
+    from corral.fit.estimate import PIPELINE_TOKEN_EXTRA
+
+    shape = load_model(str(shapes["gemma3_4b"]))
+    base = opts(ctx=8192, flash_attn="on", tensor_split=[1, 1, 1])
+    three = project(shape, base, 3)
+    one = project(shape, opts(ctx=8192, flash_attn="on"), 1)
+    masks, per_token = _masks(one, shape), shape.n_embd * 4 * one.n_ubatch
+    first, others, home = PIPELINE_TOKEN_EXTRA
+    a, b, c, host = three.devices
+    assert a.compute_bytes == one.devices[0].compute_bytes + 3 * masks + int(first * per_token)
+    assert b.compute_bytes == c.compute_bytes
+    assert b.compute_bytes == one.devices[0].compute_bytes + 3 * masks + int(others * per_token)
+    assert host.compute_bytes == one.host.compute_bytes + 3 * masks + int(home * per_token)
+    # no pipeline: the output layer at home, -sm row, -ot, --n-cpu-moe, --no-kv-offload
+    for off in (
+        {"n_gpu_layers": shape.n_layer},
+        {"split_mode": "row"},
+        {"tensor_overrides": True},
+        {"n_cpu_moe": 1},
+    ):
+        p = project(shape, opts(ctx=8192, flash_attn="on", tensor_split=[1, 1], **off), 2)
+        assert p.devices[0].compute_bytes <= one.devices[0].compute_bytes, off
+
+
+def test_split_mode_and_overrides_are_read_from_the_flags():
+    o = Options.from_pairs([("--split-mode", "row"), ("--override-tensor", "exps=CPU")])
+    assert (o.split_mode, o.tensor_overrides) == ("row", True)

@@ -56,8 +56,19 @@ allocates, and where this module follows it:
   (``TENSOR_DUPLICATED``). ``--n-cpu-moe N`` keeps the ``*_exps`` tensors of layers
   ``< N`` on the host. The KV cache and recurrent state of a layer live on that layer's
   device, on the host with ``--no-kv-offload``. Each device with layers gets a compute
-  buffer; the host always has one (the whole graph when layers stay there, the input
-  embeddings only when all are offloaded).
+  buffer; the host always has one: the whole graph when a layer (or the output layer)
+  stays there, else the graph inputs the scheduler keeps on the CPU backend (the KQ
+  masks; ``ggml_backend_sched``'s "1.inp") and the input embeddings (``4 * n_embd``
+  floats per token, measured).
+* **Pipeline parallelism** (``llama_context``'s constructor): with more than one device,
+  every layer and the output layer offloaded, ``-sm layer``, no ``-ot``/``--n-cpu-moe``
+  and the KV cache offloaded, the scheduler keeps 4 copies (``GGML_SCHED_MAX_COPIES``)
+  of the graph inputs on the host and of each split's inputs on its device. Modelled as
+  3 more copies of the masks on every device and the host (exact on the real server:
+  each mask byte more costs 4 everywhere) plus a per-token part fitted in ``n_embd``
+  floats on gemma 3 270M over two and three rpc-servers (first device, the others, the
+  host: within ±4 % at ``-ub`` 128-1024, ``-c`` 4096-8192, ``-np`` 1 and 4 with flash
+  attention; -11 % on the host without it).
 * **Host weights and REPACK** (``llama_model::load_tensors``, ``ggml-cpu/repack.cpp``):
   with mmap (the default) the host's weights are one ``CPU_Mapped`` buffer spanning the
   file range of the tensors kept in the default CPU buffer type, from the first to the
@@ -111,6 +122,14 @@ SWA_PATTERN_DEFAULTS = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
 #: Default window where the GGUF may omit it (gemma2.cpp).
 SWA_WINDOW_DEFAULTS = {"gemma2": 4096}
 
+#: Copies of the graph inputs the scheduler keeps with pipeline parallelism
+#: (``GGML_SCHED_MAX_COPIES``).
+SCHED_COPIES = 4
+#: What pipeline parallelism adds per token beyond the masks' copies, in ``n_embd``
+#: floats, on the first device, each other device and the host: fitted on gemma 3 270M
+#: over two and three rpc-servers (b11434, ``-ub`` 128 to 1024: linear in tokens).
+PIPELINE_TOKEN_EXTRA = (12.66, 3.64, 6.06)
+
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 _OUTPUT_NAMES = ("output.", "output_norm.", "cls.", "cls_out.")
 
@@ -144,6 +163,8 @@ class Options:
     embeddings: bool = False  # --embeddings
     #: CPU features deciding what the CPU backend repacks (None: this host's).
     cpu_flags: frozenset[str] | None = None
+    split_mode: str = "layer"  # -sm layer|row|none|tensor
+    tensor_overrides: bool = False  # -ot given (it turns pipeline parallelism off)
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str | None]], catalog: Any = None) -> "Options":
@@ -198,6 +219,8 @@ _FLAG_SPELLINGS: dict[str, tuple[str, ...]] = {
     "repack": ("--repack",),
     "no_repack": ("-nr", "--no-repack"),
     "embeddings": ("--embedding", "--embeddings"),
+    "split_mode": ("-sm", "--split-mode"),
+    "tensor_overrides": ("-ot", "--override-tensor"),
 }
 _FLAG_ATTRS = {name: attr for attr, names in _FLAG_SPELLINGS.items() for name in names}
 #: Flags whose build default is read from the catalog (long name -> attribute).
@@ -235,6 +258,10 @@ def _apply(opts: Options, attr: str, value: str | None) -> None:
         opts.mmap = False
     elif attr == "no_repack":
         opts.repack = False
+    elif attr == "split_mode":
+        opts.split_mode = str(value).strip().lower()
+    elif attr == "tensor_overrides":
+        opts.tensor_overrides = True
     elif attr in ("cache_type_k", "cache_type_v"):
         setattr(opts, attr, str(value).strip().lower())
     elif attr == "flash_attn":
@@ -1023,14 +1050,48 @@ def _compute(
         dev.compute_bytes = graph + masks
         if opts.no_kv_offload:
             dev.compute_bytes -= attn_scratch
-    on_host = any(i < 0 for i in placement[:-1])
-    if on_host:
+    if any(i < 0 for i in placement):  # a layer or the output layer computes on the host
         host.compute_bytes = graph + masks
     else:
-        # only the input embeddings (get_rows on the host) and the graph inputs
-        host.compute_bytes = tokens * f32 * model.n_embd * 2
+        # the graph inputs (KQ masks above all) live on the host and are copied to the
+        # devices; the input embeddings are computed there (get_rows, scale)
+        host.compute_bytes = masks + tokens * f32 * model.n_embd * 4
         if opts.no_kv_offload:
-            host.compute_bytes += masks + attn_scratch
+            host.compute_bytes += attn_scratch
+    if _pipeline(opts, placement, len(devs) - 1):
+        _pipeline_copies(model, devs, used, masks, tokens)
+
+
+def _pipeline(opts: Options, placement: list[int], gpus: int) -> bool:
+    """Whether llama.cpp turns on pipeline parallelism (``llama_context``'s constructor):
+    more than one device, every layer and the output layer offloaded, ``-sm layer``, the
+    KV cache offloaded and no tensor overrides (``-ot``, and ``--n-cpu-moe``/``--cpu-moe``
+    are overrides too); every GPU and RPC device is taken to support async compute and
+    events, as CUDA, ROCm and RPC do."""
+    return (
+        gpus > 1
+        and all(i >= 0 for i in placement)
+        and opts.split_mode == "layer"
+        and not opts.no_kv_offload
+        and not opts.tensor_overrides
+        and not opts.n_cpu_moe
+    )
+
+
+def _pipeline_copies(
+    model: ModelShape, devs: list[DeviceUse], used: list[int], masks: int, tokens: int
+) -> None:
+    """What pipeline parallelism adds: the scheduler keeps ``SCHED_COPIES`` copies of the
+    graph inputs on the host and of each split's inputs on its device, never reused
+    (``ggml_backend_sched_split_graph``): the KQ masks 4 times on every backend (measured:
+    each mask byte more costs 4 on the host and on each device), plus a per-token part
+    fitted in ``n_embd`` floats (:data:`PIPELINE_TOKEN_EXTRA`)."""
+    first, others, on_host = PIPELINE_TOKEN_EXTRA
+    per_token = model.n_embd * 4 * tokens
+    for n, i in enumerate(used):
+        extra = first if n == 0 else others
+        devs[i].compute_bytes += (SCHED_COPIES - 1) * masks + int(extra * per_token)
+    devs[-1].compute_bytes += (SCHED_COPIES - 1) * masks + int(on_host * per_token)
 
 
 def _extras(
