@@ -38,7 +38,7 @@ def rpc() -> None:
     Examples:
       corral rpc start --host 10.0.0.2            on the machine lending its GPU
       corral rpc start --node gpu-box             the same, from the controller
-      corral run MODEL -ngl 99 --rpc gpu-box,10.0.0.3:50052
+      corral run MODEL --rpc gpu-box,10.0.0.3:50052
       corral rpc ls
       corral rpc stop rpc-50052
     """
@@ -85,7 +85,7 @@ def start(**opts) -> None:
         print_json(server)
         return
     click.echo(f"{server['name']}  {server['state']}  {server['endpoint']}")
-    click.echo(f"use it with: corral run MODEL -ngl 99 --rpc {server['endpoint']}", err=True)
+    click.echo(f"use it with: corral run MODEL --rpc {server['endpoint']}", err=True)
 
 
 def rpc_servers() -> list[dict]:
