@@ -288,8 +288,9 @@ def test_run_with_rpc_node_names_starts_a_server_there_and_passes_endpoints(
         for a, b in zip(argv, argv[1:], strict=False)
         if a in ("-ngl", "--gpu-layers", "--n-gpu-layers")
     ]
-    assert ngl == ["99"], argv  # added: the local planner does not know RPC devices
-    assert "rpc: -ngl 99 added" in out.stderr
+    # a planned launch: the CLI adds nothing (a fake rpc-server cannot be asked, so the
+    # daemon launches it unplanned, as typed)
+    assert ngl == [] and "-ngl 99" not in out.stderr, argv
     assert inst["name"] == "split"
 
     # a second run reuses the node's server
@@ -298,6 +299,19 @@ def test_run_with_rpc_node_names_starts_a_server_there_and_passes_endpoints(
     argv = api(controller, "GET", "/api/v1/instances/split2")[1]["argv"]
     assert argv[argv.index("--rpc") + 1] == server["endpoint"]
     assert len(api(node, "GET", "/api/v1/rpc", headers={"Authorization": f"Bearer {key}"})[1]) == 1
+
+    # --no-fit: not planned, so every layer goes to the devices (llama.cpp's own split)
+    bare = controller.cli(
+        "run", str(model_file), "--name", "split3", "--rpc", "box", "--no-fit", "--json"
+    )
+    assert bare.returncode == 0, bare.stderr
+    argv = api(controller, "GET", "/api/v1/instances/split3")[1]["argv"]
+    ngl = [
+        b
+        for a, b in zip(argv, argv[1:], strict=False)
+        if a in ("-ngl", "--gpu-layers", "--n-gpu-layers")
+    ]
+    assert ngl == ["99"] and "rpc: -ngl 99 added" in bare.stderr, argv
 
 
 def test_run_with_an_unknown_node_name_says_so(daemon, model_file):

@@ -136,7 +136,7 @@ def run(**opts) -> None:
       corral run model.gguf --no-fit -ngl 0
     """
     opts = _run_options(opts)
-    opts["flags"] = _with_rpc(opts["flags"])
+    opts["flags"] = _with_rpc(opts["flags"], planned=not opts["no_fit"])
     body = _launch_body(opts)  # checked before a daemon is started for it
     inst = ensure_daemon(settings()).request("POST", "/api/v1/instances", body, timeout=None)
     _print_launched(inst, opts["as_json"])
@@ -165,13 +165,14 @@ def _run_options(opts: dict) -> dict:
 _PLACING = ("-ngl", "--gpu-layers", "--n-gpu-layers", "-ts", "--tensor-split", "-dev", "--device")
 
 
-def _with_rpc(flags: list[str]) -> list[str]:
+def _with_rpc(flags: list[str], *, planned: bool = True) -> list[str]:
     """``--rpc`` (llama-server's own flag) with node names made ``HOST:PORT`` endpoints
     (an rpc-server started on a node that has none); ``HOST:PORT`` entries pass as typed.
 
-    corral's planner knows nothing of the remote devices, so an ``--rpc`` launch that
-    places nothing itself gets ``-ngl 99`` (every layer on the GPU-type devices, the RPC
-    ones included) and llama.cpp's own split: by each device's free memory."""
+    A planned launch gets its ``--gpu-layers`` and ``--tensor-split`` from the planner,
+    which asks each rpc-server its memory (:mod:`corral.fit.rpc_devices`). One that is
+    not planned (``--no-fit``) and places nothing itself gets ``-ngl 99``: every layer on
+    the GPU-type devices, the RPC ones included, split by llama.cpp by free memory."""
     at = next((i for i, f in enumerate(flags) if f == "--rpc" or f.startswith("--rpc=")), None)
     if at is None:
         return flags
@@ -188,7 +189,7 @@ def _with_rpc(flags: list[str]) -> list[str]:
     flags[at:end] = ["--rpc", endpoints]
     for note in notes:
         click.echo(note, err=True)
-    if not any(f.split("=", 1)[0] in _PLACING for f in flags):
+    if not planned and not any(f.split("=", 1)[0] in _PLACING for f in flags):
         flags += ["-ngl", "99"]
         click.echo("rpc: -ngl 99 added (llama.cpp splits layers by free memory)", err=True)
     return flags
