@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -31,8 +33,6 @@ def node_client():
 
 def local_model(model: str | None) -> str | None:
     """An existing path made absolute (the daemon has another cwd); anything else as is."""
-    from pathlib import Path
-
     if model is None:
         return None
     try:
@@ -103,6 +103,39 @@ def split_own_options(
         else:
             llama.append(token)
     return own, llama
+
+
+def print_log(path: Path, follow: bool, lines: int) -> None:
+    """The last ``lines`` lines of a log on this machine, then (``follow``) what is
+    written to it until Ctrl-C: ``logs`` of an instance and of an rpc-server."""
+    from corral.supervisor import logs as logmod
+
+    start = logmod.size_of(path)  # before the tail: nothing written meanwhile is missed
+    for line in logmod.tail(path, lines):
+        click.echo(line)
+    if not follow:
+        return
+    try:
+        for chunk in logmod.follow_sync(path, start):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+def print_remote_log(client, path: str, follow: bool, lines: int) -> None:
+    """``logs`` through a daemon's REST API (``--node``): the tail at ``path``, then
+    (``follow``) its SSE stream until Ctrl-C."""
+    if not follow:
+        for line in client.request("GET", path, params={"tail": lines})["lines"]:
+            click.echo(line)
+        return
+    try:
+        for line in client.stream_lines(path, {"tail": lines, "follow": "true"}):
+            click.echo(str(line).rstrip("\n"))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
 
 
 class Checked(click.ParamType):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from corral.cli.common import (
@@ -15,6 +13,8 @@ from corral.cli.common import (
     local_model,
     node_client,
     print_json,
+    print_log,
+    print_remote_log,
     settings,
     split_own_options,
     table,
@@ -418,11 +418,10 @@ def logs(name: str, follow: bool, lines: int) -> None:
     """Print an instance's log (stdout and stderr of llama-server)."""
     remote = node_client()
     if remote is not None:  # a node's instance: through its REST API, relayed
-        _remote_logs(remote, name, follow, lines)
+        print_remote_log(remote, f"/api/v1/instances/{name}/logs", follow, lines)
         return
     from corral.store import instances as inst_table
     from corral.store.db import Store
-    from corral.supervisor import logs as logmod
 
     s = settings()
     if not s.db_path.exists():
@@ -432,33 +431,7 @@ def logs(name: str, follow: bool, lines: int) -> None:
         rec = inst_table.get(store, name)
     finally:
         store.close()
-    path = s.logs_dir / f"{rec.name}.log"
-    start = logmod.size_of(path)  # before the tail: nothing written meanwhile is missed
-    for line in logmod.tail(path, lines):
-        click.echo(line)
-    if not follow:
-        return
-    try:
-        for chunk in logmod.follow_sync(path, start):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
-
-
-def _remote_logs(client, name: str, follow: bool, lines: int) -> None:
-    """``logs`` of a node's instance (``--node``): the API's tail, then its SSE stream."""
-    path = f"/api/v1/instances/{name}/logs"
-    if not follow:
-        for line in client.request("GET", path, params={"tail": lines})["lines"]:
-            click.echo(line)
-        return
-    try:
-        for line in client.stream_lines(path, {"tail": lines, "follow": "true"}):
-            click.echo(str(line).rstrip("\n"))
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
+    print_log(s.logs_dir / f"{rec.name}.log", follow, lines)
 
 
 COMMANDS = [run, ps, stop, start, restart, delete, logs]

@@ -7,11 +7,20 @@ Also the two helpers ``corral ps`` and ``corral run --rpc`` use: :func:`rpc_serv
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from corral.cli.common import PORT, RESTART, WHOLE, ago, node_client, print_json, settings, table
+from corral.cli.common import (
+    PORT,
+    RESTART,
+    WHOLE,
+    ago,
+    node_client,
+    print_json,
+    print_log,
+    print_remote_log,
+    settings,
+    table,
+)
 from corral.cli.terminal import printable
 from corral.errors import NotFound, UsageError
 
@@ -175,39 +184,14 @@ def logs(name: str, follow: bool, lines: int) -> None:
     """Print an rpc-server's log (its stdout and stderr)."""
     remote = node_client()
     if remote is not None:
-        _remote_logs(remote, name, follow, lines)
+        print_remote_log(remote, f"/api/v1/rpc/{name}/logs", follow, lines)
         return
-    from corral.supervisor import logs as logmod
     from corral.types import check_name
 
     path = settings().logs_dir / "rpc" / f"{check_name(name, 'rpc-server name')}.log"
     if not path.exists():
         raise NotFound(f"no log of an rpc-server named {name!r}")
-    start_at = logmod.size_of(path)
-    for line in logmod.tail(path, lines):
-        click.echo(line)
-    if not follow:
-        return
-    try:
-        for chunk in logmod.follow_sync(path, start_at):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
-
-
-def _remote_logs(client, name: str, follow: bool, lines: int) -> None:
-    path = f"/api/v1/rpc/{name}/logs"
-    if not follow:
-        for line in client.request("GET", path, params={"tail": lines})["lines"]:
-            click.echo(line)
-        return
-    try:
-        for line in client.stream_lines(path, {"tail": lines, "follow": "true"}):
-            click.echo(str(line).rstrip("\n"))
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
+    print_log(path, follow, lines)
 
 
 # --------------------------------------------------------------------------- run --rpc
