@@ -8,8 +8,10 @@ the daemon and can be stopped as a group; their output goes to a log file opened
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -25,6 +27,9 @@ UNKNOWN_EXIT = -1000
 
 #: Process start times are compared with this slack (psutil rounds to clock ticks).
 CREATE_TIME_SLACK = 0.05
+
+#: Seconds to wait for a process group after SIGKILL.
+KILL_WAIT = 5.0
 
 
 @dataclass
@@ -113,6 +118,28 @@ def cmdline_matches(cmdline: list[str], argv: list[str]) -> bool:
     head = cmdline[: len(cmdline) - len(tail)]
     name = os.path.basename(argv[0])
     return any(os.path.basename(part) == name for part in head)
+
+
+def describe_exit(code: int | None) -> str:
+    """'exited with code 1', 'killed by SIGILL', 'ended (status unknown)'."""
+    if code is None or code == UNKNOWN_EXIT:
+        return "ended (exit status unknown: the process was adopted)"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"ended (status {code})"
+    return f"exited with code {code}"
+
+
+async def wait_gone(handle: ProcessHandle, timeout: float) -> bool:
+    """Whether the process and every process of its group end within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if handle.poll() is not None and not handle.group_alive():
+            return True
+        await asyncio.sleep(0.05)
+    return handle.poll() is not None and not handle.group_alive()
 
 
 class ProcessOps:

@@ -60,7 +60,14 @@ from corral.store import rpc as table
 from corral.store.db import Store
 from corral.store.rpc import RpcRecord
 from corral.supervisor import logs
-from corral.supervisor.process import UNKNOWN_EXIT, ProcessHandle, ProcessOps
+from corral.supervisor.process import (
+    KILL_WAIT,
+    UNKNOWN_EXIT,
+    ProcessHandle,
+    ProcessOps,
+    describe_exit,
+    wait_gone,
+)
 from corral.supervisor.states import (
     ALIVE,
     RESTING,
@@ -82,7 +89,6 @@ PORT_SPAN = 100
 CHECK_INTERVAL = 0.1
 #: Seconds an rpc-server may take to listen (it loads backends and may hash its cache).
 LISTEN_TIMEOUT = 60.0
-KILL_WAIT = 5.0
 LOG_TAIL_LINES = 20
 #: A backend device name as ``rpc-server -d`` takes it (CUDA0, Vulkan1, CPU, ...).
 DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -169,17 +175,6 @@ def listening(pid: int, port: int) -> bool:
     except psutil.Error:
         return False
     return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None or code == UNKNOWN_EXIT:
-        return "ended (exit status unknown: the process was adopted)"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"ended (status {code})"
-    return f"exited with code {code}"
 
 
 @dataclass
@@ -407,10 +402,7 @@ class RpcSupervisor:
     async def _await_listening(self, srv: _Server, epoch: int) -> None:
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while True:
-            code = srv.handle.poll() if srv.handle else UNKNOWN_EXIT
-            self._check(srv, epoch)
-            if code is not None:
-                self._after_exit(srv, code)
+            if self._exited(srv, epoch):
                 return
             if await asyncio.to_thread(self.is_listening, srv.handle.pid, srv.rec.port):
                 self._check(srv, epoch)
@@ -431,12 +423,18 @@ class RpcSupervisor:
 
     async def _watch(self, srv: _Server, epoch: int) -> None:
         while True:
-            code = srv.handle.poll() if srv.handle else UNKNOWN_EXIT
-            self._check(srv, epoch)
-            if code is not None:
-                self._after_exit(srv, code)
+            if self._exited(srv, epoch):
                 return
             await asyncio.sleep(CHECK_INTERVAL * 2)
+
+    def _exited(self, srv: _Server, epoch: int) -> bool:
+        """Whether the process has ended; then EXIT is applied (:meth:`_after_exit`)."""
+        code = srv.handle.poll() if srv.handle else UNKNOWN_EXIT
+        self._check(srv, epoch)
+        if code is None:
+            return False
+        self._after_exit(srv, code)
+        return True
 
     def _after_exit(self, srv: _Server, code: int) -> None:
         """EXIT: backoff by the restart policy, or FAILED (first start, crash loop)."""
@@ -523,10 +521,10 @@ class RpcSupervisor:
         if handle is None:
             return
         handle.signal_group(signal.SIGTERM)
-        if not await _wait_gone(handle, self.settings.stop_timeout):
+        if not await wait_gone(handle, self.settings.stop_timeout):
             log.warning("rpc-server %s ignored SIGTERM: SIGKILL", srv.rec.name)
             handle.signal_group(signal.SIGKILL)
-            await _wait_gone(handle, KILL_WAIT)
+            await wait_gone(handle, KILL_WAIT)
 
     # ------------------------------------------------------------------ state
 
@@ -557,12 +555,3 @@ def _check_threads(threads: object) -> int | None:
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096:
         raise UsageError(f"--threads must be a whole number from 1 to 4096, got {threads!r}")
     return threads
-
-
-async def _wait_gone(handle: ProcessHandle, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if handle.poll() is not None and not handle.group_alive():
-            return True
-        await asyncio.sleep(0.05)
-    return handle.poll() is not None and not handle.group_alive()

@@ -42,7 +42,14 @@ from corral.store.db import Store
 from corral.store.instances import InstanceRecord
 from corral.supervisor import logs
 from corral.supervisor.probe import http_health
-from corral.supervisor.process import UNKNOWN_EXIT, ProcessHandle, ProcessOps
+from corral.supervisor.process import (
+    KILL_WAIT,
+    UNKNOWN_EXIT,
+    ProcessHandle,
+    ProcessOps,
+    describe_exit,
+    wait_gone,
+)
 from corral.supervisor.states import (
     ACTIVE,
     RESTING,
@@ -73,8 +80,6 @@ EXIT_CHECK_INTERVAL = 0.2
 PROBE_GRACE = 1.0
 #: Seconds a cancelled supervision task gets to end before it is abandoned.
 TASK_CANCEL_GRACE = 2.0
-#: Seconds to wait for a process group after SIGKILL.
-KILL_WAIT = 5.0
 #: How far llama-server's own figure may be from the plan before it is a warning.
 MISMATCH = 0.15
 #: Flags by which the user places a launch themselves: then it is not planned. ``--rpc``
@@ -137,18 +142,6 @@ def _check_rpc_free(live: list, catalog: FlagCatalog, pairs: list) -> None:
                 f"rpc-server {sorted(shared)[0]} is in use by instance {rec.name} "
                 "(it serves one client at a time)"
             )
-
-
-def describe_exit(code: int | None) -> str:
-    """'exited with code 1', 'killed by SIGILL', 'ended (status unknown)'."""
-    if code is None or code == UNKNOWN_EXIT:
-        return "ended (exit status unknown: the process was adopted)"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"ended (status {code})"
-    return f"exited with code {code}"
 
 
 def derive_name(model: Path, taken: set[str]) -> str:
@@ -1033,25 +1026,16 @@ class Supervisor:
         if handle is None:
             return
         handle.signal_group(signal.SIGTERM)
-        if not await self._wait_gone(handle, self.settings.stop_timeout):
+        if not await wait_gone(handle, self.settings.stop_timeout):
             log.warning(
                 "%s ignored SIGTERM for %g s: SIGKILL", rt.rec.name, self.settings.stop_timeout
             )
             handle.signal_group(signal.SIGKILL)
-            if not await self._wait_gone(handle, KILL_WAIT):
+            if not await wait_gone(handle, KILL_WAIT):
                 log.error(
                     "%s (pid %s) still there %g s after SIGKILL", rt.rec.name, handle.pid, KILL_WAIT
                 )
         self._emit(rt, "terminated")
-
-    @staticmethod
-    async def _wait_gone(handle: ProcessHandle, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if handle.poll() is not None and not handle.group_alive():
-                return True
-            await asyncio.sleep(0.05)
-        return handle.poll() is not None and not handle.group_alive()
 
     async def _cancel_task(self, rt: Runtime) -> None:
         """End the instance's supervision task, waiting at most TASK_CANCEL_GRACE.
