@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from corral.errors import Conflict, NotFound
 from corral.redact import redact_argv, redact_env, redact_pairs
 from corral.store.db import Store
+from corral.store.rows import encode_json, update_by_name
 from corral.types import DEFAULT_RESTART
 
 FlagPairs = list[list]  # [[flag, value | None], ...] (JSON friendly)
@@ -69,9 +70,7 @@ def insert(store: Store, rec: InstanceRecord) -> InstanceRecord:
     now = time.time()
     rec.created_at = rec.created_at or now
     rec.updated_at = now
-    values = {c: getattr(rec, c) for c in _COLUMNS}
-    for col in _JSON_COLUMNS:
-        values[col] = json.dumps(values[col])
+    values = encode_json({c: getattr(rec, c) for c in _COLUMNS}, _JSON_COLUMNS)
     with store.tx() as conn:
         if conn.execute("SELECT 1 FROM instances WHERE name = ?", (rec.name,)).fetchone():
             raise Conflict(f"an instance named {rec.name!r} already exists")
@@ -88,16 +87,7 @@ def update(store: Store, name: str, **changes) -> None:
     """Update some columns of one instance (unknown names are a programming error)."""
     if not changes:
         return
-    bad = set(changes) - set(_COLUMNS)
-    if bad:
-        raise ValueError(f"unknown instance columns: {bad}")
-    changes["updated_at"] = time.time()
-    for col in _JSON_COLUMNS:
-        if col in changes:
-            changes[col] = json.dumps(changes[col])
-    sets = ", ".join(f"{c} = :{c}" for c in changes)
-    with store.tx() as conn:
-        conn.execute(f"UPDATE instances SET {sets} WHERE name = :_name", {**changes, "_name": name})
+    update_by_name(store, "instances", name, changes, _COLUMNS, _JSON_COLUMNS, "instance")
 
 
 def get(store: Store, name: str) -> InstanceRecord:

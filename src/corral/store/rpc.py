@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from corral.errors import Conflict, NotFound
 from corral.store.db import Store
+from corral.store.rows import encode_json, update_by_name
 from corral.types import DEFAULT_RESTART
 
 
@@ -67,9 +68,7 @@ def insert(store: Store, rec: RpcRecord) -> RpcRecord:
     now = time.time()
     rec.created_at = rec.created_at or now
     rec.updated_at = now
-    data = asdict(rec)
-    for col in _JSON_COLUMNS:
-        data[col] = json.dumps(data[col])
+    data = encode_json(asdict(rec), _JSON_COLUMNS)
     cols = ", ".join(_COLUMNS)
     marks = ", ".join(f":{c}" for c in _COLUMNS)
     try:
@@ -84,18 +83,7 @@ def insert(store: Store, rec: RpcRecord) -> RpcRecord:
 
 def update(store: Store, name: str, **changes) -> None:
     """Update some columns of one server (unknown names are a programming error)."""
-    bad = set(changes) - set(_COLUMNS)
-    if bad:
-        raise ValueError(f"unknown rpc_servers columns: {bad}")
-    changes["updated_at"] = time.time()
-    for col in _JSON_COLUMNS:
-        if col in changes:
-            changes[col] = json.dumps(changes[col])
-    sets = ", ".join(f"{c} = :{c}" for c in changes)
-    with store.tx() as conn:
-        conn.execute(
-            f"UPDATE rpc_servers SET {sets} WHERE name = :_name", {**changes, "_name": name}
-        )
+    update_by_name(store, "rpc_servers", name, changes, _COLUMNS, _JSON_COLUMNS, "rpc_servers")
 
 
 def get(store: Store, name: str) -> RpcRecord:
