@@ -8,18 +8,14 @@ or removal here is an admin's decision, which the router respects (``Router.admi
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from corral import presets
 from corral.api.deps import Daemon, get_daemon
+from corral.api.log_stream import log_answer
 from corral.launchspec import LaunchSpec
 from corral.redact import SECRET_FLAGS, redact_argv, redact_env, redact_pairs
-from corral.supervisor import logs
 from corral.supervisor.supervisor import instance_view
 from corral.types import DEFAULT_RESTART, NAME_MAX, Port, Restart
 
@@ -172,16 +168,4 @@ async def instance_logs(
 ):
     """The last ``tail`` lines; with ``follow=true`` an SSE stream of new lines."""
     rec = d.supervisor.get(name)
-    path = d.supervisor.log_path(rec.name)
-    if not follow:
-        return {"name": rec.name, "lines": await asyncio.to_thread(logs.tail, path, tail)}
-
-    async def stream():
-        async for line in logs.follow(path, start_lines=tail):
-            yield f"data: {json.dumps(line)}\n\n"
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return await log_answer(rec.name, d.supervisor.log_path(rec.name), tail, follow)

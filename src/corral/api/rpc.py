@@ -11,14 +11,10 @@ stream with ``follow=true``). A controller reaches a node's through the node rel
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from corral.supervisor import logs
+from corral.api.log_stream import log_answer
 from corral.supervisor.rpc import RpcSupervisor
 from corral.types import NAME_MAX, Port, Restart
 
@@ -80,16 +76,5 @@ async def rpc_logs(
     rpc: RpcSupervisor = Depends(get_rpc),
 ):
     """The last ``tail`` lines; with ``follow=true`` an SSE stream of new lines."""
-    path = rpc.log_path(rpc.get(name).name)
-    if not follow:
-        return {"name": name, "lines": await asyncio.to_thread(logs.tail, path, tail)}
-
-    async def stream():
-        async for line in logs.follow(path, start_lines=tail):
-            yield f"data: {json.dumps(line)}\n\n"
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    rec = rpc.get(name)
+    return await log_answer(rec.name, rpc.log_path(rec.name), tail, follow)
