@@ -67,18 +67,21 @@ def assert_error(status: int, payload: Any, want_status: int, want_code: str | N
     return err
 
 
+def api_ok(daemon: DaemonProcess, method: str, path: str, body: Any = None, want: int = 200):
+    """:func:`api` expecting the status ``want``: the decoded answer."""
+    status, payload = api(daemon, method, path, body)
+    assert status == want, (status, payload)
+    return payload
+
+
 def launch(daemon: DaemonProcess, model: Path | str, *, wait: bool = True, **kw: Any) -> dict:
     """POST /api/v1/instances and expect success (201)."""
     body = {"model": str(model), "wait": wait, **kw}
-    status, payload = api(daemon, "POST", "/api/v1/instances", body)
-    assert status == 201, (status, payload)
-    return payload
+    return api_ok(daemon, "POST", "/api/v1/instances", body, want=201)
 
 
 def get(daemon: DaemonProcess, name: str) -> dict:
-    status, payload = api(daemon, "GET", f"/api/v1/instances/{name}")
-    assert status == 200, (status, payload)
-    return payload
+    return api_ok(daemon, "GET", f"/api/v1/instances/{name}")
 
 
 def wait_state(

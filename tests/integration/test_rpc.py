@@ -22,7 +22,13 @@ import pytest
 
 from tests.conftest import DaemonProcess, wait_for
 from tests.fakes.fake_rpc_server import make_fake_rpc_server
-from tests.integration.conftest import api, assert_error, listening_socket, pid_alive
+from tests.integration.conftest import (
+    api,
+    api_ok,
+    assert_error,
+    listening_socket,
+    pid_alive,
+)
 
 
 @pytest.fixture
@@ -44,15 +50,11 @@ def cleanup_pids():
 
 
 def servers(d: DaemonProcess) -> list[dict]:
-    status, body = api(d, "GET", "/api/v1/rpc")
-    assert status == 200, (status, body)
-    return body
+    return api_ok(d, "GET", "/api/v1/rpc")
 
 
 def one(d: DaemonProcess, name: str) -> dict:
-    status, body = api(d, "GET", f"/api/v1/rpc/{name}")
-    assert status == 200, (status, body)
-    return body
+    return api_ok(d, "GET", f"/api/v1/rpc/{name}")
 
 
 def wait_server(d: DaemonProcess, name: str, timeout: float = 30.0, **want) -> dict:

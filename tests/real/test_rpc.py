@@ -170,42 +170,15 @@ def test_gemma_across_two_rpc_servers_generates_what_it_generates_locally(
 
         # the controller side: the same model through the two servers, and locally
         c = corral["c"]
-        split = json.loads(
-            c.ok(
-                "run",
-                str(real_model),
-                "--name",
-                "split",
-                "--no-fit",
-                "-c",
-                "1024",
-                "-t",
-                "1",
-                "-ngl",
-                "99",
-                "--rpc",
-                ",".join(endpoints),
-                "-lv",
-                "4",
-                "--json",
+
+        def run(name: str, *flags: str) -> dict:
+            common = ("--no-fit", "-c", "1024", "-t", "1")
+            return json.loads(
+                c.ok("run", str(real_model), "--name", name, *common, *flags, "--json")
             )
-        )
-        local = json.loads(
-            c.ok(
-                "run",
-                str(real_model),
-                "--name",
-                "local",
-                "--no-fit",
-                "-c",
-                "1024",
-                "-t",
-                "1",
-                "-ngl",
-                "0",
-                "--json",
-            )
-        )
+
+        split = run("split", "-ngl", "99", "--rpc", ",".join(endpoints), "-lv", "4")
+        local = run("local", "-ngl", "0")
         assert split["state"] == local["state"] == "ready"
 
         body = {
