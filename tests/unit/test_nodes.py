@@ -390,3 +390,21 @@ def test_a_hop_is_made_once_per_node_and_model_and_anew_for_a_re_added_node(tmp_
         assert again.tls is None and again.authorization == b"Bearer " + b"k" * 40
 
     run_registry(tmp_path, body)
+
+
+def test_the_help_of_corral_nodes_names_every_command_that_takes_node(monkeypatch):
+    """`corral nodes --help` is where a user learns --node: it names each command that
+    takes it (NODE_COMMANDS), so the list cannot drift from what take_node accepts."""
+    import re
+
+    from click.testing import CliRunner
+
+    import corral.client
+    from corral.cli import NODE_COMMANDS, cli, take_node
+
+    monkeypatch.setattr(corral.client, "NODE", None)  # take_node sets it; restored after
+    out = CliRunner().invoke(cli, ["nodes", "--help"])
+    assert out.exit_code == 0, out.output
+    named = set(re.findall(r"[a-z]+", out.output.split("--node NAME", 1)[1]))
+    assert set(NODE_COMMANDS) <= named, set(NODE_COMMANDS) - named
+    assert take_node(["logs", "x", "--node", "gpu-box", "-f"]) == ["logs", "x", "-f"]

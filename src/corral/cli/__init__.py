@@ -198,6 +198,7 @@ def cli() -> None:
       corral flags ctx                   search the flags of the installed llama-server
       corral preset save chat -c 8192    named flag sets ('*' = defaults for every launch)
       corral keys create laptop          an API key (needed to listen beyond loopback)
+      corral nodes add box URL --key -   link another corral daemon; then run ... --node box
       corral down                        stop every instance and the daemon
       corral completion bash             shell completion: eval "$(corral completion bash)"
 

@@ -28,6 +28,14 @@ def nodes() -> None:
 
     A node is polled every node_poll_interval seconds (default 10); three missed
     polls in a row make it down, its first answer up again.
+
+    \b
+    Then act on a node with --node NAME, anywhere after the command:
+      corral run MODEL --node gpu-box
+      corral logs NAME -f --node gpu-box
+    (also start, stop, restart, delete, pull, ls, show, rm, import, gpus, flags,
+    builds, update, fit and rpc).
+    ps lists every node's instances; /v1 on this daemon routes to the nodes' models.
     """
 
 
