@@ -23,6 +23,14 @@ Then the time the controller takes to notice a dead node: the node daemon is kil
 
     python bench/nodes.py [--tokens 32] [--levels 1,64] [--scale 1.0] [--poll 10] [--json]
     python bench/nodes.py --real      # the node runs the real llama-server and gemma
+    python bench/nodes.py --hosts     # as on two hosts: each daemon on a CPU of its own
+
+With ``--hosts`` the two daemons stop sharing the CPUs, as they would on two machines:
+the node daemon and what it runs (the instance; the real llama-server with ``-t 1``) are
+pinned to CPU 1, the controller daemon to CPU 0, with the load generator (the clients
+then share the controller's CPU, which only makes the hop look worse). Without it every
+process shares every CPU, so on a 2-core box the controller's CPU is taken from the node
+and its llama-server.
 """
 
 from __future__ import annotations
@@ -127,6 +135,7 @@ def run(
     poll: float = 10.0,
     verbose: bool = True,
     real: bool = False,
+    hosts: bool = False,
 ) -> dict:
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if verbose else (lambda *a: None)
     load_before = os.getloadavg()
@@ -137,7 +146,12 @@ def run(
     else:
         (binary, model), flags, asked = R.upstream_files(tmp, tokens), (), None
         plan = {c: R.scaled(c, scale) for c in levels}
+    if hosts:
+        if not {0, 1} <= os.sched_getaffinity(0):
+            raise RuntimeError("--hosts needs CPUs 0 and 1")
+        flags = (*flags, "--threads", "1") if real else flags
     out: dict[int, dict] = {}
+    before = os.sched_getaffinity(0)
     try:
         with (
             C.isolated_corral("node", binary) as node,
@@ -145,10 +159,25 @@ def run(
                 "ctl", binary, extra_env={"CORRAL_NODE_POLL_INTERVAL": str(poll)}
             ) as ctl,
         ):
+            if hosts:  # children inherit it: the node daemon, then what it spawns
+                os.sched_setaffinity(0, {1})
             node.start_daemon()
+            if hosts:
+                os.sched_setaffinity(0, {0})
             ctl.start_daemon()
             node.cli("run", str(model), "--name", NAME, *flags)
             inst = next(i for i in node.instances() if i["name"] == NAME)  # before any key
+            if hosts:
+                pinned = {
+                    who: os.sched_getaffinity(pid)
+                    for who, pid in (
+                        ("node", node.daemon.pid),
+                        ("instance", inst["pid"]),
+                        ("controller", ctl.daemon.pid),
+                    )
+                }
+                if pinned != {"node": {1}, "instance": {1}, "controller": {0}}:
+                    raise RuntimeError(f"pinning did not take: {pinned}")
             key = node.cli("keys", "create", "controller").stdout.strip()
             ctl.cli("nodes", "add", "box", node.url, "--key", key)
             # the controller's callers hold a key of its own, as beyond loopback they must
@@ -187,10 +216,12 @@ def run(
             noticed = notice_dead(ctl, node, admin)
             say(f"nodes: dead node noticed after {noticed:.1f} s (poll interval {poll:g} s)")
     finally:
+        os.sched_setaffinity(0, before)
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "bench": "nodes",
         "upstream": "real" if real else "fast",
+        "hosts": hosts,
         "tokens": tokens,
         "plan": plan,
         "scale": scale,
@@ -235,9 +266,16 @@ def table(res: dict) -> str:
         if res.get("upstream") == "real"
         else "`bench/fast_upstream.py` (all tokens written at once: the daemons' own cost)"
     )
+    cpus = (
+        "As on two hosts: the node daemon and its instance pinned to CPU 1"
+        + (" (llama-server `-t 1`)" if res.get("upstream") == "real" else "")
+        + ", the controller daemon and the load generator to CPU 0. "
+        if res.get("hosts")
+        else "Every process shares both CPUs (the controller's CPU is taken from the node). "
+    )
     lines = [
-        f"Streaming `POST /v1/chat/completions`, {res['tokens']} tokens per response from "
-        f"{source} run by the node; the controller has no model, so each of "
+        f"{cpus}Streaming `POST /v1/chat/completions`, {res['tokens']} tokens per response "
+        f"from {source} run by the node; the controller has no model, so each of "
         f"its requests takes the hop; requests per round x rounds ({rounds}), targets "
         "interleaved in rotated order",
         "",
@@ -274,12 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--poll", type=float, default=10.0, help="the controller's poll interval")
     ap.add_argument("--real", action="store_true", help="the real llama-server and gemma")
+    ap.add_argument(
+        "--hosts", action="store_true", help="node on CPU 1, controller on CPU 0 (as 2 hosts)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     C.sigterm_as_interrupt()
     try:
         levels = tuple(int(x) for x in args.levels.split(",") if x)
-        res = run(args.tokens, levels, args.scale, args.poll, real=args.real)
+        res = run(args.tokens, levels, args.scale, args.poll, real=args.real, hosts=args.hosts)
     except KeyboardInterrupt:
         print("nodes: interrupted; cleaned up", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ are used.
                             [--skip-router] [--skip-router_long]
                             [--skip-ollama] [--skip-ollama_real]
                             [--skip-nodes] [--skip-nodes_real]
+                            [--skip-nodes_hosts] [--skip-nodes_real_hosts]
                             [--pull-runs 3] [--pull-size-mb 1024]
 
 With ``--write``, a benchmark that was skipped keeps its previous section of the results
@@ -131,8 +132,12 @@ request to it (placement lookup, the node's key, its kept-alive pool). Streamed 
 beyond loopback; with the fast upstream (the daemons' own cost; the instance's own port
 for scale) and with the real llama-server and gemma (greedy, `--ignore-eos`, 32 tokens,
 8 slots). Then the node daemon is SIGKILLed and the time until the controller says
-`down` is measured at the default 10 s poll interval. Goals: <= 1 ms p50 added by the
-hop, >= 0.9x the node's tokens/s at 64 streams.
+`down` is measured at the default 10 s poll interval. Each twice: with every process
+sharing both CPUs (on 2 cores the controller's CPU is then taken from the node and its
+llama-server, which two machines do not do), and "as on two hosts" (`--hosts`): the
+node daemon and its instance pinned to CPU 1 (the real llama-server with `-t 1`), the
+controller and the load generator to CPU 0. Goals: <= 1 ms p50 added by the hop,
+>= 0.9x the node's tokens/s at 64 streams.
 
 ## How to run
 
@@ -231,6 +236,8 @@ SECTIONS = {
     "ollama_real": ("Ollama translation, real model", ollama_bench),
     "nodes": ("Nodes: the controller's hop", nodes_bench),
     "nodes_real": ("Nodes: the controller's hop, real model", nodes_bench),
+    "nodes_hosts": ("Nodes: the controller's hop, as on two hosts", nodes_bench),
+    "nodes_real_hosts": ("Nodes: the controller's hop, real model, as on two hosts", nodes_bench),
 }
 KEPT = "*(not re-run; kept from the results of {when})*"
 
@@ -335,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             results["nodes"] = nodes_bench.run()
         if not args.skip_nodes_real:
             results["nodes_real"] = nodes_bench.run(real=True)
+        if not args.skip_nodes_hosts:  # each daemon on a CPU of its own, as on two machines
+            results["nodes_hosts"] = nodes_bench.run(hosts=True)
+        if not args.skip_nodes_real_hosts:
+            results["nodes_real_hosts"] = nodes_bench.run(real=True, hosts=True)
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130
