@@ -405,6 +405,8 @@ def test_the_help_of_corral_nodes_names_every_command_that_takes_node(monkeypatc
     monkeypatch.setattr(corral.client, "NODE", None)  # take_node sets it; restored after
     out = CliRunner().invoke(cli, ["nodes", "--help"])
     assert out.exit_code == 0, out.output
-    named = set(re.findall(r"[a-z]+", out.output.split("--node NAME", 1)[1]))
+    # the paragraph on --node only: the Commands section below names ls and rm too
+    paragraph = out.output.split("--node NAME", 1)[1].split("Options:", 1)[0]
+    named = set(re.findall(r"\b[a-z]+\b", paragraph))
     assert set(NODE_COMMANDS) <= named, set(NODE_COMMANDS) - named
     assert take_node(["logs", "x", "--node", "gpu-box", "-f"]) == ["logs", "x", "-f"]
